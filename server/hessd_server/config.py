@@ -1,0 +1,45 @@
+"""Engine settings: batch buckets, the result byte limit and XLA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a loaded model is compiled and guarded.
+
+    Attributes:
+        max_batch_size: the largest power-of-two bucket. A batch of B examples
+            runs in the smallest bucket >= B; a batch above the largest bucket
+            runs at B rounded up to a multiple of ``max_batch_size``.
+        max_result_bytes: a request whose result would exceed this many bytes is
+            refused with ``ResultTooLargeError`` before anything is computed.
+        jit_compile: compile with XLA (``tf.function(jit_compile=True)``); a
+            function XLA cannot compile falls back to graph mode and is recorded.
+    """
+
+    max_batch_size: int = 1024
+    max_result_bytes: int = 1 << 30
+    jit_compile: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_batch_size & (self.max_batch_size - 1):
+            raise ValueError(f"max_batch_size must be a power of two >= 1, got {self.max_batch_size}")
+        if self.max_result_bytes < 1:
+            raise ValueError(f"max_result_bytes must be positive, got {self.max_result_bytes}")
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The power-of-two batch sizes 1, 2, 4, ..., ``max_batch_size``."""
+        return tuple(1 << i for i in range(self.max_batch_size.bit_length()))
+
+    def bucket_for(self, batch_size: int) -> int:
+        """The padded batch size a batch of ``batch_size`` examples runs at.
+
+        >>> EngineConfig(max_batch_size=8).bucket_for(5), EngineConfig(max_batch_size=8).bucket_for(19)
+        (8, 24)
+        """
+        if batch_size <= self.max_batch_size:
+            return 1 << max(batch_size - 1, 0).bit_length()
+        return -(-batch_size // self.max_batch_size) * self.max_batch_size

@@ -1,0 +1,102 @@
+"""A loaded model: its named inputs and outputs, how to call it, and what the
+engine has learnt about it (strategy, batch independence, compiles)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Mapping
+
+import tensorflow as tf
+
+from hessd.errors import PrecisionError
+from hessd.results import ModelMetadata, TensorInfo
+
+from .config import EngineConfig
+
+ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
+"""Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
+
+PRECISIONS = ("float32", "float64")
+
+
+class Model:
+    """A model ready for differentiation; build it with :func:`hessd_server.load_model`.
+
+    Calls are thread-safe. The model's float64 copy, when a float64 precision
+    is asked for, is built once on first use.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source: str,
+        call: ModelCall,
+        inputs: tuple[TensorInfo, ...],
+        outputs: tuple[TensorInfo, ...],
+        config: EngineConfig,
+        float64_factory: Callable[[], ModelCall] | None,
+        keep_alive: object = None,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.inputs = inputs
+        self.outputs = outputs
+        self.config = config
+        self.lock = threading.RLock()
+        self.strategy: str | None = None
+        self.batch_independent: bool | None = None
+        self.compile_count = 0
+        self.xla_fallbacks: list[str] = []
+        self.functions: dict[Any, Callable[..., Any]] = {}
+        self.xla_failed_kinds: set[tuple[str, str]] = set()
+        self._calls: dict[str, ModelCall] = {"float32": call}
+        self._float64_factory = float64_factory
+        self._keep_alive = keep_alive
+
+    def __repr__(self) -> str:
+        return f"<hessd_server.Model {self.name!r} from {self.source!r}>"
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(info.name for info in self.inputs)
+
+    def call_for(self, precision: str) -> ModelCall:
+        """The model's call at ``precision`` ("float32" or "float64")."""
+        with self.lock:
+            if precision not in self._calls:
+                if self._float64_factory is None:
+                    raise PrecisionError(
+                        f"model {self.name!r} cannot run at float64: only Keras models can be copied to float64 "
+                        "(a SavedModel's signature fixes its dtypes); use precision='float32'",
+                        field="precision",
+                    )
+                self._calls[precision] = self._float64_factory()
+            return self._calls[precision]
+
+    def warmup(self, batch_sizes: tuple[int, ...] | list[int] | None = None) -> None:
+        """Compile the per-example Hessian (and value, gradient), gradient and
+        Hessian-vector product functions for the buckets that cover
+        ``batch_sizes`` (default: every bucket up to 32), at float32.
+
+        Also runs the batch-independence probe and the strategy choice, so the
+        first real request compiles nothing. Needs every per-example input
+        shape to be known.
+        """
+        from .engine import warm_model
+
+        warm_model(self, tuple(batch_sizes) if batch_sizes is not None else (1, 2, 4, 8, 16, 32))
+
+    def metadata(self) -> ModelMetadata:
+        """A snapshot of the model's inputs, outputs and engine choices."""
+        with self.lock:
+            return ModelMetadata(
+                name=self.name,
+                inputs=self.inputs,
+                outputs=self.outputs,
+                strategy=self.strategy,
+                batch_independent=self.batch_independent,
+                buckets=self.config.buckets,
+                compile_count=self.compile_count,
+                xla_fallbacks=tuple(self.xla_fallbacks),
+            )
