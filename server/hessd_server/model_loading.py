@@ -185,7 +185,7 @@ def _float64_copy(model: keras.Model) -> tuple[keras.Model, Any]:
             f"could not build a float64 copy of model {model.name!r} ({err}); use precision='float32'",
             field="precision",
         ) from err
-    return clone, clone.input
+    return clone, _input_structure(clone)
 
 
 def _from_saved_model(path: str, *, name: str | None, config: EngineConfig) -> Model:

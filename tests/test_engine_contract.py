@@ -1,0 +1,196 @@
+"""The engine's contract beyond the numbers: buckets and compiles, strategy and
+XLA fallbacks, batch independence, loading, and every bad input."""
+
+from __future__ import annotations
+
+import engine_references as refs
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hessd_server as hs
+from hessd import errors
+
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> hs.Model:
+    return hs.load_model(refs.tanh_mlp(6, outputs=2), config=hs.EngineConfig(max_batch_size=16))
+
+
+def test_padding_leaves_results_unchanged_for_batch_sizes_1_to_9(mlp: hs.Model) -> None:
+    x = RNG.normal(size=(9, 6)).astype(np.float32)
+    singles = np.concatenate([hs.hessian(mlp, x[b : b + 1]) for b in range(9)])
+    for batch in range(1, 10):
+        np.testing.assert_allclose(hs.hessian(mlp, x[:batch]), singles[:batch], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(hs.gradient(mlp, x[:batch]), hs.gradient(mlp, x)[:batch], rtol=1e-5, atol=1e-7)
+    full = hs.hessian(mlp, x[:3], full=True)
+    assert full.shape == (3, 6, 3, 6)
+    np.testing.assert_allclose(refs.diagonal_blocks(full, 3), singles[:3], rtol=1e-5, atol=1e-7)
+
+
+def test_compile_count_stays_flat_within_buckets(mlp: hs.Model) -> None:
+    x = RNG.normal(size=(17, 6)).astype(np.float32)
+    for batch in (9, 16):
+        hs.evaluate(mlp, x[:batch])
+        hs.gradient(mlp, x[:batch])
+        hs.hvp(mlp, x[:batch], x[:batch])
+    compiled = mlp.metadata().compile_count
+    for batch in (10, 11, 12, 13, 14, 15, 16, 9):
+        hs.hessian(mlp, x[:batch])
+        hs.evaluate(mlp, x[:batch])
+        hs.gradient(mlp, x[:batch])
+        hs.hvp(mlp, x[:batch], x[:batch])
+    assert mlp.metadata().compile_count == compiled
+    hs.hessian(mlp, x)
+    assert mlp.metadata().compile_count == compiled + 1
+
+
+def test_buckets_are_powers_of_two_then_multiples_of_the_largest() -> None:
+    config = hs.EngineConfig(max_batch_size=8)
+    assert config.buckets == (1, 2, 4, 8)
+    assert [config.bucket_for(b) for b in (1, 2, 3, 5, 8, 9, 17)] == [1, 2, 4, 8, 8, 16, 24]
+    with pytest.raises(ValueError, match="power of two"):
+        hs.EngineConfig(max_batch_size=12)
+
+
+def test_strategy_is_chosen_once_and_recorded(mlp: hs.Model) -> None:
+    hs.hessian(mlp, RNG.normal(size=(2, 6)).astype(np.float32))
+    metadata = mlp.metadata()
+    assert metadata.strategy == "pfor"
+    assert metadata.batch_independent is True
+    assert metadata.xla_fallbacks == ()
+
+
+class NumpyTag(keras.layers.Layer):
+    """sum(sin(x)) plus a zero computed by a numpy op, which XLA cannot compile."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        zero = tf.numpy_function(lambda a: np.zeros_like(a[:, :1]), [x], x.dtype, stateful=False)
+        return tf.reduce_sum(tf.sin(x), axis=-1, keepdims=True) + tf.stop_gradient(tf.ensure_shape(zero, (None, 1)))
+
+
+def test_xla_failure_falls_back_to_graph_mode_and_is_recorded() -> None:
+    inputs = keras.Input((3,))
+    model = hs.load_model(keras.Model(inputs, NumpyTag()(inputs)))
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    blocks = hs.hessian(model, x)
+    np.testing.assert_allclose(blocks, np.stack([np.diag(-np.sin(row)) for row in x]), rtol=1e-5, atol=1e-7)
+    fallbacks = model.metadata().xla_fallbacks
+    assert len(fallbacks) == 1 and "hessian/float32: graph mode" in fallbacks[0]
+    hs.hessian(model, RNG.normal(size=(4, 3)).astype(np.float32))
+    assert len(model.metadata().xla_fallbacks) == 1
+
+
+def test_batch_mixing_model_refuses_per_example_blocks_but_computes_full() -> None:
+    keras_model = refs.batch_mixing_model()
+    model = hs.load_model(keras_model)
+    x = RNG.normal(size=(3, 3)).astype(np.float32)
+    with pytest.raises(errors.BatchDependenceError, match="full=True"):
+        hs.hessian(model, x)
+    assert model.metadata().batch_independent is False
+    np.testing.assert_allclose(hs.hessian(model, x, full=True), refs.tf_hessians(keras_model, x), rtol=1e-5, atol=1e-7)
+    full = hs.hessian(model, x, full=True).reshape(9, 9)
+    v = RNG.normal(size=(3, 3)).astype(np.float32)
+    np.testing.assert_allclose(hs.hvp(model, x, v).reshape(9), full @ v.reshape(9), rtol=1e-4, atol=1e-6)
+
+
+def test_load_model_from_keras_file_saved_model_and_factory(tmp_path) -> None:
+    keras_model = refs.seed_sigmoid_model()
+    x = RNG.normal(size=(2, 10)).astype(np.float32)
+    expected = hs.hessian(keras_model, x)
+    keras_model.save(tmp_path / "seed.keras")
+    keras_model.export(str(tmp_path / "exported"), verbose=False)
+    from_file = hs.load_model(tmp_path / "seed.keras")
+    from_saved_model = hs.load_model(tmp_path / "exported", name="exported")
+    assert from_file.name == "seed" and from_saved_model.name == "exported"
+    np.testing.assert_allclose(hs.hessian(from_file, x), expected, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(hs.hessian(from_saved_model, x), expected, rtol=1e-5, atol=1e-8)
+    with pytest.raises(errors.PrecisionError, match="float64"):
+        hs.hessian(from_saved_model, x, precision="float64")
+    demo = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    assert demo.name == "demo" and demo.inputs == (hs.TensorInfo("x", (10,), "float32"),)
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        ("no/such/model.keras", "neither an existing"),
+        ("hessd_server.demo_model:no_such_factory", "failed"),
+        ("engine_references:seed_linear_model_missing", "failed"),
+    ],
+)
+def test_load_model_errors_say_what_to_fix(source: str, match: str) -> None:
+    with pytest.raises(errors.ModelLoadError, match=match):
+        hs.load_model(source)
+
+
+def test_factory_must_return_a_keras_model() -> None:
+    with pytest.raises(errors.ModelLoadError, match="not a keras.Model"):
+        hs.load_model("builtins:object")
+
+
+def test_multi_input_model_needs_wrt_and_all_inputs() -> None:
+    model = refs.two_input_model()
+    x = {"state": np.zeros((2, 4), np.float32), "control": np.zeros((2, 2), np.float32)}
+    with pytest.raises(errors.UnknownInputError, match="wrt="):
+        hs.hessian(model, x)
+    with pytest.raises(errors.UnknownInputError, match="choose one of"):
+        hs.hessian(model, x, wrt="speed")
+    with pytest.raises(errors.ShapeError, match="missing"):
+        hs.hessian(model, {"state": x["state"]}, wrt="state")
+    with pytest.raises(errors.ShapeError, match="same batch size"):
+        hs.hessian(model, {**x, "control": np.zeros((3, 2), np.float32)}, wrt="state")
+    with pytest.raises(errors.ShapeError, match="dict name -> array"):
+        hs.hessian(model, x["state"], wrt="state")
+
+
+@pytest.mark.parametrize(
+    ("x", "kwargs", "error", "match"),
+    [
+        (np.zeros((10,), np.float32), {}, errors.ShapeError, "rank 2"),
+        (np.zeros((3, 9), np.float32), {}, errors.ShapeError, r"shape \('B', 10\)"),
+        (np.zeros((0, 10), np.float32), {}, errors.ShapeError, "B >= 1"),
+        (np.zeros((3, 10), np.int32), {}, errors.DtypeError, "astype"),
+        (np.zeros((3, 10), np.float32), {"wrt": "y"}, errors.UnknownInputError, "choose one of"),
+        (np.zeros((3, 10), np.float32), {"output_weights": np.ones(2)}, errors.OutputWeightsError, r"\(K,\) = \(1,\)"),
+        (np.zeros((3, 10), np.float32), {"output_weights": np.ones((2, 1))}, errors.OutputWeightsError, r"\(3, 1\)"),
+        (np.zeros((3, 10), np.float32), {"precision": "float16"}, errors.PrecisionError, "precision must be"),
+    ],
+)
+def test_bad_inputs_raise_errors_that_say_what_to_fix(x, kwargs, error, match) -> None:
+    model = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    with pytest.raises(error, match=match) as caught:
+        hs.hessian(model, x, **kwargs)
+    assert isinstance(caught.value, errors.InvalidArgumentError)
+    assert model.metadata().compile_count == 0
+
+
+def test_hvp_direction_must_match_x() -> None:
+    model = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    x = np.zeros((3, 10), np.float32)
+    with pytest.raises(errors.ShapeError, match="v must have the shape"):
+        hs.hvp(model, x, np.zeros((3, 9), np.float32))
+    with pytest.raises(errors.DtypeError, match="v must be floating"):
+        hs.hvp(model, x, np.zeros((3, 10), np.int64))
+
+
+def test_oversized_result_is_refused_before_computing() -> None:
+    inputs = keras.Input((1024,))
+    model = hs.load_model(keras.Model(inputs, keras.layers.Dense(1, activation="tanh")(inputs)))
+    x = np.zeros((256, 1024), np.float32)
+    with pytest.raises(errors.ResultTooLargeError, match="274,877,906,944 bytes"):
+        hs.hessian(model, x, full=True)
+    assert model.metadata().compile_count == 0
+    small = hs.load_model(hs.DEMO_MODEL_SOURCE, config=hs.EngineConfig(max_result_bytes=1000))
+    with pytest.raises(errors.ResultTooLargeError, match="max_result_bytes"):
+        hs.evaluate(small, np.zeros((4, 10), np.float32))
+
+
+def test_keras_model_is_wrapped_once() -> None:
+    keras_model = refs.tanh_mlp(3)
+    hs.gradient(keras_model, np.zeros((2, 3), np.float32))
+    hs.gradient(keras_model, np.zeros((2, 3), np.float32))
+    assert hs.engine.as_model(keras_model).metadata().compile_count == 1

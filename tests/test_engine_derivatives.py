@@ -1,0 +1,152 @@
+"""Engine results against independent references: the seed's cases, closed
+forms, float64 finite differences and tf.hessians."""
+
+from __future__ import annotations
+
+import engine_references as refs
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import hessd_server as hs
+
+RNG = np.random.default_rng(7)
+
+
+def test_seed_linear_model_full_hessian_is_zeros() -> None:
+    x = RNG.uniform(1.5, 2.5, (3, 10)).astype(np.float32)
+    full = hs.hessian(refs.seed_linear_model(), x, full=True)
+    assert full.shape == (3, 10, 3, 10) and full.dtype == np.float32
+    assert not full.any()
+
+
+def test_seed_linear_model_per_example_hessian_is_zeros() -> None:
+    x = RNG.uniform(1.5, 2.5, (3, 10)).astype(np.float32)
+    blocks = hs.hessian(refs.seed_linear_model(), x)
+    assert blocks.shape == (3, 10, 10) and blocks.dtype == np.float32
+    assert not blocks.any()
+
+
+def test_relu_network_hessian_is_zeros() -> None:
+    blocks = hs.hessian(refs.relu_mlp(5), RNG.normal(size=(4, 5)).astype(np.float32))
+    assert blocks.shape == (4, 5, 5) and not blocks.any()
+
+
+def test_seed_sigmoid_model_full_equals_tf_hessians() -> None:
+    model = refs.seed_sigmoid_model()
+    x = RNG.uniform(1.5, 2.5, (3, 10)).astype(np.float32)
+    reference = refs.tf_hessians(model, x)
+    full = hs.hessian(model, x, full=True)
+    assert full.shape == reference.shape == (3, 10, 3, 10)
+    np.testing.assert_allclose(full, reference, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(hs.hessian(model, x), refs.diagonal_blocks(reference, 3), rtol=1e-5, atol=1e-8)
+
+
+def test_per_example_blocks_are_symmetric() -> None:
+    blocks = hs.hessian(refs.tanh_mlp(6, outputs=3), RNG.normal(size=(5, 6)).astype(np.float32))
+    np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    a=arrays(np.float32, (4, 3), elements=st.floats(-2, 2, width=32)),
+    x=arrays(np.float32, (2, 4), elements=st.floats(-3, 3, width=32)),
+)
+def test_quadratic_model_hessian_is_two_a_a_transposed(a: np.ndarray, x: np.ndarray) -> None:
+    model = _QUADRATIC
+    model.set_weights([a])
+    expected = np.broadcast_to(2 * a.astype(np.float64) @ a.T.astype(np.float64), (2, 4, 4))
+    np.testing.assert_allclose(hs.hessian(model, x), expected, rtol=1e-5, atol=1e-5)
+
+
+_QUADRATIC = refs.quadratic_model(np.ones((4, 3)))
+
+
+def test_output_weights_give_the_lagrangian_hessian() -> None:
+    model = refs.tanh_mlp(4, outputs=3)
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    weights = np.array([0.5, -2.0, 3.0], np.float32)
+    per_output = [
+        hs.hessian(model, x, output_weights=np.eye(3, dtype=np.float32)[k]) for k in range(3)
+    ]
+    expected = sum(w * h for w, h in zip(weights, per_output))
+    np.testing.assert_allclose(hs.hessian(model, x, output_weights=weights), expected, rtol=1e-4, atol=1e-6)
+    per_example = np.stack([weights, -weights])
+    rows = hs.hessian(model, x, output_weights=per_example)
+    np.testing.assert_allclose(rows[1], -expected[1], rtol=1e-4, atol=1e-6)
+
+
+def test_matches_float64_finite_differences() -> None:
+    model = refs.seed_sigmoid_model()
+    x = RNG.uniform(-1, 1, (2, 10)).astype(np.float32)
+    reference = refs.finite_difference_hessians(refs.float64_value(model), x)
+    np.testing.assert_allclose(hs.hessian(model, x), reference, rtol=1e-3, atol=1e-5)
+
+
+def test_float64_precision_matches_finite_differences_closely() -> None:
+    model = refs.tanh_mlp(5, outputs=2)
+    x = RNG.normal(size=(3, 5)).astype(np.float32)
+    result = hs.evaluate(model, x, precision="float64")
+    assert {a.dtype for a in result} == {np.dtype(np.float64)}
+    reference = refs.finite_difference_hessians(refs.float64_value(model), x)
+    np.testing.assert_allclose(result.hessian, reference, rtol=1e-6, atol=1e-8)
+    assert np.abs(result.hessian - reference).max() < np.abs(hs.hessian(model, x) - reference).max()
+
+
+def test_conv2d_on_images_matches_tf_hessians() -> None:
+    model = refs.conv_model()
+    x = RNG.normal(size=(2, 5, 5, 2)).astype(np.float32)
+    blocks = hs.hessian(model, x)
+    assert blocks.shape == (2, 5, 5, 2, 5, 5, 2)
+    np.testing.assert_allclose(blocks, refs.diagonal_blocks(refs.tf_hessians(model, x), 2), rtol=1e-4, atol=1e-6)
+
+
+def test_lstm_uses_the_tiled_fallback_and_matches_finite_differences() -> None:
+    model = hs.load_model(refs.lstm_model())
+    x = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    blocks = hs.hessian(model, x)
+    assert model.metadata().strategy == "tiled"
+    assert blocks.shape == (2, 4, 3, 4, 3)
+    reference = refs.finite_difference_hessians(refs.float64_value(refs.lstm_model()), x)
+    np.testing.assert_allclose(blocks, reference, rtol=1e-3, atol=1e-4)
+
+
+def test_batchnorm_and_dropout_run_in_inference_mode() -> None:
+    keras_model = refs.batchnorm_dropout_model()
+    x = RNG.normal(size=(4, 6)).astype(np.float32)
+    first, second = hs.hessian(keras_model, x), hs.hessian(keras_model, x)
+    np.testing.assert_array_equal(first, second)
+    reference = refs.finite_difference_hessians(refs.float64_value(keras_model), x)
+    np.testing.assert_allclose(first, reference, rtol=1e-3, atol=1e-5)
+    assert hs.load_model(keras_model).metadata().strategy is None
+    assert hs.engine.as_model(keras_model).batch_independent is True
+
+
+def test_multi_input_model_differentiates_wrt_one_input() -> None:
+    model = refs.two_input_model()
+    x = {"state": RNG.normal(size=(3, 4)).astype(np.float32), "control": RNG.normal(size=(3, 2)).astype(np.float32)}
+    for wrt, dim in (("state", 4), ("control", 2)):
+        blocks = hs.hessian(model, x, wrt=wrt)
+        assert blocks.shape == (3, dim, dim)
+        reference = refs.diagonal_blocks(refs.tf_hessians_wrt(model, x, wrt), 3)
+        np.testing.assert_allclose(blocks, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_and_hvp_agree_with_the_hessian() -> None:
+    model = refs.tanh_mlp(6, outputs=2)
+    x = RNG.normal(size=(5, 6)).astype(np.float32)
+    v = RNG.normal(size=(5, 6)).astype(np.float32)
+    result = hs.evaluate(model, x)
+    np.testing.assert_allclose(hs.hvp(model, x, v), np.einsum("bij,bj->bi", result.hessian, v), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(hs.gradient(model, x), result.gradient, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(result.value, np.asarray(model(x)).sum(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_nan_inputs_propagate_to_their_own_example() -> None:
+    x = RNG.normal(size=(3, 10)).astype(np.float32)
+    x[1, 2] = np.nan
+    blocks = hs.hessian(refs.seed_sigmoid_model(), x)
+    assert np.isnan(blocks[1]).any()
+    assert np.isfinite(blocks[[0, 2]]).all()
