@@ -194,3 +194,8 @@ def test_keras_model_is_wrapped_once() -> None:
     hs.gradient(keras_model, np.zeros((2, 3), np.float32))
     hs.gradient(keras_model, np.zeros((2, 3), np.float32))
     assert hs.engine.as_model(keras_model).metadata().compile_count == 1
+
+
+def test_loading_a_model_turns_tf32_off() -> None:
+    hs.load_model(hs.DEMO_MODEL_SOURCE)
+    assert tf.config.experimental.tensor_float_32_execution_enabled() is False
