@@ -6,6 +6,11 @@
 (3, 10, 10)
 """
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 from hessd.results import Evaluation
 
 from .config import EngineConfig

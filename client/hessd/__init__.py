@@ -1,0 +1,55 @@
+"""hessd: the thin SDK for the hessd Hessian server.
+
+Mirrors the in-process library ``hessd_server`` name for name over gRPC, with
+grpcio, protobuf and numpy only (never TensorFlow)::
+
+    import hessd
+    with hessd.Client("127.0.0.1:50051") as client:
+        h = client.hessian("demo", x)       # (B, *S, *S), like hessd_server.hessian
+"""
+
+from hessd._async_client import AsyncClient
+from hessd._client import Client
+from hessd.errors import (
+    BatchDependenceError,
+    CancelledError,
+    DeadlineExceededError,
+    DtypeError,
+    HessdError,
+    InternalError,
+    InvalidArgumentError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OutputWeightsError,
+    PrecisionError,
+    ResultTooLargeError,
+    ShapeError,
+    TensorEncodingError,
+    UnavailableError,
+    UnknownInputError,
+)
+from hessd.results import Evaluation, ModelMetadata, TensorInfo
+
+__all__ = [
+    "AsyncClient",
+    "BatchDependenceError",
+    "CancelledError",
+    "Client",
+    "DeadlineExceededError",
+    "DtypeError",
+    "Evaluation",
+    "HessdError",
+    "InternalError",
+    "InvalidArgumentError",
+    "ModelLoadError",
+    "ModelMetadata",
+    "ModelNotFoundError",
+    "OutputWeightsError",
+    "PrecisionError",
+    "ResultTooLargeError",
+    "ShapeError",
+    "TensorEncodingError",
+    "TensorInfo",
+    "UnavailableError",
+    "UnknownInputError",
+]

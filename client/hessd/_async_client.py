@@ -1,0 +1,276 @@
+"""``hessd.AsyncClient``: the asyncio SDK (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hessd import _protocol
+from hessd._protocol import ChannelOptions, Inputs
+from hessd.chunks import Reassembler
+from hessd.errors import HessdError
+from hessd.results import Evaluation, ModelMetadata
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc
+
+_SENT = object()
+_END = object()
+
+
+class AsyncClient:
+    """asyncio client of a hessd server; :class:`hessd.Client` with ``async`` methods.
+
+    Same arguments, results (shapes, dtypes, read-only arrays) and exceptions as
+    :class:`hessd.Client`. Create it inside a running event loop.
+
+    >>> async with hessd.AsyncClient("127.0.0.1:50051") as client:   # doctest: +SKIP
+    ...     (await client.gradient("demo", np.zeros((4, 10), np.float32))).shape
+    (4, 10)
+
+    Args:
+        target: server address, e.g. ``"127.0.0.1:50051"`` or ``"unix:///run/hessd.sock"``.
+        timeout: seconds each call may take (a whole ``stream`` counts as one
+            call); ``None`` waits forever.
+        credentials: TLS credentials for a secure channel; ``None`` for plaintext.
+        options: gRPC channel options; message size limits default to 4 MiB.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions | None = None,
+    ) -> None:
+        channel_options = _protocol.channel_options(options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
+        self._timeout = timeout
+        self._max_receive = _protocol.max_receive_bytes(channel_options)
+        self._stub = hessian_service_pb2_grpc.HessianServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def hessian(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        full: bool = False,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Hessian with respect to ``wrt``: float32/float64 (B, *S, *S), or (B, *S, B, *S) if full.
+
+        Arguments as for :meth:`hessd.Client.hessian`.
+        """
+        request = _protocol.hessian_request(
+            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        if _protocol.needs_chunks(request, self._max_receive):
+            arrays = await self._chunked(
+                self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS
+            )
+            return arrays[0]
+        return _protocol.hessian_from(await self._call(self._stub.Hessian, request))
+
+    async def gradient(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Gradient with respect to ``wrt``: float32 or float64 array (B, *S).
+
+        Arguments as for :meth:`hessd.Client.hessian`.
+        """
+        request = _protocol.gradient_request(
+            model, x, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        return _protocol.gradient_from(await self._call(self._stub.Gradient, request))
+
+    async def hvp(
+        self,
+        model: str,
+        x: Inputs,
+        v: npt.ArrayLike,
+        *,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Hessian-vector product H v for ``v`` of shape (B, *S): float32/float64 (B, *S).
+
+        Arguments as for :meth:`hessd.Client.hvp`.
+        """
+        request = _protocol.hvp_request(
+            model, x, v, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        return _protocol.hvp_from(await self._call(self._stub.HessianVectorProduct, request))
+
+    async def evaluate(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        full: bool = False,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> Evaluation:
+        """Value (B,), gradient (B, *S) and Hessian (as :meth:`hessian`), one dtype.
+
+        Arguments as for :meth:`hessd.Client.hessian`.
+        """
+        request = _protocol.evaluate_request(
+            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        if _protocol.needs_chunks(request, self._max_receive):
+            arrays = await self._chunked(
+                self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS
+            )
+            return Evaluation(*arrays)
+        return _protocol.evaluation_from(await self._call(self._stub.Evaluate, request))
+
+    async def stream(
+        self,
+        model: str,
+        xs: Iterable[Inputs] | AsyncIterable[Inputs],
+        *,
+        full: bool = False,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+        return_errors: bool = False,
+    ) -> AsyncIterator[np.ndarray | HessdError]:
+        """Hessians of many batches over one StreamHessian call, yielded in order.
+
+        As :meth:`hessd.Client.stream`; ``xs`` may also be an async iterable.
+
+        Yields:
+            Per item, a float32 or float64 array (B, *S, *S), or (B, *S, B, *S)
+            when ``full``; or, with ``return_errors``, a ``HessdError``.
+        """
+        order: asyncio.Queue[object] = asyncio.Queue()
+        call = self._stub.StreamHessian(timeout=self._timeout)
+
+        async def send() -> None:
+            try:
+                async for x in _aiter(xs):
+                    try:
+                        request = _protocol.hessian_request(
+                            model,
+                            x,
+                            full=full,
+                            output_weights=output_weights,
+                            wrt=wrt,
+                            precision=precision,
+                        )
+                    except HessdError as error:
+                        order.put_nowait(error)
+                        continue
+                    order.put_nowait(_SENT)
+                    await call.write(request)
+                await call.done_writing()
+            finally:
+                order.put_nowait(_END)
+
+        sender = asyncio.create_task(send())
+        try:
+            while (entry := await _next_entry(order, call)) is not _END:
+                if entry is _SENT:
+                    with _protocol.translated_errors():
+                        reply = await call.read()
+                    entry = _protocol.stream_item_from(None if reply is grpc.aio.EOF else reply)
+                if isinstance(entry, HessdError) and not return_errors:
+                    raise entry
+                yield entry
+            with _protocol.translated_errors():
+                await sender
+        finally:
+            sender.cancel()
+            call.cancel()
+
+    async def models(self) -> list[str]:
+        """Names of the served models, sorted."""
+        reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return _protocol.model_names_from(reply)
+
+    async def metadata(self, name: str) -> ModelMetadata:
+        """Inputs, outputs, strategy, batch independence and buckets of model ``name``."""
+        request = pb.GetModelMetadataRequest(model_name=name)
+        return _protocol.metadata_from(await self._call(self._stub.GetModelMetadata, request))
+
+    async def health(self, service: str = "") -> str:
+        """The server's ``grpc.health.v1`` status name, e.g. ``"SERVING"`` or ``"NOT_SERVING"``."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = await self._call(self._health.Check, request)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable, request: Any) -> Any:
+        with _protocol.translated_errors():
+            return await method(request, timeout=self._timeout)
+
+    async def _chunked(
+        self,
+        method: grpc.aio.UnaryStreamMultiCallable,
+        request: Any,
+        names: tuple[str, ...],
+    ) -> tuple[np.ndarray, ...]:
+        reassembler = Reassembler()
+        with _protocol.translated_errors():
+            async for chunk in method(request, timeout=self._timeout):
+                reassembler.add(chunk)
+        return reassembler.arrays(names)
+
+
+async def _next_entry(order: asyncio.Queue[object], call: grpc.aio.Call) -> object:
+    """The next entry of ``order``; ``_SENT`` if the call ended while none was coming,
+    so that reading its reply raises the call's error instead of waiting forever."""
+    while True:
+        try:
+            return await asyncio.wait_for(order.get(), _protocol.STREAM_POLL_S)
+        except asyncio.TimeoutError:
+            if call.done():
+                return _SENT
+
+
+async def _aiter(items: Iterable[Inputs] | AsyncIterable[Inputs]) -> AsyncIterator[Inputs]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+__all__ = ["AsyncClient"]

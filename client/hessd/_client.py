@@ -1,0 +1,282 @@
+"""``hessd.Client``: the blocking SDK."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hessd import _protocol
+from hessd._protocol import ChannelOptions, Inputs
+from hessd.chunks import Reassembler
+from hessd.errors import HessdError
+from hessd.results import Evaluation, ModelMetadata
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc
+
+_SENT = object()
+_END = object()
+
+
+class Client:
+    """Blocking client of a hessd server, mirroring the ``hessd_server`` library.
+
+    Methods take the library's arguments and return what it returns, with the
+    same shapes and dtypes, and raise the same exception types (from
+    :mod:`hessd.errors`). B is the batch size and S the per-example shape of the
+    differentiated input (``wrt``). Returned arrays are read-only views of the
+    received bytes; ``.copy()`` one to write to it.
+
+    >>> with hessd.Client("127.0.0.1:50051") as client:   # doctest: +SKIP
+    ...     client.hessian("demo", np.zeros((4, 10), np.float32)).shape
+    (4, 10, 10)
+
+    Args:
+        target: server address, e.g. ``"127.0.0.1:50051"`` or ``"unix:///run/hessd.sock"``.
+        timeout: seconds each call may take (a whole ``stream`` counts as one
+            call); ``None`` waits forever.
+        credentials: TLS credentials for a secure channel; ``None`` for plaintext.
+        options: gRPC channel options. The message size limits default to 4 MiB;
+            results that may exceed ``grpc.max_receive_message_length`` are
+            fetched in chunks and reassembled transparently.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: ChannelOptions | None = None,
+    ) -> None:
+        channel_options = _protocol.channel_options(options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=channel_options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
+        self._timeout = timeout
+        self._max_receive = _protocol.max_receive_bytes(channel_options)
+        self._stub = hessian_service_pb2_grpc.HessianServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def hessian(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        full: bool = False,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Hessian of f = sum_b sum_k w_k * model(x)[b, k] with respect to input ``wrt``.
+
+        Args:
+            model: name of a served model.
+            x: array (B, *S) for a single-input model, or arrays keyed by input name.
+            full: False for per-example blocks (B, *S, *S); True for the full
+                (B, *S, B, *S) Hessian (needed when examples interact).
+            output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
+            wrt: the input to differentiate; ``None`` for a single-input model.
+            precision: ``None`` (the model's), ``"float32"`` or ``"float64"``.
+
+        Returns:
+            float32 or float64 array (B, *S, *S), or (B, *S, B, *S) when ``full``.
+        """
+        request = _protocol.hessian_request(
+            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        if _protocol.needs_chunks(request, self._max_receive):
+            return self._chunked(self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS)[0]
+        return _protocol.hessian_from(self._call(self._stub.Hessian, request))
+
+    def gradient(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Gradient of f with respect to input ``wrt``: float32 or float64 array (B, *S).
+
+        Arguments as for :meth:`hessian`.
+        """
+        request = _protocol.gradient_request(
+            model, x, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        return _protocol.gradient_from(self._call(self._stub.Gradient, request))
+
+    def hvp(
+        self,
+        model: str,
+        x: Inputs,
+        v: npt.ArrayLike,
+        *,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> np.ndarray:
+        """Hessian-vector product (d2f / dx dx) v: float32 or float64 array (B, *S).
+
+        Per example (H_b v_b) for a batch-independent model, the full product otherwise.
+
+        Args:
+            v: array (B, *S), shaped like input ``wrt``.
+
+        Other arguments as for :meth:`hessian`.
+        """
+        request = _protocol.hvp_request(
+            model, x, v, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        return _protocol.hvp_from(self._call(self._stub.HessianVectorProduct, request))
+
+    def evaluate(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        full: bool = False,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+    ) -> Evaluation:
+        """Value (B,), gradient (B, *S) and Hessian (as :meth:`hessian`) in one call.
+
+        Arguments as for :meth:`hessian`; the three arrays share one dtype.
+        """
+        request = _protocol.evaluate_request(
+            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+        )
+        if _protocol.needs_chunks(request, self._max_receive):
+            arrays = self._chunked(self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS)
+            return Evaluation(*arrays)
+        return _protocol.evaluation_from(self._call(self._stub.Evaluate, request))
+
+    def stream(
+        self,
+        model: str,
+        xs: Iterable[Inputs],
+        *,
+        full: bool = False,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+        return_errors: bool = False,
+    ) -> Iterator[np.ndarray | HessdError]:
+        """Hessians of many batches over one StreamHessian call, yielded in order.
+
+        ``xs`` is consumed lazily, so it may be a generator. Each item is an ``x``
+        as for :meth:`hessian` and gets the same keywords. A bad item raises its
+        own exception when iteration reaches it, which ends the stream; with
+        ``return_errors=True`` the exception is yielded in the item's place
+        instead and the stream goes on. An error of the stream as a whole (e.g.
+        an unreachable server) always raises.
+
+        Yields:
+            Per item, a float32 or float64 array (B, *S, *S), or (B, *S, B, *S)
+            when ``full``; or, with ``return_errors``, a ``HessdError``.
+        """
+        order: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+        def requests() -> Iterator[pb.HessianRequest]:
+            try:
+                for x in xs:
+                    try:
+                        request = _protocol.hessian_request(
+                            model,
+                            x,
+                            full=full,
+                            output_weights=output_weights,
+                            wrt=wrt,
+                            precision=precision,
+                        )
+                    except HessdError as error:
+                        order.put(error)
+                        continue
+                    order.put(_SENT)
+                    yield request
+            finally:
+                order.put(_END)
+
+        replies = self._stub.StreamHessian(requests(), timeout=self._timeout)
+        try:
+            while (entry := _next_entry(order, replies)) is not _END:
+                if entry is _SENT:
+                    with _protocol.translated_errors():
+                        entry = _protocol.stream_item_from(next(replies, None))
+                if isinstance(entry, HessdError) and not return_errors:
+                    raise entry
+                yield entry
+        finally:
+            replies.cancel()
+
+    def models(self) -> list[str]:
+        """Names of the served models, sorted."""
+        return _protocol.model_names_from(self._call(self._stub.ListModels, pb.ListModelsRequest()))
+
+    def metadata(self, name: str) -> ModelMetadata:
+        """Inputs, outputs, strategy, batch independence and buckets of model ``name``."""
+        request = pb.GetModelMetadataRequest(model_name=name)
+        return _protocol.metadata_from(self._call(self._stub.GetModelMetadata, request))
+
+    def health(self, service: str = "") -> str:
+        """The server's ``grpc.health.v1`` status name, e.g. ``"SERVING"`` or ``"NOT_SERVING"``.
+
+        Args:
+            service: ``""`` for the whole server, or ``"hessd.v1.HessianService"``.
+        """
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
+        with _protocol.translated_errors():
+            return method(request, timeout=self._timeout)
+
+    def _chunked(
+        self,
+        method: grpc.UnaryStreamMultiCallable,
+        request: Any,
+        names: tuple[str, ...],
+    ) -> tuple[np.ndarray, ...]:
+        reassembler = Reassembler()
+        with _protocol.translated_errors():
+            for chunk in method(request, timeout=self._timeout):
+                reassembler.add(chunk)
+        return reassembler.arrays(names)
+
+
+def _next_entry(order: queue.SimpleQueue[object], replies: grpc.Future) -> object:
+    """The next entry of ``order``; ``_SENT`` if the call ended while none was coming,
+    so that reading its reply raises the call's error instead of waiting forever."""
+    while True:
+        try:
+            return order.get(timeout=_protocol.STREAM_POLL_S)
+        except queue.Empty:
+            if replies.done():
+                return _SENT
+
+
+__all__ = ["Client"]

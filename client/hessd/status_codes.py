@@ -1,0 +1,137 @@
+"""The one mapping between hessd exceptions and gRPC statuses, used by server and SDK.
+
+The server turns an exception into a ``google.rpc.Status`` with :func:`to_status`:
+the status code from :data:`CODES`, the exception's message, an ``ErrorInfo``
+(domain ``"hessd.v1"``, reason = the exception class name) and, when the error
+concerns one request field, a ``BadRequest`` field violation naming it. The SDK
+turns such a status back into the same exception class with :func:`from_status`
+(or :func:`from_rpc_error` for a failed call), falling back to the code mapping
+when the details are missing, e.g. for errors raised by gRPC itself.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hessd.errors import (
+    ERROR_TYPES,
+    BatchDependenceError,
+    CancelledError,
+    DeadlineExceededError,
+    HessdError,
+    InternalError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    ResultTooLargeError,
+    UnavailableError,
+)
+
+DOMAIN = "hessd.v1"
+"""``ErrorInfo.domain`` of every error hessd sends."""
+
+CODES: dict[type[HessdError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    ResultTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BatchDependenceError: grpc.StatusCode.FAILED_PRECONDITION,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    CancelledError: grpc.StatusCode.CANCELLED,
+    InternalError: grpc.StatusCode.INTERNAL,
+    HessdError: grpc.StatusCode.UNKNOWN,
+}
+"""Status code of each exception type; a subclass takes its nearest listed base's code."""
+
+_TYPES_BY_CODE: dict[grpc.StatusCode, type[HessdError]] = {
+    code: error_type for error_type, code in reversed(CODES.items())
+}
+_STATUS_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {
+    code.value[0]: code for code in grpc.StatusCode
+}
+
+
+def status_code(error: HessdError) -> grpc.StatusCode:
+    """The gRPC status code for ``error``, from its nearest base class listed in :data:`CODES`."""
+    return next(CODES[base] for base in type(error).__mro__ if base in CODES)
+
+
+def to_status(error: HessdError) -> status_pb2.Status:
+    """``error`` as a ``google.rpc.Status`` with ErrorInfo and, if it has a field, BadRequest."""
+    details = [error_details_pb2.ErrorInfo(reason=type(error).__name__, domain=DOMAIN)]
+    if error.field is not None:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=error.field, description=error.message
+                    )
+                ]
+            )
+        )
+    return status_pb2.Status(
+        code=status_code(error).value[0],
+        message=error.message,
+        details=[_packed(detail) for detail in details],
+    )
+
+
+def from_status(status: status_pb2.Status) -> HessdError:
+    """The exception a non-OK ``google.rpc.Status`` stands for.
+
+    The class named by a hessd ``ErrorInfo`` when there is one, else the class
+    mapped to the status code; ``field`` comes from a ``BadRequest`` violation.
+    """
+    error_type: type[HessdError] | None = None
+    field: str | None = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == DOMAIN:
+                error_type = ERROR_TYPES.get(info.reason)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            if bad_request.field_violations:
+                field = bad_request.field_violations[0].field
+    if error_type is None:
+        code = _STATUS_CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+        return _from_code(code, status.message, field)
+    return error_type(status.message, field=field)
+
+
+def from_rpc_error(error: grpc.RpcError) -> HessdError:
+    """The exception a failed call (sync or asyncio) stands for; see :func:`from_status`."""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        status = None
+    if status is None:
+        return _from_code(error.code(), error.details() or "", None)
+    return from_status(status)
+
+
+def _from_code(code: grpc.StatusCode, message: str, field: str | None) -> HessdError:
+    error_type = _TYPES_BY_CODE.get(code)
+    if error_type is None or error_type is HessdError:
+        return HessdError(f"{code.name}: {message}", field=field)
+    return error_type(message, field=field)
+
+
+def _packed(detail: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+__all__ = [
+    "CODES",
+    "DOMAIN",
+    "from_rpc_error",
+    "from_status",
+    "status_code",
+    "to_status",
+]

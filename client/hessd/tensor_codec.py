@@ -1,0 +1,213 @@
+"""numpy arrays to and from ``hessd.v1.Tensor``: raw little-endian, row-major bytes.
+
+:func:`encode` is the one place that calls ``tobytes`` and :func:`from_bytes` the one
+place that calls ``np.frombuffer``; every tensor on the wire passes through them.
+float16, float32, float64, int32 and int64 need only numpy; bfloat16 needs
+``ml_dtypes``, used when it is importable (the SDK does not require it).
+
+>>> t = encode(np.ones((2, 3), np.float32), field="x")
+>>> (t.dtype == DataType.DATA_TYPE_FLOAT32, list(t.shape), len(t.data))
+(True, [2, 3], 24)
+>>> decode(t, field="x").shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from hessd.errors import DtypeError, PrecisionError, TensorEncodingError
+from hessd.v1.tensor_pb2 import DataType, Tensor
+
+try:
+    import ml_dtypes
+except ImportError:
+    ml_dtypes = None
+
+_WIRE_DTYPES: dict[int, np.dtype] = {
+    DataType.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    DataType.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    DataType.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+    DataType.DATA_TYPE_INT32: np.dtype("<i4"),
+    DataType.DATA_TYPE_INT64: np.dtype("<i8"),
+}
+if ml_dtypes is not None:
+    _WIRE_DTYPES[DataType.DATA_TYPE_BFLOAT16] = np.dtype(ml_dtypes.bfloat16)
+
+_DATA_TYPES_BY_NAME: dict[str, int] = {
+    "float32": DataType.DATA_TYPE_FLOAT32,
+    "float64": DataType.DATA_TYPE_FLOAT64,
+    "float16": DataType.DATA_TYPE_FLOAT16,
+    "bfloat16": DataType.DATA_TYPE_BFLOAT16,
+    "int32": DataType.DATA_TYPE_INT32,
+    "int64": DataType.DATA_TYPE_INT64,
+}
+_NAMES_BY_DATA_TYPE: dict[int, str] = {code: name for name, code in _DATA_TYPES_BY_NAME.items()}
+
+SUPPORTED_DTYPES: tuple[str, ...] = tuple(_DATA_TYPES_BY_NAME)
+"""The dtype names a wire tensor can carry."""
+
+
+def encode(array: npt.ArrayLike, *, field: str) -> Tensor:
+    """Encode an array as a wire tensor.
+
+    Args:
+        array: an array-like of shape S and dtype float16, bfloat16, float32,
+            float64, int32 or int64; other element types raise.
+        field: the request field the array is for, named in errors.
+
+    Returns:
+        A ``Tensor`` with the array's dtype and shape and its elements as
+        little-endian bytes in row-major order.
+
+    Raises:
+        DtypeError: the array's dtype is none of those.
+    """
+    array = np.asarray(array)
+    data_type = _DATA_TYPES_BY_NAME.get(array.dtype.name)
+    if data_type is None:
+        raise DtypeError(
+            f"{field} has dtype {array.dtype}, but hessd tensors are one of "
+            f"{', '.join(SUPPORTED_DTYPES)}; convert it, e.g. {field}.astype(np.float32).",
+            field=field,
+        )
+    wire_dtype = _wire_dtype(data_type, field=field)
+    return Tensor(
+        dtype=data_type,
+        shape=array.shape,
+        data=array.astype(wire_dtype, copy=False).tobytes(order="C"),
+    )
+
+
+def decode(tensor: Tensor, *, field: str) -> np.ndarray:
+    """Decode a wire tensor into a read-only array of its dtype and shape.
+
+    Args:
+        tensor: the wire tensor.
+        field: the request or reply field the tensor came in, named in errors.
+
+    Raises:
+        TensorEncodingError: unknown dtype, negative dimension, or a byte count
+            other than product(shape) * itemsize.
+    """
+    return from_bytes(tensor.dtype, tensor.shape, tensor.data, field=field)
+
+
+def from_bytes(
+    data_type: int, shape: Sequence[int], data: bytes | bytearray | memoryview, *, field: str
+) -> np.ndarray:
+    """View raw little-endian row-major bytes as a read-only array, without copying.
+
+    Args:
+        data_type: a ``DataType`` value.
+        shape: the array's shape.
+        data: exactly ``nbytes(data_type, shape)`` bytes.
+        field: named in errors.
+
+    Raises:
+        TensorEncodingError: as for :func:`decode`.
+    """
+    expected = nbytes(data_type, shape, field=field)
+    if len(data) != expected:
+        raise TensorEncodingError(
+            f"{field} holds {len(data)} bytes, but shape {tuple(shape)} of "
+            f"{dtype_name(data_type, field=field)} needs {expected}; send "
+            "product(shape) * itemsize little-endian bytes.",
+            field=field,
+        )
+    wire_dtype = _wire_dtype(data_type, field=field)
+    array = np.frombuffer(data, dtype=wire_dtype).reshape(tuple(shape))
+    array = array.astype(wire_dtype.newbyteorder("="), copy=False)
+    array.flags.writeable = False
+    return array
+
+
+def nbytes(data_type: int, shape: Sequence[int], *, field: str) -> int:
+    """Bytes of a tensor of this ``DataType`` and shape.
+
+    Raises:
+        TensorEncodingError: unknown dtype or a negative dimension.
+    """
+    if any(size < 0 for size in shape):
+        raise TensorEncodingError(
+            f"{field} has shape {tuple(shape)}; dimensions must be >= 0.", field=field
+        )
+    return math.prod(shape) * _wire_dtype(data_type, field=field).itemsize
+
+
+def dtype_name(data_type: int, *, field: str) -> str:
+    """The numpy name (``"float32"``...) of a ``DataType`` value.
+
+    Raises:
+        TensorEncodingError: the value names no supported dtype.
+    """
+    name = _NAMES_BY_DATA_TYPE.get(data_type)
+    if name is None:
+        raise TensorEncodingError(
+            f"{field} has dtype enum value {data_type}; use one of "
+            f"{', '.join(f'DATA_TYPE_{n.upper()}' for n in SUPPORTED_DTYPES)}.",
+            field=field,
+        )
+    return name
+
+
+def encode_precision(precision: str | None) -> int:
+    """The ``DataType`` carrying the library's ``precision`` argument; ``None`` is unspecified.
+
+    Raises:
+        PrecisionError: ``precision`` is no dtype name a tensor can carry.
+    """
+    if precision is None:
+        return DataType.DATA_TYPE_UNSPECIFIED
+    data_type = _DATA_TYPES_BY_NAME.get(str(precision))
+    if data_type is None:
+        raise PrecisionError(
+            f"precision is {precision!r}; use None, 'float32' or 'float64'.", field="precision"
+        )
+    return data_type
+
+
+def decode_precision(data_type: int) -> str | None:
+    """The library's ``precision`` argument for a request's ``precision`` field.
+
+    Raises:
+        PrecisionError: the value names no dtype.
+    """
+    if data_type == DataType.DATA_TYPE_UNSPECIFIED:
+        return None
+    name = _NAMES_BY_DATA_TYPE.get(data_type)
+    if name is None:
+        raise PrecisionError(
+            f"precision has enum value {data_type}; use DATA_TYPE_UNSPECIFIED, "
+            "DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64.",
+            field="precision",
+        )
+    return name
+
+
+def _wire_dtype(data_type: int, *, field: str) -> np.dtype:
+    wire_dtype = _WIRE_DTYPES.get(data_type)
+    if wire_dtype is None:
+        name = dtype_name(data_type, field=field)
+        raise TensorEncodingError(
+            f"{field} is {name}, which needs the ml_dtypes package on this side; "
+            "pip install ml_dtypes, or send float32.",
+            field=field,
+        )
+    return wire_dtype
+
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "decode",
+    "decode_precision",
+    "dtype_name",
+    "encode",
+    "encode_precision",
+    "from_bytes",
+    "nbytes",
+]

@@ -1,0 +1,203 @@
+from google.rpc import status_pb2 as _status_pb2
+from hessd.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HessianRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    full: bool
+    precision: _tensor_pb2.DataType
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+
+class HessianResponse(_message.Message):
+    __slots__ = ("hessian",)
+    HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    hessian: _tensor_pb2.Tensor
+    def __init__(self, hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class GradientRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    precision: _tensor_pb2.DataType
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+
+class GradientResponse(_message.Message):
+    __slots__ = ("gradient",)
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    gradient: _tensor_pb2.Tensor
+    def __init__(self, gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class HessianVectorProductRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "v", "wrt", "output_weights", "precision")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    V_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    v: _tensor_pb2.Tensor
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    precision: _tensor_pb2.DataType
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., v: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+
+class HessianVectorProductResponse(_message.Message):
+    __slots__ = ("hvp",)
+    HVP_FIELD_NUMBER: _ClassVar[int]
+    hvp: _tensor_pb2.Tensor
+    def __init__(self, hvp: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    full: bool
+    precision: _tensor_pb2.DataType
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("value", "gradient", "hessian")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    value: _tensor_pb2.Tensor
+    gradient: _tensor_pb2.Tensor
+    hessian: _tensor_pb2.Tensor
+    def __init__(self, value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class StreamHessianResponse(_message.Message):
+    __slots__ = ("index", "hessian", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    hessian: _tensor_pb2.Tensor
+    error: _status_pb2.Status
+    def __init__(self, index: _Optional[int] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
+
+class ModelVersions(_message.Message):
+    __slots__ = ("name", "versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetModelMetadataRequest(_message.Message):
+    __slots__ = ("model_name", "model_version")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GetModelMetadataResponse(_message.Message):
+    __slots__ = ("name", "version", "inputs", "outputs", "strategy", "batch_independent", "buckets", "compile_count", "xla_fallbacks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INDEPENDENT_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    XLA_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    strategy: str
+    batch_independent: bool
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    compile_count: int
+    xla_fallbacks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., strategy: _Optional[str] = ..., batch_independent: _Optional[bool] = ..., buckets: _Optional[_Iterable[int]] = ..., compile_count: _Optional[int] = ..., xla_fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TensorInfo(_message.Message):
+    __slots__ = ("name", "shape", "dtype")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,169 @@
+"""``hessd-server``: serve models over gRPC until SIGTERM or SIGINT.
+
+Examples::
+
+    hessd-server                                   # the demo model as "demo" on 127.0.0.1:50051
+    hessd-server --model mlp=/models/mlp.keras --model cnn=pkg.models:build_cnn \\
+        --listen 0.0.0.0:50051 --warmup-batch-sizes 1,8,32 --metrics-port 9090
+    hessd-server --listen unix:///run/hessd.sock
+
+On SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls,
+lets in-flight calls finish (up to ``--grace-seconds``) and exits 0. It
+exits 1 when a model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .server import create_server
+from .server_config import ModelSpec, ServerConfig
+
+_log = logging.getLogger("hessd_server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags (``sys.argv`` when ``argv`` is None), serve, and return the exit status."""
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve(config))
+
+
+def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
+    """The ``ServerConfig`` that ``hessd-server`` flags ``argv`` ask for; exits 2 on bad flags."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return ServerConfig(
+            models=tuple(args.model),
+            listen=args.listen,
+            warmup_batch_sizes=args.warmup_batch_sizes,
+            max_batch_size=args.max_batch_size,
+            max_result_bytes=args.max_result_bytes,
+            jit_compile=args.jit_compile,
+            safe_mode=args.safe_mode,
+            max_message_bytes=args.max_message_bytes,
+            chunk_bytes=args.chunk_bytes,
+            engine_threads=args.engine_threads,
+            grace_seconds=args.grace_seconds,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            log_level=args.log_level,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+
+
+async def serve(config: ServerConfig) -> int:
+    """Serve ``config`` until SIGTERM or SIGINT; returns the process exit status."""
+    try:
+        server, port = create_server(config)
+    except RuntimeError as error:
+        _log.error("cannot listen on %s: %s", config.listen, error)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    _log.info("listening on %s (port %d)", config.listen, port)
+    loading = asyncio.ensure_future(server.wait_until_serving())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        _log.error("could not start serving: %s", loading.exception())
+        stopping.cancel()
+        await server.stop(grace=0)
+        return 1
+    await stopping
+    _log.info("stopping: draining in-flight calls for up to %gs", config.grace_seconds)
+    await server.stop(grace=config.grace_seconds)
+    loading.cancel()
+    _log.info("stopped")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(
+        prog="hessd-server",
+        description="Serve Hessians, gradients and Hessian-vector products of models over gRPC.",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        type=_model_spec,
+        metavar="NAME=SOURCE",
+        help="serve SOURCE (.keras file, SavedModel dir or pkg.module:factory) as NAME; "
+        "repeatable; default: the demo model as 'demo'",
+    )
+    parser.add_argument(
+        "--listen", default=defaults.listen, help="host:port or unix:///path (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup-batch-sizes",
+        type=_batch_sizes,
+        default=defaults.warmup_batch_sizes,
+        metavar="B1,B2,...",
+        help="batch sizes to compile before SERVING (default: the engine's, 1 to 32)",
+    )
+    for flag, kind, help_text in (
+        ("--max-batch-size", int, "largest batch bucket, a power of two"),
+        ("--max-result-bytes", int, "refuse results larger than this"),
+        ("--max-message-bytes", int, "largest gRPC message; larger results need chunked RPCs"),
+        ("--chunk-bytes", int, "data bytes per result chunk"),
+        ("--engine-threads", int, "engine calls running at once"),
+        ("--grace-seconds", float, "how long in-flight calls may drain on SIGTERM/SIGINT"),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (%(default)s)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
+    parser.add_argument(
+        "--metrics-host", default=defaults.metrics_host, help="address of /metrics (%(default)s)"
+    )
+    parser.add_argument(
+        "--no-jit-compile", dest="jit_compile", action="store_false", help="do not use XLA"
+    )
+    parser.add_argument(
+        "--unsafe-deserialization",
+        dest="safe_mode",
+        action="store_false",
+        help="let .keras files deserialize arbitrary Python (e.g. Lambda layers)",
+    )
+    parser.add_argument(
+        "--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    return parser
+
+
+def _model_spec(text: str) -> ModelSpec:
+    name, separator, source = text.partition("=")
+    if not separator or not name or not source:
+        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE, got {text!r}")
+    return ModelSpec(name, source)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(size) for size in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Prometheus metrics of one server: requests by method and status, latency,
+engine calls waiting and dropped, and compiled functions per model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    """The metrics of one server, in a registry of their own.
+
+    Attributes:
+        registry: the registry holding every metric below.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "hessd_requests",
+            "HessianService RPCs finished, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "hessd_request_duration_seconds",
+            "Wall time of HessianService RPCs, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self._dropped = Counter(
+            "hessd_dropped_engine_calls",
+            "Engine calls dropped before starting because their RPC expired or was cancelled.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._waiting = Gauge(
+            "hessd_engine_calls_waiting",
+            "Engine calls waiting for a free engine thread.",
+            registry=self.registry,
+        )
+        self._compiled = Gauge(
+            "hessd_compiled_functions",
+            "Functions compiled so far, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._http: WSGIServer | None = None
+
+    def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        """Count one finished RPC of ``method`` (e.g. ``"Hessian"``) and its duration."""
+        self._requests.labels(method=method, code=code.name).inc()
+        self._latency.labels(method=method, code=code.name).observe(seconds)
+
+    def call_queued(self) -> None:
+        """One more engine call waits for a thread."""
+        self._waiting.inc()
+
+    def call_dequeued(self) -> None:
+        """One engine call stopped waiting: it started, or was dropped while queued."""
+        self._waiting.dec()
+
+    def count_dropped(self, reason: str) -> None:
+        """Count one engine call dropped for ``reason``: ``"deadline"`` or ``"cancelled"``."""
+        self._dropped.labels(reason=reason).inc()
+
+    def track_compiles(self, model: str, compile_count: Callable[[], int]) -> None:
+        """Report ``compile_count()`` as model ``model``'s compiled functions at each scrape."""
+        self._compiled.labels(model=model).set_function(compile_count)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint, if serving."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

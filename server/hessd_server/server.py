@@ -1,0 +1,175 @@
+"""The hessd gRPC server: HessianService, health and reflection over one set of models.
+
+Lifecycle: :func:`create_server` builds and binds; :meth:`HessdServer.start`
+starts answering (health NOT_SERVING) and loads and warms every model in the
+background; once all are warm, health turns SERVING. :meth:`HessdServer.stop`
+turns health NOT_SERVING, refuses new calls with UNAVAILABLE, lets in-flight
+calls finish within the grace period, then stops.
+
+>>> async def run(config):                                  # doctest: +SKIP
+...     server, port = create_server(config)
+...     await server.start()
+...     await server.wait_until_serving()
+...     await server.stop(grace=5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hessd.v1 import hessian_service_pb2_grpc
+
+from .admission import Admission
+from .engine_executor import EngineExecutor
+from .metrics import Metrics
+from .model_registry import ModelRegistry
+from .server_config import ServerConfig
+from .servicer import HessianServicer
+from .status_interceptor import SERVICE_NAME, StatusInterceptor
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HessdServer:
+    """One hessd server; build it with :func:`create_server`.
+
+    Attributes:
+        config: the settings it was built from.
+        models: the served models.
+        metrics: its Prometheus metrics.
+        engine_pool: the worker threads engine calls run on.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.models = ModelRegistry(
+            config.served_models, config.engine_config(), safe_mode=config.safe_mode
+        )
+        self.engine_pool = ThreadPoolExecutor(
+            config.engine_threads, thread_name_prefix="hessd-engine"
+        )
+        self._admission = Admission()
+        self._loading: asyncio.Future[None] | None = None
+        self._health = health.aio.HealthServicer()
+        self.grpc_server = grpc.aio.server(
+            interceptors=[StatusInterceptor(self.metrics, self._admission)],
+            options=[
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+            ],
+        )
+        hessian_service_pb2_grpc.add_HessianServiceServicer_to_server(
+            HessianServicer(
+                self.models,
+                EngineExecutor(self.engine_pool, self.metrics),
+                max_message_bytes=config.max_message_bytes,
+                chunk_bytes=config.chunk_bytes,
+            ),
+            self.grpc_server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
+        for name in self.models.names:
+            self.metrics.track_compiles(name, functools.partial(self.models.compile_count, name))
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        """Start answering calls (health NOT_SERVING) and begin loading and warming models."""
+        for service in (health.OVERALL_HEALTH, SERVICE_NAME):
+            await self._health.set(service, _NOT_SERVING)
+        await self.grpc_server.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(
+                self.config.metrics_host, self.config.metrics_port
+            )
+            _log.info(
+                "metrics on http://%s:%d/metrics", self.config.metrics_host, self.metrics_port
+            )
+        self._loading = asyncio.ensure_future(self._load())
+
+    async def wait_until_serving(self) -> None:
+        """Return once every model is warm and health is SERVING.
+
+        Raises:
+            Exception: what stopped a model from loading or warming (e.g.
+                ``ModelLoadError``); health then stays NOT_SERVING.
+        """
+        if self._loading is None:
+            raise RuntimeError("start() the server first")
+        await asyncio.shield(self._loading)
+
+    async def stop(self, grace: float | None) -> None:
+        """Drain and stop: health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
+        get ``grace`` seconds (``None``: unlimited) to finish, then are cancelled."""
+        self._admission.start_draining()
+        await self._health.enter_graceful_shutdown()
+        try:
+            await asyncio.wait_for(self._admission.drained(), grace)
+        except asyncio.TimeoutError:
+            _log.warning("grace period of %gs over; cancelling the calls still running", grace)
+        await self.grpc_server.stop(0)
+        self.engine_pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()
+
+    async def _load(self) -> None:
+        await _in_daemon_thread(lambda: self.models.load(self.config.warmup_batch_sizes))
+        for service in (health.OVERALL_HEALTH, SERVICE_NAME):
+            await self._health.set(service, _SERVING)
+        _log.info("serving models %s", self.models.names)
+
+
+def create_server(config: ServerConfig) -> tuple[HessdServer, int]:
+    """Build a server for ``config`` and bind it to ``config.listen``; call in the event loop.
+
+    Returns:
+        The server, not yet started, and the bound TCP port (0 for a unix socket).
+    """
+    server = HessdServer(config)
+    port = server.grpc_server.add_insecure_port(config.listen)
+    return server, port
+
+
+async def _in_daemon_thread(function: Callable[[], T]) -> T:
+    """``function()`` on a daemon thread, so that a process stopping mid-warmup need not wait."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        result, error = None, None
+        try:
+            result = function()
+        except BaseException as raised:
+            error = raised
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            _log.debug("model loading finished after the event loop closed")
+
+    threading.Thread(target=target, name="hessd-load", daemon=True).start()
+    return await future

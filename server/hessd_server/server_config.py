@@ -1,0 +1,97 @@
+"""The server's settings: one frozen dataclass, built by ``main()`` from flags or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import EngineConfig
+from .demo_model import DEMO_MODEL_SOURCE
+
+DEMO_MODEL_NAME = "demo"
+"""The name the embedded demo model is served under when no model is configured."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""gRPC's own default message size limit."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve.
+
+    Attributes:
+        name: the name requests use (``model_name``).
+        source: what :func:`hessd_server.load_model` loads: a ``.keras`` file, a
+            SavedModel directory or a ``"package.module:factory"`` reference.
+    """
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How a hessd server listens, which models it serves and within what limits.
+
+    Attributes:
+        models: the models to serve; empty serves the demo model as ``"demo"``.
+        listen: ``host:port`` (port 0 picks a free one) or ``unix:///path``.
+        warmup_batch_sizes: batch sizes whose buckets are compiled before the
+            server reports SERVING; ``None`` uses the engine's default.
+        max_batch_size: largest power-of-two batch bucket (engine setting).
+        max_result_bytes: results above this are refused before computing
+            (engine setting).
+        jit_compile: compile with XLA (engine setting).
+        safe_mode: Keras safe mode when loading ``.keras`` files.
+        max_message_bytes: largest gRPC message sent or received; larger
+            results must use the chunked RPCs.
+        chunk_bytes: data bytes per ResultChunk of a chunked reply.
+        engine_threads: engine calls that may run at once.
+        grace_seconds: how long in-flight calls may take to finish on shutdown.
+        metrics_port: port of the Prometheus ``/metrics`` endpoint (0 picks a
+            free one); ``None`` serves no endpoint.
+        metrics_host: address the metrics endpoint binds.
+        log_level: the process's logging level name, e.g. ``"INFO"``.
+    """
+
+    models: tuple[ModelSpec, ...] = ()
+    listen: str = "127.0.0.1:50051"
+    warmup_batch_sizes: tuple[int, ...] | None = None
+    max_batch_size: int = 1024
+    max_result_bytes: int = 1 << 30
+    jit_compile: bool = True
+    safe_mode: bool = True
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    chunk_bytes: int = 1024 * 1024
+    engine_threads: int = 2
+    grace_seconds: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        names = [spec.name for spec in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        if not 0 < self.chunk_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"chunk_bytes ({self.chunk_bytes}) must be positive and below "
+                f"max_message_bytes ({self.max_message_bytes})"
+            )
+        if self.engine_threads < 1:
+            raise ValueError(f"engine_threads must be >= 1, got {self.engine_threads}")
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        self.engine_config()
+
+    @property
+    def served_models(self) -> tuple[ModelSpec, ...]:
+        """``models``, or the demo model when none is configured."""
+        return self.models or (ModelSpec(DEMO_MODEL_NAME, DEMO_MODEL_SOURCE),)
+
+    def engine_config(self) -> EngineConfig:
+        """The engine settings every served model is loaded with."""
+        return EngineConfig(
+            max_batch_size=self.max_batch_size,
+            max_result_bytes=self.max_result_bytes,
+            jit_compile=self.jit_compile,
+        )

@@ -1,0 +1,122 @@
+"""Results above the message size limit travel in chunks and come back exact.
+
+The test case of the issue: a per-example Hessian with D = 1200 and B = 2 is
+2 * 1200 * 1200 * 4 bytes = 11.5 MB, well above gRPC's default 4 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_status import rpc_status
+
+import hessd
+import hessd_server as hs
+from hessd import _protocol, errors, tensor_codec
+from hessd.chunks import Reassembler
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc
+from wire_fixtures import WIDE_INPUT_SIZE, RunningServer, rng_array, serving
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+X = rng_array((2, WIDE_INPUT_SIZE))
+HESSIAN_BYTES = 2 * WIDE_INPUT_SIZE * WIDE_INPUT_SIZE * 4
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with serving(
+        [("wide", "wire_fixtures:wide_model")],
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        chunk_bytes=CHUNK_BYTES,
+        max_batch_size=2,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def expected(server: RunningServer) -> hessd.Evaluation:
+    return hs.evaluate(server.model("wide"), X)
+
+
+def test_sdk_reassembles_a_hessian_above_the_message_limit(
+    server: RunningServer, expected: hessd.Evaluation
+) -> None:
+    assert HESSIAN_BYTES > MAX_MESSAGE_BYTES
+    with hessd.Client(server.target, timeout=120) as client:
+        hessian = client.hessian("wide", X)
+    assert hessian.nbytes == HESSIAN_BYTES
+    assert hessian.dtype == expected.hessian.dtype and hessian.shape == (2, 1200, 1200)
+    assert np.array_equal(hessian, expected.hessian)
+
+
+def test_sdk_reassembles_a_large_evaluation(
+    server: RunningServer, expected: hessd.Evaluation
+) -> None:
+    with hessd.Client(server.target, timeout=120) as client:
+        evaluation = client.evaluate("wide", X)
+    for remote, local in zip(evaluation, expected, strict=True):
+        assert remote.dtype == local.dtype and np.array_equal(remote, local)
+
+
+def test_async_sdk_reassembles_too(server: RunningServer, expected: hessd.Evaluation) -> None:
+    async def call() -> np.ndarray:
+        async with hessd.AsyncClient(server.target, timeout=120) as client:
+            return await client.hessian("wide", X)
+
+    assert np.array_equal(asyncio.run(call()), expected.hessian)
+
+
+def _request() -> pb.HessianRequest:
+    return pb.HessianRequest(model_name="wide", x={"x": tensor_codec.encode(X, field="x")})
+
+
+def test_chunked_rpc_streams_bounded_chunks(
+    server: RunningServer, expected: hessd.Evaluation
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        replies = list(
+            hessian_service_pb2_grpc.HessianServiceStub(channel).HessianChunked(_request())
+        )
+    assert len(replies) == math.ceil(HESSIAN_BYTES / CHUNK_BYTES)
+    assert all(len(chunk.data) <= CHUNK_BYTES and chunk.name == "hessian" for chunk in replies)
+    reassembler = Reassembler()
+    for chunk in replies:
+        reassembler.add(chunk)
+    assert np.array_equal(reassembler.arrays(("hessian",))[0], expected.hessian)
+
+
+def test_unary_call_above_the_limit_points_at_the_chunked_rpc(server: RunningServer) -> None:
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as raised:
+        hessian_service_pb2_grpc.HessianServiceStub(channel).Hessian(_request())
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "HessianChunked" in raised.value.details()
+    assert rpc_status.from_call(raised.value) is not None
+
+
+def test_server_limit_holds_when_the_client_allows_more(server: RunningServer) -> None:
+    generous = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    with (
+        hessd.Client(server.target, timeout=120, options=generous) as client,
+        pytest.raises(errors.ResultTooLargeError, match="HessianChunked"),
+    ):
+        client.hessian("wide", X)
+
+
+def test_chunking_is_chosen_from_the_input_shapes() -> None:
+    def request(batch: int, **fields: object) -> pb.HessianRequest:
+        x = tensor_codec.encode(np.zeros((batch, 1000), np.float32), field="x")
+        return pb.HessianRequest(model_name="wide", x={"x": x}, **fields)
+
+    assert not _protocol.needs_chunks(request(1), MAX_MESSAGE_BYTES)  # 4.0 MB fits 4 MiB
+    assert _protocol.needs_chunks(request(2), MAX_MESSAGE_BYTES)
+    float64 = tensor_codec.encode_precision("float64")
+    assert _protocol.needs_chunks(request(1, precision=float64), MAX_MESSAGE_BYTES)
+    assert _protocol.needs_chunks(request(1, full=True), MAX_MESSAGE_BYTES // 2)
+    assert not _protocol.needs_chunks(request(2), -1)

@@ -1,0 +1,144 @@
+"""The ``hessd`` command line client against a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hessd_server as hs
+from hessd import cli
+from wire_fixtures import RunningServer, console_script, rng_array, serving
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with serving(
+        [("demo", hs.DEMO_MODEL_SOURCE), ("multi", "wire_fixtures:multi_input_model")]
+    ) as running:
+        yield running
+
+
+def _run(server: RunningServer, *args: str) -> int:
+    return cli.main(["--target", server.target, *args])
+
+
+def test_console_script_lists_models(server: RunningServer) -> None:
+    result = subprocess.run(
+        [console_script("hessd"), "--target", server.target, "models"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["demo", "multi"]
+
+
+def test_metadata_is_json(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(server, "metadata", "demo") == 0
+    metadata = json.loads(capsys.readouterr().out)
+    assert metadata["name"] == "demo" and metadata["inputs"][0]["shape"] == [10]
+    assert metadata["batch_independent"] is True
+
+
+def test_health(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(server, "health") == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+
+
+def test_hessian_gradient_hvp_evaluate_to_files(server: RunningServer, tmp_path: Path) -> None:
+    x = rng_array((3, 10))
+    v = rng_array((3, 10), seed=1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "v.npy", v)
+    model = server.model("demo")
+    inputs = ["--input", str(tmp_path / "x.npy")]
+    assert _run(server, "hessian", "demo", *inputs, "--out", str(tmp_path / "h.npy")) == 0
+    assert np.array_equal(np.load(tmp_path / "h.npy"), hs.hessian(model, x))
+    assert (
+        _run(
+            server,
+            "hessian",
+            "demo",
+            *inputs,
+            "--full",
+            "--precision",
+            "float64",
+            "--out",
+            str(tmp_path / "hf.npy"),
+        )
+        == 0
+    )
+    assert np.array_equal(
+        np.load(tmp_path / "hf.npy"), hs.hessian(model, x, full=True, precision="float64")
+    )
+    assert _run(server, "gradient", "demo", *inputs, "--out", str(tmp_path / "g.npy")) == 0
+    assert np.array_equal(np.load(tmp_path / "g.npy"), hs.gradient(model, x))
+    assert (
+        _run(
+            server,
+            "hvp",
+            "demo",
+            *inputs,
+            "--vector",
+            str(tmp_path / "v.npy"),
+            "--out",
+            str(tmp_path / "hv.npy"),
+        )
+        == 0
+    )
+    assert np.array_equal(np.load(tmp_path / "hv.npy"), hs.hvp(model, x, v))
+    assert _run(server, "evaluate", "demo", *inputs, "--out", str(tmp_path / "e.npz")) == 0
+    with np.load(tmp_path / "e.npz") as saved:
+        for name, array in hs.evaluate(model, x)._asdict().items():
+            assert np.array_equal(saved[name], array)
+
+
+def test_multi_input_from_npz_with_output_weights(server: RunningServer, tmp_path: Path) -> None:
+    x = {
+        "a": rng_array((2, 3)),
+        "b": rng_array((2, 2, 2)),
+        "ids": np.array([[0, 1], [2, 3]], np.int32),
+    }
+    np.savez(tmp_path / "x.npz", **x)
+    np.save(tmp_path / "w.npy", np.array([1.0, -1.0], np.float32))
+    assert (
+        _run(
+            server,
+            "hessian",
+            "multi",
+            "--input",
+            str(tmp_path / "x.npz"),
+            "--wrt",
+            "a",
+            "--output-weights",
+            str(tmp_path / "w.npy"),
+            "--out",
+            str(tmp_path / "h.npy"),
+        )
+        == 0
+    )
+    expected = hs.hessian(
+        server.model("multi"), x, wrt="a", output_weights=np.array([1.0, -1.0], np.float32)
+    )
+    assert np.array_equal(np.load(tmp_path / "h.npy"), expected)
+
+
+def test_printed_result_without_out(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "x.npy", rng_array((1, 10)))
+    assert _run(server, "gradient", "demo", "--input", str(tmp_path / "x.npy")) == 0
+    assert "shape=(1, 10) dtype=float32" in capsys.readouterr().out
+
+
+def test_errors_exit_1_with_the_exception_name(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "x.npy", rng_array((1, 10)))
+    assert _run(server, "hessian", "nope", "--input", str(tmp_path / "x.npy")) == 1
+    assert "ModelNotFoundError" in capsys.readouterr().err

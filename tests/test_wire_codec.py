@@ -1,0 +1,159 @@
+"""The shared wire pieces without a server: tensor codec, chunking and the status mapping."""
+
+from __future__ import annotations
+
+import grpc
+import ml_dtypes
+import numpy as np
+import pytest
+from google.rpc import status_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hessd import chunks, errors, status_codes, tensor_codec
+from hessd.v1.tensor_pb2 import DataType, ResultChunk, Tensor
+
+WIRE_DTYPES = ["float32", "float64", "float16", ml_dtypes.bfloat16, "int32", "int64"]
+
+
+@pytest.mark.parametrize("dtype", WIRE_DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4), (1, 0, 2)])
+def test_round_trip_keeps_dtype_shape_and_values(dtype: object, shape: tuple[int, ...]) -> None:
+    array = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape).astype(dtype)
+    decoded = tensor_codec.decode(tensor_codec.encode(array, field="x"), field="x")
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    assert np.array_equal(decoded, array)
+    assert not decoded.flags.writeable
+
+
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
+    )
+)
+def test_round_trip_is_bit_exact(array: np.ndarray) -> None:
+    decoded = tensor_codec.decode(tensor_codec.encode(array, field="x"), field="x")
+    assert decoded.tobytes() == array.tobytes() and decoded.shape == array.shape
+
+
+def test_bytes_are_little_endian_row_major_whatever_the_input_layout() -> None:
+    big_endian_fortran = np.asfortranarray(np.array([[1.0, 2.0], [3.0, 4.0]], dtype=">f4"))
+    tensor = tensor_codec.encode(big_endian_fortran, field="x")
+    assert tensor.dtype == DataType.DATA_TYPE_FLOAT32 and list(tensor.shape) == [2, 2]
+    assert tensor.data == np.array([1, 2, 3, 4], dtype="<f4").tobytes()
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[2, 3], data=b"\0" * 23),
+        Tensor(dtype=DataType.DATA_TYPE_FLOAT64, shape=[2], data=b"\0" * 8),
+        Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[-1], data=b""),
+        Tensor(dtype=DataType.DATA_TYPE_UNSPECIFIED, shape=[1], data=b"\0" * 4),
+        Tensor(dtype=99, shape=[1], data=b"\0" * 4),
+    ],
+    ids=["short", "long", "negative-dim", "unspecified-dtype", "unknown-dtype"],
+)
+def test_malformed_tensor_is_a_tensor_encoding_error(tensor: Tensor) -> None:
+    with pytest.raises(errors.TensorEncodingError) as raised:
+        tensor_codec.decode(tensor, field="x")
+    assert raised.value.field == "x"
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "complex64", "int16", "<U3"])
+def test_unsupported_array_dtype_is_a_dtype_error(dtype: str) -> None:
+    with pytest.raises(errors.DtypeError, match="astype"):
+        tensor_codec.encode(np.zeros(2, dtype=dtype), field="v")
+
+
+def test_precision_round_trip_and_refusal() -> None:
+    for precision in (None, "float32", "float64"):
+        assert tensor_codec.decode_precision(tensor_codec.encode_precision(precision)) == precision
+    with pytest.raises(errors.PrecisionError):
+        tensor_codec.encode_precision("double")
+    with pytest.raises(errors.PrecisionError):
+        tensor_codec.decode_precision(42)
+
+
+def _chunks_of(array: np.ndarray, chunk_bytes: int) -> list[ResultChunk]:
+    return list(
+        chunks.split(
+            "hessian", tensor_codec.encode(array, field="hessian"), chunk_bytes=chunk_bytes
+        )
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64])
+def test_chunks_reassemble_exactly(size: int) -> None:
+    array = np.arange(size, dtype=np.float64).reshape(size, 1)
+    pieces = _chunks_of(array, chunk_bytes=16)
+    assert all(len(piece.data) <= 16 for piece in pieces) and len(pieces) >= 1
+    reassembler = chunks.Reassembler()
+    for piece in pieces:
+        reassembler.add(piece)
+    (result,) = reassembler.arrays(("hessian",))
+    assert result.dtype == array.dtype and result.shape == array.shape
+    assert np.array_equal(result, array)
+
+
+def test_chunks_out_of_order_or_missing_are_refused() -> None:
+    pieces = _chunks_of(np.arange(8, dtype=np.float32), chunk_bytes=8)
+    reassembler = chunks.Reassembler()
+    reassembler.add(pieces[0])
+    with pytest.raises(errors.TensorEncodingError):
+        reassembler.add(pieces[2])
+    reassembler.add(pieces[1])
+    with pytest.raises(errors.TensorEncodingError, match="ended after"):
+        reassembler.arrays(("hessian",))
+    with pytest.raises(errors.TensorEncodingError, match="held"):
+        chunks.Reassembler().arrays(("hessian",))
+
+
+EXPECTED_CODES = {
+    errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ShapeError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.DtypeError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UnknownInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.OutputWeightsError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.PrecisionError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.TensorEncodingError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.ResultTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.BatchDependenceError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.CancelledError: grpc.StatusCode.CANCELLED,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
+    errors.HessdError: grpc.StatusCode.UNKNOWN,
+}
+
+
+def test_every_error_type_has_its_code() -> None:
+    assert set(EXPECTED_CODES) == set(errors.ERROR_TYPES.values())
+    for error_type, code in EXPECTED_CODES.items():
+        assert status_codes.status_code(error_type("m")) == code
+
+
+@pytest.mark.parametrize(
+    "error_type", list(errors.ERROR_TYPES.values()), ids=list(errors.ERROR_TYPES)
+)
+@pytest.mark.parametrize("field", [None, "output_weights"])
+def test_status_round_trip_restores_class_message_and_field(
+    error_type: type[errors.HessdError], field: str | None
+) -> None:
+    status = status_codes.to_status(error_type("what to fix", field=field))
+    assert status.code == EXPECTED_CODES[error_type].value[0]
+    restored = status_codes.from_status(status_pb2.Status.FromString(status.SerializeToString()))
+    assert type(restored) is error_type
+    assert (restored.message, restored.field) == ("what to fix", field)
+
+
+def test_status_without_details_falls_back_to_the_code() -> None:
+    bare = status_pb2.Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="gone")
+    assert type(status_codes.from_status(bare)) is errors.ModelNotFoundError
+    unmapped = status_pb2.Status(code=grpc.StatusCode.PERMISSION_DENIED.value[0], message="no")
+    restored = status_codes.from_status(unmapped)
+    assert type(restored) is errors.HessdError and "PERMISSION_DENIED" in restored.message

@@ -1,0 +1,266 @@
+"""Server lifecycle and plumbing: health, reflection, metrics, dropped work, flags."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+import hessd
+import hessd_server as hs
+from hessd import tensor_codec
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc
+from hessd_server.main import parse_config
+from hessd_server.server_config import ModelSpec, ServerConfig
+from wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "wire.md"
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with serving([("demo", hs.DEMO_MODEL_SOURCE)], engine_threads=1, metrics_port=0) as running:
+        yield running
+
+
+def _eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_health_goes_not_serving_then_serving_then_not_serving() -> None:
+    LOAD_GATE.clear()
+    running = RunningServer(
+        ServerConfig(
+            models=(ModelSpec("demo", "wire_fixtures:gated_demo_model"),),
+            listen="127.0.0.1:0",
+            warmup_batch_sizes=(1,),
+        )
+    )
+    statuses: queue.Queue[str] = queue.Queue()
+    with grpc.insecure_channel(running.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def watch() -> None:
+            try:
+                for reply in health.Watch(health_pb2.HealthCheckRequest(service="")):
+                    statuses.put(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+            except grpc.RpcError:
+                statuses.put("ENDED")
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            assert statuses.get(timeout=WAIT_S) == "NOT_SERVING"
+            with hessd.Client(running.target, timeout=WAIT_S) as client:
+                assert client.health("hessd.v1.HessianService") == "NOT_SERVING"
+                assert client.models() == ["demo"]
+                with pytest.raises(hessd.UnavailableError, match="loading"):
+                    client.hessian("demo", rng_array((1, 10)))
+                LOAD_GATE.set()
+                assert statuses.get(timeout=WAIT_S) == "SERVING"
+                assert client.health("hessd.v1.HessianService") == "SERVING"
+                assert client.hessian("demo", rng_array((1, 10))).shape == (1, 10, 10)
+        finally:
+            LOAD_GATE.set()
+            running.stop(grace=0.5)
+        assert statuses.get(timeout=WAIT_S) == "NOT_SERVING"
+        assert statuses.get(timeout=WAIT_S) == "ENDED"
+        watcher.join(WAIT_S)
+
+
+def _doc_request_json() -> str:
+    match = re.search(r"```json\n(.*?)```", DOCS.read_text(), re.S)
+    assert match, "docs/wire.md has no JSON request body"
+    return match.group(1)
+
+
+def test_reflection_lists_services_and_serves_the_documented_json_call(
+    server: RunningServer,
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert {
+            "hessd.v1.HessianService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= set(database.get_services())
+        service = DescriptorPool(database).FindServiceByName("hessd.v1.HessianService")
+        method = service.methods_by_name["Hessian"]
+        request_type = message_factory.GetMessageClass(method.input_type)
+        reply_type = message_factory.GetMessageClass(method.output_type)
+        call = channel.unary_unary(
+            "/hessd.v1.HessianService/Hessian",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=reply_type.FromString,
+        )
+        reply = json_format.MessageToDict(
+            call(json_format.Parse(_doc_request_json(), request_type()))
+        )
+    hessian = reply["hessian"]
+    assert hessian["dtype"] == "DATA_TYPE_FLOAT32"
+    shape = tuple(int(size) for size in hessian["shape"])
+    array = np.frombuffer(base64.b64decode(hessian["data"]), "<f4").reshape(shape)
+    expected = hs.hessian(server.model("demo"), np.full((1, 10), 0.5, np.float32))
+    assert np.array_equal(array, expected)
+
+
+def _metric(server: RunningServer, name: str, **labels: str) -> float:
+    return server.server.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _dropped(server: RunningServer) -> float:
+    return sum(
+        _metric(server, "hessd_dropped_engine_calls_total", reason=reason)
+        for reason in ("deadline", "cancelled")
+    )
+
+
+def _request() -> pb.HessianRequest:
+    return pb.HessianRequest(
+        model_name="demo", x={"x": tensor_codec.encode(rng_array((2, 10)), field="x")}
+    )
+
+
+def test_work_queued_past_its_deadline_is_dropped(server: RunningServer) -> None:
+    dropped = _dropped(server)
+    release = threading.Event()
+    server.server.engine_pool.submit(release.wait)
+    try:
+        with (
+            hessd.Client(server.target, timeout=0.3) as client,
+            pytest.raises(hessd.DeadlineExceededError),
+        ):
+            client.hessian("demo", rng_array((2, 10)))
+    finally:
+        release.set()
+    _eventually(lambda: _dropped(server) == dropped + 1)
+    assert _metric(server, "hessd_engine_calls_waiting") == 0
+
+
+def test_work_queued_for_a_cancelled_call_is_dropped(server: RunningServer) -> None:
+    dropped = _dropped(server)
+    release = threading.Event()
+    server.server.engine_pool.submit(release.wait)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            future = hessian_service_pb2_grpc.HessianServiceStub(channel).Hessian.future(_request())
+            _eventually(lambda: _metric(server, "hessd_engine_calls_waiting") == 1)
+            future.cancel()
+            _eventually(lambda: _dropped(server) == dropped + 1)
+    finally:
+        release.set()
+    _eventually(lambda: _metric(server, "hessd_engine_calls_waiting") == 0)
+    with hessd.Client(server.target, timeout=WAIT_S) as client:
+        assert client.hessian("demo", rng_array((2, 10))).shape == (2, 10, 10)
+
+
+def test_metrics_endpoint_counts_requests_and_compiles(server: RunningServer) -> None:
+    with hessd.Client(server.target, timeout=WAIT_S) as client:
+        client.gradient("demo", rng_array((2, 10)))
+        with pytest.raises(hessd.ShapeError):
+            client.gradient("demo", rng_array((2, 3)))
+    assert server.server.metrics_port is not None
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        text = response.read().decode()
+    assert re.search(r'hessd_requests_total\{code="OK",method="Gradient"\} [1-9]', text)
+    assert re.search(
+        r'hessd_requests_total\{code="INVALID_ARGUMENT",method="Gradient"\} [1-9]', text
+    )
+    assert 'hessd_request_duration_seconds_count{code="OK",method="Gradient"}' in text
+    compiled = re.search(r'hessd_compiled_functions\{model="demo"\} ([\d.]+)', text)
+    assert (
+        compiled and float(compiled.group(1)) == server.model("demo").metadata().compile_count > 0
+    )
+
+
+def test_flags_build_the_config() -> None:
+    config = parse_config(
+        [
+            "--model",
+            "a=pkg.mod:build",
+            "--model",
+            "b=/models/b.keras",
+            "--listen",
+            "unix:///tmp/h.sock",
+            "--warmup-batch-sizes",
+            "1,8",
+            "--max-batch-size",
+            "64",
+            "--max-result-bytes",
+            "1000000",
+            "--max-message-bytes",
+            "8388608",
+            "--chunk-bytes",
+            "65536",
+            "--metrics-port",
+            "0",
+            "--engine-threads",
+            "3",
+            "--grace-seconds",
+            "5",
+            "--no-jit-compile",
+        ]
+    )
+    assert config.models == (ModelSpec("a", "pkg.mod:build"), ModelSpec("b", "/models/b.keras"))
+    assert (config.listen, config.warmup_batch_sizes, config.metrics_port) == (
+        "unix:///tmp/h.sock",
+        (1, 8),
+        0,
+    )
+    assert (config.max_message_bytes, config.chunk_bytes, config.engine_threads) == (
+        8388608,
+        65536,
+        3,
+    )
+    engine = config.engine_config()
+    assert (engine.max_batch_size, engine.max_result_bytes, engine.jit_compile) == (
+        64,
+        1000000,
+        False,
+    )
+    defaults = parse_config([])
+    assert defaults.listen == "127.0.0.1:50051" and [
+        spec.name for spec in defaults.served_models
+    ] == ["demo"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--model", "no-equals-sign"],
+        ["--warmup-batch-sizes", "1,x"],
+        ["--chunk-bytes", "99999999"],
+        ["--max-batch-size", "12"],
+        ["--model", "a=x:y", "--model", "a=x:z"],
+    ],
+)
+def test_bad_flags_exit_with_usage(flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        parse_config(flags)
+    assert raised.value.code == 2
+
+
+def test_docs_json_is_valid_json() -> None:
+    assert json.loads(_doc_request_json())["modelName"] == "demo"

@@ -1,0 +1,178 @@
+"""Helpers of the wire tests: test models, in-process servers and hessd-server subprocesses.
+
+Servers run for real: :class:`RunningServer` runs a ``HessdServer`` on its own
+event loop thread, bound to 127.0.0.1:0 (``hessd_server.server_process`` runs
+the console script as a child process). The model factories below are loaded
+by the server as ``"wire_fixtures:<factory>"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import sys
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import keras
+import numpy as np
+
+from hessd_server.model import Model
+from hessd_server.server import HessdServer, create_server
+from hessd_server.server_config import ModelSpec, ServerConfig
+
+T = TypeVar("T")
+
+SERVER_START_TIMEOUT_S = 120.0
+WIDE_INPUT_SIZE = 1200
+
+LOAD_GATE = threading.Event()
+"""``gated_demo_model`` blocks until this is set, holding a server in NOT_SERVING."""
+
+
+def multi_input_model() -> keras.Model:
+    """Inputs ``a`` float32 (3,), ``b`` float32 (2, 2) and ``ids`` int32 (2,) -> (B, 2)."""
+    keras.utils.set_random_seed(11)
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2, 2), name="b")
+    ids = keras.Input((2,), dtype="int32", name="ids")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(5, 2)(ids))
+    joined = keras.layers.Concatenate()([a, keras.layers.Flatten()(b), embedded])
+    hidden = keras.layers.Dense(6, activation="tanh")(joined)
+    return keras.Model([a, b, ids], keras.layers.Dense(2, activation="softplus")(hidden))
+
+
+def conv_model() -> keras.Model:
+    """Conv2D on (6, 6, 1) images -> softplus -> Dense(1); D = 36."""
+    keras.utils.set_random_seed(12)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(2, 3, activation="softplus"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def batch_mean_model() -> keras.Model:
+    """Subtracts the batch mean before a tanh layer, so examples influence each other."""
+    keras.utils.set_random_seed(13)
+    inputs = keras.Input((4,))
+    centred = keras.layers.Lambda(lambda x: x - keras.ops.mean(x, axis=0, keepdims=True))(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="tanh")(centred))
+
+
+def wide_model() -> keras.Model:
+    """Dense(4, tanh) -> Dense(1) on 1200 inputs: a per-example Hessian is 1200 x 1200."""
+    keras.utils.set_random_seed(14)
+    return keras.Sequential(
+        [
+            keras.Input((WIDE_INPUT_SIZE,)),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+class _Broken(keras.layers.Layer):
+    """Builds fine, fails with a plain RuntimeError whenever it runs."""
+
+    def call(self, inputs: Any) -> Any:
+        raise RuntimeError("deliberate failure inside the model")
+
+    def compute_output_spec(self, inputs: Any) -> Any:
+        return keras.KerasTensor(inputs.shape, inputs.dtype)
+
+
+def broken_model() -> keras.Model:
+    """A model of unknown input size (so not warmed) that raises RuntimeError when called."""
+    inputs = keras.Input((None,))
+    return keras.Model(inputs, _Broken()(inputs))
+
+
+def gated_demo_model() -> keras.Model:
+    """The demo model, once :data:`LOAD_GATE` is set."""
+    from hessd_server.demo_model import build_demo_model
+
+    LOAD_GATE.wait()
+    return build_demo_model()
+
+
+class RunningServer:
+    """A started ``HessdServer`` on its own event loop thread, for synchronous tests.
+
+    Args:
+        config: the server's settings; ``listen`` should be ``127.0.0.1:0``.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server: HessdServer
+        self.server, self.port = self.run(self._started(config))
+
+    @property
+    def target(self) -> str:
+        """The address clients dial."""
+        return f"127.0.0.1:{self.port}"
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = SERVER_START_TIMEOUT_S) -> T:
+        """Run ``coroutine`` on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def wait_until_serving(self) -> None:
+        self.run(self.server.wait_until_serving())
+
+    def model(self, name: str) -> Model:
+        """The server's own loaded model, for in-process reference calls."""
+        return self.server.models.get(name)
+
+    def stop(self, grace: float = 0.0) -> None:
+        self.run(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    @staticmethod
+    async def _started(config: ServerConfig) -> tuple[HessdServer, int]:
+        server, port = create_server(config)
+        await server.start()
+        return server, port
+
+
+@contextlib.contextmanager
+def serving(models: Sequence[tuple[str, str]] = (), **settings: Any) -> Iterator[RunningServer]:
+    """A running, warm server on 127.0.0.1:0 for ``models`` (name, source); stopped on exit.
+
+    ``settings`` are further ``ServerConfig`` fields; warmup defaults to batch size 2.
+    """
+    settings.setdefault("warmup_batch_sizes", (2,))
+    config = ServerConfig(
+        models=tuple(ModelSpec(name, source) for name, source in models),
+        listen="127.0.0.1:0",
+        **settings,
+    )
+    running = RunningServer(config)
+    try:
+        running.wait_until_serving()
+        yield running
+    finally:
+        running.stop()
+
+
+def console_script(name: str) -> str:
+    """Path of console script ``name`` installed next to this Python."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def rng_array(shape: tuple[int, ...], dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
+    """A standard normal array of ``shape`` and ``dtype``, fixed by ``seed``."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
