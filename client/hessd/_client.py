@@ -84,7 +84,7 @@ class Client:
                 (B, *S, B, *S) Hessian (needed when examples interact).
             output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
             wrt: the input to differentiate; ``None`` for a single-input model.
-            precision: ``None`` (the model's), ``"float32"`` or ``"float64"``.
+            precision: ``"float32"`` (also when ``None``) or ``"float64"``.
 
         Returns:
             float32 or float64 array (B, *S, *S), or (B, *S, B, *S) when ``full``.
