@@ -155,14 +155,34 @@ def finite_difference_hessians(value: Callable[[np.ndarray], np.ndarray], x: np.
     return blocks.reshape(batch, *event, *event)
 
 
-def float64_value(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """f_b = sum_k y[b, k] of a float64 clone of ``model``, built by hand for the reference."""
+def float64_value(model: keras.Model, weights: np.ndarray | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """f_b = sum_k w_k y[b, k] of a float64 clone of ``model`` (outputs flattened
+    and concatenated in order; w all ones by default), built here for the reference."""
     clone = keras.models.clone_model(
         model,
-        input_tensors=keras.tree.map_structure(
-            lambda t: keras.Input(batch_shape=t.shape, dtype="float64"), model.inputs[0]
-        ),
+        input_tensors=keras.Input(batch_shape=model.inputs[0].shape, dtype="float64"),
         clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float64"}),
     )
     clone.set_weights([w.astype(np.float64) for w in model.get_weights()])
-    return lambda points: np.asarray(clone(points, training=False)).reshape(points.shape[0], -1).sum(axis=1)
+
+    def value(points: np.ndarray) -> np.ndarray:
+        outputs = keras.tree.flatten(clone(points, training=False))
+        flat = np.concatenate([np.asarray(y).reshape(points.shape[0], -1) for y in outputs], axis=1)
+        return flat @ (np.ones(flat.shape[1]) if weights is None else weights.astype(np.float64))
+
+    return value
+
+def two_output_model() -> keras.Model:
+    """Outputs ``a`` (2,) and ``b`` (3,) from 4 inputs; K = 5 in output order."""
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, activation="tanh")(inputs)
+    return keras.Model(inputs, [keras.layers.Dense(2, name="a")(hidden), keras.layers.Dense(3, activation="tanh", name="b")(hidden)])
+
+
+def variable_length_model() -> keras.Model:
+    """Sequences of any length with 2 features -> tanh -> mean over time -> Dense(1)."""
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((None, 2))
+    hidden = keras.layers.Dense(3, activation="tanh")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(hidden)))

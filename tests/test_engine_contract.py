@@ -199,3 +199,18 @@ def test_keras_model_is_wrapped_once() -> None:
 def test_loading_a_model_turns_tf32_off() -> None:
     hs.load_model(hs.DEMO_MODEL_SOURCE)
     assert tf.config.experimental.tensor_float_32_execution_enabled() is False
+
+
+def test_concurrent_first_calls_compile_each_function_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keras_model = refs.tanh_mlp(5, outputs=2, seed=21)
+    model = hs.load_model(keras_model)
+    x = RNG.normal(size=(8, 5)).astype(np.float32)
+    batches = [3, 4, 7, 8, 3, 4, 7, 8]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda b: hs.hessian(model, x[:b]), batches))
+    reference = hs.hessian(hs.load_model(keras_model), x)
+    for batch, blocks in zip(batches, results):
+        np.testing.assert_allclose(blocks, reference[:batch], rtol=1e-5, atol=1e-7)
+    assert model.metadata().compile_count == 2

@@ -150,3 +150,31 @@ def test_nan_inputs_propagate_to_their_own_example() -> None:
     blocks = hs.hessian(refs.seed_sigmoid_model(), x)
     assert np.isnan(blocks[1]).any()
     assert np.isfinite(blocks[[0, 2]]).all()
+
+
+def test_multiple_outputs_are_flattened_in_order() -> None:
+    keras_model = refs.two_output_model()
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    weights = np.array([1.0, -1.0, 0.5, 2.0, 0.0], np.float32)
+    reference = refs.finite_difference_hessians(refs.float64_value(keras_model, weights), x)
+    np.testing.assert_allclose(hs.hessian(keras_model, x, output_weights=weights), reference, rtol=1e-3, atol=1e-5)
+
+
+def test_inputs_of_unknown_length_compile_per_length() -> None:
+    model = hs.load_model(refs.variable_length_model())
+    assert model.inputs[0].shape == (None, 2)
+    for length in (3, 5):
+        x = RNG.normal(size=(2, length, 2)).astype(np.float32)
+        blocks = hs.hessian(model, x)
+        assert blocks.shape == (2, length, 2, length, 2)
+        reference = refs.finite_difference_hessians(refs.float64_value(refs.variable_length_model()), x)
+        np.testing.assert_allclose(blocks, reference, rtol=1e-3, atol=1e-5)
+
+
+def test_half_precision_inputs_are_computed_in_float32() -> None:
+    x = RNG.normal(size=(2, 10)).astype(np.float16)
+    blocks = hs.hessian(refs.seed_sigmoid_model(), x)
+    assert blocks.dtype == np.float32
+    np.testing.assert_allclose(
+        blocks, hs.hessian(refs.seed_sigmoid_model(), x.astype(np.float32)), rtol=1e-6, atol=1e-9
+    )
