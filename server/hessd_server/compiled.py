@@ -28,15 +28,13 @@ STRATEGIES = ("pfor", "tiled")
 batch tiled D times with identity cotangents (no pfor). For ``full=True`` the
 same names select a vectorized ``jacobian`` or a loop over its rows."""
 
-KINDS = ("gradient", "hvp", "hessian", "full_hessian")
-
-
 @dataclass(frozen=True)
 class FunctionKey:
     """Identifies one compiled function of a model.
 
     Attributes:
-        kind: one of :data:`KINDS`.
+        kind: "gradient", "hvp", "hessian" (per-example, with value and
+            gradient) or "full_hessian" (likewise).
         precision: "float32" or "float64".
         batch: the padded batch size the function is traced for.
         wrt: the differentiated input.

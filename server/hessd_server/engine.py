@@ -173,7 +173,9 @@ def warm_model(model: Model, batch_sizes: tuple[int, ...]) -> None:
             else np.zeros((size, *i.shape), dtype=i.dtype)
             for i in model.inputs
         }
-        wrt = next(i.name for i in model.inputs if i.name in x and x[i.name].dtype.kind == "f")
+        wrt = next((name for name, array in x.items() if array.dtype.kind == "f"), None)
+        if wrt is None:
+            raise ValueError(f"cannot warm model {model.name!r}: it has no floating-point input to differentiate")
         gradient(model, x, wrt=wrt)
         hvp(model, x, x[wrt], wrt=wrt)
         try:
@@ -206,13 +208,13 @@ def _output_size(model: Model, inputs: PreparedInputs) -> int:
     shapes = [o.shape for o in model.outputs]
     if shapes and all(None not in s for s in shapes):
         return sum(math.prod(s) for s in shapes)
-    key = ("outputs", tuple((n, a.shape[1:]) for n, a in inputs.arrays.items()))
+    key = tuple((n, a.shape[1:]) for n, a in inputs.arrays.items())
     with model.lock:
-        if key not in model.functions:
+        if key not in model.output_sizes:
             one = {n: tf.constant(a[:1]) for n, a in _as_float32(inputs).items()}
             outputs = tf.nest.flatten(model.call_for("float32")(one))
-            model.functions[key] = sum(math.prod(t.shape[1:]) for t in outputs)
-        return model.functions[key]
+            model.output_sizes[key] = sum(math.prod(t.shape[1:]) for t in outputs)
+        return model.output_sizes[key]
 
 
 def _check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: str, extra: int = 0) -> None:

@@ -4,7 +4,7 @@ engine has learnt about it (strategy, batch independence, compiles)."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import tensorflow as tf
 
@@ -12,6 +12,9 @@ from hessd.errors import PrecisionError
 from hessd.results import ModelMetadata, TensorInfo
 
 from .config import EngineConfig
+
+if TYPE_CHECKING:
+    from .compiled import FunctionKey
 
 ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
 """Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
@@ -48,7 +51,8 @@ class Model:
         self.batch_independent: bool | None = None
         self.compile_count = 0
         self.xla_fallbacks: list[str] = []
-        self.functions: dict[Any, Callable[..., Any]] = {}
+        self.functions: dict[FunctionKey, Callable[..., Any]] = {}
+        self.output_sizes: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
         self.xla_failed_kinds: set[tuple[str, str]] = set()
         self._calls: dict[str, ModelCall] = {"float32": call}
         self._float64_factory = float64_factory
