@@ -31,7 +31,7 @@ from hessd_server.main import parse_config
 from hessd_server.server_config import ModelSpec, ServerConfig
 from wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "wire.md"
+DOCS = Path(__file__).resolve().parents[1] / "README.md"
 WAIT_S = 60.0
 
 
@@ -91,7 +91,7 @@ def test_health_goes_not_serving_then_serving_then_not_serving() -> None:
 
 def _doc_request_json() -> str:
     match = re.search(r"```json\n(.*?)```", DOCS.read_text(), re.S)
-    assert match, "docs/wire.md has no JSON request body"
+    assert match, "README.md has no JSON request body"
     return match.group(1)
 
 
