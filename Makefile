@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(PY) -m hessd_server.demo_job
+	$(PY) -m hessd_server.serving.demo_job
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """Helpers of the wire tests: test models, in-process servers and hessd-server subprocesses.
 
 Servers run for real: :class:`RunningServer` runs a ``HessdServer`` on its own
-event loop thread, bound to 127.0.0.1:0 (``hessd_server.server_process`` runs
+event loop thread, bound to 127.0.0.1:0 (``hessd_server.serving.server_process`` runs
 the console script as a child process). The model factories below are loaded
 by the server as ``"wire_fixtures:<factory>"``.
 """
@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import keras
 import numpy as np
 
-from hessd_server.model import Model
-from hessd_server.server import HessdServer, create_server
-from hessd_server.server_config import ModelSpec, ServerConfig
+from hessd_server.engine.model import Model
+from hessd_server.serving.server import HessdServer, create_server
+from hessd_server.serving.server_config import ModelSpec, ServerConfig
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def broken_model() -> keras.Model:
 
 def gated_demo_model() -> keras.Model:
     """The demo model, once :data:`LOAD_GATE` is set."""
-    from hessd_server.demo_model import build_demo_model
+    from hessd_server.engine.demo_model import build_demo_model
 
     LOAD_GATE.wait()
     return build_demo_model()

@@ -1,5 +1,14 @@
 """hessd_server: the in-process Hessian engine (TensorFlow) and its gRPC server.
 
+Two subpackages and this thin top:
+
+* :mod:`hessd_server.engine` computes: the library API re-exported here
+  (``load_model``, ``hessian``, ``gradient``, ``hvp``, ``evaluate``,
+  ``warmup``, ``Model``, ``EngineConfig``). It never imports gRPC.
+* :mod:`hessd_server.serving` serves: server assembly, the servicer, the
+  interceptor, admission, metrics, configuration and ``hessd-server``'s
+  ``main``. It imports the engine; the engine never imports it.
+
 >>> import numpy as np, hessd_server as hs
 >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
 >>> hs.hessian(m, np.ones((3, 10), np.float32)).shape
@@ -11,13 +20,20 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-from hessd.results import Evaluation
-
-from .config import EngineConfig
-from .demo_model import DEMO_MODEL_SOURCE
-from .engine import evaluate, gradient, hessian, hvp
-from .model import Model, ModelMetadata, TensorInfo
-from .model_loading import load_model
+from .engine import (
+    DEMO_MODEL_SOURCE,
+    EngineConfig,
+    Evaluation,
+    Model,
+    ModelMetadata,
+    TensorInfo,
+    evaluate,
+    gradient,
+    hessian,
+    hvp,
+    load_model,
+    warmup,
+)
 
 __all__ = [
     "DEMO_MODEL_SOURCE",
@@ -31,4 +47,5 @@ __all__ = [
     "hessian",
     "hvp",
     "load_model",
+    "warmup",
 ]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import hessd_server as hs
+from hessd_server.engine.model_loading import as_model
 
 RNG = np.random.default_rng(7)
 
@@ -121,7 +122,7 @@ def test_batchnorm_and_dropout_run_in_inference_mode() -> None:
     reference = refs.finite_difference_hessians(refs.float64_value(keras_model), x)
     np.testing.assert_allclose(first, reference, rtol=1e-3, atol=1e-5)
     assert hs.load_model(keras_model).metadata().strategy is None
-    assert hs.engine.as_model(keras_model).batch_independent is True
+    assert as_model(keras_model).batch_independent is True
 
 
 def test_multi_input_model_differentiates_wrt_one_input() -> None:

@@ -4,7 +4,7 @@ Every HessianService handler runs inside :class:`StatusInterceptor`. A hessd
 exception escaping a handler ends the call with the status that
 :mod:`hessd.status_codes` maps it to, details included; any other exception is
 logged with its traceback and ends the call INTERNAL with a generic message.
-Calls pass :class:`~hessd_server.admission.Admission` first, so a draining
+Calls pass :class:`~hessd_server.serving.admission.Admission` first, so a draining
 server answers new calls UNAVAILABLE.
 """
 

@@ -2,7 +2,7 @@
 
 No maths here, and no error handling beyond StreamHessian's (a failed item is
 answered with its status): the engine computes and validates, and
-:mod:`hessd_server.status_interceptor` turns exceptions into statuses.
+:mod:`hessd_server.serving.status_interceptor` turns exceptions into statuses.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import ResultChunk
 
-from . import engine
+from .. import engine
+from ..engine import Model
 from .engine_executor import EngineExecutor
-from .model import Model
 from .model_registry import VERSION, ModelRegistry
 from .status_interceptor import status_of
 

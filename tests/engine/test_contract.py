@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import hessd_server as hs
+from hessd_server.engine.model_loading import as_model
 from hessd import errors
 
 RNG = np.random.default_rng(11)
@@ -118,7 +119,7 @@ def test_load_model_from_keras_file_saved_model_and_factory(tmp_path) -> None:
     ("source", "match"),
     [
         ("no/such/model.keras", "neither an existing"),
-        ("hessd_server.demo_model:no_such_factory", "failed"),
+        ("hessd_server.engine.demo_model:no_such_factory", "failed"),
         ("engine_references:seed_linear_model_missing", "failed"),
     ],
 )
@@ -193,7 +194,7 @@ def test_keras_model_is_wrapped_once() -> None:
     keras_model = refs.tanh_mlp(3)
     hs.gradient(keras_model, np.zeros((2, 3), np.float32))
     hs.gradient(keras_model, np.zeros((2, 3), np.float32))
-    assert hs.engine.as_model(keras_model).metadata().compile_count == 1
+    assert as_model(keras_model).metadata().compile_count == 1
 
 
 def test_loading_a_model_turns_tf32_off() -> None:

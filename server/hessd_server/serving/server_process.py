@@ -21,7 +21,7 @@ from types import TracebackType
 
 import hessd
 
-SERVER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "hessd_server.main")
+SERVER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "hessd_server.serving.main")
 """How the child is started by default: the ``hessd-server`` entry point under this Python."""
 
 

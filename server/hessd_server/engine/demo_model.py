@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-DEMO_MODEL_SOURCE = "hessd_server.demo_model:build_demo_model"
+DEMO_MODEL_SOURCE = "hessd_server.engine.demo_model:build_demo_model"
 """The ``load_model`` source of the demo model."""
 
 

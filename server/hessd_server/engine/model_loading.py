@@ -17,6 +17,7 @@ from hessd.errors import ModelLoadError, PrecisionError
 from .config import EngineConfig
 from .model import Model, ModelCall, TensorInfo
 from .runtime import configure_tensorflow
+from .warmup import warmup
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _wrapped: "weakref.WeakKeyDictionary[keras.Model, Model]" = weakref.WeakKeyDictionary()
@@ -49,7 +50,7 @@ def load_model(
     Raises:
         ModelLoadError: the source does not exist or cannot be loaded.
 
-    >>> m = load_model("hessd_server.demo_model:build_demo_model")
+    >>> m = load_model("hessd_server.engine.demo_model:build_demo_model")
     >>> m.name, m.inputs[0].shape
     ('demo', (10,))
     """
@@ -147,6 +148,7 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         outputs=output_infos,
         config=config,
         float64_factory=lambda: _keras_call(*_float64_copy(model), names),
+        warm_up=warmup,
         keep_alive=model,
     )
 
@@ -219,5 +221,6 @@ def _from_saved_model(path: str, *, name: str | None, config: EngineConfig) -> M
         outputs=outputs,
         config=config,
         float64_factory=None,
+        warm_up=warmup,
         keep_alive=loaded,
     )

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 
 from hessd.errors import ModelNotFoundError, UnavailableError
 
-from .config import EngineConfig
-from .model import Model
-from .model_loading import load_model
+from ..engine import EngineConfig, Model, load_model, warmup
 from .server_config import ModelSpec
 
 _log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ class ModelRegistry:
             if any(None in info.shape for info in model.inputs):
                 _log.warning("model %s has inputs of unknown size; not warmed", spec.name)
             else:
-                model.warmup(warmup_batch_sizes)
+                warmup(model, warmup_batch_sizes)
             _log.info("model %s ready: %s", spec.name, model.metadata())
             self._models[spec.name] = model
         self._ready = True

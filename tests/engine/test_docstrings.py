@@ -9,7 +9,14 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["hessd_server", "hessd_server.engine", "hessd_server.config", "hessd_server.model_loading"]
+    "module",
+    [
+        "hessd_server",
+        "hessd_server.engine.api",
+        "hessd_server.engine.config",
+        "hessd_server.engine.model_loading",
+        "hessd_server.engine.warmup",
+    ],
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

@@ -9,7 +9,7 @@ import sys
 
 def test_demo_job_prints_the_hessian_and_stops_the_server_cleanly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hessd_server.demo_job"],
+        [sys.executable, "-m", "hessd_server.serving.demo_job"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,7 +4,7 @@ engine has learnt about it (strategy, batch independence, compiles)."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 
@@ -12,12 +12,13 @@ from hessd.errors import PrecisionError
 from hessd.results import ModelMetadata, TensorInfo
 
 from .config import EngineConfig
-
-if TYPE_CHECKING:
-    from .compiled import FunctionKey
+from .function_key import FunctionKey
 
 ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
 """Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
+
+WarmUp = Callable[["Model", "tuple[int, ...] | list[int] | None"], None]
+"""What :meth:`Model.warmup` delegates to: :func:`hessd_server.engine.warmup.warmup`."""
 
 PRECISIONS = ("float32", "float64")
 
@@ -39,6 +40,7 @@ class Model:
         outputs: tuple[TensorInfo, ...],
         config: EngineConfig,
         float64_factory: Callable[[], ModelCall] | None,
+        warm_up: WarmUp,
         keep_alive: object = None,
     ) -> None:
         self.name = name
@@ -56,6 +58,7 @@ class Model:
         self.xla_failed_kinds: set[tuple[str, str]] = set()
         self._calls: dict[str, ModelCall] = {"float32": call}
         self._float64_factory = float64_factory
+        self._warm_up = warm_up
         self._keep_alive = keep_alive
 
     def __repr__(self) -> str:
@@ -79,17 +82,8 @@ class Model:
             return self._calls[precision]
 
     def warmup(self, batch_sizes: tuple[int, ...] | list[int] | None = None) -> None:
-        """Compile the per-example Hessian (and value, gradient), gradient and
-        Hessian-vector product functions for the buckets that cover
-        ``batch_sizes`` (default: every bucket up to 32), at float32.
-
-        Also runs the batch-independence probe and the strategy choice, so the
-        first real request compiles nothing. Needs every per-example input
-        shape to be known.
-        """
-        from .engine import warm_model
-
-        warm_model(self, tuple(batch_sizes) if batch_sizes is not None else (1, 2, 4, 8, 16, 32))
+        """The same as ``hessd_server.warmup(self, batch_sizes)``."""
+        self._warm_up(self, batch_sizes)
 
     def metadata(self) -> ModelMetadata:
         """A snapshot of the model's inputs, outputs and engine choices."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import hessd
-from hessd_server.server_process import ServerProcess
+from hessd_server.serving.server_process import ServerProcess
 from wire_fixtures import console_script, rng_array
 
 WAIT_S = 60.0
@@ -60,7 +60,7 @@ def test_a_model_that_cannot_load_exits_1(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "hessd_server.main",
+            "hessd_server.serving.main",
             "--listen",
             f"unix://{tmp_path / 's.sock'}",
             "--model",

@@ -14,7 +14,7 @@ import grpc
 import pytest
 import tomllib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "client" / "hessd" / "v1"
 
 

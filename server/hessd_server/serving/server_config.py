@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import EngineConfig
-from .demo_model import DEMO_MODEL_SOURCE
+from ..engine import DEMO_MODEL_SOURCE, EngineConfig
 
 DEMO_MODEL_NAME = "demo"
 """The name the embedded demo model is served under when no model is configured."""

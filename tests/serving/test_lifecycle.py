@@ -27,11 +27,11 @@ import hessd_server as hs
 from hessd import tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd_server.main import parse_config
-from hessd_server.server_config import ModelSpec, ServerConfig
+from hessd_server.serving.main import parse_config
+from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
 
-DOCS = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "README.md"
 WAIT_S = 60.0
 
 

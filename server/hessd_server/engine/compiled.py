@@ -11,7 +11,6 @@ offered to XLA again for that kind.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -19,6 +18,7 @@ import tensorflow as tf
 from hessd.errors import InternalError
 
 from . import derivatives
+from .function_key import FunctionKey
 from .model import Model
 
 _log = logging.getLogger(__name__)
@@ -27,27 +27,6 @@ STRATEGIES = ("pfor", "tiled")
 """Per-example Hessian strategies: a vectorized ``batch_jacobian``, or the
 batch tiled D times with identity cotangents (no pfor). For ``full=True`` the
 same names select a vectorized ``jacobian`` or a loop over its rows."""
-
-@dataclass(frozen=True)
-class FunctionKey:
-    """Identifies one compiled function of a model.
-
-    Attributes:
-        kind: "gradient", "hvp", "hessian" (per-example, with value and
-            gradient) or "full_hessian" (likewise).
-        precision: "float32" or "float64".
-        batch: the padded batch size the function is traced for.
-        wrt: the differentiated input.
-        inputs: (name, per-example shape, dtype) of every input.
-        outputs: K, the model's outputs per example, flattened.
-    """
-
-    kind: str
-    precision: str
-    batch: int
-    wrt: str
-    inputs: tuple[tuple[str, tuple[int, ...], str], ...]
-    outputs: int
 
 
 def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> Any:
