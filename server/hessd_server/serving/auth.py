@@ -1,0 +1,79 @@
+"""Bearer tokens: the token files behind ``--auth-token-file`` (callers) and
+``--admin-token-file`` (model administration), checked in constant time.
+
+A token file holds one token per line; surrounding whitespace is stripped and
+blank lines are skipped. A caller sends ``authorization: Bearer <token>`` as
+call metadata (the SDK's ``token=`` does that).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+AUTHORIZATION_KEY = "authorization"
+"""The metadata key carrying the token (gRPC metadata keys are lower case)."""
+
+BEARER_PREFIX = "Bearer "
+"""What precedes the token in the ``authorization`` value."""
+
+
+class BearerTokens:
+    """A set of accepted tokens.
+
+    Args:
+        tokens: the accepted tokens; at least one, none empty.
+
+    Raises:
+        ValueError: no token, or an empty one.
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._tokens = tuple(token.encode() for token in tokens)
+        if not self._tokens or any(not token for token in self._tokens):
+            raise ValueError("a token set needs at least one non-empty token")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BearerTokens:
+        """The tokens of a token file, one per line, whitespace stripped, blank lines skipped.
+
+        Raises:
+            ValueError: the file cannot be read or holds no token.
+        """
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read token file {str(path)!r}: {error}") from error
+        tokens = [line.strip() for line in lines if line.strip()]
+        if not tokens:
+            raise ValueError(f"token file {str(path)!r} holds no token")
+        return cls(tokens)
+
+    def accepts(self, token: str | None) -> bool:
+        """Whether ``token`` is one of the accepted tokens.
+
+        Every accepted token is compared, each with ``hmac.compare_digest``, so
+        the time taken does not tell how much of a guess was right.
+        """
+        if token is None:
+            return False
+        offered = token.encode()
+        matched = False
+        for accepted in self._tokens:
+            matched |= hmac.compare_digest(offered, accepted)
+        return matched
+
+    def accepts_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+        """Whether call ``metadata`` carries ``authorization: Bearer <accepted token>``."""
+        return self.accepts(bearer_token(metadata))
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of the first ``authorization: Bearer ...`` entry of ``metadata``, or None."""
+    for key, value in metadata or ():
+        if key.lower() != AUTHORIZATION_KEY or not isinstance(value, str):
+            continue
+        if value.startswith(BEARER_PREFIX):
+            return value[len(BEARER_PREFIX) :].strip()
+    return None

@@ -1,0 +1,46 @@
+"""Token files and the bearer check that ``--auth-token-file`` and
+``--admin-token-file`` rest on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hessd_server.serving.auth import BearerTokens, bearer_token
+
+
+def test_a_token_file_is_read_line_by_line_with_whitespace_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("  first-token \n\n\tsecond\t\n")
+    tokens = BearerTokens.from_file(path)
+    assert tokens.accepts("first-token")
+    assert tokens.accepts("second")
+    assert not tokens.accepts(" first-token ")
+    assert not tokens.accepts("first")
+    assert not tokens.accepts("")
+    assert not tokens.accepts(None)
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_a_token_file_without_tokens_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="holds no token"):
+        BearerTokens.from_file(path)
+
+
+def test_a_missing_token_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read token file"):
+        BearerTokens.from_file(tmp_path / "absent")
+
+
+def test_the_token_is_read_from_bearer_metadata() -> None:
+    assert bearer_token([("x-other", "1"), ("authorization", "Bearer s3cret")]) == "s3cret"
+    assert bearer_token([("authorization", "Basic s3cret")]) is None
+    assert bearer_token([("authorization-bin", b"Bearer s3cret")]) is None
+    assert bearer_token(None) is None
+    tokens = BearerTokens(["s3cret"])
+    assert tokens.accepts_metadata([("authorization", "Bearer s3cret")])
+    assert not tokens.accepts_metadata([("authorization", "Bearer s3cre")])
+    assert not tokens.accepts_metadata([])
