@@ -204,6 +204,8 @@ def test_flags_build_the_config() -> None:
             "b=/models/b.keras",
             "--listen",
             "unix:///tmp/h.sock",
+            "--listen",
+            "0.0.0.0:50051",
             "--warmup-batch-sizes",
             "1,8",
             "--max-batch-size",
@@ -225,7 +227,7 @@ def test_flags_build_the_config() -> None:
     )
     assert config.models == (ModelSpec("a", "pkg.mod:build"), ModelSpec("b", "/models/b.keras"))
     assert (config.listen, config.warmup_batch_sizes, config.metrics_port) == (
-        "unix:///tmp/h.sock",
+        ("unix:///tmp/h.sock", "0.0.0.0:50051"),
         (1, 8),
         0,
     )
@@ -241,7 +243,7 @@ def test_flags_build_the_config() -> None:
         False,
     )
     defaults = parse_config([])
-    assert defaults.listen == "127.0.0.1:50051" and [
+    assert defaults.listen == ("127.0.0.1:50051",) and [
         spec.name for spec in defaults.served_models
     ] == ["demo"]
 
@@ -254,6 +256,8 @@ def test_flags_build_the_config() -> None:
         ["--chunk-bytes", "99999999"],
         ["--max-batch-size", "12"],
         ["--model", "a=x:y", "--model", "a=x:z"],
+        ["--listen", "127.0.0.1:7", "--listen", "127.0.0.1:7"],
+        ["--listen", ""],
     ],
 )
 def test_bad_flags_exit_with_usage(flags: list[str]) -> None:

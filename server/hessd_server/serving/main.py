@@ -6,6 +6,7 @@ Examples::
     hessd-server --model mlp=/models/mlp.keras --model cnn=pkg.models:build_cnn \\
         --listen 0.0.0.0:50051 --warmup-batch-sizes 1,8,32 --metrics-port 9090
     hessd-server --listen unix:///run/hessd.sock
+    hessd-server --listen unix:///run/hessd/hessd.sock --listen 0.0.0.0:50051
 
 On SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls,
 lets in-flight calls finish (up to ``--grace-seconds``) and exits 0. It
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from .server import create_server
-from .server_config import ModelSpec, ServerConfig
+from .server_config import DEFAULT_LISTEN, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")
 
@@ -43,7 +44,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
     try:
         return ServerConfig(
             models=tuple(args.model),
-            listen=args.listen,
+            listen=tuple(args.listen) or (DEFAULT_LISTEN,),
             warmup_batch_sizes=args.warmup_batch_sizes,
             max_batch_size=args.max_batch_size,
             max_result_bytes=args.max_result_bytes,
@@ -64,16 +65,16 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
 async def serve(config: ServerConfig) -> int:
     """Serve ``config`` until SIGTERM or SIGINT; returns the process exit status."""
     try:
-        server, port = create_server(config)
+        server, _ = create_server(config)
     except RuntimeError as error:
-        _log.error("cannot listen on %s: %s", config.listen, error)
+        _log.error("%s", error)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
-    _log.info("listening on %s (port %d)", config.listen, port)
+    _log.info("listening on %s", ", ".join(server.addresses))
     loading = asyncio.ensure_future(server.wait_until_serving())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -106,7 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         "repeatable; default: the demo model as 'demo'",
     )
     parser.add_argument(
-        "--listen", default=defaults.listen, help="host:port or unix:///path (default %(default)s)"
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="host:port or unix:///path; repeatable, e.g. a unix socket and a TCP port in "
+        f"one process (default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
         "--warmup-batch-sizes",

@@ -41,6 +41,9 @@ _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+UNIX_SCHEMES = ("unix:", "unix-abstract:")
+"""How a ``listen`` address that is a unix socket starts: ``unix:///path``, ``unix-abstract:name``."""
+
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -53,6 +56,8 @@ class HessdServer:
         models: the served models.
         metrics: its Prometheus metrics.
         engine_pool: the worker threads engine calls run on.
+        addresses: every address it listens on, as bound (a TCP port 0 replaced
+            by the chosen port); set by :func:`create_server`.
     """
 
     def __init__(self, config: ServerConfig) -> None:
@@ -90,6 +95,7 @@ class HessdServer:
         for name in self.models.names:
             self.metrics.track_compiles(name, functools.partial(self.models.compile_count, name))
         self.metrics_port: int | None = None
+        self.addresses: tuple[str, ...] = ()
 
     async def start(self) -> None:
         """Start answering calls (health NOT_SERVING) and begin loading and warming models."""
@@ -137,14 +143,34 @@ class HessdServer:
 
 
 def create_server(config: ServerConfig) -> tuple[HessdServer, int]:
-    """Build a server for ``config`` and bind it to ``config.listen``; call in the event loop.
+    """Build a server for ``config`` and bind it to every address of ``config.listen``;
+    call in the event loop.
 
     Returns:
-        The server, not yet started, and the bound TCP port (0 for a unix socket).
+        The server, not yet started, and the port bound for the first TCP address
+        of ``config.listen`` (0 when it listens on unix sockets only).
+        ``server.addresses`` has every address as bound, ports filled in.
+
+    Raises:
+        RuntimeError: an address cannot be bound; the message names it.
     """
     server = HessdServer(config)
-    port = server.grpc_server.add_insecure_port(config.listen)
-    return server, port
+    bound = [_bind(server.grpc_server, address) for address in config.listen]
+    server.addresses = tuple(address for address, _ in bound)
+    return server, next((port for _, port in bound if port), 0)
+
+
+def _bind(grpc_server: grpc.aio.Server, address: str) -> tuple[str, int]:
+    """Bind ``address``; returns it as bound (a TCP port 0 replaced by the chosen
+    port) and its TCP port (0 for a unix socket)."""
+    try:
+        port = grpc_server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise RuntimeError(f"cannot listen on {address}: {error}") from error
+    if address.startswith(UNIX_SCHEMES):
+        return address, 0
+    host, separator, _ = address.rpartition(":")
+    return (f"{host}:{port}" if separator else address), port
 
 
 async def _in_daemon_thread(function: Callable[[], T]) -> T:

@@ -9,6 +9,9 @@ from ..engine import DEMO_MODEL_SOURCE, EngineConfig
 DEMO_MODEL_NAME = "demo"
 """The name the embedded demo model is served under when no model is configured."""
 
+DEFAULT_LISTEN = "127.0.0.1:50051"
+"""Where the server listens when no address is configured: loopback only."""
+
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's own default message size limit."""
 
@@ -33,7 +36,10 @@ class ServerConfig:
 
     Attributes:
         models: the models to serve; empty serves the demo model as ``"demo"``.
-        listen: ``host:port`` (port 0 picks a free one) or ``unix:///path``.
+        listen: the addresses to serve on, each ``host:port`` (port 0 picks a
+            free one) or ``unix:///path``; one process may serve several, e.g. a
+            unix socket for a pod neighbour and a TCP port for the kubelet's
+            gRPC probe. A single string is taken as a one-address tuple.
         warmup_batch_sizes: batch sizes whose buckets are compiled before the
             server reports SERVING; ``None`` uses the engine's default.
         max_batch_size: largest power-of-two batch bucket (engine setting).
@@ -53,7 +59,7 @@ class ServerConfig:
     """
 
     models: tuple[ModelSpec, ...] = ()
-    listen: str = "127.0.0.1:50051"
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     warmup_batch_sizes: tuple[int, ...] | None = None
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
@@ -68,6 +74,12 @@ class ServerConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        if isinstance(self.listen, str):
+            object.__setattr__(self, "listen", (self.listen,))
+        if not self.listen or any(not address for address in self.listen):
+            raise ValueError(f"listen needs at least one non-empty address, got {self.listen}")
+        if len(set(self.listen)) != len(self.listen):
+            raise ValueError(f"listen addresses must be unique, got {list(self.listen)}")
         names = [spec.name for spec in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")

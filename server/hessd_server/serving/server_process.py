@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,8 @@ class ServerProcess:
     if it still runs. TensorFlow's C++ logging is silenced in its environment.
 
     Args:
-        flags: further ``hessd-server`` flags (not ``--listen``).
+        flags: further ``hessd-server`` flags; a ``--listen`` among them adds an
+            address beside the socket (see :meth:`addresses`).
         command: the program to run, before the flags.
         startup_timeout: seconds to wait for SERVING.
     """
@@ -62,6 +64,22 @@ class ServerProcess:
     def output(self) -> str:
         """Everything the child wrote to stdout and stderr so far."""
         return self._log_path.read_text(errors="replace")
+
+    def addresses(self) -> tuple[str, ...]:
+        """Every address the running child listens on, as bound (a TCP port 0 replaced
+        by the chosen port), its unix socket first; read from its log."""
+        found = re.search(r"listening on (.+)$", self.output(), re.MULTILINE)
+        if found is None:
+            raise RuntimeError(f"hessd-server logged no address:\n{self.output()}")
+        return tuple(found.group(1).split(", "))
+
+    def metrics_url(self) -> str:
+        """The URL of the running child's ``/metrics`` (it needs ``--metrics-port``); read
+        from its log."""
+        found = re.search(r"metrics on (http://\S+/metrics)", self.output())
+        if found is None:
+            raise RuntimeError(f"hessd-server logged no metrics endpoint:\n{self.output()}")
+        return found.group(1)
 
     def terminate(self, timeout: float = 60.0) -> int:
         """Send SIGTERM, wait for the child to drain and exit, and return its exit status."""

@@ -1,0 +1,63 @@
+"""One server on several addresses (``--listen`` repeated): a unix socket and a TCP port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hessd
+import hessd_server as hs
+from hessd_server.serving.main import serve
+from hessd_server.serving.server_config import ModelSpec, ServerConfig
+from wire_fixtures import RunningServer, rng_array
+
+WAIT_S = 60.0
+
+
+def test_a_unix_socket_and_a_tcp_port_serve_the_same_models(tmp_path: Path) -> None:
+    socket = f"unix://{tmp_path / 'hessd.sock'}"
+    running = RunningServer(
+        ServerConfig(
+            models=(ModelSpec("demo", hs.DEMO_MODEL_SOURCE),),
+            listen=(socket, "127.0.0.1:0"),
+            warmup_batch_sizes=(2,),
+        )
+    )
+    try:
+        running.wait_until_serving()
+        assert running.port > 0
+        assert running.server.addresses == (socket, f"127.0.0.1:{running.port}")
+        x = rng_array((2, 10))
+        answers = []
+        for target in running.server.addresses:
+            with hessd.Client(target, timeout=WAIT_S) as client:
+                assert client.health("hessd.v1.HessianService") == "SERVING"
+                answers.append(client.hessian("demo", x))
+        assert answers[0].shape == (2, 10, 10)
+        np.testing.assert_array_equal(answers[0], answers[1])
+    finally:
+        running.stop()
+
+
+def test_an_address_that_cannot_be_bound_exits_1_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    unbindable = f"unix://{tmp_path / 'missing-folder' / 'hessd.sock'}"
+    config = ServerConfig(listen=("127.0.0.1:0", unbindable))
+    with caplog.at_level(logging.ERROR, logger="hessd_server"):
+        assert asyncio.run(serve(config)) == 1
+    assert f"cannot listen on {unbindable}" in caplog.text
+
+
+def test_a_single_address_string_is_one_address() -> None:
+    assert ServerConfig(listen="unix:///run/hessd.sock").listen == ("unix:///run/hessd.sock",)
+
+
+@pytest.mark.parametrize("listen", [(), ("",), ("127.0.0.1:0", "127.0.0.1:0")])
+def test_no_address_an_empty_one_or_a_repeated_one_is_refused(listen: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="listen"):
+        ServerConfig(listen=listen)
