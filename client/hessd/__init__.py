@@ -8,6 +8,7 @@ grpcio, protobuf and numpy only (never TensorFlow)::
         h = client.hessian("demo", x)       # (B, *S, *S), like hessd_server.hessian
 """
 
+from hessd._admin_client import ModelAdminClient
 from hessd._async_client import AsyncClient
 from hessd._client import Client
 from hessd.errors import (
@@ -25,10 +26,18 @@ from hessd.errors import (
     ResultTooLargeError,
     ShapeError,
     TensorEncodingError,
+    UnauthenticatedError,
     UnavailableError,
     UnknownInputError,
 )
-from hessd.results import Evaluation, ModelMetadata, TensorInfo
+from hessd.results import (
+    Evaluation,
+    ModelMetadata,
+    ModelStatus,
+    TensorInfo,
+    Versioned,
+    VersionStatus,
+)
 
 __all__ = [
     "AsyncClient",
@@ -43,6 +52,8 @@ __all__ = [
     "InvalidArgumentError",
     "ModelLoadError",
     "ModelMetadata",
+    "ModelAdminClient",
+    "ModelStatus",
     "ModelNotFoundError",
     "OutputWeightsError",
     "PrecisionError",
@@ -50,6 +61,9 @@ __all__ = [
     "ShapeError",
     "TensorEncodingError",
     "TensorInfo",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnknownInputError",
+    "VersionStatus",
+    "Versioned",
 ]

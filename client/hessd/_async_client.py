@@ -17,7 +17,7 @@ from hessd import _protocol
 from hessd._protocol import ChannelOptions, Inputs
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
-from hessd.results import Evaluation, ModelMetadata
+from hessd.results import Evaluation, ModelMetadata, ModelStatus, Versioned
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 
@@ -70,20 +70,29 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> np.ndarray:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> np.ndarray | Versioned:
         """Hessian with respect to ``wrt``: float32/float64 (B, *S, *S), or (B, *S, B, *S) if full.
 
         Arguments as for :meth:`hessd.Client.hessian`.
         """
         request = _protocol.hessian_request(
-            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            full=full,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
         if _protocol.needs_chunks(request, self._max_receive):
-            arrays = await self._chunked(
+            arrays, version = await self._chunked(
                 self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS
             )
-            return arrays[0]
-        return _protocol.hessian_from(await self._call(self._stub.Hessian, request))
+            return _protocol.versioned(arrays[0], version, with_version)
+        reply = await self._call(self._stub.Hessian, request)
+        return _protocol.versioned(_protocol.hessian_from(reply), reply.model_version, with_version)
 
     async def gradient(
         self,
@@ -93,15 +102,23 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> np.ndarray:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> np.ndarray | Versioned:
         """Gradient with respect to ``wrt``: float32 or float64 array (B, *S).
 
         Arguments as for :meth:`hessd.Client.hessian`.
         """
         request = _protocol.gradient_request(
-            model, x, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
-        return _protocol.gradient_from(await self._call(self._stub.Gradient, request))
+        reply = await self._call(self._stub.Gradient, request)
+        return _protocol.versioned(_protocol.gradient_from(reply), reply.model_version, with_version)
 
     async def hvp(
         self,
@@ -112,15 +129,24 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> np.ndarray:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> np.ndarray | Versioned:
         """Hessian-vector product H v for ``v`` of shape (B, *S): float32/float64 (B, *S).
 
         Arguments as for :meth:`hessd.Client.hvp`.
         """
         request = _protocol.hvp_request(
-            model, x, v, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            v,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
-        return _protocol.hvp_from(await self._call(self._stub.HessianVectorProduct, request))
+        reply = await self._call(self._stub.HessianVectorProduct, request)
+        return _protocol.versioned(_protocol.hvp_from(reply), reply.model_version, with_version)
 
     async def evaluate(
         self,
@@ -131,20 +157,31 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> Evaluation:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> Evaluation | Versioned:
         """Value (B,), gradient (B, *S) and Hessian (as :meth:`hessian`), one dtype.
 
         Arguments as for :meth:`hessd.Client.hessian`.
         """
         request = _protocol.evaluate_request(
-            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            full=full,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
         if _protocol.needs_chunks(request, self._max_receive):
-            arrays = await self._chunked(
+            arrays, version = await self._chunked(
                 self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS
             )
-            return Evaluation(*arrays)
-        return _protocol.evaluation_from(await self._call(self._stub.Evaluate, request))
+            return _protocol.versioned(Evaluation(*arrays), version, with_version)
+        reply = await self._call(self._stub.Evaluate, request)
+        return _protocol.versioned(
+            _protocol.evaluation_from(reply), reply.model_version, with_version
+        )
 
     async def stream(
         self,
@@ -155,15 +192,18 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
+        model_version: str | None = None,
+        with_version: bool = False,
         return_errors: bool = False,
-    ) -> AsyncIterator[np.ndarray | HessdError]:
+    ) -> AsyncIterator[np.ndarray | Versioned | HessdError]:
         """Hessians of many batches over one StreamHessian call, yielded in order.
 
         As :meth:`hessd.Client.stream`; ``xs`` may also be an async iterable.
 
         Yields:
             Per item, a float32 or float64 array (B, *S, *S), or (B, *S, B, *S)
-            when ``full``; or, with ``return_errors``, a ``HessdError``.
+            when ``full`` (a ``hessd.Versioned`` with ``with_version``); or,
+            with ``return_errors``, a ``HessdError``.
         """
         order: asyncio.Queue[object] = asyncio.Queue()
         call = self._stub.StreamHessian(timeout=self._timeout)
@@ -179,6 +219,7 @@ class AsyncClient:
                             output_weights=output_weights,
                             wrt=wrt,
                             precision=precision,
+                            model_version=model_version,
                         )
                     except HessdError as error:
                         order.put_nowait(error)
@@ -195,7 +236,9 @@ class AsyncClient:
                 if entry is _SENT:
                     with _protocol.translated_errors():
                         reply = await call.read()
-                    entry = _protocol.stream_item_from(None if reply is grpc.aio.EOF else reply)
+                    entry = _protocol.stream_item_from(
+                        None if reply is grpc.aio.EOF else reply, with_version
+                    )
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
                 yield entry
@@ -210,9 +253,14 @@ class AsyncClient:
         reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
         return _protocol.model_names_from(reply)
 
-    async def metadata(self, name: str) -> ModelMetadata:
-        """Inputs, outputs, strategy, batch independence and buckets of model ``name``."""
-        request = pb.GetModelMetadataRequest(model_name=name)
+    async def model_status(self) -> list[ModelStatus]:
+        """Every served model's versions and their states; as :meth:`hessd.Client.model_status`."""
+        reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return [_protocol.model_status_from(model) for model in reply.models]
+
+    async def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+        """Metadata of model ``name``; as :meth:`hessd.Client.metadata`."""
+        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
         return _protocol.metadata_from(await self._call(self._stub.GetModelMetadata, request))
 
     async def health(self, service: str = "") -> str:
@@ -245,12 +293,15 @@ class AsyncClient:
         method: grpc.aio.UnaryStreamMultiCallable,
         request: Any,
         names: tuple[str, ...],
-    ) -> tuple[np.ndarray, ...]:
+    ) -> tuple[tuple[np.ndarray, ...], str]:
+        """The reassembled result arrays ``names``, and the model version that computed them."""
         reassembler = Reassembler()
+        version = ""
         with _protocol.translated_errors():
             async for chunk in method(request, timeout=self._timeout):
                 reassembler.add(chunk)
-        return reassembler.arrays(names)
+                version = chunk.model_version
+        return reassembler.arrays(names), version
 
 
 async def _next_entry(order: asyncio.Queue[object], call: grpc.aio.Call) -> object:

@@ -16,7 +16,7 @@ from hessd import _protocol
 from hessd._protocol import ChannelOptions, Inputs
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
-from hessd.results import Evaluation, ModelMetadata
+from hessd.results import Evaluation, ModelMetadata, ModelStatus, Versioned
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 
@@ -74,7 +74,9 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> np.ndarray:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> np.ndarray | Versioned:
         """Hessian of f = sum_b sum_k w_k * model(x)[b, k] with respect to input ``wrt``.
 
         Args:
@@ -85,16 +87,31 @@ class Client:
             output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
             wrt: the input to differentiate; ``None`` for a single-input model.
             precision: ``"float32"`` (also when ``None``) or ``"float64"``.
+            model_version: the model version to compute with, e.g. ``"2"``;
+                ``None`` for the newest AVAILABLE one.
+            with_version: return ``Versioned(result, model_version)``, naming
+                the version that computed the result, instead of the result alone.
 
         Returns:
-            float32 or float64 array (B, *S, *S), or (B, *S, B, *S) when ``full``.
+            float32 or float64 array (B, *S, *S), or (B, *S, B, *S) when ``full``;
+            with ``with_version``, ``(hessian, model_version)`` as a ``hessd.Versioned``.
         """
         request = _protocol.hessian_request(
-            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            full=full,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
         if _protocol.needs_chunks(request, self._max_receive):
-            return self._chunked(self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS)[0]
-        return _protocol.hessian_from(self._call(self._stub.Hessian, request))
+            arrays, version = self._chunked(
+                self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS
+            )
+            return _protocol.versioned(arrays[0], version, with_version)
+        reply = self._call(self._stub.Hessian, request)
+        return _protocol.versioned(_protocol.hessian_from(reply), reply.model_version, with_version)
 
     def gradient(
         self,
@@ -104,15 +121,23 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> np.ndarray:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> np.ndarray | Versioned:
         """Gradient of f with respect to input ``wrt``: float32 or float64 array (B, *S).
 
         Arguments as for :meth:`hessian`.
         """
         request = _protocol.gradient_request(
-            model, x, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
-        return _protocol.gradient_from(self._call(self._stub.Gradient, request))
+        reply = self._call(self._stub.Gradient, request)
+        return _protocol.versioned(_protocol.gradient_from(reply), reply.model_version, with_version)
 
     def hvp(
         self,
@@ -123,7 +148,9 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> np.ndarray:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> np.ndarray | Versioned:
         """Hessian-vector product (d2f / dx dx) v: float32 or float64 array (B, *S).
 
         Per example (H_b v_b) for a batch-independent model, the full product otherwise.
@@ -134,9 +161,16 @@ class Client:
         Other arguments as for :meth:`hessian`.
         """
         request = _protocol.hvp_request(
-            model, x, v, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            v,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
-        return _protocol.hvp_from(self._call(self._stub.HessianVectorProduct, request))
+        reply = self._call(self._stub.HessianVectorProduct, request)
+        return _protocol.versioned(_protocol.hvp_from(reply), reply.model_version, with_version)
 
     def evaluate(
         self,
@@ -147,18 +181,31 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-    ) -> Evaluation:
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> Evaluation | Versioned:
         """Value (B,), gradient (B, *S) and Hessian (as :meth:`hessian`) in one call.
 
         Arguments as for :meth:`hessian`; the three arrays share one dtype.
         """
         request = _protocol.evaluate_request(
-            model, x, full=full, output_weights=output_weights, wrt=wrt, precision=precision
+            model,
+            x,
+            full=full,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
         )
         if _protocol.needs_chunks(request, self._max_receive):
-            arrays = self._chunked(self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS)
-            return Evaluation(*arrays)
-        return _protocol.evaluation_from(self._call(self._stub.Evaluate, request))
+            arrays, version = self._chunked(
+                self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS
+            )
+            return _protocol.versioned(Evaluation(*arrays), version, with_version)
+        reply = self._call(self._stub.Evaluate, request)
+        return _protocol.versioned(
+            _protocol.evaluation_from(reply), reply.model_version, with_version
+        )
 
     def stream(
         self,
@@ -169,8 +216,10 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
+        model_version: str | None = None,
+        with_version: bool = False,
         return_errors: bool = False,
-    ) -> Iterator[np.ndarray | HessdError]:
+    ) -> Iterator[np.ndarray | Versioned | HessdError]:
         """Hessians of many batches over one StreamHessian call, yielded in order.
 
         ``xs`` is consumed lazily, so it may be a generator. Each item is an ``x``
@@ -182,7 +231,8 @@ class Client:
 
         Yields:
             Per item, a float32 or float64 array (B, *S, *S), or (B, *S, B, *S)
-            when ``full``; or, with ``return_errors``, a ``HessdError``.
+            when ``full`` (a ``hessd.Versioned`` with ``with_version``); or,
+            with ``return_errors``, a ``HessdError``.
         """
         order: queue.SimpleQueue[object] = queue.SimpleQueue()
 
@@ -197,6 +247,7 @@ class Client:
                             output_weights=output_weights,
                             wrt=wrt,
                             precision=precision,
+                            model_version=model_version,
                         )
                     except HessdError as error:
                         order.put(error)
@@ -211,7 +262,7 @@ class Client:
             while (entry := _next_entry(order, replies)) is not _END:
                 if entry is _SENT:
                     with _protocol.translated_errors():
-                        entry = _protocol.stream_item_from(next(replies, None))
+                        entry = _protocol.stream_item_from(next(replies, None), with_version)
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
                 yield entry
@@ -222,9 +273,17 @@ class Client:
         """Names of the served models, sorted."""
         return _protocol.model_names_from(self._call(self._stub.ListModels, pb.ListModelsRequest()))
 
-    def metadata(self, name: str) -> ModelMetadata:
-        """Inputs, outputs, strategy, batch independence and buckets of model ``name``."""
-        request = pb.GetModelMetadataRequest(model_name=name)
+    def model_status(self) -> list[ModelStatus]:
+        """Every served model's versions and their states (LOADING, AVAILABLE, FAILED
+        with its error, UNLOADING), sorted by model name."""
+        reply = self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return [_protocol.model_status_from(model) for model in reply.models]
+
+    def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+        """Inputs, outputs, strategy, batch independence, buckets, the version described
+        and every version's state, of model ``name`` (at ``model_version``; ``None``:
+        the newest AVAILABLE)."""
+        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
         return _protocol.metadata_from(self._call(self._stub.GetModelMetadata, request))
 
     def health(self, service: str = "") -> str:
@@ -260,12 +319,15 @@ class Client:
         method: grpc.UnaryStreamMultiCallable,
         request: Any,
         names: tuple[str, ...],
-    ) -> tuple[np.ndarray, ...]:
+    ) -> tuple[tuple[np.ndarray, ...], str]:
+        """The reassembled result arrays ``names``, and the model version that computed them."""
         reassembler = Reassembler()
+        version = ""
         with _protocol.translated_errors():
             for chunk in method(request, timeout=self._timeout):
                 reassembler.add(chunk)
-        return reassembler.arrays(names)
+                version = chunk.model_version
+        return reassembler.arrays(names), version
 
 
 def _next_entry(order: queue.SimpleQueue[object], replies: grpc.Future) -> object:

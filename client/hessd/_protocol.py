@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -18,7 +18,14 @@ import numpy.typing as npt
 
 from hessd import status_codes, tensor_codec
 from hessd.errors import HessdError, InternalError
-from hessd.results import Evaluation, ModelMetadata, TensorInfo
+from hessd.results import (
+    Evaluation,
+    ModelMetadata,
+    ModelStatus,
+    TensorInfo,
+    Versioned,
+    VersionStatus,
+)
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Tensor
 
@@ -87,9 +94,12 @@ def hessian_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
+    model_version: str | None = None,
 ) -> pb.HessianRequest:
     """A ``HessianRequest`` for ``hessian(model, x, ...)``."""
-    return pb.HessianRequest(full=full, **_common(model, x, output_weights, wrt, precision))
+    return pb.HessianRequest(
+        full=full, **_common(model, x, output_weights, wrt, precision, model_version)
+    )
 
 
 def gradient_request(
@@ -99,9 +109,10 @@ def gradient_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
+    model_version: str | None = None,
 ) -> pb.GradientRequest:
     """A ``GradientRequest`` for ``gradient(model, x, ...)``."""
-    return pb.GradientRequest(**_common(model, x, output_weights, wrt, precision))
+    return pb.GradientRequest(**_common(model, x, output_weights, wrt, precision, model_version))
 
 
 def hvp_request(
@@ -112,10 +123,12 @@ def hvp_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
+    model_version: str | None = None,
 ) -> pb.HessianVectorProductRequest:
     """A ``HessianVectorProductRequest`` for ``hvp(model, x, v, ...)``."""
     return pb.HessianVectorProductRequest(
-        v=tensor_codec.encode(v, field="v"), **_common(model, x, output_weights, wrt, precision)
+        v=tensor_codec.encode(v, field="v"),
+        **_common(model, x, output_weights, wrt, precision, model_version),
     )
 
 
@@ -127,9 +140,12 @@ def evaluate_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
+    model_version: str | None = None,
 ) -> pb.EvaluateRequest:
     """An ``EvaluateRequest`` for ``evaluate(model, x, ...)``."""
-    return pb.EvaluateRequest(full=full, **_common(model, x, output_weights, wrt, precision))
+    return pb.EvaluateRequest(
+        full=full, **_common(model, x, output_weights, wrt, precision, model_version)
+    )
 
 
 def _common(
@@ -138,9 +154,11 @@ def _common(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
+    model_version: str | None,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model_name": model,
+        "model_version": model_version or "",
         "x": encode_x(x),
         "wrt": wrt or "",
         "precision": tensor_codec.encode_precision(precision),
@@ -196,8 +214,11 @@ def evaluation_from(reply: pb.EvaluateResponse) -> Evaluation:
     )
 
 
-def stream_item_from(reply: pb.StreamHessianResponse | None) -> np.ndarray | HessdError:
-    """The Hessian array of one StreamHessian reply, or the exception it carries.
+def stream_item_from(
+    reply: pb.StreamHessianResponse | None, with_version: bool = False
+) -> np.ndarray | Versioned | HessdError:
+    """The Hessian array of one StreamHessian reply (``Versioned`` with
+    ``with_version``), or the exception it carries.
 
     ``None`` stands for a stream that ended before this reply, a server fault.
     """
@@ -205,7 +226,14 @@ def stream_item_from(reply: pb.StreamHessianResponse | None) -> np.ndarray | Hes
         return InternalError("the server ended StreamHessian before answering every request.")
     if reply.WhichOneof("result") == "error":
         return status_codes.from_status(reply.error)
-    return tensor_codec.decode(reply.hessian, field="hessian")
+    return versioned(
+        tensor_codec.decode(reply.hessian, field="hessian"), reply.model_version, with_version
+    )
+
+
+def versioned(result: Any, model_version: str, with_version: bool) -> Any:
+    """``Versioned(result, model_version)`` when ``with_version``, else ``result`` itself."""
+    return Versioned(result, model_version) if with_version else result
 
 
 def model_names_from(reply: pb.ListModelsResponse) -> list[str]:
@@ -226,6 +254,28 @@ def metadata_from(reply: pb.GetModelMetadataResponse) -> ModelMetadata:
         buckets=tuple(reply.buckets),
         compile_count=reply.compile_count,
         xla_fallbacks=tuple(reply.xla_fallbacks),
+        version=reply.version or None,
+        version_status=_version_statuses(reply.version_status),
+    )
+
+
+def model_status_from(reply: pb.ModelVersions) -> ModelStatus:
+    """The ``ModelStatus`` of one ``ModelVersions``."""
+    return ModelStatus(
+        name=reply.name,
+        versions=_version_statuses(reply.version_status),
+        error=reply.error or None,
+    )
+
+
+def _version_statuses(statuses: Iterable[pb.ModelVersionStatus]) -> tuple[VersionStatus, ...]:
+    return tuple(
+        VersionStatus(
+            version=status.version,
+            state=pb.ModelState.Name(status.state).removeprefix("MODEL_STATE_"),
+            error=status.error or None,
+        )
+        for status in statuses
     )
 
 

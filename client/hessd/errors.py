@@ -75,6 +75,10 @@ class UnavailableError(HessdError):
     """The server is not ready yet, or is shutting down; retry later or elsewhere."""
 
 
+class UnauthenticatedError(HessdError, PermissionError):
+    """The call carried no valid token (``authorization: Bearer <token>`` metadata)."""
+
+
 class DeadlineExceededError(HessdError, TimeoutError):
     """The call's deadline passed before the result was ready."""
 
@@ -103,6 +107,7 @@ ERROR_TYPES: dict[str, type[HessdError]] = {
         ResultTooLargeError,
         BatchDependenceError,
         UnavailableError,
+        UnauthenticatedError,
         DeadlineExceededError,
         CancelledError,
         InternalError,

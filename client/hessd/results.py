@@ -6,7 +6,7 @@ Plain containers of numpy arrays and metadata; nothing here imports TensorFlow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,53 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class VersionStatus:
+    """Where one version of a served model stands.
+
+    Attributes:
+        version: the version, e.g. ``"2"``.
+        state: ``"LOADING"``, ``"AVAILABLE"`` (answering requests), ``"FAILED"``
+            or ``"UNLOADING"`` (finishing its calls before it is unloaded).
+        error: why it is ``"FAILED"``; ``None`` otherwise.
+    """
+
+    version: str
+    state: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A served model's versions and their states.
+
+    Attributes:
+        name: the model's name.
+        versions: its versions in ascending order, each with its state.
+        error: a problem with the model's repository folder as a whole (e.g.
+            a broken config.toml); ``None`` when there is none.
+    """
+
+    name: str
+    versions: tuple[VersionStatus, ...]
+    error: str | None = None
+
+    @property
+    def available(self) -> tuple[str, ...]:
+        """The versions that answer requests, ascending."""
+        return tuple(v.version for v in self.versions if v.state == "AVAILABLE")
+
+
+class Versioned(NamedTuple):
+    """A result and the model version that computed it (the SDK's ``with_version=True``).
+
+    >>> result, version = Versioned(1.0, "2")
+    """
+
+    result: Any
+    model_version: str
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """What a served model takes and returns, and its compilation state.
 
@@ -54,6 +101,9 @@ class ModelMetadata:
             to the smallest bucket that holds it.
         compile_count: functions compiled so far.
         xla_fallbacks: functions that run without XLA because XLA failed on them.
+        version: the served version described (``None`` in-process).
+        version_status: every version of the model a server knows of, with
+            its state (empty in-process).
     """
 
     name: str
@@ -64,3 +114,5 @@ class ModelMetadata:
     buckets: tuple[int, ...]
     compile_count: int
     xla_fallbacks: tuple[str, ...]
+    version: str | None = None
+    version_status: tuple[VersionStatus, ...] = ()

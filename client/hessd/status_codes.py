@@ -26,6 +26,7 @@ from hessd.errors import (
     InvalidArgumentError,
     ModelNotFoundError,
     ResultTooLargeError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -38,6 +39,7 @@ CODES: dict[type[HessdError], grpc.StatusCode] = {
     ResultTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BatchDependenceError: grpc.StatusCode.FAILED_PRECONDITION,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     CancelledError: grpc.StatusCode.CANCELLED,
     InternalError: grpc.StatusCode.INTERNAL,

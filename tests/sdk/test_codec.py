@@ -124,6 +124,7 @@ EXPECTED_CODES = {
     errors.ResultTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.BatchDependenceError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.CancelledError: grpc.StatusCode.CANCELLED,
     errors.InternalError: grpc.StatusCode.INTERNAL,

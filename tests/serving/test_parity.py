@@ -8,6 +8,7 @@ in shape.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -169,7 +170,7 @@ def test_models_and_metadata_mirror_the_library(
 ) -> None:
     assert client.models() == sorted(name for name, _ in MODELS)
     for name, _ in MODELS:
-        assert client.metadata(name) == server.model(name).metadata()
+        assert client.metadata(name) == _served_metadata(server, name)
     multi = client.metadata("multi")
     assert [(i.name, i.shape, i.dtype) for i in multi.inputs] == [
         ("a", (3,), "float32"),
@@ -187,5 +188,14 @@ def test_async_models_metadata_and_health(server: RunningServer) -> None:
 
     models, metadata, health = asyncio.run(calls())
     assert models == sorted(name for name, _ in MODELS)
-    assert metadata == server.model("demo").metadata()
+    assert metadata == _served_metadata(server, "demo")
     assert health == "SERVING"
+
+
+def _served_metadata(server: RunningServer, name: str) -> hessd.ModelMetadata:
+    """The library's metadata of a ``--model`` model, as served: version "1", AVAILABLE."""
+    return dataclasses.replace(
+        server.model(name).metadata(),
+        version="1",
+        version_status=(hessd.VersionStatus("1", "AVAILABLE"),),
+    )

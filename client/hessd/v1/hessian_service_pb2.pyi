@@ -1,12 +1,26 @@
 from google.rpc import status_pb2 as _status_pb2
 from hessd.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_STATE_LOADING: _ClassVar[ModelState]
+    MODEL_STATE_AVAILABLE: _ClassVar[ModelState]
+    MODEL_STATE_FAILED: _ClassVar[ModelState]
+    MODEL_STATE_UNLOADING: _ClassVar[ModelState]
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_STATE_LOADING: ModelState
+MODEL_STATE_AVAILABLE: ModelState
+MODEL_STATE_FAILED: ModelState
+MODEL_STATE_UNLOADING: ModelState
 
 class HessianRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision")
@@ -34,10 +48,12 @@ class HessianRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
-    __slots__ = ("hessian",)
+    __slots__ = ("hessian", "model_version")
     HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     hessian: _tensor_pb2.Tensor
-    def __init__(self, hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GradientRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision")
@@ -63,10 +79,12 @@ class GradientRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
 
 class GradientResponse(_message.Message):
-    __slots__ = ("gradient",)
+    __slots__ = ("gradient", "model_version")
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     gradient: _tensor_pb2.Tensor
-    def __init__(self, gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class HessianVectorProductRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "x", "v", "wrt", "output_weights", "precision")
@@ -94,10 +112,12 @@ class HessianVectorProductRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., v: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
 
 class HessianVectorProductResponse(_message.Message):
-    __slots__ = ("hvp",)
+    __slots__ = ("hvp", "model_version")
     HVP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     hvp: _tensor_pb2.Tensor
-    def __init__(self, hvp: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, hvp: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision")
@@ -125,24 +145,28 @@ class EvaluateRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("value", "gradient", "hessian")
+    __slots__ = ("value", "gradient", "hessian", "model_version")
     VALUE_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     value: _tensor_pb2.Tensor
     gradient: _tensor_pb2.Tensor
     hessian: _tensor_pb2.Tensor
-    def __init__(self, value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class StreamHessianResponse(_message.Message):
-    __slots__ = ("index", "hessian", "error")
+    __slots__ = ("index", "hessian", "error", "model_version")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     HESSIAN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     index: int
     hessian: _tensor_pb2.Tensor
     error: _status_pb2.Status
-    def __init__(self, index: _Optional[int] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, index: _Optional[int] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -155,12 +179,26 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
-    __slots__ = ("name", "versions")
+    __slots__ = ("name", "versions", "version_status", "error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    version_status: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
+    error: str
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ModelVersionStatus(_message.Message):
+    __slots__ = ("version", "state", "error")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    state: ModelState
+    error: str
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetModelMetadataRequest(_message.Message):
     __slots__ = ("model_name", "model_version")
@@ -171,7 +209,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "version", "inputs", "outputs", "strategy", "batch_independent", "buckets", "compile_count", "xla_fallbacks")
+    __slots__ = ("name", "version", "inputs", "outputs", "strategy", "batch_independent", "buckets", "compile_count", "xla_fallbacks", "version_status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +219,7 @@ class GetModelMetadataResponse(_message.Message):
     BUCKETS_FIELD_NUMBER: _ClassVar[int]
     COMPILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     XLA_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
@@ -190,7 +229,8 @@ class GetModelMetadataResponse(_message.Message):
     buckets: _containers.RepeatedScalarFieldContainer[int]
     compile_count: int
     xla_fallbacks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., strategy: _Optional[str] = ..., batch_independent: _Optional[bool] = ..., buckets: _Optional[_Iterable[int]] = ..., compile_count: _Optional[int] = ..., xla_fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...
+    version_status: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., strategy: _Optional[str] = ..., batch_independent: _Optional[bool] = ..., buckets: _Optional[_Iterable[int]] = ..., compile_count: _Optional[int] = ..., xla_fallbacks: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype")

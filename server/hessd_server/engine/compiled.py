@@ -120,7 +120,12 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
 
         return body(forward, x, weights, *tangent)
 
-    return tf.function(traced, input_signature=signature, jit_compile=jit)
+    function = tf.function(traced, input_signature=signature, jit_compile=jit)
+    # Every bucket, kind and strategy is its own function traced once, by design;
+    # TensorFlow counts them all as retraces of one Python function (they share
+    # ``traced``'s code) and would warn about "frequent retracing" during warm-up.
+    function._omit_frequent_tracing_warning = True
+    return function
 
 
 def _tile_batch(tensor: tf.Tensor, copies: tf.Tensor) -> tf.Tensor:

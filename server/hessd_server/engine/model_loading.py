@@ -118,6 +118,26 @@ def _output_name(raw: str | None, index: int, count: int) -> str:
     return "y" if count == 1 else f"y{index}"
 
 
+def _keras_output_names(model: keras.Model, outputs: list[Any]) -> list[str]:
+    """The model's own names for its outputs, in ``outputs`` order: the keys of a
+    dict of outputs, else the names of the layers producing them (``price`` for
+    ``Dense(1, name="price")``); ``y``/``y{i}`` where neither is known."""
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):
+        structure = None
+    if isinstance(structure, dict) and len(structure) == len(outputs):
+        return [str(key) for key in sorted(structure)]
+    names = []
+    for index, tensor in enumerate(outputs):
+        history = getattr(tensor, "_keras_history", None)
+        layer_name = getattr(getattr(history, "operation", None), "name", None)
+        names.append(layer_name or _output_name(tensor.name, index, len(outputs)))
+    if len(set(names)) != len(names):
+        return [f"{name}_{index}" for index, name in enumerate(names)]
+    return names
+
+
 def _per_example_shape(shape: Any) -> tuple[int | None, ...]:
     return tuple(None if d is None else int(d) for d in tuple(shape)[1:])
 
@@ -137,8 +157,8 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         TensorInfo(n, _per_example_shape(t.shape), str(t.dtype)) for n, t in zip(names, leaves)
     )
     output_infos = tuple(
-        TensorInfo(_output_name(t.name, i, len(outputs)), _per_example_shape(t.shape), str(t.dtype))
-        for i, t in enumerate(outputs)
+        TensorInfo(output_name, _per_example_shape(t.shape), str(t.dtype))
+        for output_name, t in zip(_keras_output_names(model, outputs), outputs)
     )
     return Model(
         name=name or model.name,

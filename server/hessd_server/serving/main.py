@@ -7,10 +7,12 @@ Examples::
         --listen 0.0.0.0:50051 --warmup-batch-sizes 1,8,32 --metrics-port 9090
     hessd-server --listen unix:///run/hessd.sock
     hessd-server --listen unix:///run/hessd/hessd.sock --listen 0.0.0.0:50051
+    hessd-server --model-repository /models --admin-token-file /run/secrets/hessd-admin
 
 On SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls,
 lets in-flight calls finish (up to ``--grace-seconds``) and exits 0. It
-exits 1 when a model cannot be loaded.
+exits 1 when a ``--model`` model cannot be loaded. SIGHUP reloads the model
+repository.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
     try:
         return ServerConfig(
             models=tuple(args.model),
+            model_repository=args.model_repository,
+            repository_poll_seconds=args.repository_poll_seconds,
+            admin_token_file=args.admin_token_file,
             listen=tuple(args.listen) or (DEFAULT_LISTEN,),
             warmup_batch_sizes=args.warmup_batch_sizes,
             max_batch_size=args.max_batch_size,
@@ -64,8 +69,16 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
 
 async def serve(config: ServerConfig) -> int:
     """Serve ``config`` until SIGTERM or SIGINT; returns the process exit status."""
+    if not config.safe_mode:
+        _log.warning(
+            "--unsafe-deserialization: .keras files may run arbitrary Python code when loaded; "
+            "serve only model files you trust"
+        )
     try:
         server, _ = create_server(config)
+    except ValueError as error:
+        _log.error("cannot start: %s", error)
+        return 1
     except RuntimeError as error:
         _log.error("%s", error)
         return 1
@@ -73,6 +86,7 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     await server.start()
     _log.info("listening on %s", ", ".join(server.addresses))
     loading = asyncio.ensure_future(server.wait_until_serving())
@@ -103,8 +117,28 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         type=_model_spec,
         metavar="NAME=SOURCE",
-        help="serve SOURCE (.keras file, SavedModel dir or pkg.module:factory) as NAME; "
-        "repeatable; default: the demo model as 'demo'",
+        help="serve SOURCE (.keras file, SavedModel dir or pkg.module:factory) as NAME, "
+        "version 1, never reloaded; repeatable; default (without --model-repository): "
+        "the demo model as 'demo'",
+    )
+    parser.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="serve every model folder of DIR (DIR/NAME/VERSION/model.keras or a SavedModel; "
+        "optional DIR/NAME/config.toml), reloading it as it changes and on SIGHUP",
+    )
+    parser.add_argument(
+        "--repository-poll-seconds",
+        type=float,
+        default=defaults.repository_poll_seconds,
+        help="how often to scan the model repository for changes; 0: only on SIGHUP "
+        "(%(default)s)",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="serve hessd.v1.ModelAdmin (LoadModel, UnloadModel, ReloadRepository) to calls "
+        "bearing a token of FILE (one per line); off without it",
     )
     parser.add_argument(
         "--listen",

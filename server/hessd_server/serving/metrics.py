@@ -1,13 +1,18 @@
 """Prometheus metrics of one server: requests by method and status, latency,
-engine calls waiting and dropped, and compiled functions per model."""
+engine calls waiting and dropped, compiled functions per model, and the state,
+load and warm-up time of each model version and the versions that failed."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+MODEL_STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
+"""The values of ``hessd_model_version_state``'s ``state`` label."""
 
 
 class Metrics:
@@ -48,6 +53,30 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._version_state = Gauge(
+            "hessd_model_version_state",
+            "1 for the state each model version is in (LOADING, AVAILABLE, FAILED, UNLOADING).",
+            ["model", "version", "state"],
+            registry=self.registry,
+        )
+        self._load_seconds = Gauge(
+            "hessd_model_load_duration_seconds",
+            "Time taken to load each served model version from its files.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self._warmup_seconds = Gauge(
+            "hessd_model_warmup_duration_seconds",
+            "Time taken to warm (compile) each served model version.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self._load_failures = Counter(
+            "hessd_model_load_failures",
+            "Model versions that failed to load or warm, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -70,6 +99,29 @@ class Metrics:
     def track_compiles(self, model: str, compile_count: Callable[[], int]) -> None:
         """Report ``compile_count()`` as model ``model``'s compiled functions at each scrape."""
         self._compiled.labels(model=model).set_function(compile_count)
+
+    def set_model_state(self, model: str, version: str, state: str | None) -> None:
+        """Report ``version`` of ``model`` in ``state``; ``None``: the version is gone."""
+        for known in MODEL_STATES:
+            labels = {"model": model, "version": version, "state": known}
+            if state is None:
+                with contextlib.suppress(KeyError):
+                    self._version_state.remove(*labels.values())
+            else:
+                self._version_state.labels(**labels).set(1 if known == state else 0)
+        if state is None:
+            for gauge in (self._load_seconds, self._warmup_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(model, version)
+
+    def observe_load(self, model: str, version: str, load_s: float, warmup_s: float) -> None:
+        """Record how long ``version`` of ``model`` took to load and to warm."""
+        self._load_seconds.labels(model=model, version=version).set(load_s)
+        self._warmup_seconds.labels(model=model, version=version).set(warmup_s)
+
+    def count_load_failure(self, model: str) -> None:
+        """Count one version of ``model`` that failed to load or warm."""
+        self._load_failures.labels(model=model).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port."""

@@ -1,10 +1,14 @@
-"""The hessd gRPC server: HessianService, health and reflection over one set of models.
+"""The hessd gRPC server: HessianService, health, reflection and (with an admin
+token file) ModelAdmin, over the ``--model`` models and the model repository.
 
 Lifecycle: :func:`create_server` builds and binds; :meth:`HessdServer.start`
 starts answering (health NOT_SERVING) and loads and warms every model in the
-background; once all are warm, health turns SERVING. :meth:`HessdServer.stop`
-turns health NOT_SERVING, refuses new calls with UNAVAILABLE, lets in-flight
-calls finish within the grace period, then stops.
+background; once all are warm, health turns SERVING. The repository is then
+reloaded every ``repository_poll_seconds`` and on :meth:`HessdServer.reload_repository`
+(SIGHUP, ReloadRepository); health stays SERVING while every ``--model`` model,
+and every repository model that has been AVAILABLE, has an AVAILABLE version.
+:meth:`HessdServer.stop` turns health NOT_SERVING, refuses new calls with
+UNAVAILABLE, lets in-flight calls finish within the grace period, then stops.
 
 >>> async def run(config):                                  # doctest: +SKIP
 ...     server, port = create_server(config)
@@ -21,17 +25,21 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hessd.v1 import hessian_service_pb2_grpc
+from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc
 
 from .admission import Admission
+from .auth import BearerTokens
 from .engine_executor import EngineExecutor
 from .metrics import Metrics
+from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
+from .model_loader import ModelLoader
 from .model_registry import ModelRegistry
 from .server_config import ServerConfig
 from .servicer import HessianServicer
@@ -54,18 +62,34 @@ class HessdServer:
     Attributes:
         config: the settings it was built from.
         models: the served models.
+        loader: loads, reloads and unloads them.
         metrics: its Prometheus metrics.
         engine_pool: the worker threads engine calls run on.
         addresses: every address it listens on, as bound (a TCP port 0 replaced
             by the chosen port); set by :func:`create_server`.
+
+    Raises:
+        ValueError: the admin token file cannot be read or holds no token.
     """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.models = ModelRegistry(
-            config.served_models, config.engine_config(), safe_mode=config.safe_mode
+        self.models = ModelRegistry(self.metrics)
+        self.loader = ModelLoader(
+            self.models,
+            self.metrics,
+            engine_config=config.engine_config(),
+            warmup_batch_sizes=config.warmup_batch_sizes,
+            safe_mode=config.safe_mode,
+            repository=None if config.model_repository is None else Path(config.model_repository),
         )
+        self._reload_lock = asyncio.Lock()
+        self._polling: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._loaded = False
+        self._missing: list[str] = []
         self.engine_pool = ThreadPoolExecutor(
             config.engine_threads, thread_name_prefix="hessd-engine"
         )
@@ -88,12 +112,20 @@ class HessdServer:
             ),
             self.grpc_server,
         )
+        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if config.admin_token_file is not None:
+            model_admin_pb2_grpc.add_ModelAdminServicer_to_server(
+                ModelAdminServicer(
+                    BearerTokens.from_file(config.admin_token_file),
+                    self.loader,
+                    self.models,
+                    self.administer,
+                ),
+                self.grpc_server,
+            )
+            services.append(ADMIN_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.grpc_server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
-        )
-        for name in self.models.names:
-            self.metrics.track_compiles(name, functools.partial(self.models.compile_count, name))
+        reflection.enable_server_reflection(services, self.grpc_server)
         self.metrics_port: int | None = None
         self.addresses: tuple[str, ...] = ()
 
@@ -122,9 +154,35 @@ class HessdServer:
             raise RuntimeError("start() the server first")
         await asyncio.shield(self._loading)
 
+    async def reload_repository(self, *, explicit: bool = True) -> None:
+        """Bring the served versions in step with the model repository now (as SIGHUP does).
+
+        ``explicit=False`` is a poll's reload, which loads a new or changed
+        version only once two polls in a row saw the same files.
+        """
+        await self.administer(functools.partial(self.loader.reload, explicit=explicit))
+
+    def request_reload(self) -> None:
+        """Start :meth:`reload_repository` from the event loop without waiting (SIGHUP)."""
+        task = asyncio.ensure_future(self.reload_repository())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def administer(self, action: Callable[[], T]) -> T:
+        """Run the blocking loader ``action`` off the event loop, one at a time, then
+        update health."""
+        async with self._reload_lock:
+            try:
+                return await _in_daemon_thread(action)
+            finally:
+                await self._update_health()
+
     async def stop(self, grace: float | None) -> None:
         """Drain and stop: health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
         get ``grace`` seconds (``None``: unlimited) to finish, then are cancelled."""
+        self._stopping = True
+        if self._polling is not None:
+            self._polling.cancel()
         self._admission.start_draining()
         await self._health.enter_graceful_shutdown()
         try:
@@ -136,10 +194,39 @@ class HessdServer:
         self.metrics.close()
 
     async def _load(self) -> None:
-        await _in_daemon_thread(lambda: self.models.load(self.config.warmup_batch_sizes))
-        for service in (health.OVERALL_HEALTH, SERVICE_NAME):
-            await self._health.set(service, _SERVING)
+        self.loader.check_repository()
+        await _in_daemon_thread(lambda: self.loader.load_fixed(self.config.served_models))
+        async with self._reload_lock:
+            await _in_daemon_thread(lambda: self.loader.reload(explicit=True))
+        self.models.mark_ready()
+        self._loaded = True
+        await self._update_health()
         _log.info("serving models %s", self.models.names)
+        if self.config.model_repository is not None and self.config.repository_poll_seconds > 0:
+            self._polling = asyncio.ensure_future(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.repository_poll_seconds)
+            try:
+                await self.reload_repository(explicit=False)
+            except Exception:
+                _log.exception("reloading the model repository failed; polling goes on")
+
+    async def _update_health(self) -> None:
+        """SERVING while no model that should be served lacks an AVAILABLE version."""
+        if self._stopping or not self._loaded:
+            return
+        missing = self.models.missing_models()
+        if missing != self._missing:
+            self._missing = missing
+            if missing:
+                _log.warning("health NOT_SERVING: no AVAILABLE version of models %s", missing)
+            else:
+                _log.info("health SERVING")
+        status = _NOT_SERVING if missing else _SERVING
+        for service in (health.OVERALL_HEALTH, SERVICE_NAME):
+            await self._health.set(service, status)
 
 
 def create_server(config: ServerConfig) -> tuple[HessdServer, int]:

@@ -35,7 +35,15 @@ class ServerConfig:
     """How a hessd server listens, which models it serves and within what limits.
 
     Attributes:
-        models: the models to serve; empty serves the demo model as ``"demo"``.
+        models: the models to serve as version ``"1"``, never reloaded; when
+            empty and there is no ``model_repository``, the demo model is served
+            as ``"demo"``.
+        model_repository: a folder of models with integer version folders,
+            loaded at start-up and reloaded while serving; ``None``: none.
+        repository_poll_seconds: how often the repository is scanned for
+            changes; 0 scans only on SIGHUP and ReloadRepository.
+        admin_token_file: a file of tokens (one per line) that ModelAdmin calls
+            need; ``None`` leaves the ModelAdmin service off.
         listen: the addresses to serve on, each ``host:port`` (port 0 picks a
             free one) or ``unix:///path``; one process may serve several, e.g. a
             unix socket for a pod neighbour and a TCP port for the kubelet's
@@ -59,6 +67,9 @@ class ServerConfig:
     """
 
     models: tuple[ModelSpec, ...] = ()
+    model_repository: str | None = None
+    repository_poll_seconds: float = 10.0
+    admin_token_file: str | None = None
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     warmup_batch_sizes: tuple[int, ...] | None = None
     max_batch_size: int = 1024
@@ -90,14 +101,20 @@ class ServerConfig:
             )
         if self.engine_threads < 1:
             raise ValueError(f"engine_threads must be >= 1, got {self.engine_threads}")
+        if self.repository_poll_seconds < 0:
+            raise ValueError(
+                f"repository_poll_seconds must be >= 0, got {self.repository_poll_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         self.engine_config()
 
     @property
     def served_models(self) -> tuple[ModelSpec, ...]:
-        """``models``, or the demo model when none is configured."""
-        return self.models or (ModelSpec(DEMO_MODEL_NAME, DEMO_MODEL_SOURCE),)
+        """``models``, or the demo model when neither models nor a repository is configured."""
+        if self.models or self.model_repository is not None:
+            return self.models
+        return (ModelSpec(DEMO_MODEL_NAME, DEMO_MODEL_SOURCE),)
 
     def engine_config(self) -> EngineConfig:
         """The engine settings every served model is loaded with."""

@@ -7,8 +7,8 @@ answered with its status): the engine computes and validates, and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import grpc.aio
 import numpy as np
@@ -16,16 +16,17 @@ from google.protobuf.message import Message
 
 from hessd import chunks, tensor_codec
 from hessd.errors import ResultTooLargeError
-from hessd.results import Evaluation, TensorInfo
+from hessd.results import Evaluation, ModelStatus, TensorInfo
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import ResultChunk
 
 from .. import engine
-from ..engine import Model
 from .engine_executor import EngineExecutor
-from .model_registry import VERSION, ModelRegistry
+from .model_registry import ModelRegistry
 from .status_interceptor import status_of
+
+T = TypeVar("T")
 
 DerivativeRequest = (
     pb.HessianRequest | pb.GradientRequest | pb.HessianVectorProductRequest | pb.EvaluateRequest
@@ -58,52 +59,57 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     async def Hessian(
         self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
     ) -> pb.HessianResponse:
-        hessian = await self._hessian(request, context)
-        reply = pb.HessianResponse(hessian=tensor_codec.encode(hessian, field="hessian"))
+        hessian, version = await self._hessian(request, context)
+        reply = pb.HessianResponse(
+            hessian=tensor_codec.encode(hessian, field="hessian"), model_version=version
+        )
         return self._fitting(reply, "call HessianChunked, which streams results of any size")
 
     async def Gradient(
         self, request: pb.GradientRequest, context: grpc.aio.ServicerContext
     ) -> pb.GradientResponse:
-        model, x, options = self._decoded(request)
-        gradient = await self._executor.run(context, engine.gradient, model, x, **options)
-        reply = pb.GradientResponse(gradient=tensor_codec.encode(gradient, field="gradient"))
+        gradient, version = await self._computed(request, context, engine.gradient)
+        reply = pb.GradientResponse(
+            gradient=tensor_codec.encode(gradient, field="gradient"), model_version=version
+        )
         return self._fitting(reply, "send a smaller batch")
 
     async def HessianVectorProduct(
         self, request: pb.HessianVectorProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.HessianVectorProductResponse:
-        model, x, options = self._decoded(request)
         v = tensor_codec.decode(request.v, field="v")
-        hvp = await self._executor.run(context, engine.hvp, model, x, v, **options)
-        reply = pb.HessianVectorProductResponse(hvp=tensor_codec.encode(hvp, field="hvp"))
+        hvp, version = await self._computed(request, context, engine.hvp, v)
+        reply = pb.HessianVectorProductResponse(
+            hvp=tensor_codec.encode(hvp, field="hvp"), model_version=version
+        )
         return self._fitting(reply, "send a smaller batch")
 
     async def Evaluate(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> pb.EvaluateResponse:
-        evaluation = await self._evaluate(request, context)
+        evaluation, version = await self._evaluate(request, context)
         reply = pb.EvaluateResponse(
+            model_version=version,
             **{
                 name: tensor_codec.encode(array, field=name)
                 for name, array in evaluation._asdict().items()
-            }
+            },
         )
         return self._fitting(reply, "call EvaluateChunked, which streams results of any size")
 
     async def HessianChunked(
         self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ResultChunk]:
-        hessian = await self._hessian(request, context)
-        for chunk in self._chunks("hessian", hessian):
+        hessian, version = await self._hessian(request, context)
+        for chunk in self._chunks("hessian", hessian, version):
             yield chunk
 
     async def EvaluateChunked(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ResultChunk]:
-        evaluation = await self._evaluate(request, context)
+        evaluation, version = await self._evaluate(request, context)
         for name, array in evaluation._asdict().items():
-            for chunk in self._chunks(name, array):
+            for chunk in self._chunks(name, array, version):
                 yield chunk
 
     async def StreamHessian(
@@ -114,10 +120,12 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         index = 0
         async for request in request_iterator:
             try:
-                hessian = await self._hessian(request, context)
+                hessian, version = await self._hessian(request, context)
                 reply = self._fitting(
                     pb.StreamHessianResponse(
-                        index=index, hessian=tensor_codec.encode(hessian, field="hessian")
+                        index=index,
+                        hessian=tensor_codec.encode(hessian, field="hessian"),
+                        model_version=version,
                     ),
                     "call HessianChunked for this batch",
                 )
@@ -130,16 +138,20 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[pb.ModelVersions(name=name, versions=[VERSION]) for name in self._models.names]
+            models=[model_versions(status) for status in self._models.statuses()]
         )
 
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelMetadataResponse:
-        metadata = self._models.get(request.model_name, request.model_version).metadata()
+        with self._models.acquired(request.model_name, request.model_version) as served:
+            assert served.model is not None
+            metadata = served.model.metadata()
+        status = self._models.describe(request.model_name)
         return pb.GetModelMetadataResponse(
             name=metadata.name,
-            version=VERSION,
+            version=served.label,
+            version_status=model_versions(status).version_status,
             inputs=[_tensor_info(info) for info in metadata.inputs],
             outputs=[_tensor_info(info) for info in metadata.outputs],
             strategy=metadata.strategy or "",
@@ -151,25 +163,35 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
 
     async def _hessian(
         self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
-    ) -> np.ndarray:
-        model, x, options = self._decoded(request)
-        return await self._executor.run(
-            context, engine.hessian, model, x, full=request.full, **options
-        )
+    ) -> tuple[np.ndarray, str]:
+        return await self._computed(request, context, engine.hessian, full=request.full)
 
     async def _evaluate(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
-    ) -> Evaluation:
-        model, x, options = self._decoded(request)
-        return await self._executor.run(
-            context, engine.evaluate, model, x, full=request.full, **options
-        )
+    ) -> tuple[Evaluation, str]:
+        return await self._computed(request, context, engine.evaluate, full=request.full)
 
-    def _decoded(
-        self, request: DerivativeRequest
-    ) -> tuple[Model, dict[str, np.ndarray], dict[str, Any]]:
-        """The model, ``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``."""
-        model = self._models.get(request.model_name, request.model_version)
+    async def _computed(
+        self,
+        request: DerivativeRequest,
+        context: grpc.aio.ServicerContext,
+        function: Callable[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[T, str]:
+        """``function(model, x, *args, **options, **kwargs)`` on the requested model
+        version, off the event loop, and that version. The version is held until the
+        engine is done with it, so that a reload never unloads it mid-call."""
+        with self._models.acquired(request.model_name, request.model_version) as served:
+            x, options = self._decoded(request)
+            served.check_precision(options["precision"])
+            result = await self._executor.run(
+                context, function, served.model, x, *args, **options, **kwargs
+            )
+        return result, served.label
+
+    def _decoded(self, request: DerivativeRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``."""
         x = {name: tensor_codec.decode(tensor, field=name) for name, tensor in request.x.items()}
         output_weights = (
             tensor_codec.decode(request.output_weights, field="output_weights")
@@ -181,7 +203,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             "wrt": request.wrt or None,
             "precision": tensor_codec.decode_precision(request.precision),
         }
-        return model, x, options
+        return x, options
 
     def _fitting(self, reply: Message, remedy: str) -> Any:
         """``reply``, unless it exceeds the max message size; then how to get it instead."""
@@ -194,9 +216,28 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             )
         return reply
 
-    def _chunks(self, name: str, array: np.ndarray) -> Iterator[ResultChunk]:
+    def _chunks(self, name: str, array: np.ndarray, version: str) -> Iterator[ResultChunk]:
         tensor = tensor_codec.encode(array, field=name)
-        return chunks.split(name, tensor, chunk_bytes=self._chunk_bytes)
+        for chunk in chunks.split(name, tensor, chunk_bytes=self._chunk_bytes):
+            chunk.model_version = version
+            yield chunk
+
+
+def model_versions(status: ModelStatus) -> pb.ModelVersions:
+    """``status`` as the wire's ``ModelVersions``."""
+    return pb.ModelVersions(
+        name=status.name,
+        versions=status.available,
+        version_status=[
+            pb.ModelVersionStatus(
+                version=v.version,
+                state=pb.ModelState.Value(f"MODEL_STATE_{v.state}"),
+                error=v.error or "",
+            )
+            for v in status.versions
+        ],
+        error=status.error or "",
+    )
 
 
 def _tensor_info(info: TensorInfo) -> pb.TensorInfo:
