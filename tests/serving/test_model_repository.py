@@ -1,0 +1,364 @@
+"""The model repository, against real ``hessd-server`` processes and temporary repositories:
+versions, hot reload under load, failed versions, policies, removal, SIGHUP, path
+escapes, the ModelAdmin service and its token, and the SDK's version reporting.
+
+Versions are linear models f(x) = scale * sum(x) on 3 inputs, so a gradient of
+``scale`` everywhere tells which version answered. Tests wait on the server's
+own reports (ListModels states), never on timers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import keras
+import numpy as np
+import pytest
+
+import hessd
+from hessd.v1 import model_admin_pb2, model_admin_pb2_grpc
+from hessd_server.serving.server_process import ServerProcess
+
+WAIT_S = 120.0
+POLL_SECONDS = "0.1"
+ADMIN_TOKEN = "admin-secret"
+X = np.ones((2, 3), np.float32)
+
+
+def linear_model(scale: float) -> keras.Model:
+    """f(x) = scale * sum(x) on 3 inputs; the output layer is named ``price``."""
+    inputs = keras.Input((3,), name="x")
+    price = keras.layers.Dense(
+        1, use_bias=False, kernel_initializer=keras.initializers.Constant(scale), name="price"
+    )(inputs)
+    return keras.Model(inputs, price)
+
+
+def write_version(
+    repository: Path, name: str, version: int, scale: float = 1.0, *, corrupt: bool = False
+) -> Path:
+    """Publish version ``version`` of model ``name`` whole: written aside, then renamed in."""
+    staging = repository / f".staging-{name}-{version}"
+    staging.mkdir()
+    if corrupt:
+        (staging / "model.keras").write_bytes(b"half a keras file")
+    else:
+        linear_model(scale).save(staging / "model.keras")
+    (repository / name).mkdir(exist_ok=True)
+    target = repository / name / str(version)
+    staging.rename(target)
+    return target
+
+
+def states(client: hessd.Client, name: str) -> dict[str, str]:
+    """Version -> state of model ``name`` as ListModels reports it ({} if not listed)."""
+    for status in client.model_status():
+        if status.name == name:
+            return {v.version: v.state for v in status.versions}
+    return {}
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll the server's reports until ``condition()`` holds; fail after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def gradient_scale(client: hessd.Client, name: str, version: str | None = None) -> float:
+    gradient = client.gradient(name, X, model_version=version)
+    return float(gradient[0, 0])
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repository")
+    write_version(root, "price", 1, scale=1.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "admin-tokens"
+    path.write_text(f"\n   {ADMIN_TOKEN}  \n\nanother-admin\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, token_file: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(
+        "--model-repository",
+        str(repository),
+        "--repository-poll-seconds",
+        POLL_SECONDS,
+        "--warmup-batch-sizes",
+        "2",
+        "--admin-token-file",
+        str(token_file),
+    ) as running:
+        yield running
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[hessd.Client]:
+    with hessd.Client(server.target, timeout=WAIT_S) as connected:
+        yield connected
+
+
+@pytest.fixture()
+def admin(server: ServerProcess) -> Iterator[hessd.ModelAdminClient]:
+    with hessd.ModelAdminClient(server.target, token=ADMIN_TOKEN, timeout=WAIT_S) as connected:
+        yield connected
+
+
+def test_a_new_version_replaces_the_old_one_while_calls_run_and_none_fails(
+    repository: Path, client: hessd.Client, server: ServerProcess
+) -> None:
+    assert states(client, "price") == {"1": "AVAILABLE"}
+    seen: list[list[str]] = [[] for _ in range(4)]
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def call(record: list[str]) -> None:
+        with hessd.Client(server.target, timeout=WAIT_S) as own:
+            while not stop.is_set():
+                try:
+                    gradient, version = own.gradient("price", X, with_version=True)
+                except BaseException as error:  # every failure is a finding
+                    failures.append(error)
+                    return
+                assert float(gradient[0, 0]) == {"1": 1.0, "2": 2.0}[version]
+                record.append(version)
+
+    callers = [threading.Thread(target=call, args=(record,)) for record in seen]
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: all(record for record in seen), "every caller has been answered")
+    write_version(repository, "price", 2, scale=2.0)
+    wait_until(lambda: states(client, "price") == {"2": "AVAILABLE"}, "version 1 is unloaded")
+    wait_until(
+        lambda: all(record.count("2") >= 3 for record in seen), "every caller got version 2"
+    )
+    stop.set()
+    for caller in callers:
+        caller.join(WAIT_S)
+    assert not failures
+    for record in seen:
+        first_two = record.index("2")
+        assert set(record[:first_two]) == {"1"} and set(record[first_two:]) == {"2"}, record
+    assert gradient_scale(client, "price") == 2.0
+    calls = sum(len(record) for record in seen)
+    print(f"calls during the swap: {calls}, failed: {len(failures)}")
+
+
+def test_a_corrupt_version_fails_with_its_error_and_the_previous_one_keeps_serving(
+    repository: Path, client: hessd.Client
+) -> None:
+    write_version(repository, "curve", 1, scale=1.0)
+    wait_until(lambda: states(client, "curve") == {"1": "AVAILABLE"}, "curve 1 serves")
+    write_version(repository, "curve", 2, corrupt=True)
+    wait_until(lambda: states(client, "curve").get("2") == "FAILED", "curve 2 has failed")
+    status = next(s for s in client.model_status() if s.name == "curve")
+    failed = next(v for v in status.versions if v.version == "2")
+    assert "could not load" in failed.error and "model.keras" in failed.error
+    assert states(client, "curve") == {"1": "AVAILABLE", "2": "FAILED"}
+    assert gradient_scale(client, "curve") == 1.0
+    with pytest.raises(hessd.ModelNotFoundError, match="FAILED") as pinned:
+        client.gradient("curve", X, model_version="2")
+    assert pinned.value.field == "model_version"
+    assert client.metadata("curve").version_status == status.versions
+    # The writer finishes the file in place: the version is retried and serves.
+    linear_model(3.0).save(repository / "curve" / "2" / "model.keras")
+    wait_until(lambda: states(client, "curve") == {"2": "AVAILABLE"}, "curve 2 is retried")
+    assert gradient_scale(client, "curve") == 3.0
+
+
+def test_the_all_policy_serves_every_version_and_a_request_can_pin_one(
+    repository: Path, client: hessd.Client
+) -> None:
+    (repository / ".staging-ledger").mkdir()
+    (repository / ".staging-ledger" / "config.toml").write_text(
+        "warmup_batch_sizes = [1]\n[version_policy]\nall = true\n"
+    )
+    write_version(repository, ".staging-ledger", 1, scale=1.0)
+    write_version(repository, ".staging-ledger", 2, scale=2.0)
+    (repository / ".staging-ledger").rename(repository / "ledger")
+    wait_until(
+        lambda: states(client, "ledger") == {"1": "AVAILABLE", "2": "AVAILABLE"},
+        "both ledger versions serve",
+    )
+    assert gradient_scale(client, "ledger", "1") == 1.0
+    assert gradient_scale(client, "ledger", "2") == 2.0
+    assert gradient_scale(client, "ledger") == 2.0
+    assert client.metadata("ledger", model_version="1").version == "1"
+    with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
+        client.gradient("ledger", X, model_version="7")
+    with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
+        client.gradient("ledger", X, model_version="../1")
+
+    # Removing a version folder unloads that version; the others go on.
+    for path in sorted((repository / "ledger" / "2").iterdir()):
+        path.unlink()
+    (repository / "ledger" / "2").rmdir()
+    wait_until(lambda: states(client, "ledger") == {"1": "AVAILABLE"}, "ledger 2 is unloaded")
+    assert gradient_scale(client, "ledger") == 1.0
+    with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
+        client.gradient("ledger", X, model_version="2")
+
+
+def test_a_new_model_folder_is_served_and_a_removed_one_leaves(
+    repository: Path, client: hessd.Client
+) -> None:
+    write_version(repository, "fresh", 4, scale=4.0)
+    wait_until(lambda: states(client, "fresh") == {"4": "AVAILABLE"}, "the new model serves")
+    assert gradient_scale(client, "fresh") == 4.0
+    assert client.metadata("fresh").outputs[0].name == "price"
+    assert client.health() == "SERVING"
+    (repository / "fresh" / "4" / "model.keras").unlink()
+    (repository / "fresh" / "4").rmdir()
+    (repository / "fresh").rmdir()
+    wait_until(lambda: "fresh" not in client.models(), "the removed model leaves")
+    with pytest.raises(hessd.ModelNotFoundError):
+        client.gradient("fresh", X)
+    assert client.health() == "SERVING"
+
+
+def test_paths_leading_outside_the_repository_are_refused(
+    repository: Path,
+    client: hessd.Client,
+    admin: hessd.ModelAdminClient,
+    tmp_path: Path,
+) -> None:
+    outside = write_version(tmp_path, "elsewhere", 1)
+    (repository / "escape").symlink_to(tmp_path / "elsewhere")
+    (repository / "hop").mkdir()
+    (repository / "hop" / "1").symlink_to(outside)
+    (repository / "leak").mkdir()
+    (repository / "leak" / "1").mkdir()
+    (repository / "leak" / "1" / "model.keras").symlink_to(outside / "model.keras")
+    admin.reload_repository()
+    listed = {status.name: status for status in client.model_status()}
+    assert "outside the repository" in listed["escape"].error and not listed["escape"].versions
+    for name in ("hop", "leak"):
+        (version,) = listed[name].versions
+        assert version.state == "FAILED" and "outside the repository" in version.error
+        with pytest.raises(hessd.ModelNotFoundError, match="FAILED"):
+            client.gradient(name, X, model_version="1")
+    for name in ("../elsewhere", str(tmp_path / "elsewhere"), "..", "a/b"):
+        with pytest.raises(hessd.InvalidArgumentError, match="not a model name"):
+            admin.load_model(name)
+    for path in ("escape", "hop/1", "leak/1/model.keras"):
+        (repository / path).unlink()
+    for path in ("hop", "leak/1", "leak"):
+        (repository / path).rmdir()
+    admin.reload_repository()
+    assert not {"escape", "hop", "leak"} & set(client.models())
+
+
+def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client) -> None:
+    before = states(client, "price")
+    for token in ("wrong", ADMIN_TOKEN + "x", f" {ADMIN_TOKEN}x"):
+        with hessd.ModelAdminClient(server.target, token=token, timeout=WAIT_S) as intruder:
+            with pytest.raises(hessd.UnauthenticatedError, match="admin-token-file"):
+                intruder.unload_model("price")
+            with pytest.raises(hessd.UnauthenticatedError):
+                intruder.reload_repository()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_admin_pb2_grpc.ModelAdminStub(channel)
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.UnloadModel(model_admin_pb2.UnloadModelRequest(model_name="price"))
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert states(client, "price") == before and "price" in client.models()
+    with hessd.ModelAdminClient(server.target, token="another-admin", timeout=WAIT_S) as second:
+        assert {status.name for status in second.reload_repository()} >= {"price"}
+
+
+def test_admin_unload_holds_against_reloads_until_load(
+    repository: Path, client: hessd.Client, admin: hessd.ModelAdminClient
+) -> None:
+    write_version(repository, "held", 1, scale=5.0)
+    outcome = {status.name: status for status in admin.reload_repository()}
+    assert outcome["held"].versions == (hessd.VersionStatus("1", "AVAILABLE"),)
+    admin.unload_model("held")
+    assert "held" not in client.models()
+    with pytest.raises(hessd.ModelNotFoundError):
+        client.gradient("held", X)
+    assert "held" not in {status.name for status in admin.reload_repository()}
+    assert "held" not in client.models()
+    loaded = admin.load_model("held")
+    assert loaded.available == ("1",)
+    assert gradient_scale(client, "held") == 5.0
+    with pytest.raises(hessd.ModelNotFoundError, match="no model folder"):
+        admin.load_model("nowhere")
+    with pytest.raises(hessd.ModelNotFoundError):
+        admin.unload_model("nowhere")
+
+
+def test_the_sdk_reports_the_version_of_every_result(
+    repository: Path, server: ServerProcess, client: hessd.Client
+) -> None:
+    write_version(repository, "versioned", 7, scale=7.0)
+    wait_until(lambda: states(client, "versioned") == {"7": "AVAILABLE"}, "versioned 7 serves")
+    v = np.ones_like(X)
+    assert isinstance(client.gradient("versioned", X), np.ndarray)
+    hessian, version = client.hessian("versioned", X, with_version=True)
+    assert version == "7" and hessian.shape == (2, 3, 3)
+    gradient = client.gradient("versioned", X, with_version=True)
+    assert gradient.model_version == "7" and float(gradient.result[0, 0]) == 7.0
+    assert client.hvp("versioned", X, v, with_version=True).model_version == "7"
+    evaluation, version = client.evaluate("versioned", X, with_version=True)
+    assert version == "7" and evaluation.value.shape == (2,)
+    assert client.evaluate("versioned", X, full=True, with_version=True).model_version == "7"
+    items = [X, np.ones((3, 4), np.float32), X]
+    streamed = list(client.stream("versioned", items, with_version=True, return_errors=True))
+    assert [item.model_version for item in (streamed[0], streamed[2])] == ["7", "7"]
+    assert isinstance(streamed[1], hessd.ShapeError)
+    tiny = [("grpc.max_receive_message_length", 66_000)]  # below a result + envelope
+    with hessd.Client(server.target, timeout=WAIT_S, options=tiny) as small:
+        chunked, version = small.hessian(
+            "versioned", np.ones((64, 3), np.float32), with_version=True
+        )
+        evaluated, evaluated_version = small.evaluate(
+            "versioned", np.ones((64, 3), np.float32), with_version=True
+        )
+    assert version == evaluated_version == "7" and chunked.shape == (64, 3, 3)
+    metadata = client.metadata("versioned")
+    assert metadata.version == "7" and metadata.outputs[0].name == "price"
+    assert metadata.version_status == (hessd.VersionStatus("7", "AVAILABLE"),)
+
+
+def test_sighup_reloads_and_model_flags_still_serve_version_1(tmp_path: Path) -> None:
+    write_version(tmp_path, "price", 1, scale=1.0)
+    with ServerProcess(
+        "--model-repository",
+        str(tmp_path),
+        "--repository-poll-seconds",
+        "0",
+        "--warmup-batch-sizes",
+        "1",
+        "--model",
+        "demo=hessd_server.engine.demo_model:build_demo_model",
+    ) as server, hessd.Client(server.target, timeout=WAIT_S) as client:
+        assert client.models() == ["demo", "price"]
+        demo, version = client.hessian("demo", np.ones((1, 10), np.float32), with_version=True)
+        assert version == "1" and demo.shape == (1, 10, 10)
+        assert states(client, "demo") == {"1": "AVAILABLE"}
+        write_version(tmp_path, "price", 2, scale=2.0)
+        write_version(tmp_path, "demo", 2, scale=2.0)
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: states(client, "price") == {"2": "AVAILABLE"}, "SIGHUP loaded price 2")
+        assert states(client, "demo") == {"1": "AVAILABLE"}
+        assert client.hessian("demo", np.ones((1, 10), np.float32), with_version=True)[1] == "1"
+        assert "repository folder demo is ignored" in server.output()
+        with pytest.raises(hessd.HessdError, match="UNIMPLEMENTED"):
+            with hessd.ModelAdminClient(server.target, token=ADMIN_TOKEN) as admin:
+                admin.reload_repository()
+        assert server.terminate() == 0, server.output()
