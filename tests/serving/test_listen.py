@@ -1,19 +1,22 @@
-"""One server on several addresses (``--listen`` repeated): a unix socket and a TCP port."""
+"""How the server takes connections: one process on several addresses (``--listen``
+repeated, a unix socket and a TCP port), and connections closed after a maximum age."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 import hessd
 import hessd_server as hs
-from hessd_server.serving.main import serve
+from hessd_server.serving.main import parse_config, serve
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import RunningServer, rng_array
+from wire_fixtures import RunningServer, rng_array, serving
 
 WAIT_S = 60.0
 
@@ -61,3 +64,27 @@ def test_a_single_address_string_is_one_address() -> None:
 def test_no_address_an_empty_one_or_a_repeated_one_is_refused(listen: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="listen"):
         ServerConfig(listen=listen)
+
+
+def test_connections_older_than_the_maximum_age_are_closed_and_the_client_reconnects() -> None:
+    states: list[grpc.ChannelConnectivity] = []
+    went_idle = threading.Event()
+
+    def record(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state is grpc.ChannelConnectivity.IDLE and grpc.ChannelConnectivity.READY in states:
+            went_idle.set()
+
+    with serving([("demo", hs.DEMO_MODEL_SOURCE)], max_connection_age_seconds=0.2) as running:
+        with grpc.insecure_channel(running.target) as channel:
+            channel.subscribe(record, try_to_connect=True)
+            assert went_idle.wait(WAIT_S), f"the connection was never closed: {states}"
+            grpc.channel_ready_future(channel).result(timeout=WAIT_S)
+            channel.unsubscribe(record)
+
+
+def test_the_maximum_connection_age_flag() -> None:
+    assert parse_config([]).max_connection_age_seconds is None
+    assert parse_config(["--max-connection-age-seconds", "300"]).max_connection_age_seconds == 300
+    with pytest.raises(SystemExit):
+        parse_config(["--max-connection-age-seconds", "0"])

@@ -59,6 +59,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             chunk_bytes=args.chunk_bytes,
             engine_threads=args.engine_threads,
             grace_seconds=args.grace_seconds,
+            max_connection_age_seconds=args.max_connection_age_seconds,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             log_level=args.log_level,
@@ -165,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (%(default)s)")
+    parser.add_argument(
+        "--max-connection-age-seconds",
+        type=float,
+        default=None,
+        help="close client connections gracefully after about this long, so that clients "
+        "balancing over a DNS name re-resolve it and find new replicas (default: never)",
+    )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
     )

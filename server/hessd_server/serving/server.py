@@ -101,6 +101,7 @@ class HessdServer:
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
+                *_connection_age_options(config),
             ],
         )
         hessian_service_pb2_grpc.add_HessianServiceServicer_to_server(
@@ -258,6 +259,16 @@ def _bind(grpc_server: grpc.aio.Server, address: str) -> tuple[str, int]:
         return address, 0
     host, separator, _ = address.rpartition(":")
     return (f"{host}:{port}" if separator else address), port
+
+
+def _connection_age_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC's options for ``config.max_connection_age_seconds``; none when it is None."""
+    if config.max_connection_age_seconds is None:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", round(config.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(config.grace_seconds * 1000)),
+    ]
 
 
 async def _in_daemon_thread(function: Callable[[], T]) -> T:

@@ -60,6 +60,10 @@ class ServerConfig:
         chunk_bytes: data bytes per ResultChunk of a chunked reply.
         engine_threads: engine calls that may run at once.
         grace_seconds: how long in-flight calls may take to finish on shutdown.
+        max_connection_age_seconds: close each client connection (gracefully,
+            with ``grace_seconds`` for its calls) after about this long, so that
+            clients balancing over a DNS name re-resolve it and find new
+            replicas; ``None`` keeps connections open.
         metrics_port: port of the Prometheus ``/metrics`` endpoint (0 picks a
             free one); ``None`` serves no endpoint.
         metrics_host: address the metrics endpoint binds.
@@ -80,6 +84,7 @@ class ServerConfig:
     chunk_bytes: int = 1024 * 1024
     engine_threads: int = 2
     grace_seconds: float = 30.0
+    max_connection_age_seconds: float | None = None
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -107,6 +112,10 @@ class ServerConfig:
             )
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        if self.max_connection_age_seconds is not None and self.max_connection_age_seconds <= 0:
+            raise ValueError(
+                f"max_connection_age_seconds must be > 0, got {self.max_connection_age_seconds}"
+            )
         self.engine_config()
 
     @property
