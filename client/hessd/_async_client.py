@@ -13,7 +13,8 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hessd import _protocol
+from hessd import _channels, _protocol
+from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
@@ -36,22 +37,26 @@ class AsyncClient:
     (4, 10)
 
     Args:
-        target: server address, e.g. ``"127.0.0.1:50051"`` or ``"unix:///run/hessd.sock"``.
-        timeout: seconds each call may take (a whole ``stream`` counts as one
-            call); ``None`` waits forever.
+        target: server address, or several equivalent servers, as for :class:`hessd.Client`.
+        timeout: seconds each call may take, retries included (a whole
+            ``stream`` counts as one call); ``None`` waits forever.
         credentials: TLS credentials for a secure channel; ``None`` for plaintext.
         options: gRPC channel options; message size limits default to 4 MiB.
+        load_balancing: ``"round_robin"``, ``"pick_first"`` or ``None``, as for
+            :class:`hessd.Client`.
     """
 
     def __init__(
         self,
-        target: str,
+        target: Target,
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions | None = None,
+        load_balancing: str | None = None,
     ) -> None:
-        channel_options = _protocol.channel_options(options)
+        target = _channels.channel_target(target)
+        channel_options = _channels.channel_options(target, options, load_balancing)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=channel_options)
         else:

@@ -12,7 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hessd import _protocol
+from hessd import _channels, _protocol
+from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
@@ -38,24 +39,35 @@ class Client:
     (4, 10, 10)
 
     Args:
-        target: server address, e.g. ``"127.0.0.1:50051"`` or ``"unix:///run/hessd.sock"``.
-        timeout: seconds each call may take (a whole ``stream`` counts as one
-            call); ``None`` waits forever.
+        target: server address, e.g. ``"127.0.0.1:50051"`` or ``"unix:///run/hessd.sock"``;
+            or several equivalent servers: ``"dns:///hessd.default.svc:50051"``
+            (every address the name resolves to), ``"ipv4:10.0.0.1:50051,10.0.0.2:50051"``
+            or a list of ``"ip:port"`` strings.
+        timeout: seconds each call may take, retries included (a whole
+            ``stream`` counts as one call); ``None`` waits forever.
         credentials: TLS credentials for a secure channel; ``None`` for plaintext.
         options: gRPC channel options. The message size limits default to 4 MiB;
             results that may exceed ``grpc.max_receive_message_length`` are
-            fetched in chunks and reassembled transparently.
+            fetched in chunks and reassembled transparently. A
+            ``grpc.service_config`` here replaces the SDK's.
+        load_balancing: ``"round_robin"`` or ``"pick_first"``; ``None`` picks
+            ``round_robin`` for a target of several servers, ``pick_first`` for one.
+            With ``round_robin`` a server that reports ``NOT_SERVING`` (warming
+            up, draining) gets no calls. Either way, a call that fails
+            ``UNAVAILABLE`` is tried again, up to 5 attempts with backoff.
     """
 
     def __init__(
         self,
-        target: str,
+        target: Target,
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions | None = None,
+        load_balancing: str | None = None,
     ) -> None:
-        channel_options = _protocol.channel_options(options)
+        target = _channels.channel_target(target)
+        channel_options = _channels.channel_options(target, options, load_balancing)
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=channel_options)
         else:

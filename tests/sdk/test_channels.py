@@ -1,0 +1,102 @@
+"""How the SDK sets up channels: targets of several servers, load balancing, retries, health."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import hessd
+from hessd import _channels
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("127.0.0.1:50051", "127.0.0.1:50051"),
+        ("unix:///run/hessd/hessd.sock", "unix:///run/hessd/hessd.sock"),
+        (["10.0.0.1:50051"], "ipv4:10.0.0.1:50051"),
+        (("10.0.0.1:50051", "10.0.0.2:50052"), "ipv4:10.0.0.1:50051,10.0.0.2:50052"),
+        (["[::1]:50051", "[fe80::1]:50052"], "ipv6:[::1]:50051,[fe80::1]:50052"),
+    ],
+)
+def test_a_target_string_is_kept_and_a_list_of_addresses_becomes_one_target(
+    target: str | list[str], expected: str
+) -> None:
+    assert _channels.channel_target(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "complaint"),
+    [
+        ([], "no address"),
+        (["hessd.default.svc:50051"], "dns:///"),
+        (["10.0.0.1"], "ip:port"),
+        (["::1:50051"], "ip:port"),
+        (["[10.0.0.1]:50051"], "ip:port"),
+        (["10.0.0.1:50051", "[::1]:50051"], "mixes IPv4 and IPv6"),
+    ],
+)
+def test_a_bad_list_of_addresses_says_what_to_write(target: list[str], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint.replace(".", r"\.")):
+        _channels.channel_target(target)
+
+
+@pytest.mark.parametrize(
+    ("target", "policy"),
+    [
+        ("dns:///hessd.default.svc.cluster.local:50051", "round_robin"),
+        ("dns://10.96.0.10/hessd:50051", "round_robin"),
+        ("ipv4:10.0.0.1:50051,10.0.0.2:50051", "round_robin"),
+        ("ipv6:[::1]:50051,[::1]:50052", "round_robin"),
+        ("ipv4:10.0.0.1:50051", "pick_first"),
+        ("127.0.0.1:50051", "pick_first"),
+        ("unix:///run/hessd/hessd.sock", "pick_first"),
+    ],
+)
+def test_round_robin_is_the_default_for_several_servers_only(target: str, policy: str) -> None:
+    assert _channels.default_load_balancing(target) == policy
+    config = json.loads(dict(_channels.channel_options(target, None, None))["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{policy: {}}]
+
+
+def test_the_service_config_retries_unavailable_with_backoff_and_checks_health() -> None:
+    config = json.loads(_channels.service_config("round_robin"))
+    assert config["healthCheckConfig"] == {"serviceName": "hessd.v1.HessianService"}
+    (method,) = config["methodConfig"]
+    assert method["name"] == [{"service": "hessd.v1.HessianService"}]
+    retry = method["retryPolicy"]
+    assert 2 <= retry["maxAttempts"] <= 5  # gRPC caps attempts at 5
+    assert retry["retryableStatusCodes"] == ["UNAVAILABLE"]
+    initial, maximum = (float(retry[key].removesuffix("s")) for key in ("initialBackoff", "maxBackoff"))
+    assert retry["backoffMultiplier"] > 1 and 0 < initial < maximum
+
+
+def test_the_keyword_overrides_the_default_and_explicit_options_win() -> None:
+    target = "dns:///hessd:50051"
+    options = dict(_channels.channel_options(target, None, "pick_first"))
+    assert json.loads(options["grpc.service_config"])["loadBalancingConfig"] == [{"pick_first": {}}]
+    assert options["grpc.per_rpc_retry_buffer_size"] == options["grpc.max_send_message_length"]
+    mine = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    options = dict(
+        _channels.channel_options(
+            target, [("grpc.service_config", mine), ("grpc.max_send_message_length", 1 << 20)], None
+        )
+    )
+    assert options["grpc.service_config"] == mine
+    assert options["grpc.per_rpc_retry_buffer_size"] == 1 << 20
+
+
+@pytest.mark.parametrize("client_class", [hessd.Client, hessd.AsyncClient])
+def test_an_unknown_load_balancing_policy_is_refused(client_class: type) -> None:
+    with pytest.raises(ValueError, match="round_robin"):
+        client_class("dns:///hessd:50051", load_balancing="least_request")
+
+
+def test_the_readme_shows_the_service_config_the_sdk_uses() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Deploying") :]
+    start = section.index("```json") + len("```json")
+    shown = section[start : section.index("```", start)]
+    assert json.loads(shown) == json.loads(_channels.service_config("round_robin"))
