@@ -1,0 +1,108 @@
+"""The container recipes, linted structurally (building them is documented, not run here):
+a slim Python base, the server extra, a numeric non-root user that the manifests run as,
+``hessd-server`` as entry point on the exposed port, the model volume, no HEALTHCHECK."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hessd_server.serving.main import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = {"Dockerfile": ".[server]", "Dockerfile.gpu": ".[server,gpu]"}
+MODEL_VOLUME = "/models"
+
+Instruction = tuple[str, str]
+
+
+def instructions(text: str) -> list[Instruction]:
+    """A Dockerfile's (INSTRUCTION, arguments), comments dropped and continued lines joined."""
+    parsed: list[Instruction] = []
+    pending: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending.append(line.removesuffix("\\").strip())
+        if line.endswith("\\"):
+            continue
+        keyword, _, arguments = " ".join(pending).partition(" ")
+        parsed.append((keyword.upper(), arguments.strip()))
+        pending = []
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return parsed
+
+
+def test_the_parser_joins_continued_lines_and_drops_comments() -> None:
+    text = "# a comment\nFROM base\n\nrun one \\\n    # inside\n    && two\nUSER 1\n"
+    assert instructions(text) == [("FROM", "base"), ("RUN", "one && two"), ("USER", "1")]
+
+
+def _recipe(name: str) -> list[Instruction]:
+    return instructions((ROOT / "deploy" / name).read_text())
+
+
+def _all(recipe: list[Instruction], keyword: str) -> list[str]:
+    return [arguments for found, arguments in recipe if found == keyword]
+
+
+def _last(recipe: list[Instruction], keyword: str) -> str:
+    found = _all(recipe, keyword)
+    assert found, f"no {keyword}"
+    return found[-1]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_a_slim_python_base_installs_the_server_extra(name: str) -> None:
+    recipe = _recipe(name)
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", _last(recipe, "FROM"))
+    assert any(f"pip install '{RECIPES[name]}'" in run for run in _all(recipe, "RUN"))
+    for source in _last(recipe, "COPY").split()[:-1]:
+        assert (ROOT / source).exists(), source
+
+
+def test_the_gpu_extra_is_tensorflow_with_cuda() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(
+        requirement.startswith("tensorflow[and-cuda]")
+        for requirement in project["optional-dependencies"]["gpu"]
+    )
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_it_runs_as_the_numeric_non_root_user_the_manifests_name(name: str) -> None:
+    recipe = _recipe(name)
+    user, _, group = _last(recipe, "USER").partition(":")
+    assert user.isdigit() and int(user) != 0 and (not group or int(group) != 0)
+    assert recipe.index(("USER", _last(recipe, "USER"))) > max(
+        index for index, (keyword, _) in enumerate(recipe) if keyword == "RUN"
+    ), "a RUN after USER would run as that user"
+    for manifest in ("sidecar.yaml", "standalone.yaml"):
+        with (ROOT / "deploy" / "kubernetes" / manifest).open() as stream:
+            deployment = next(d for d in yaml.safe_load_all(stream) if d["kind"] == "Deployment")
+        context = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == int(user)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_hessd_server_is_the_entry_point_on_the_exposed_port(name: str) -> None:
+    recipe = _recipe(name)
+    entry_point = json.loads(_last(recipe, "ENTRYPOINT"))
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entry_point[0] == "hessd-server" and entry_point[0] in scripts
+    config = parse_config(entry_point[1:])
+    assert config.listen == ("0.0.0.0:50051",)
+    assert _all(recipe, "EXPOSE") == ["50051"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_models_are_a_volume_and_health_is_left_to_the_orchestrator(name: str) -> None:
+    recipe = _recipe(name)
+    assert MODEL_VOLUME in json.loads(_last(recipe, "VOLUME"))
+    assert not _all(recipe, "HEALTHCHECK")
