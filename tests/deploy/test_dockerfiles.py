@@ -96,9 +96,11 @@ def test_hessd_server_is_the_entry_point_on_the_exposed_port(name: str) -> None:
     entry_point = json.loads(_last(recipe, "ENTRYPOINT"))
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entry_point[0] == "hessd-server" and entry_point[0] in scripts
-    config = parse_config(entry_point[1:])
+    config = parse_config([*entry_point[1:], *json.loads(_last(recipe, "CMD"))])
     assert config.listen == ("0.0.0.0:50051",)
     assert _all(recipe, "EXPOSE") == ["50051"]
+    # By default it serves the model repository on the volume.
+    assert config.model_repository == MODEL_VOLUME
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -123,10 +123,13 @@ def test_models_come_from_a_read_only_volume(name: str) -> None:
     pod_spec = _pod(name)["spec"]
     mounts = [mount for mount in _hessd(pod_spec)["volumeMounts"] if mount.get("readOnly")]
     config = _config(name)
-    assert config.models
-    for model in config.models:
-        source = PurePosixPath(model.source)
-        assert any(source.is_relative_to(mount["mountPath"]) for mount in mounts), model
+    sources = [model.source for model in config.models]
+    if config.model_repository is not None:
+        sources.append(config.model_repository)
+    assert sources
+    for source in sources:
+        path = PurePosixPath(source)
+        assert any(path.is_relative_to(mount["mountPath"]) for mount in mounts), source
 
 
 def test_the_sidecar_shares_a_unix_socket_in_an_emptydir_with_the_app() -> None:
