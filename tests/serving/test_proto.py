@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import filecmp
+import importlib
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import google.protobuf
 import grpc
 import pytest
 import tomllib
+from google.protobuf import descriptor_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "client" / "hessd" / "v1"
@@ -96,3 +99,38 @@ def test_declared_lower_bounds_satisfy_the_generated_code(package: str) -> None:
         f"pyproject.toml allows {package} below {'.'.join(map(str, needed))}, which the "
         "generated code in client/hessd/v1 refuses at import"
     )
+
+
+@pytest.mark.parametrize("name", ["status", "error_details"])
+def test_carried_google_rpc_protos_are_the_ones_the_runtime_uses(name: str, tmp_path: Path) -> None:
+    """proto/google/rpc holds googleapis' own files: the same contract, license header kept."""
+    source = REPO / "proto" / "google" / "rpc" / f"{name}.proto"
+    assert "Licensed under the Apache License, Version 2.0" in source.read_text()
+    descriptor_set = tmp_path / "set.pb"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO / 'proto'}",
+            f"--descriptor_set_out={descriptor_set}",
+            f"google/rpc/{name}.proto",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    carried = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file[0]
+    _drop_json_names(carried.message_type)
+    runtime = descriptor_pb2.FileDescriptorProto()
+    importlib.import_module(f"google.rpc.{name}_pb2").DESCRIPTOR.CopyToProto(runtime)
+    assert carried == runtime
+
+
+def _drop_json_names(messages: Any) -> None:
+    """Clear ``json_name``, which protoc fills in and Python descriptors leave out."""
+    for message in messages:
+        for field in message.field:
+            field.ClearField("json_name")
+        _drop_json_names(message.nested_type)
