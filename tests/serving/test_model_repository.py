@@ -9,10 +9,11 @@ own reports (ListModels states), never on timers.
 
 from __future__ import annotations
 
-import os
+import re
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -143,9 +144,13 @@ def test_a_new_version_replaces_the_old_one_while_calls_run_and_none_fails(
         caller.start()
     wait_until(lambda: all(record for record in seen), "every caller has been answered")
     write_version(repository, "price", 2, scale=2.0)
-    wait_until(lambda: states(client, "price") == {"2": "AVAILABLE"}, "version 1 is unloaded")
     wait_until(
-        lambda: all(record.count("2") >= 3 for record in seen), "every caller got version 2"
+        lambda: bool(failures) or states(client, "price") == {"2": "AVAILABLE"},
+        "version 1 is unloaded",
+    )
+    wait_until(
+        lambda: bool(failures) or all(record.count("2") >= 3 for record in seen),
+        "every caller got version 2",
     )
     stop.set()
     for caller in callers:
@@ -186,7 +191,8 @@ def test_the_all_policy_serves_every_version_and_a_request_can_pin_one(
 ) -> None:
     (repository / ".staging-ledger").mkdir()
     (repository / ".staging-ledger" / "config.toml").write_text(
-        "warmup_batch_sizes = [1]\n[version_policy]\nall = true\n"
+        'max_batch_size = 4\nprecisions = ["float32"]\nwarmup_batch_sizes = [1]\n'
+        "[version_policy]\nall = true\n"
     )
     write_version(repository, ".staging-ledger", 1, scale=1.0)
     write_version(repository, ".staging-ledger", 2, scale=2.0)
@@ -199,6 +205,9 @@ def test_the_all_policy_serves_every_version_and_a_request_can_pin_one(
     assert gradient_scale(client, "ledger", "2") == 2.0
     assert gradient_scale(client, "ledger") == 2.0
     assert client.metadata("ledger", model_version="1").version == "1"
+    assert client.metadata("ledger").buckets == (1, 2, 4)
+    with pytest.raises(hessd.PrecisionError, match="allows precision \\['float32'\\] only"):
+        client.gradient("ledger", X, precision="float64")
     with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
         client.gradient("ledger", X, model_version="7")
     with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
@@ -229,6 +238,22 @@ def test_a_new_model_folder_is_served_and_a_removed_one_leaves(
     with pytest.raises(hessd.ModelNotFoundError):
         client.gradient("fresh", X)
     assert client.health() == "SERVING"
+
+
+def test_health_needs_a_version_of_every_model_that_served(
+    repository: Path, client: hessd.Client
+) -> None:
+    write_version(repository, "solo", 1)
+    wait_until(lambda: states(client, "solo") == {"1": "AVAILABLE"}, "solo serves")
+    assert client.health() == "SERVING"
+    (repository / "solo" / "1").rename(repository / ".solo-1")
+    wait_until(lambda: client.health() == "NOT_SERVING", "health reports the missing model")
+    assert states(client, "solo") == {}
+    assert client.health("hessd.v1.HessianService") == "NOT_SERVING"
+    assert gradient_scale(client, "price") > 0  # the other models go on serving
+    (repository / ".solo-1").rename(repository / "solo" / "1")
+    wait_until(lambda: client.health() == "SERVING", "health recovers")
+    assert states(client, "solo") == {"1": "AVAILABLE"}
 
 
 def test_paths_leading_outside_the_repository_are_refused(
@@ -335,7 +360,9 @@ def test_the_sdk_reports_the_version_of_every_result(
     assert metadata.version_status == (hessd.VersionStatus("7", "AVAILABLE"),)
 
 
-def test_sighup_reloads_and_model_flags_still_serve_version_1(tmp_path: Path) -> None:
+def test_sighup_reloads_model_flags_serve_version_1_and_metrics_follow_versions(
+    tmp_path: Path,
+) -> None:
     write_version(tmp_path, "price", 1, scale=1.0)
     with ServerProcess(
         "--model-repository",
@@ -346,15 +373,31 @@ def test_sighup_reloads_and_model_flags_still_serve_version_1(tmp_path: Path) ->
         "1",
         "--model",
         "demo=hessd_server.engine.demo_model:build_demo_model",
+        "--metrics-port",
+        "0",
+        "--metrics-host",
+        "127.0.0.1",
+        "--unsafe-deserialization",
     ) as server, hessd.Client(server.target, timeout=WAIT_S) as client:
+        assert "--unsafe-deserialization: .keras files may run arbitrary Python" in server.output()
         assert client.models() == ["demo", "price"]
         demo, version = client.hessian("demo", np.ones((1, 10), np.float32), with_version=True)
         assert version == "1" and demo.shape == (1, 10, 10)
         assert states(client, "demo") == {"1": "AVAILABLE"}
         write_version(tmp_path, "price", 2, scale=2.0)
         write_version(tmp_path, "demo", 2, scale=2.0)
+        write_version(tmp_path, "broken", 1, corrupt=True)
+        assert states(client, "price") == {"1": "AVAILABLE"}
         server.process.send_signal(signal.SIGHUP)
         wait_until(lambda: states(client, "price") == {"2": "AVAILABLE"}, "SIGHUP loaded price 2")
+        assert states(client, "broken") == {"1": "FAILED"}
+        metrics = scrape_metrics(server)
+        assert 'hessd_model_version_state{model="price",state="AVAILABLE",version="2"} 1.0' in metrics
+        assert 'hessd_model_version_state{model="broken",state="FAILED",version="1"} 1.0' in metrics
+        assert 'model="price",state="AVAILABLE",version="1"' not in metrics
+        assert 'hessd_model_load_failures_total{model="broken"} 1.0' in metrics
+        for phase in ("load", "warmup"):
+            assert f'hessd_model_{phase}_duration_seconds{{model="price",version="2"}}' in metrics
         assert states(client, "demo") == {"1": "AVAILABLE"}
         assert client.hessian("demo", np.ones((1, 10), np.float32), with_version=True)[1] == "1"
         assert "repository folder demo is ignored" in server.output()
@@ -362,3 +405,11 @@ def test_sighup_reloads_and_model_flags_still_serve_version_1(tmp_path: Path) ->
             with hessd.ModelAdminClient(server.target, token=ADMIN_TOKEN) as admin:
                 admin.reload_repository()
         assert server.terminate() == 0, server.output()
+
+
+def scrape_metrics(server: ServerProcess) -> str:
+    """The server's /metrics page, at the port its log names."""
+    match = re.search(r"metrics on (http://\S+/metrics)", server.output())
+    assert match, server.output()
+    with urllib.request.urlopen(match.group(1), timeout=WAIT_S) as page:
+        return page.read().decode()
