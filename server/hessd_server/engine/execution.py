@@ -1,6 +1,11 @@
 """Running one derivative request on a :class:`Model`: validation, the
 batch-independence probe, padding to the bucket, the compiled call, slicing back.
 
+A request is checked first (``prepare_*``, which raise ``hessd.errors`` types
+and compute nothing), then run (:func:`run_prepared`). The two steps are apart
+so that a server can check each request before it queues it, and run checked
+requests of the same kind together (:mod:`.stacking`).
+
 Every function here takes a loaded :class:`Model`; :mod:`.api` accepts Keras
 models too and documents the contract.
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,40 +38,118 @@ from .validation import (
 
 _log = logging.getLogger(__name__)
 
+SECOND_ORDER_KINDS = ("hessian", "full_hessian")
+"""Kinds whose compiled function returns value (B,), gradient (B, *S) and Hessian."""
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """One request, checked against its model and ready to run.
+
+    Attributes:
+        kind: the compiled function it needs: "hessian" (per-example blocks),
+            "full_hessian", "gradient" or "hvp".
+        inputs: the inputs, checked and cast, each (B, *S_i).
+        weights: the output weights, (B, K) of the precision's dtype.
+        tangent: ``hvp``'s v, (B, *S) like the differentiated input; else None.
+    """
+
+    kind: str
+    inputs: PreparedInputs
+    weights: np.ndarray
+    tangent: np.ndarray | None = None
+
+    @property
+    def batch(self) -> int:
+        """B, the request's examples."""
+        return self.inputs.batch
+
+
+def prepare_second_order(
+    m: Model,
+    x: Any,
+    *,
+    full: bool,
+    output_weights: Any,
+    wrt: str | None,
+    precision: str | None,
+    evaluation: bool,
+) -> PreparedCall:
+    """Check a Hessian (``evaluation=False``: the size of the Hessian alone is
+    checked) or evaluate request (the size of value, gradient and Hessian).
+
+    Raises:
+        BatchDependenceError: per-example blocks of a model that mixes examples.
+        ResultTooLargeError: the result would exceed ``max_result_bytes``.
+        InvalidArgumentError: (subclasses) a bad input, weight or option.
+    """
+    inputs, weights = prepare(m, x, output_weights, wrt, precision)
+    extra = inputs.batch * (1 + inputs.event_size) if evaluation else 0
+    check_hessian_size(m, inputs, full, "evaluation" if evaluation else "Hessian", extra=extra)
+    if not full and not m.batch_independent:
+        raise BatchDependenceError(
+            f"model {m.name!r} mixes examples within a batch (an example's outputs depend on other "
+            "examples' inputs), so it has no per-example Hessian blocks; ask for full=True",
+            field="full",
+        )
+    return PreparedCall("full_hessian" if full else "hessian", inputs, weights)
+
+
+def prepare_gradient(m: Model, x: Any, *, output_weights: Any, wrt: str | None, precision: str | None) -> PreparedCall:
+    """Check a gradient request; raises as :func:`prepare_second_order`."""
+    inputs, weights = prepare(m, x, output_weights, wrt, precision)
+    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "gradient")
+    return PreparedCall("gradient", inputs, weights)
+
+
+def prepare_hvp(
+    m: Model, x: Any, v: Any, *, output_weights: Any, wrt: str | None, precision: str | None
+) -> PreparedCall:
+    """Check a Hessian-vector product request; raises as :func:`prepare_second_order`."""
+    inputs, weights = prepare(m, x, output_weights, wrt, precision)
+    tangent = prepare_tangent(v, inputs)
+    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "Hessian-vector product")
+    return PreparedCall("hvp", inputs, weights, tangent)
+
+
+def run_prepared(m: Model, call: PreparedCall, padded_batch: int | None = None) -> Evaluation | np.ndarray:
+    """Compute a checked request: an ``Evaluation`` for the second-order kinds,
+    the (B, *S) array for "gradient" and "hvp".
+
+    ``padded_batch`` (batch-independent models only) runs the request padded
+    to that many examples instead of the smallest bucket that holds it.
+    """
+    tangent = () if call.tangent is None else (call.tangent,)
+    result = run(m, call.kind, call.inputs, call.weights, *tangent, padded_batch=padded_batch)
+    return Evaluation(*result) if call.kind in SECOND_ORDER_KINDS else result
+
 
 def hessian_of(
     m: Model, x: Any, *, full: bool, output_weights: Any, wrt: str | None, precision: str | None
 ) -> Evaluation:
     """Value, gradient and Hessian of ``m`` at ``x``, with the result size checked for the Hessian alone."""
-    inputs, weights = prepare(m, x, output_weights, wrt, precision)
-    check_hessian_size(m, inputs, full, "Hessian")
-    return second_order(m, inputs, weights, full)
+    options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
+    return run_prepared(m, prepare_second_order(m, x, full=full, evaluation=False, **options))
 
 
 def evaluation_of(
     m: Model, x: Any, *, full: bool, output_weights: Any, wrt: str | None, precision: str | None
 ) -> Evaluation:
     """Value, gradient and Hessian of ``m`` at ``x``, with the size of all three checked."""
-    inputs, weights = prepare(m, x, output_weights, wrt, precision)
-    check_hessian_size(m, inputs, full, "evaluation", extra=inputs.batch * (1 + inputs.event_size))
-    return second_order(m, inputs, weights, full)
+    options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
+    return run_prepared(m, prepare_second_order(m, x, full=full, evaluation=True, **options))
 
 
 def gradient_of(m: Model, x: Any, *, output_weights: Any, wrt: str | None, precision: str | None) -> np.ndarray:
     """df/dx of ``m`` at ``x``, (B, *S)."""
-    inputs, weights = prepare(m, x, output_weights, wrt, precision)
-    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "gradient")
-    return run(m, "gradient", inputs, weights)
+    return run_prepared(m, prepare_gradient(m, x, output_weights=output_weights, wrt=wrt, precision=precision))
 
 
 def hvp_of(
     m: Model, x: Any, v: Any, *, output_weights: Any, wrt: str | None, precision: str | None
 ) -> np.ndarray:
     """(d2f/dx dx) v of ``m`` at ``x``, (B, *S)."""
-    inputs, weights = prepare(m, x, output_weights, wrt, precision)
-    tangent = prepare_tangent(v, inputs)
-    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "Hessian-vector product")
-    return run(m, "hvp", inputs, weights, tangent)
+    return run_prepared(m, prepare_hvp(m, x, v, output_weights=output_weights, wrt=wrt, precision=precision))
 
 
 def prepare(
@@ -110,29 +194,33 @@ def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: s
     check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}")
 
 
-def second_order(model: Model, inputs: PreparedInputs, weights: np.ndarray, full: bool) -> Evaluation:
-    if not full and not model.batch_independent:
-        raise BatchDependenceError(
-            f"model {model.name!r} mixes examples within a batch (an example's outputs depend on other "
-            "examples' inputs), so it has no per-example Hessian blocks; ask for full=True",
-            field="full",
-        )
-    value, grad, blocks = run(model, "full_hessian" if full else "hessian", inputs, weights)
-    return Evaluation(value=value, gradient=grad, hessian=blocks)
-
-
-def run(model: Model, kind: str, inputs: PreparedInputs, weights: np.ndarray, *tangent: np.ndarray) -> Any:
-    """Pad to the bucket (batch-independent models only), run, and slice back."""
-    batch = inputs.batch
-    padded = model.config.bucket_for(batch) if model.batch_independent else batch
-    key = FunctionKey(
+def function_key(model: Model, kind: str, inputs: PreparedInputs, outputs: int, batch: int) -> FunctionKey:
+    """The key of the compiled function running ``inputs`` padded to ``batch`` examples."""
+    return FunctionKey(
         kind=kind,
         precision=inputs.precision,
-        batch=padded,
+        batch=batch,
         wrt=inputs.wrt,
         inputs=tuple((n, a.shape[1:], a.dtype.name) for n, a in inputs.arrays.items()),
-        outputs=weights.shape[1],
+        outputs=outputs,
     )
+
+
+def run(
+    model: Model,
+    kind: str,
+    inputs: PreparedInputs,
+    weights: np.ndarray,
+    *tangent: np.ndarray,
+    padded_batch: int | None = None,
+) -> Any:
+    """Pad to the bucket (batch-independent models only), run, and slice back."""
+    batch = inputs.batch
+    if not model.batch_independent:
+        padded = batch
+    else:
+        padded = padded_batch or model.config.bucket_for(batch)
+    key = function_key(model, kind, inputs, weights.shape[1], padded)
     fixed = {n: _pad(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
     args = (
         _pad(inputs.x, padded, edge=True),
@@ -140,8 +228,8 @@ def run(model: Model, kind: str, inputs: PreparedInputs, weights: np.ndarray, *t
         _pad(weights, padded, edge=False),
         *(_pad(t, padded, edge=False) for t in tangent),
     )
-    result = compiled.run(model, key, args)
-    return tf.nest.map_structure(lambda t: _unpad(t.numpy(), batch, kind, inputs), result)
+    results = tuple(_unpad(t.numpy(), batch, kind, inputs) for t in compiled.run(model, key, args))
+    return results if kind in SECOND_ORDER_KINDS else results[0]
 
 
 def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:
