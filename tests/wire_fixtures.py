@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import sys
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,6 +136,13 @@ class RunningServer:
         """The server's own loaded model, for in-process reference calls."""
         return self.server.models.get(name)
 
+    def hold_engine(self, release: threading.Event) -> None:
+        """Occupy one engine thread of the batcher until ``release`` is set; returns once it is held."""
+        batcher = self.server.batcher
+        held = len(batcher.records)
+        asyncio.run_coroutine_threadsafe(batcher.call(None, "hold", release.wait), self.loop)
+        eventually(lambda: any(r.methods == ("hold",) for r in list(batcher.records)[held:]))
+
     def stop(self, grace: float = 0.0) -> None:
         self.run(self.server.stop(grace))
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -166,6 +174,14 @@ def serving(models: Sequence[tuple[str, str]] = (), **settings: Any) -> Iterator
         yield running
     finally:
         running.stop()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = SERVER_START_TIMEOUT_S) -> None:
+    """Return once ``condition()`` holds; fail after ``timeout`` seconds (a hang, not a verdict)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def console_script(name: str) -> str:

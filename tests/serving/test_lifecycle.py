@@ -37,7 +37,9 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    with serving([("demo", hs.DEMO_MODEL_SOURCE)], engine_threads=1, metrics_port=0) as running:
+    with serving(
+        [("demo", hs.DEMO_MODEL_SOURCE)], engine_threads=1, max_queue_delay_ms=600_000, metrics_port=0
+    ) as running:
         yield running
 
 
@@ -145,7 +147,7 @@ def _request() -> pb.HessianRequest:
 def test_work_queued_past_its_deadline_is_dropped(server: RunningServer) -> None:
     dropped = _dropped(server)
     release = threading.Event()
-    server.server.engine_pool.submit(release.wait)
+    server.hold_engine(release)
     try:
         with (
             hessd.Client(server.target, timeout=0.3) as client,
@@ -155,22 +157,22 @@ def test_work_queued_past_its_deadline_is_dropped(server: RunningServer) -> None
     finally:
         release.set()
     _eventually(lambda: _dropped(server) == dropped + 1)
-    assert _metric(server, "hessd_engine_calls_waiting") == 0
+    assert _metric(server, "hessd_queued_requests") == 0
 
 
 def test_work_queued_for_a_cancelled_call_is_dropped(server: RunningServer) -> None:
     dropped = _dropped(server)
     release = threading.Event()
-    server.server.engine_pool.submit(release.wait)
+    server.hold_engine(release)
     try:
         with grpc.insecure_channel(server.target) as channel:
             future = hessian_service_pb2_grpc.HessianServiceStub(channel).Hessian.future(_request())
-            _eventually(lambda: _metric(server, "hessd_engine_calls_waiting") == 1)
+            _eventually(lambda: _metric(server, "hessd_queued_requests") == 1)
             future.cancel()
             _eventually(lambda: _dropped(server) == dropped + 1)
     finally:
         release.set()
-    _eventually(lambda: _metric(server, "hessd_engine_calls_waiting") == 0)
+    _eventually(lambda: _metric(server, "hessd_queued_requests") == 0)
     with hessd.Client(server.target, timeout=WAIT_S) as client:
         assert client.hessian("demo", rng_array((2, 10))).shape == (2, 10, 10)
 

@@ -71,3 +71,8 @@ class EngineExecutor:
                 self._metrics.call_dequeued()
                 self._metrics.count_dropped("cancelled")
             raise
+
+    async def run_started(self, function: Callable[[], T]) -> T:
+        """``function()`` on a worker thread, for work whose RPCs the caller has
+        checked already (the batcher's batches, which serve several RPCs)."""
+        return await asyncio.wrap_future(self._pool.submit(function))

@@ -58,6 +58,9 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             max_message_bytes=args.max_message_bytes,
             chunk_bytes=args.chunk_bytes,
             engine_threads=args.engine_threads,
+            batching=args.batching,
+            max_queue_delay_ms=args.max_queue_delay_ms,
+            max_queued_requests=args.max_queued_requests,
             grace_seconds=args.grace_seconds,
             max_connection_age_seconds=args.max_connection_age_seconds,
             metrics_port=args.metrics_port,
@@ -162,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-message-bytes", int, "largest gRPC message; larger results need chunked RPCs"),
         ("--chunk-bytes", int, "data bytes per result chunk"),
         ("--engine-threads", int, "engine calls running at once"),
+        ("--max-queue-delay-ms", float, "a request queued this long starts on a spare engine thread"),
+        ("--max-queued-requests", int, "requests that may wait; more fail UNAVAILABLE at once"),
         ("--grace-seconds", float, "how long in-flight calls may drain on SIGTERM/SIGINT"),
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
@@ -178,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--metrics-host", default=defaults.metrics_host, help="address of /metrics (%(default)s)"
+    )
+    parser.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="run every request as its own engine call (the queue bound still holds)",
     )
     parser.add_argument(
         "--no-jit-compile", dest="jit_compile", action="store_false", help="do not use XLA"

@@ -1,6 +1,7 @@
 """Prometheus metrics of one server: requests by method and status, latency,
-engine calls waiting and dropped, compiled functions per model, and the state,
-load and warm-up time of each model version and the versions that failed."""
+engine calls waiting and dropped, the batcher's batches, queue and refusals,
+compiled functions per model, and the state, load and warm-up time of each model
+version and the versions that failed."""
 
 from __future__ import annotations
 
@@ -77,6 +78,34 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self._batches = Counter(
+            "hessd_batches",
+            "Engine calls started by the batcher, by why they started then.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._batch_size = Histogram(
+            "hessd_batch_size",
+            "Examples per engine call started by the batcher.",
+            buckets=tuple(float(1 << i) for i in range(11)),
+            registry=self.registry,
+        )
+        self._queue_time = Histogram(
+            "hessd_queue_duration_seconds",
+            "Time requests waited in the batcher's queue before their engine call started.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
+        self._queued = Gauge(
+            "hessd_queued_requests",
+            "Requests waiting in the batcher's queue for an engine thread.",
+            registry=self.registry,
+        )
+        self._rejected = Counter(
+            "hessd_rejected_requests",
+            "Requests refused UNAVAILABLE because the batcher's queue was full.",
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -95,6 +124,23 @@ class Metrics:
     def count_dropped(self, reason: str) -> None:
         """Count one engine call dropped for ``reason``: ``"deadline"`` or ``"cancelled"``."""
         self._dropped.labels(reason=reason).inc()
+
+    def observe_batch(self, reason: str, examples: int) -> None:
+        """Count one engine call started by the batcher for ``reason``, with ``examples`` examples."""
+        self._batches.labels(reason=reason).inc()
+        self._batch_size.observe(examples)
+
+    def observe_queue_time(self, seconds: float) -> None:
+        """One request waited ``seconds`` in the batcher's queue."""
+        self._queue_time.observe(seconds)
+
+    def set_queued(self, requests: int) -> None:
+        """``requests`` requests now wait in the batcher's queue."""
+        self._queued.set(requests)
+
+    def count_rejected(self) -> None:
+        """Count one request refused because the queue was full."""
+        self._rejected.inc()
 
     def track_compiles(self, model: str, compile_count: Callable[[], int]) -> None:
         """Report ``compile_count()`` as model ``model``'s compiled functions at each scrape."""

@@ -36,6 +36,7 @@ from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc
 
 from .admission import Admission
 from .auth import BearerTokens
+from .batching import Batcher, BatchingSettings
 from .engine_executor import EngineExecutor
 from .metrics import Metrics
 from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
@@ -64,7 +65,9 @@ class HessdServer:
         models: the served models.
         loader: loads, reloads and unloads them.
         metrics: its Prometheus metrics.
-        engine_pool: the worker threads engine calls run on.
+        engine_pool: the worker threads engine calls run on: ``engine_threads``,
+            and as many spare ones for batches that waited ``max_queue_delay_ms``.
+        batcher: queues, groups and admits engine work.
         addresses: every address it listens on, as bound (a TCP port 0 replaced
             by the chosen port); set by :func:`create_server`.
 
@@ -91,7 +94,18 @@ class HessdServer:
         self._loaded = False
         self._missing: list[str] = []
         self.engine_pool = ThreadPoolExecutor(
-            config.engine_threads, thread_name_prefix="hessd-engine"
+            2 * config.engine_threads, thread_name_prefix="hessd-engine"
+        )
+        self.batcher = Batcher(
+            EngineExecutor(self.engine_pool, self.metrics),
+            self.metrics,
+            BatchingSettings(
+                enabled=config.batching,
+                engine_threads=config.engine_threads,
+                batch_limit=config.batch_limit,
+                max_queue_delay_s=config.max_queue_delay_ms / 1000,
+                max_queued_requests=config.max_queued_requests,
+            ),
         )
         self._admission = Admission()
         self._loading: asyncio.Future[None] | None = None
@@ -107,7 +121,7 @@ class HessdServer:
         hessian_service_pb2_grpc.add_HessianServiceServicer_to_server(
             HessianServicer(
                 self.models,
-                EngineExecutor(self.engine_pool, self.metrics),
+                self.batcher,
                 max_message_bytes=config.max_message_bytes,
                 chunk_bytes=config.chunk_bytes,
             ),

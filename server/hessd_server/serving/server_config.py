@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine import DEMO_MODEL_SOURCE, EngineConfig
+from ..engine.warmup import DEFAULT_WARMUP_BATCH_SIZES
 
 DEMO_MODEL_NAME = "demo"
 """The name the embedded demo model is served under when no model is configured."""
@@ -59,6 +60,12 @@ class ServerConfig:
             results must use the chunked RPCs.
         chunk_bytes: data bytes per ResultChunk of a chunked reply.
         engine_threads: engine calls that may run at once.
+        batching: group concurrent requests of one model and batch key into
+            one engine call (see :mod:`hessd_server.serving.batching`).
+        max_queue_delay_ms: a request queued this long starts its batch on a
+            spare engine thread beside the running ones.
+        max_queued_requests: requests that may wait for an engine thread; past
+            this, new requests fail UNAVAILABLE at once.
         grace_seconds: how long in-flight calls may take to finish on shutdown.
         max_connection_age_seconds: close each client connection (gracefully,
             with ``grace_seconds`` for its calls) after about this long, so that
@@ -83,6 +90,9 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     chunk_bytes: int = 1024 * 1024
     engine_threads: int = 2
+    batching: bool = True
+    max_queue_delay_ms: float = 20.0
+    max_queued_requests: int = 256
     grace_seconds: float = 30.0
     max_connection_age_seconds: float | None = None
     metrics_port: int | None = None
@@ -110,6 +120,10 @@ class ServerConfig:
             raise ValueError(
                 f"repository_poll_seconds must be >= 0, got {self.repository_poll_seconds}"
             )
+        if self.max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.max_queued_requests < 0:
+            raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.max_connection_age_seconds is not None and self.max_connection_age_seconds <= 0:
@@ -124,6 +138,14 @@ class ServerConfig:
         if self.models or self.model_repository is not None:
             return self.models
         return (ModelSpec(DEMO_MODEL_NAME, DEMO_MODEL_SOURCE),)
+
+    @property
+    def batch_limit(self) -> int:
+        """Most examples the batcher puts in one engine call: the largest warmed
+        bucket (within ``max_batch_size``), so batches compile nothing new."""
+        sizes = self.warmup_batch_sizes or DEFAULT_WARMUP_BATCH_SIZES
+        config = self.engine_config()
+        return min(config.bucket_for(max(sizes)), config.max_batch_size)
 
     def engine_config(self) -> EngineConfig:
         """The engine settings every served model is loaded with."""

@@ -1,4 +1,4 @@
-"""``hessd.v1.HessianService``: decode the request, call the engine off the loop, encode.
+"""``hessd.v1.HessianService``: decode the request, hand it to the batcher, encode.
 
 No maths here, and no error handling beyond StreamHessian's (a failed item is
 answered with its status): the engine computes and validates, and
@@ -7,8 +7,9 @@ answered with its status): the engine computes and validates, and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc.aio
 import numpy as np
@@ -21,16 +22,21 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import ResultChunk
 
-from .. import engine
-from .engine_executor import EngineExecutor
+from ..engine import Model
+from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
+from .batching import Batcher
 from .model_registry import ModelRegistry
 from .status_interceptor import status_of
-
-T = TypeVar("T")
 
 DerivativeRequest = (
     pb.HessianRequest | pb.GradientRequest | pb.HessianVectorProductRequest | pb.EvaluateRequest
 )
+
+Preparation = Callable[[Model, dict[str, np.ndarray], dict[str, Any]], PreparedCall]
+"""(model, x by input name, options) -> the request checked and ready to run."""
+
+LOOP_ENCODE_BYTES = 1 << 20
+"""Results larger than this are encoded on a worker thread, off the event loop."""
 
 
 class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
@@ -38,7 +44,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
 
     Args:
         models: the served models.
-        executor: runs engine calls off the event loop.
+        batcher: queues, groups and runs engine work off the event loop.
         max_message_bytes: replies larger than this fail RESOURCE_EXHAUSTED.
         chunk_bytes: data bytes per ResultChunk.
     """
@@ -46,68 +52,69 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     def __init__(
         self,
         models: ModelRegistry,
-        executor: EngineExecutor,
+        batcher: Batcher,
         *,
         max_message_bytes: int,
         chunk_bytes: int,
     ) -> None:
         self._models = models
-        self._executor = executor
+        self._batcher = batcher
         self._max_message_bytes = max_message_bytes
         self._chunk_bytes = chunk_bytes
 
     async def Hessian(
         self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
     ) -> pb.HessianResponse:
-        hessian, version = await self._hessian(request, context)
-        reply = pb.HessianResponse(
-            hessian=tensor_codec.encode(hessian, field="hessian"), model_version=version
-        )
+        hessian, version = await self._hessian(request, context, "Hessian")
+        reply = pb.HessianResponse(hessian=await _encoded(hessian, "hessian"), model_version=version)
         return self._fitting(reply, "call HessianChunked, which streams results of any size")
 
     async def Gradient(
         self, request: pb.GradientRequest, context: grpc.aio.ServicerContext
     ) -> pb.GradientResponse:
-        gradient, version = await self._computed(request, context, engine.gradient)
-        reply = pb.GradientResponse(
-            gradient=tensor_codec.encode(gradient, field="gradient"), model_version=version
+        gradient, version = await self._computed(
+            request,
+            context,
+            "Gradient",
+            lambda model, x, options: prepare_gradient(model, x, **options),
         )
+        reply = pb.GradientResponse(gradient=await _encoded(gradient, "gradient"), model_version=version)
         return self._fitting(reply, "send a smaller batch")
 
     async def HessianVectorProduct(
         self, request: pb.HessianVectorProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.HessianVectorProductResponse:
         v = tensor_codec.decode(request.v, field="v")
-        hvp, version = await self._computed(request, context, engine.hvp, v)
-        reply = pb.HessianVectorProductResponse(
-            hvp=tensor_codec.encode(hvp, field="hvp"), model_version=version
+        hvp, version = await self._computed(
+            request,
+            context,
+            "HessianVectorProduct",
+            lambda model, x, options: prepare_hvp(model, x, v, **options),
         )
+        reply = pb.HessianVectorProductResponse(hvp=await _encoded(hvp, "hvp"), model_version=version)
         return self._fitting(reply, "send a smaller batch")
 
     async def Evaluate(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> pb.EvaluateResponse:
-        evaluation, version = await self._evaluate(request, context)
+        evaluation, version = await self._evaluate(request, context, "Evaluate")
         reply = pb.EvaluateResponse(
             model_version=version,
-            **{
-                name: tensor_codec.encode(array, field=name)
-                for name, array in evaluation._asdict().items()
-            },
+            **{name: await _encoded(array, name) for name, array in evaluation._asdict().items()},
         )
         return self._fitting(reply, "call EvaluateChunked, which streams results of any size")
 
     async def HessianChunked(
         self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ResultChunk]:
-        hessian, version = await self._hessian(request, context)
+        hessian, version = await self._hessian(request, context, "HessianChunked")
         for chunk in self._chunks("hessian", hessian, version):
             yield chunk
 
     async def EvaluateChunked(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ResultChunk]:
-        evaluation, version = await self._evaluate(request, context)
+        evaluation, version = await self._evaluate(request, context, "EvaluateChunked")
         for name, array in evaluation._asdict().items():
             for chunk in self._chunks(name, array, version):
                 yield chunk
@@ -120,12 +127,10 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         index = 0
         async for request in request_iterator:
             try:
-                hessian, version = await self._hessian(request, context)
+                hessian, version = await self._hessian(request, context, "StreamHessian")
                 reply = self._fitting(
                     pb.StreamHessianResponse(
-                        index=index,
-                        hessian=tensor_codec.encode(hessian, field="hessian"),
-                        model_version=version,
+                        index=index, hessian=await _encoded(hessian, "hessian"), model_version=version
                     ),
                     "call HessianChunked for this batch",
                 )
@@ -162,31 +167,48 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         )
 
     async def _hessian(
-        self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
+        self, request: pb.HessianRequest, context: grpc.aio.ServicerContext, method: str
     ) -> tuple[np.ndarray, str]:
-        return await self._computed(request, context, engine.hessian, full=request.full)
+        evaluation, version = await self._second_order(request, context, method, evaluation=False)
+        return evaluation.hessian, version
 
     async def _evaluate(
-        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext, method: str
     ) -> tuple[Evaluation, str]:
-        return await self._computed(request, context, engine.evaluate, full=request.full)
+        return await self._second_order(request, context, method, evaluation=True)
+
+    async def _second_order(
+        self,
+        request: pb.HessianRequest | pb.EvaluateRequest,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        *,
+        evaluation: bool,
+    ) -> tuple[Evaluation, str]:
+        def prepare(model: Model, x: dict[str, np.ndarray], options: dict[str, Any]) -> PreparedCall:
+            return prepare_second_order(model, x, full=request.full, evaluation=evaluation, **options)
+
+        return await self._computed(request, context, method, prepare)
 
     async def _computed(
         self,
         request: DerivativeRequest,
         context: grpc.aio.ServicerContext,
-        function: Callable[..., T],
-        *args: Any,
-        **kwargs: Any,
-    ) -> tuple[T, str]:
-        """``function(model, x, *args, **options, **kwargs)`` on the requested model
-        version, off the event loop, and that version. The version is held until the
+        method: str,
+        prepare: Preparation,
+    ) -> tuple[Any, str]:
+        """The engine's result for ``request`` on the requested model version,
+        through the batcher, and that version. The version is held until the
         engine is done with it, so that a reload never unloads it mid-call."""
         with self._models.acquired(request.model_name, request.model_version) as served:
             x, options = self._decoded(request)
             served.check_precision(options["precision"])
-            result = await self._executor.run(
-                context, function, served.model, x, *args, **options, **kwargs
+            model = served.model
+            assert model is not None
+            examples = max((array.shape[0] if array.ndim else 1 for array in x.values()), default=1)
+            input_bytes = sum(array.nbytes for array in x.values())
+            result = await self._batcher.compute(
+                context, method, model, lambda: prepare(model, x, options), examples, input_bytes
             )
         return result, served.label
 
@@ -221,6 +243,13 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         for chunk in chunks.split(name, tensor, chunk_bytes=self._chunk_bytes):
             chunk.model_version = version
             yield chunk
+
+
+async def _encoded(array: np.ndarray, field: str) -> Any:
+    """``array`` as a wire tensor, encoded on a worker thread when it is large."""
+    if array.nbytes > LOOP_ENCODE_BYTES:
+        return await asyncio.to_thread(tensor_codec.encode, array, field=field)
+    return tensor_codec.encode(array, field=field)
 
 
 def model_versions(status: ModelStatus) -> pb.ModelVersions:

@@ -1,0 +1,380 @@
+"""The dynamic batcher: concurrent requests for one model and one batch key
+become one engine call, and every engine call waits in one bounded queue.
+
+Scheduling. Up to ``engine_threads`` batches run at once. A request that
+arrives while an engine thread is free and nothing is queued starts at once,
+alone: a lone caller never waits. While every thread is busy, requests queue;
+when a thread frees, the oldest queued request starts, together with every
+queued request of the same model and :func:`~hessd_server.engine.stacking.stack_key`
+that fits (FIFO, up to the batch limit). A request that has queued for
+``max_queue_delay`` starts its batch on a spare thread beside the running
+ones (at most ``engine_threads`` spare), so a long computation cannot hold
+small calls back for longer than that.
+
+What runs alone: ``full=True``, models whose examples are not independent,
+requests of at least the batch limit (the largest warmed bucket), and
+requests of a model the engine has not probed yet (they are checked on the
+engine thread). Everything else is checked on the event loop before it
+queues, so a bad request fails alone and never fails the others in its
+batch; if a batched engine call still fails, its requests are run again one
+by one, each getting its own result or error.
+
+Admission. At most ``max_queued_requests`` requests wait; past that a new
+request fails at once with ``UnavailableError`` (UNAVAILABLE). A queued
+request whose RPC is cancelled or whose deadline passes leaves the queue
+before its batch runs, and is counted in ``hessd_dropped_engine_calls_total``.
+
+Every batch that starts is recorded (:attr:`Batcher.records`, and the
+``hessd_batches_total{reason}`` counter) with why it started: ``idle`` (a
+thread was free on arrival), ``engine_free`` (a thread freed),
+``full`` (a thread freed and the batch reached the limit) or ``delay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+
+import grpc.aio
+
+from hessd.errors import DeadlineExceededError, UnavailableError
+
+from ..engine import Model
+from ..engine.execution import PreparedCall
+from ..engine.stacking import can_stack, run_stacked, stack_key
+from .engine_executor import EngineExecutor
+from .metrics import Metrics
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RECORDS_KEPT = 1000
+"""How many of the latest batches :attr:`Batcher.records` keeps."""
+
+LOOP_CHECK_BYTES = 1 << 20
+"""Requests with more input bytes than this are checked on an engine thread,
+not on the event loop, and run alone."""
+
+
+class BatchRecord(NamedTuple):
+    """One batch that started.
+
+    Attributes:
+        reason: why it started then: "idle", "engine_free", "full" or "delay".
+        methods: the RPC method of each request in it, in batch order.
+        examples: the examples of all its requests together.
+    """
+
+    reason: str
+    methods: tuple[str, ...]
+    examples: int
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How the batcher groups and admits requests.
+
+    Attributes:
+        enabled: group concurrent requests into one engine call; when False
+            every request runs alone (the queue bound still holds).
+        engine_threads: batches that run at once.
+        batch_limit: most examples per batch; requests of this size or more run alone.
+        max_queue_delay_s: after this long queued, a request's batch starts on a spare thread.
+        max_queued_requests: requests that may wait; more fail UNAVAILABLE.
+    """
+
+    enabled: bool
+    engine_threads: int
+    batch_limit: int
+    max_queue_delay_s: float
+    max_queued_requests: int
+
+
+@dataclass(eq=False)
+class _Request:
+    """One queued request."""
+
+    method: str
+    group: Hashable | None
+    examples: int
+    work: Callable[[], Any] | tuple[Model, PreparedCall]
+    deadline: float | None
+    queued_at: float = field(default_factory=time.monotonic)
+    outcome: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class _RunYourself:
+    """The outcome handed to a request given an engine thread to run alone on.
+
+    Attributes:
+        spare: the thread is a spare one (the request waited ``max_queue_delay``).
+    """
+
+    spare: bool
+
+
+class Batcher:
+    """Groups, queues and runs engine work for the servicer; use from the event loop only.
+
+    Args:
+        executor: runs engine work on the engine threads.
+        metrics: where batches, queue times, queue length, drops and refusals go.
+        settings: grouping and admission limits.
+    """
+
+    def __init__(self, executor: EngineExecutor, metrics: Metrics, settings: BatchingSettings) -> None:
+        self._executor = executor
+        self._metrics = metrics
+        self.settings = settings
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._running = 0
+        self._spare_running = 0
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self.records: collections.deque[BatchRecord] = collections.deque(maxlen=RECORDS_KEPT)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an engine thread."""
+        return len(self._queue)
+
+    async def compute(
+        self,
+        context: grpc.aio.ServicerContext | None,
+        method: str,
+        model: Model,
+        prepare: Callable[[], PreparedCall],
+        examples: int,
+        input_bytes: int,
+    ) -> Any:
+        """The engine's result for one derivative request (an ``Evaluation`` for
+        the second-order kinds, else an array), batched with others where it can be.
+
+        Args:
+            context: the RPC, for its deadline; None for work without one.
+            method: the RPC method name, for the records.
+            model: the model to run on.
+            prepare: checks the request (raises a ``hessd.errors`` type) and
+                returns it ready to run.
+            examples: the request's batch size B.
+            input_bytes: the request's input bytes.
+
+        Raises:
+            UnavailableError: the queue is full.
+            DeadlineExceededError, CancelledError: the RPC ended while queued.
+            HessdError: the request is bad, or its computation failed.
+        """
+        if self._checkable_on_loop(model, examples, input_bytes):
+            call = prepare()
+            group = (id(model), stack_key(call)) if self._stackable(model, call) else None
+            return await self._submit(context, method, group, call.batch, (model, call))
+        return await self._submit(context, method, None, examples, lambda: run_stacked(model, [prepare()])[0])
+
+    async def call(self, context: grpc.aio.ServicerContext | None, method: str, function: Callable[[], T]) -> T:
+        """``function()`` alone on an engine thread, queued and admitted like any request."""
+        return await self._submit(context, method, None, 1, function)
+
+    def _checkable_on_loop(self, model: Model, examples: int, input_bytes: int) -> bool:
+        probed = model.batch_independent is not None
+        known_outputs = all(None not in output.shape for output in model.outputs)
+        return probed and known_outputs and input_bytes <= LOOP_CHECK_BYTES and examples < self.settings.batch_limit
+
+    def _stackable(self, model: Model, call: PreparedCall) -> bool:
+        return self.settings.enabled and can_stack(model, call) and call.batch < self._limit(model)
+
+    def _limit(self, model: Model) -> int:
+        return min(self.settings.batch_limit, model.config.max_batch_size)
+
+    async def _submit(
+        self,
+        context: grpc.aio.ServicerContext | None,
+        method: str,
+        group: Hashable | None,
+        examples: int,
+        work: Callable[[], Any] | tuple[Model, PreparedCall],
+    ) -> Any:
+        if not self._queue and self._running < self.settings.engine_threads:
+            self._running += 1
+            self._record("idle", (method,), examples)
+            self._metrics.observe_queue_time(0.0)
+            return await self._run_alone(context, work, spare=False)
+        if len(self._queue) >= self.settings.max_queued_requests:
+            self._metrics.count_rejected()
+            raise UnavailableError(
+                f"the server is overloaded: {len(self._queue)} requests are already queued "
+                f"(--max-queued-requests); retry with exponential backoff"
+            )
+        remaining = None if context is None else context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        request = _Request(method, group, examples, work, deadline)
+        self._queue.append(request)
+        self._metrics.set_queued(len(self._queue))
+        self._arm_delay_timer()
+        try:
+            outcome = await asyncio.shield(request.outcome)
+        except asyncio.CancelledError:
+            self._give_up(request)
+            raise
+        if isinstance(outcome, _RunYourself):
+            return await self._run_alone(context, work, spare=outcome.spare)
+        return outcome
+
+    def _give_up(self, request: _Request) -> None:
+        """The RPC of ``request`` ended: leave the queue, or hand back a thread it was given."""
+        if request in self._queue:
+            self._queue.remove(request)
+            self._metrics.set_queued(len(self._queue))
+            expired = request.deadline is not None and time.monotonic() >= request.deadline
+            self._metrics.count_dropped("deadline" if expired else "cancelled")
+            request.outcome.cancel()
+        elif request.outcome.done() and not request.outcome.cancelled() and request.outcome.exception() is None:
+            outcome = request.outcome.result()
+            if isinstance(outcome, _RunYourself):
+                self._release(spare=outcome.spare)
+
+    async def _run_alone(
+        self,
+        context: grpc.aio.ServicerContext | None,
+        work: Callable[[], Any] | tuple[Model, PreparedCall],
+        *,
+        spare: bool,
+    ) -> Any:
+        """Run one request's work on the engine thread it holds, then release the thread."""
+        if isinstance(work, tuple):
+            model, call = work
+            function: Callable[[], Any] = lambda: run_stacked(model, [call])[0]  # noqa: E731
+        else:
+            function = work
+        try:
+            if context is None:
+                return await self._executor.run_started(function)
+            return await self._executor.run(context, function)
+        finally:
+            self._release(spare=spare)
+
+    def _release(self, *, spare: bool) -> None:
+        if spare:
+            self._spare_running -= 1
+        else:
+            self._running -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start queued batches while engine threads are free."""
+        while self._queue and self._running < self.settings.engine_threads:
+            self._running += 1
+            self._start_next(spare=False, reason="engine_free")
+        self._arm_delay_timer()
+
+    def _start_next(self, *, spare: bool, reason: str) -> None:
+        """Start the oldest queued request's batch on a thread already counted as taken."""
+        batch = self._take_batch()
+        self._metrics.set_queued(len(self._queue))
+        if not batch:
+            self._release(spare=spare)
+            return
+        examples = sum(r.examples for r in batch)
+        head = batch[0]
+        if reason == "engine_free" and head.group is not None and examples >= self._limit(head.work[0]):
+            reason = "full"
+        self._record(reason, tuple(r.method for r in batch), examples)
+        now = time.monotonic()
+        for request in batch:
+            self._metrics.observe_queue_time(now - request.queued_at)
+        if len(batch) == 1:
+            head.outcome.set_result(_RunYourself(spare))
+            return
+        asyncio.ensure_future(self._run_batch(batch, spare=spare))
+
+    def _take_batch(self) -> list[_Request]:
+        """Remove and return the oldest live request and the queued requests that can join it."""
+        now = time.monotonic()
+        while self._queue:
+            head = self._queue.popleft()
+            if head.deadline is not None and now >= head.deadline:
+                self._metrics.count_dropped("deadline")
+                head.outcome.set_exception(
+                    DeadlineExceededError("the call's deadline passed while it was queued")
+                )
+                continue
+            if head.group is None:
+                return [head]
+            batch, room = [head], self._limit(head.work[0]) - head.examples
+            for request in list(self._queue):
+                if room <= 0:
+                    break
+                if request.group == head.group and request.examples <= room:
+                    if request.deadline is not None and now >= request.deadline:
+                        continue
+                    self._queue.remove(request)
+                    batch.append(request)
+                    room -= request.examples
+            return batch
+        return []
+
+    async def _run_batch(self, batch: list[_Request], *, spare: bool) -> None:
+        """Run ``batch`` as one engine call on a taken thread and settle each request."""
+        model = batch[0].work[0]
+        calls = [request.work[1] for request in batch]
+        try:
+            outcomes = await self._executor.run_started(lambda: _run_or_retry(model, calls))
+        except Exception as error:  # the pool refused the work (shutting down)
+            outcomes = [error] * len(batch)
+        finally:
+            self._release(spare=spare)
+        for request, outcome in zip(batch, outcomes):
+            if request.outcome.done():
+                continue
+            if isinstance(outcome, BaseException):
+                request.outcome.set_exception(outcome)
+            else:
+                request.outcome.set_result(outcome)
+
+    def _arm_delay_timer(self) -> None:
+        """Wake up when the oldest queued request has waited ``max_queue_delay``."""
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()
+            self._delay_timer = None
+        if not self._queue or self._spare_running >= self.settings.engine_threads:
+            return
+        wait = self._queue[0].queued_at + self.settings.max_queue_delay_s - time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._delay_timer = loop.call_later(max(wait, 0.0), self._on_delay)
+
+    def _on_delay(self) -> None:
+        self._delay_timer = None
+        now = time.monotonic()
+        while (
+            self._queue
+            and self._spare_running < self.settings.engine_threads
+            and now - self._queue[0].queued_at >= self.settings.max_queue_delay_s
+        ):
+            self._spare_running += 1
+            self._start_next(spare=True, reason="delay")
+        self._arm_delay_timer()
+
+    def _record(self, reason: str, methods: tuple[str, ...], examples: int) -> None:
+        self.records.append(BatchRecord(reason, methods, examples))
+        self._metrics.observe_batch(reason, examples)
+
+
+def _run_or_retry(model: Model, calls: list[PreparedCall]) -> list[Any]:
+    """Each call's result or exception: all in one engine call, or one by one if that fails."""
+    try:
+        return list(run_stacked(model, calls))
+    except Exception as error:
+        _log.info("a batch of %d requests failed (%s); running them one by one", len(calls), error)
+    outcomes: list[Any] = []
+    for call in calls:
+        try:
+            outcomes.append(run_stacked(model, [call])[0])
+        except Exception as error:  # this request's own error, delivered to it alone
+            outcomes.append(error)
+    return outcomes
+

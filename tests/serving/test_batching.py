@@ -1,0 +1,244 @@
+"""The dynamic batcher over the wire: requests of concurrent callers share engine
+calls with the same answers, a bad request fails alone, a full queue refuses
+at once, dropped requests are not computed, a lone caller never waits, and
+batches compile nothing new.
+
+Batches are made deterministic by holding the server's one engine thread
+(:meth:`RunningServer.hold_engine`) until every request of a test is queued;
+verdicts come from results, counters and the batcher's own records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+import hessd
+import hessd_server as hs
+from hessd import tensor_codec
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc
+from hessd_server.engine.execution import prepare_hvp
+from hessd_server.serving.batching import BatchRecord
+from hessd_server.serving.main import parse_config
+from wire_fixtures import RunningServer, eventually, rng_array, serving
+
+QUEUE_LIMIT = 31
+TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    with serving(
+        [("demo", hs.DEMO_MODEL_SOURCE)],
+        engine_threads=1,
+        warmup_batch_sizes=(1, 4, 32),
+        max_queue_delay_ms=600_000,
+        max_queued_requests=QUEUE_LIMIT,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[hessd.Client]:
+    with hessd.Client(server.target, timeout=TIMEOUT_S) as sdk:
+        yield sdk
+
+
+def _metric(server: RunningServer, name: str, **labels: str) -> float:
+    return server.server.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _queued(server: RunningServer, count: int) -> Callable[[], bool]:
+    return lambda: server.server.batcher.queued == count
+
+
+def _run_while_held(
+    server: RunningServer, calls: list[Callable[[], Any]], queued: int
+) -> tuple[list[Any], list[BatchRecord]]:
+    """Start ``calls`` on threads while the engine is held, wait until ``queued`` of
+    them are queued, release the engine; return each one's result or exception,
+    and the records of the batches that ran after the held one."""
+    release = threading.Event()
+    server.hold_engine(release)
+    held = len(server.server.batcher.records)
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            eventually(_queued(server, queued))
+        finally:
+            release.set()
+        outcomes = [future.exception() or future.result() for future in futures]
+    return outcomes, list(server.server.batcher.records)[held:]
+
+
+def test_concurrent_mixed_requests_with_one_bad_one(server: RunningServer, client: hessd.Client) -> None:
+    model = server.model("demo")
+    rng = np.random.default_rng(3)
+    calls: list[Callable[[], Any]] = []
+    expected: list[Callable[[], Any]] = []
+    for index in range(32):
+        x = rng.standard_normal((1 + index % 2, 10)).astype(np.float32)
+        weights = np.array([1.0 + index], np.float32)
+        method = ("hessian", "evaluate", "gradient", "hvp")[index % 4]
+        args: tuple[Any, ...] = (x, -x) if method == "hvp" else (x,)
+        calls.append(lambda m=method, a=args, w=weights: getattr(client, m)("demo", *a, output_weights=w))
+        expected.append(lambda m=method, a=args, w=weights: getattr(hs, m)(model, *a, output_weights=w))
+    bad = 17
+    calls[bad] = lambda: client.gradient("demo", rng_array((2, 3)))
+    outcomes, records = _run_while_held(server, calls, queued=31)
+    assert isinstance(outcomes[bad], hessd.ShapeError)
+    for index, (outcome, reference) in enumerate(zip(outcomes, expected)):
+        if index == bad:
+            continue
+        assert not isinstance(outcome, BaseException), outcome
+        for got, want in zip(_arrays(outcome), _arrays(reference())):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert any(len(record.methods) > 1 for record in records), records
+    assert sum(len(record.methods) for record in records) == 31
+    assert {record.reason for record in records} <= {"engine_free", "full"}
+
+
+def test_a_failing_batch_is_retried_one_request_at_a_time(server: RunningServer) -> None:
+    model = server.model("demo")
+    batcher = server.server.batcher
+    x = rng_array((1, 10), seed=4)
+    good = prepare_hvp(model, x, x, output_weights=None, wrt=None, precision=None)
+    broken = dataclasses.replace(good, tangent=rng_array((1, 7)))  # passed no check: fails in the engine
+    release = threading.Event()
+    server.hold_engine(release)
+    held = len(batcher.records)
+    futures = [
+        asyncio.run_coroutine_threadsafe(batcher.compute(None, "test", model, lambda c=call: c, 1, 0), server.loop)
+        for call in (good, broken, good)
+    ]
+    eventually(_queued(server, 3))
+    release.set()
+    outcomes = [future.exception(TIMEOUT_S) or future.result() for future in futures]
+    assert [len(record.methods) for record in list(batcher.records)[held:]] == [3]
+    assert isinstance(outcomes[1], Exception)
+    for outcome in (outcomes[0], outcomes[2]):
+        np.testing.assert_allclose(outcome, hs.hvp(model, x, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_full_queue_refuses_at_once_while_the_engine_is_busy(
+    server: RunningServer, client: hessd.Client
+) -> None:
+    rejected = _metric(server, "hessd_rejected_requests_total")
+    release = threading.Event()
+    server.hold_engine(release)
+    x = rng_array((1, 10))
+    with ThreadPoolExecutor(QUEUE_LIMIT) as pool:
+        try:
+            futures = [pool.submit(client.gradient, "demo", x) for _ in range(QUEUE_LIMIT)]
+            eventually(_queued(server, QUEUE_LIMIT))
+            with pytest.raises(hessd.UnavailableError, match="overloaded.*backoff"):
+                client.gradient("demo", x)
+            assert not release.is_set() and server.server.batcher.queued == QUEUE_LIMIT
+        finally:
+            release.set()
+        results = [future.result() for future in futures]
+    assert _metric(server, "hessd_rejected_requests_total") == rejected + 1
+    assert all(np.array_equal(result, results[0]) for result in results)
+
+
+def test_expired_and_cancelled_queued_requests_are_not_computed(
+    server: RunningServer, client: hessd.Client
+) -> None:
+    dropped = {r: _metric(server, "hessd_dropped_engine_calls_total", reason=r) for r in ("deadline", "cancelled")}
+    release = threading.Event()
+    server.hold_engine(release)
+    held = len(server.server.batcher.records)
+    request = pb.GradientRequest(model_name="demo", x={"x": tensor_codec.encode(rng_array((1, 10)), field="x")})
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
+            cancelled = stub.Gradient.future(request)
+            expiring = stub.Gradient.future(request, timeout=0.5)
+            eventually(lambda: _metric(server, "hessd_dropped_engine_calls_total", reason="deadline") > dropped["deadline"])
+            cancelled.cancel()
+            eventually(lambda: _metric(server, "hessd_dropped_engine_calls_total", reason="cancelled") > dropped["cancelled"])
+            assert expiring.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert server.server.batcher.queued == 0
+    finally:
+        release.set()
+    assert client.gradient("demo", rng_array((1, 10))).shape == (1, 10)
+    records = list(server.server.batcher.records)[held:]
+    assert [record.methods for record in records] == [("Gradient",)]
+
+
+def test_a_lone_caller_never_waits_for_the_queue_delay(server: RunningServer, client: hessd.Client) -> None:
+    held = len(server.server.batcher.records)
+    x = rng_array((2, 10))
+    for _ in range(5):
+        client.hessian("demo", x)
+        client.hvp("demo", x, x)
+    records = list(server.server.batcher.records)[held:]
+    assert [record.reason for record in records] == ["idle"] * 10
+
+
+def test_stream_items_batch_with_unary_calls(server: RunningServer, client: hessd.Client) -> None:
+    x = rng_array((1, 10), seed=5)
+    outcomes, records = _run_while_held(
+        server,
+        [lambda: list(client.stream("demo", [x])), lambda: client.hessian("demo", x)],
+        queued=2,
+    )
+    assert np.array_equal(outcomes[0][0], outcomes[1])
+    assert [sorted(record.methods) for record in records] == [["Hessian", "StreamHessian"]]
+
+
+def test_batches_compile_nothing_after_warmup(server: RunningServer, client: hessd.Client) -> None:
+    model = server.model("demo")
+    compiled = model.metadata().compile_count
+    x = rng_array((1, 10), seed=6)
+    hessians, records = _run_while_held(server, [lambda: client.hessian("demo", x)] * 3, queued=3)
+    gradients, more_records = _run_while_held(server, [lambda: client.gradient("demo", x)] * 7, queued=7)
+    assert [record.examples for record in records + more_records] == [3, 7]
+    assert model.metadata().compile_count == compiled
+    np.testing.assert_allclose(hessians[0], hs.hessian(model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gradients[0], hs.gradient(model, x), rtol=1e-5, atol=1e-6)
+
+
+def test_no_batching_runs_every_request_alone(server: RunningServer, client: hessd.Client) -> None:
+    batcher = server.server.batcher
+    batching = batcher.settings
+    batcher.settings = dataclasses.replace(batching, enabled=False)
+    try:
+        x = rng_array((1, 10), seed=7)
+        _, records = _run_while_held(server, [lambda: client.gradient("demo", x)] * 4, queued=4)
+    finally:
+        batcher.settings = batching
+    assert [len(record.methods) for record in records] == [1, 1, 1, 1]
+
+
+def test_batch_metrics_are_exported(server: RunningServer, client: hessd.Client) -> None:
+    x = rng_array((1, 10), seed=8)
+    _run_while_held(server, [lambda: client.gradient("demo", x)] * 2, queued=2)
+    assert _metric(server, "hessd_batch_size_count") > 0
+    assert _metric(server, "hessd_batch_size_bucket", le="2.0") > _metric(server, "hessd_batch_size_bucket", le="1.0")
+    assert _metric(server, "hessd_queue_duration_seconds_count") > 0
+    assert _metric(server, "hessd_batches_total", reason="idle") > 0
+    assert server.server.metrics.registry.get_sample_value("hessd_queued_requests") == 0
+
+
+def test_batching_flags_build_the_config() -> None:
+    config = parse_config(["--no-batching", "--max-queue-delay-ms", "2.5", "--max-queued-requests", "9"])
+    assert (config.batching, config.max_queue_delay_ms, config.max_queued_requests) == (False, 2.5, 9)
+    defaults = parse_config([])
+    assert defaults.batching and defaults.batch_limit == 32
+    assert parse_config(["--warmup-batch-sizes", "1,8"]).batch_limit == 8
+    with pytest.raises(SystemExit):
+        parse_config(["--max-queued-requests", "-1"])
+
+
+def _arrays(result: Any) -> tuple[np.ndarray, ...]:
+    return tuple(result) if isinstance(result, tuple) else (result,)
