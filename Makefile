@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/hessd/v1/*.proto)
 
-.PHONY: setup run test proto bench clean
+.PHONY: setup run test proto bench bench-wire clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ proto: setup
 bench: setup
 	$(PY) -m pip install --quiet -e '.[server,bench]'
 	$(PY) benchmarks/bench_hessian.py
+	$(PY) benchmarks/bench_wire.py
+
+# The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
+bench-wire: setup
+	$(PY) benchmarks/bench_wire.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info client/*.egg-info server/*.egg-info .pytest_cache

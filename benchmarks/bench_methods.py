@@ -148,3 +148,12 @@ raise ``ImportError`` where their library is not installed."""
 
 def _input_spec(model: keras.Model, batch: int) -> tf.TensorSpec:
     return tf.TensorSpec((batch, *model.input_shape[1:]), tf.float32)
+
+
+MID_DIM = 64
+"""Input size of the ``mid`` MLP that the wire benchmark serves."""
+
+
+def build_mid() -> keras.Model:
+    """The ``mid`` MLP, 64 -> 256 -> 256 -> 1 (tanh), as ``hessd-server --model mid=bench_methods:build_mid`` loads it."""
+    return build_mlp(MID_DIM)

@@ -1,0 +1,320 @@
+"""Wire benchmark: hessd's small calls and concurrent callers on a real
+``hessd-server`` process, each beside its baseline in the same run.
+
+* **Small call.** One caller, the ``mid`` MLP (64 -> 256 -> 256 -> 1, tanh), B=1,
+  a per-example Hessian over the SDK, against a bare gRPC echo server in its
+  own process answering the same request bytes with the same reply bytes
+  (``echo_server.py``), and against the same call in-process (``hs.hessian``).
+  The three take turns in slices of calls.
+* **Concurrent callers.** 1, 8 and 32 callers, each sending B=1 Hessians back
+  to back through one ``hessd.AsyncClient``, to a server with batching on and
+  one with ``--no-batching``: throughput, p50, p99 and the mean examples per
+  engine call (from the server's ``hessd_batch_size`` histogram). Beside them,
+  one caller sending the whole B=32 batch in one call.
+* **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
+  floor for a call of that size (a ``jit_compile`` function returning a
+  (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
+
+Usage: ``python benchmarks/bench_wire.py [--quick] [--seconds S] [--markdown PATH]``
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+
+import hessd
+import hessd_server as hs
+from hessd import tensor_codec
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd_server.serving.server_process import ServerProcess
+
+from bench_hessian import machine_description
+from bench_methods import MID_DIM, build_mid, build_mlp, jax_method
+
+BENCHMARKS = Path(__file__).resolve().parent
+CALLERS = (1, 8, 32)
+MODEL = "mid"
+FLOOR_DIM = 16
+TARGET_SCALING, TARGET_TAIL, TARGET_SMALL_CALL, TARGET_FLOOR = 4.0, 3.0, 1.3, 2.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """One concurrency measurement."""
+
+    batching: bool
+    callers: int
+    calls: int
+    seconds: float
+    latencies_s: tuple[float, ...]
+    mean_batch: float
+
+    @property
+    def throughput(self) -> float:
+        return self.calls / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) * 1e3
+
+
+def take_turns(methods: dict[str, Callable[[], object]], seconds: float, slice_s: float = 0.1) -> dict[str, list[float]]:
+    """Seconds per call of each method; they take turns in slices of ``slice_s`` until each had ``seconds``."""
+    runs: dict[str, list[float]] = {name: [] for name in methods}
+    while any(sum(times) < seconds for times in runs.values()):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            while time.perf_counter() - start < slice_s:
+                began = time.perf_counter()
+                method()
+                runs[name].append(time.perf_counter() - began)
+    return runs
+
+
+def hessd_server(*flags: str) -> ServerProcess:
+    """A ``hessd-server`` child serving the ``mid`` MLP, warmed for every bucket up to 32."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCHMARKS), os.environ.get("PYTHONPATH")]))
+    return ServerProcess(
+        "--model", f"{MODEL}=bench_methods:build_mid",
+        "--warmup-batch-sizes", "1,2,4,8,16,32",
+        "--metrics-port", "0", "--metrics-host", "127.0.0.1",
+        "--log-level", "INFO",
+        *flags,
+    )
+
+
+class EchoProcess:
+    """``echo_server.py`` in its own process on a unix socket."""
+
+    def __init__(self, reply_bytes: int) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="echo-")
+        self.target = f"unix://{Path(self._directory.name) / 'echo.sock'}"
+        self._argv = [sys.executable, str(BENCHMARKS / "echo_server.py"), "--listen", self.target, "--reply-bytes", str(reply_bytes)]
+
+    def __enter__(self) -> EchoProcess:
+        self._process = subprocess.Popen(self._argv, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None and self._process.stdout.readline().strip() == "listening"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.kill()
+        self._process.wait()
+        self._directory.cleanup()
+
+
+def small_call(server: ServerProcess, seconds: float) -> dict[str, float]:
+    """Median ms of a B=1 Hessian over the wire, the echo of its bytes, and in-process."""
+    x = np.random.default_rng(0).standard_normal((1, MID_DIM)).astype(np.float32)
+    request = pb.HessianRequest(model_name=MODEL, x={"x": tensor_codec.encode(x, field="x")}).SerializeToString()
+    model = hs.load_model(build_mid())
+    with hessd.Client(server.target, timeout=60) as client:
+        reply = pb.HessianResponse(hessian=tensor_codec.encode(client.hessian(MODEL, x), field="hessian"))
+        np.testing.assert_allclose(client.hessian(MODEL, x), hs.hessian(model, x), rtol=1e-5, atol=1e-6)
+        with EchoProcess(reply.ByteSize()) as echo, grpc.insecure_channel(echo.target) as channel:
+            call = channel.unary_unary("/bench.Echo/Echo")
+            assert len(call(request)) == reply.ByteSize()
+            runs = take_turns(
+                {
+                    "hessd over the wire": lambda: client.hessian(MODEL, x),
+                    "bare gRPC echo": lambda: call(request),
+                    "hessd in-process": lambda: hs.hessian(model, x),
+                },
+                seconds,
+            )
+    return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
+
+
+def _batch_histogram(server: ServerProcess) -> tuple[float, float]:
+    """(sum, count) of the server's ``hessd_batch_size`` histogram."""
+    with urllib.request.urlopen(server.metrics_url(), timeout=30) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("hessd_batch_size_sum", "hessd_batch_size_count"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    return values["hessd_batch_size_sum"], values["hessd_batch_size_count"]
+
+
+async def _callers(target: str, callers: int, seconds: float, batch: int) -> tuple[int, list[float], float]:
+    """``callers`` tasks calling back to back for ``seconds``: calls, latencies, elapsed seconds."""
+    x = np.random.default_rng(1).standard_normal((batch, MID_DIM)).astype(np.float32)
+    latencies: list[float] = []
+    async with hessd.AsyncClient(target, timeout=60) as client:
+        await asyncio.gather(*(client.hessian(MODEL, x) for _ in range(callers)))
+        stop = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < stop:
+                began = time.perf_counter()
+                await client.hessian(MODEL, x)
+                latencies.append(time.perf_counter() - began)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - start
+    return len(latencies), latencies, elapsed
+
+
+def load(server: ServerProcess, batching: bool, callers: int, seconds: float, batch: int = 1) -> Load:
+    """Measure ``callers`` concurrent callers of B=``batch`` Hessians."""
+    before = _batch_histogram(server)
+    calls, latencies, elapsed = asyncio.run(_callers(server.target, callers, seconds, batch))
+    after = _batch_histogram(server)
+    engine_calls = after[1] - before[1]
+    mean_batch = (after[0] - before[0]) / engine_calls if engine_calls else float("nan")
+    return Load(batching, callers, calls, elapsed, tuple(latencies), mean_batch)
+
+
+def in_process_floor(seconds: float) -> dict[str, float]:
+    """Median ms at D=16, B=1: ``hs.hessian``, TF's floor for a (1, 16, 16) result, and JAX."""
+    keras_model = build_mlp(FLOOR_DIM)
+    model = hs.load_model(keras_model)
+    x = np.random.default_rng(2).standard_normal((1, FLOOR_DIM)).astype(np.float32)
+
+    @tf.function(jit_compile=True, input_signature=[tf.TensorSpec((1, FLOOR_DIM), tf.float32)])
+    def floor(inputs: tf.Tensor) -> tf.Tensor:
+        return tf.zeros((1, FLOOR_DIM, FLOOR_DIM)) + tf.reduce_sum(inputs)
+
+    methods: dict[str, Callable[[], object]] = {
+        "hessd `hs.hessian`": lambda: hs.hessian(model, x),
+        "TF floor: `jit_compile` function, (1, 16, 16) result, `.numpy()`": lambda: floor(x).numpy(),
+    }
+    try:
+        jax = jax_method(keras_model, 1)
+        methods["JAX `jit(vmap(hessian))`"] = lambda: jax.compute(x)
+    except ImportError:
+        pass
+    for method in methods.values():
+        method()
+    runs = take_turns(methods, seconds)
+    return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
+
+
+def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, floor: dict[str, float]) -> list[str]:
+    """The markdown tables and target lines."""
+    wire, echo, inproc = small.values()
+    lines = [
+        "### A small call (the `mid` MLP, B=1, per-example Hessian, one caller)",
+        "",
+        "| call | p50 (ms) |",
+        "|---|---:|",
+        *(f"| {name} | {ms:.3f} |" for name, ms in small.items()),
+        "",
+        "### Concurrent callers (B=1 each, the `mid` MLP)",
+        "",
+        "| batching | callers | calls/s | × one caller | p50 (ms) | p99 (ms) | mean examples per engine call |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in loads:
+        one = next(r for r in loads if r.batching == row.batching and r.callers == 1)
+        lines.append(
+            f"| {'on' if row.batching else 'off'} | {row.callers} | {row.throughput:,.0f} | "
+            f"{row.throughput / one.throughput:.2f}× | {row.percentile_ms(50):.2f} | {row.percentile_ms(99):.2f} | "
+            f"{row.mean_batch:.1f} |"
+        )
+    lines += [
+        f"| on | 1 (B=32 in one call) | {whole_batch.throughput:,.0f} calls/s, {32 * whole_batch.throughput:,.0f} examples/s | | "
+        f"{whole_batch.percentile_ms(50):.2f} | {whole_batch.percentile_ms(99):.2f} | {whole_batch.mean_batch:.1f} |",
+        "",
+        f"### In-process floor (D={FLOOR_DIM}, B=1)",
+        "",
+        "| call | p50 (ms) |",
+        "|---|---:|",
+        *(f"| {name} | {ms:.3f} |" for name, ms in floor.items()),
+        "",
+    ]
+    on = {r.callers: r for r in loads if r.batching}
+    scaling = on[32].throughput / on[1].throughput
+    tail = on[32].percentile_ms(99) / whole_batch.percentile_ms(50)
+    ratio = wire / (echo + inproc)
+    hessd_ms, floor_ms = list(floor.values())[:2]
+    lines += [
+        _target(f"32 callers, batching on: ≥ {TARGET_SCALING:g}× one caller's throughput", f"{scaling:.2f}×", scaling >= TARGET_SCALING),
+        _target(
+            f"p99 at 32 callers ≤ {TARGET_TAIL:g}× the p50 of one B=32 call",
+            f"{on[32].percentile_ms(99):.2f} ms / {whole_batch.percentile_ms(50):.2f} ms = {tail:.2f}×",
+            tail <= TARGET_TAIL,
+        ),
+        _target(
+            f"small call p50 ≤ {TARGET_SMALL_CALL:g}× (echo p50 + in-process p50)",
+            f"{wire:.3f} / ({echo:.3f} + {inproc:.3f}) = {ratio:.2f}×",
+            ratio <= TARGET_SMALL_CALL,
+        ),
+        _target(
+            f"in-process D={FLOOR_DIM}, B=1 ≤ {TARGET_FLOOR:g}× TF's floor",
+            f"{hessd_ms:.3f} / {floor_ms:.3f} = {hessd_ms / floor_ms:.2f}×",
+            hessd_ms / floor_ms <= TARGET_FLOOR,
+        ),
+    ]
+    return lines
+
+
+def _target(what: str, measured: str, met: bool) -> str:
+    return f"- Target: {what}: measured {measured}, {'met' if met else 'NOT met'}."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default %(default)s)")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report to PATH")
+    args = parser.parse_args(argv)
+    seconds = 0.3 if args.quick else args.seconds
+    header = machine_description()
+    print("\n".join(header), flush=True)
+    loads: list[Load] = []
+    with hessd_server() as batched:
+        print("small call ...", flush=True)
+        small = small_call(batched, seconds)
+        for callers in CALLERS:
+            print(f"batching on, {callers} callers ...", flush=True)
+            loads.append(load(batched, True, callers, seconds))
+        print("one caller, B=32 ...", flush=True)
+        whole_batch = load(batched, True, 1, seconds, batch=32)
+    with hessd_server("--no-batching") as unbatched:
+        for callers in CALLERS:
+            print(f"batching off, {callers} callers ...", flush=True)
+            loads.append(load(unbatched, False, callers, seconds))
+    print("in-process floor ...", flush=True)
+    floor = in_process_floor(seconds)
+    command = " ".join(["python benchmarks/bench_wire.py", *(sys.argv[1:] if argv is None else argv)])
+    report = "\n".join(
+        [
+            "## Throughput on the wire",
+            "",
+            *header,
+            f"- command: `{command}`",
+            "- server: `hessd-server` in its own process on a unix socket, engine threads 2, warmed for "
+            "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
+            "",
+            *render(small, loads, whole_batch, floor),
+            f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
+            "",
+        ]
+    )
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
