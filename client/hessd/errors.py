@@ -72,7 +72,8 @@ class BatchDependenceError(HessdError):
 
 
 class UnavailableError(HessdError):
-    """The server is not ready yet, or is shutting down; retry later or elsewhere."""
+    """The server is not ready yet, is shutting down, or is overloaded (its queue of
+    requests is full); retry later, with backoff, or elsewhere."""
 
 
 class UnauthenticatedError(HessdError, PermissionError):
