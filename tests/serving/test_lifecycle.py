@@ -54,7 +54,10 @@ def test_health_goes_not_serving_then_serving_then_not_serving() -> None:
     LOAD_GATE.clear()
     running = RunningServer(
         ServerConfig(
-            models=(ModelSpec("demo", "wire_fixtures:gated_demo_model"),),
+            models=(
+                ModelSpec("demo", "wire_fixtures:gated_demo_model"),
+                ModelSpec("later", "hessd_server.engine.demo_model:build_demo_model"),
+            ),
             listen="127.0.0.1:0",
             warmup_batch_sizes=(1,),
         )
@@ -76,9 +79,10 @@ def test_health_goes_not_serving_then_serving_then_not_serving() -> None:
             assert statuses.get(timeout=WAIT_S) == "NOT_SERVING"
             with hessd.Client(running.target, timeout=WAIT_S) as client:
                 assert client.health("hessd.v1.HessianService") == "NOT_SERVING"
-                assert client.models() == ["demo"]
-                with pytest.raises(hessd.UnavailableError, match="loading"):
-                    client.hessian("demo", rng_array((1, 10)))
+                assert client.models() == ["demo", "later"]
+                for name in ("demo", "later"):  # "later" waits its turn behind "demo"
+                    with pytest.raises(hessd.UnavailableError, match="loading"):
+                        client.hessian(name, rng_array((1, 10)))
                 LOAD_GATE.set()
                 assert statuses.get(timeout=WAIT_S) == "SERVING"
                 assert client.health("hessd.v1.HessianService") == "SERVING"

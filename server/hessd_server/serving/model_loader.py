@@ -83,6 +83,7 @@ class ModelLoader:
         for spec in specs:
             self._registry.add_model(spec.name, fixed=True)
             self._track(spec.name)
+        for spec in specs:
             self._registry.set_loading(spec.name, FIXED_VERSION, None)
             try:
                 model = self._loaded(spec.name, spec.source, self._engine_config, None)

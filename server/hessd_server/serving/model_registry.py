@@ -271,17 +271,17 @@ class ModelRegistry:
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFoundError(
-                f"no model named {name!r} is served; served models: {sorted(self._entries)}",
+                f"no model named {name[:64]!r} is served; served models: {sorted(self._entries)}",
                 field="model_name",
             )
         return entry
 
     def _lookup(self, name: str, version: str) -> ServedVersion:
-        entry = self._entry(name)
         if not self._ready:
             raise UnavailableError(
-                f"model {name!r} is still loading; retry once health reports SERVING"
+                f"model {name[:64]!r} is still loading; retry once health reports SERVING"
             )
+        entry = self._entry(name)
         available = sorted(
             number for number, v in entry.versions.items() if v.state is ModelState.AVAILABLE
         )
