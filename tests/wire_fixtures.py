@@ -106,6 +106,31 @@ def gated_demo_model() -> keras.Model:
     return build_demo_model()
 
 
+def linear_model(scale: float) -> keras.Model:
+    """f(x) = scale * sum(x) on 3 inputs; the output layer is named ``price``."""
+    inputs = keras.Input((3,), name="x")
+    price = keras.layers.Dense(
+        1, use_bias=False, kernel_initializer=keras.initializers.Constant(scale), name="price"
+    )(inputs)
+    return keras.Model(inputs, price)
+
+
+def write_version(
+    repository: Path, name: str, version: int, scale: float = 1.0, *, corrupt: bool = False
+) -> Path:
+    """Publish version ``version`` of model ``name`` whole: written aside, then renamed in."""
+    staging = repository / f".staging-{name}-{version}"
+    staging.mkdir()
+    if corrupt:
+        (staging / "model.keras").write_bytes(b"half a keras file")
+    else:
+        linear_model(scale).save(staging / "model.keras")
+    (repository / name).mkdir(exist_ok=True)
+    target = repository / name / str(version)
+    staging.rename(target)
+    return target
+
+
 class RunningServer:
     """A started ``HessdServer`` on its own event loop thread, for synchronous tests.
 

@@ -18,43 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-import keras
 import numpy as np
 import pytest
 
 import hessd
 from hessd.v1 import model_admin_pb2, model_admin_pb2_grpc
 from hessd_server.serving.server_process import ServerProcess
+from wire_fixtures import linear_model, write_version
 
 WAIT_S = 120.0
 POLL_SECONDS = "0.1"
 ADMIN_TOKEN = "admin-secret"
 X = np.ones((2, 3), np.float32)
-
-
-def linear_model(scale: float) -> keras.Model:
-    """f(x) = scale * sum(x) on 3 inputs; the output layer is named ``price``."""
-    inputs = keras.Input((3,), name="x")
-    price = keras.layers.Dense(
-        1, use_bias=False, kernel_initializer=keras.initializers.Constant(scale), name="price"
-    )(inputs)
-    return keras.Model(inputs, price)
-
-
-def write_version(
-    repository: Path, name: str, version: int, scale: float = 1.0, *, corrupt: bool = False
-) -> Path:
-    """Publish version ``version`` of model ``name`` whole: written aside, then renamed in."""
-    staging = repository / f".staging-{name}-{version}"
-    staging.mkdir()
-    if corrupt:
-        (staging / "model.keras").write_bytes(b"half a keras file")
-    else:
-        linear_model(scale).save(staging / "model.keras")
-    (repository / name).mkdir(exist_ok=True)
-    target = repository / name / str(version)
-    staging.rename(target)
-    return target
 
 
 def states(client: hessd.Client, name: str) -> dict[str, str]:

@@ -3,8 +3,10 @@ version policies, scanning a repository folder, and the registry's states and dr
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 import hessd
 from hessd_server.engine import EngineConfig
 from hessd_server.serving.metrics import Metrics
+from hessd_server.serving.model_loader import ModelLoader
 from hessd_server.serving.model_registry import ModelRegistry
 from hessd_server.serving.model_repository import scan, scan_model
 from hessd_server.serving.repository_config import (
@@ -20,6 +23,7 @@ from hessd_server.serving.repository_config import (
     parse_model_config,
     read_model_config,
 )
+from wire_fixtures import write_version
 
 
 @pytest.mark.parametrize(
@@ -189,3 +193,25 @@ def test_draining_waits_for_the_calls_in_flight_and_admits_no_new_one(
     assert registry.describe("price").available == ("2",)
     with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
         registry.get("price", "1")
+
+
+def test_an_unloaded_version_is_freed(tmp_path: Path) -> None:
+    write_version(tmp_path, "price", 1, scale=1.0)
+    registry = ModelRegistry(Metrics())
+    loader = ModelLoader(
+        registry,
+        Metrics(),
+        engine_config=EngineConfig(jit_compile=False),
+        warmup_batch_sizes=(1,),
+        safe_mode=True,
+        repository=tmp_path,
+    )
+    loader.reload(explicit=True)
+    registry.mark_ready()
+    first = weakref.ref(registry.get("price"))
+    assert first() is not None and first().metadata().compile_count > 0
+    write_version(tmp_path, "price", 2, scale=2.0)
+    loader.reload(explicit=True)
+    assert registry.describe("price").available == ("2",)
+    gc.collect()
+    assert first() is None, "version 1 is still referenced after it was unloaded"
