@@ -9,6 +9,7 @@ own reports (ListModels states), never on timers.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -335,6 +336,27 @@ def test_the_sdk_reports_the_version_of_every_result(
     metadata = client.metadata("versioned")
     assert metadata.version == "7" and metadata.outputs[0].name == "price"
     assert metadata.version_status == (hessd.VersionStatus("7", "AVAILABLE"),)
+
+    async def async_calls() -> list[object]:
+        async with hessd.AsyncClient(server.target, timeout=WAIT_S) as async_client:
+            statuses = await async_client.model_status()
+            assert next(s for s in statuses if s.name == "versioned").available == ("7",)
+            described = await async_client.metadata("versioned", model_version="7")
+            assert described.version == "7"
+            streamed = [
+                item
+                async for item in async_client.stream("versioned", [X], with_version=True)
+            ]
+            return [
+                await async_client.hessian("versioned", X, with_version=True),
+                await async_client.gradient("versioned", X, model_version="7", with_version=True),
+                await async_client.hvp("versioned", X, v, with_version=True),
+                await async_client.evaluate("versioned", X, with_version=True),
+                *streamed,
+            ]
+
+    async_results = asyncio.run(async_calls())
+    assert [result.model_version for result in async_results] == ["7"] * 5
 
 
 def test_sighup_reloads_model_flags_serve_version_1_and_metrics_follow_versions(
