@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 SERVER_START_TIMEOUT_S = 120.0
 WIDE_INPUT_SIZE = 1200
+HUGE_INPUT_SIZE = 4096
 
 LOAD_GATE = threading.Event()
 """``gated_demo_model`` blocks until this is set, holding a server in NOT_SERVING."""
@@ -77,6 +78,18 @@ def wide_model() -> keras.Model:
         [
             keras.Input((WIDE_INPUT_SIZE,)),
             keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def huge_model() -> keras.Model:
+    """Dense(2, tanh) -> Dense(1) on 4096 inputs: a per-example Hessian is 67 MB."""
+    keras.utils.set_random_seed(15)
+    return keras.Sequential(
+        [
+            keras.Input((HUGE_INPUT_SIZE,)),
+            keras.layers.Dense(2, activation="tanh"),
             keras.layers.Dense(1),
         ]
     )

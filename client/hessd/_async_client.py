@@ -65,6 +65,12 @@ class AsyncClient:
         self._max_receive = _protocol.max_receive_bytes(channel_options)
         self._stub = hessian_service_pb2_grpc.HessianServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._chunked_calls = {
+            method: self._channel.unary_stream(
+                _protocol.method_path(method), request_serializer=request_type.SerializeToString
+            )
+            for method, request_type in _protocol.CHUNKED_METHODS.items()
+        }
 
     async def hessian(
         self,
@@ -77,6 +83,8 @@ class AsyncClient:
         precision: str | None = None,
         model_version: str | None = None,
         with_version: bool = False,
+        packing: str = "none",
+        result_dtype: str | None = None,
     ) -> np.ndarray | Versioned:
         """Hessian with respect to ``wrt``: float32/float64 (B, *S, *S), or (B, *S, B, *S) if full.
 
@@ -90,14 +98,16 @@ class AsyncClient:
             wrt=wrt,
             precision=precision,
             model_version=model_version,
+            packing=packing,
+            result_dtype=result_dtype,
         )
         if _protocol.needs_chunks(request, self._max_receive):
-            arrays, version = await self._chunked(
-                self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS
-            )
+            fields = _protocol.HESSIAN_FIELDS
+            arrays, version = await self._chunked("HessianChunked", request, fields, precision)
             return _protocol.versioned(arrays[0], version, with_version)
         reply = await self._call(self._stub.Hessian, request)
-        return _protocol.versioned(_protocol.hessian_from(reply), reply.model_version, with_version)
+        hessian = _protocol.hessian_from(reply, precision)
+        return _protocol.versioned(hessian, reply.model_version, with_version)
 
     async def gradient(
         self,
@@ -164,6 +174,8 @@ class AsyncClient:
         precision: str | None = None,
         model_version: str | None = None,
         with_version: bool = False,
+        packing: str = "none",
+        result_dtype: str | None = None,
     ) -> Evaluation | Versioned:
         """Value (B,), gradient (B, *S) and Hessian (as :meth:`hessian`), one dtype.
 
@@ -177,15 +189,16 @@ class AsyncClient:
             wrt=wrt,
             precision=precision,
             model_version=model_version,
+            packing=packing,
+            result_dtype=result_dtype,
         )
         if _protocol.needs_chunks(request, self._max_receive):
-            arrays, version = await self._chunked(
-                self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS
-            )
+            fields = _protocol.EVALUATION_FIELDS
+            arrays, version = await self._chunked("EvaluateChunked", request, fields, precision)
             return _protocol.versioned(Evaluation(*arrays), version, with_version)
         reply = await self._call(self._stub.Evaluate, request)
         return _protocol.versioned(
-            _protocol.evaluation_from(reply), reply.model_version, with_version
+            _protocol.evaluation_from(reply, precision), reply.model_version, with_version
         )
 
     async def stream(
@@ -199,6 +212,8 @@ class AsyncClient:
         precision: str | None = None,
         model_version: str | None = None,
         with_version: bool = False,
+        packing: str = "none",
+        result_dtype: str | None = None,
         return_errors: bool = False,
     ) -> AsyncIterator[np.ndarray | Versioned | HessdError]:
         """Hessians of many batches over one StreamHessian call, yielded in order.
@@ -225,6 +240,8 @@ class AsyncClient:
                             wrt=wrt,
                             precision=precision,
                             model_version=model_version,
+                            packing=packing,
+                            result_dtype=result_dtype,
                         )
                     except HessdError as error:
                         order.put_nowait(error)
@@ -242,7 +259,7 @@ class AsyncClient:
                     with _protocol.translated_errors():
                         reply = await call.read()
                     entry = _protocol.stream_item_from(
-                        None if reply is grpc.aio.EOF else reply, with_version
+                        None if reply is grpc.aio.EOF else reply, precision, with_version
                     )
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
@@ -294,19 +311,16 @@ class AsyncClient:
             return await method(request, timeout=self._timeout)
 
     async def _chunked(
-        self,
-        method: grpc.aio.UnaryStreamMultiCallable,
-        request: Any,
-        names: tuple[str, ...],
-    ) -> tuple[tuple[np.ndarray, ...], str]:
-        """The reassembled result arrays ``names``, and the model version that computed them."""
+        self, method: str, request: Any, names: tuple[str, ...], precision: str | None
+    ) -> tuple[list[np.ndarray], str]:
+        """The reassembled result arrays ``names`` in ``precision``, and the model
+        version that computed them."""
         reassembler = Reassembler()
-        version = ""
         with _protocol.translated_errors():
-            async for chunk in method(request, timeout=self._timeout):
-                reassembler.add(chunk)
-                version = chunk.model_version
-        return reassembler.arrays(names), version
+            async for chunk in self._chunked_calls[method](request, timeout=self._timeout):
+                reassembler.add_serialized(chunk)
+        arrays = _protocol.widened_all(reassembler.arrays(names), precision)
+        return arrays, reassembler.model_version
 
 
 async def _next_entry(order: asyncio.Queue[object], call: grpc.aio.Call) -> object:

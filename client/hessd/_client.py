@@ -15,8 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hessd import _channels, _protocol
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs
+from hessd._result_memory import ResultMemory
 from hessd.chunks import Reassembler
-from hessd.errors import HessdError
+from hessd.errors import HessdError, SharedMemoryError
 from hessd.results import Evaluation, ModelMetadata, ModelStatus, Versioned
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
@@ -33,6 +34,13 @@ class Client:
     :mod:`hessd.errors`). B is the batch size and S the per-example shape of the
     differentiated input (``wrt``). Returned arrays are read-only views of the
     received bytes; ``.copy()`` one to write to it.
+
+    Large results travel fastest through shared memory when the server runs on
+    the same host: with ``shared_memory=True``, Hessians and evaluations are
+    written by the server into regions this client creates and registers, and
+    come back as read-only views of them (a region's slot is reused once its
+    arrays are garbage). A server that refuses (another host, or started with
+    ``--shared-memory=off``) sends the results over the wire instead.
 
     >>> with hessd.Client("127.0.0.1:50051") as client:   # doctest: +SKIP
     ...     client.hessian("demo", np.zeros((4, 10), np.float32)).shape
@@ -55,6 +63,8 @@ class Client:
             With ``round_robin`` a server that reports ``NOT_SERVING`` (warming
             up, draining) gets no calls. Either way, a call that fails
             ``UNAVAILABLE`` is tried again, up to 5 attempts with backoff.
+        shared_memory: have Hessians and evaluations written into shared memory
+            when the server is on this host.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions | None = None,
         load_balancing: str | None = None,
+        shared_memory: bool = False,
     ) -> None:
         target = _channels.channel_target(target)
         channel_options = _channels.channel_options(target, options, load_balancing)
@@ -76,6 +87,13 @@ class Client:
         self._max_receive = _protocol.max_receive_bytes(channel_options)
         self._stub = hessian_service_pb2_grpc.HessianServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._chunked_calls = {
+            method: self._channel.unary_stream(
+                _protocol.method_path(method), request_serializer=request_type.SerializeToString
+            )
+            for method, request_type in _protocol.CHUNKED_METHODS.items()
+        }
+        self._result_memory = ResultMemory(self._channel) if shared_memory else None
 
     def hessian(
         self,
@@ -88,6 +106,8 @@ class Client:
         precision: str | None = None,
         model_version: str | None = None,
         with_version: bool = False,
+        packing: str = "none",
+        result_dtype: str | None = None,
     ) -> np.ndarray | Versioned:
         """Hessian of f = sum_b sum_k w_k * model(x)[b, k] with respect to input ``wrt``.
 
@@ -103,6 +123,13 @@ class Client:
                 ``None`` for the newest AVAILABLE one.
             with_version: return ``Versioned(result, model_version)``, naming
                 the version that computed the result, instead of the result alone.
+            packing: ``"upper"`` sends only the upper triangle of each symmetric
+                block, about half the bytes, and mirrors it here: the lower
+                triangle is then exactly the upper one's transpose. ``"none"``
+                sends every element.
+            result_dtype: ``"float16"`` or ``"bfloat16"`` rounds the result on
+                the server to send half the bytes (a quarter of float64's); it
+                comes back widened to ``precision``. ``None`` sends it as computed.
 
         Returns:
             float32 or float64 array (B, *S, *S), or (B, *S, B, *S) when ``full``;
@@ -116,14 +143,19 @@ class Client:
             wrt=wrt,
             precision=precision,
             model_version=model_version,
+            packing=packing,
+            result_dtype=result_dtype,
         )
-        if _protocol.needs_chunks(request, self._max_receive):
-            arrays, version = self._chunked(
-                self._stub.HessianChunked, request, _protocol.HESSIAN_FIELDS
-            )
-            return _protocol.versioned(arrays[0], version, with_version)
-        reply = self._call(self._stub.Hessian, request)
-        return _protocol.versioned(_protocol.hessian_from(reply), reply.model_version, with_version)
+        fields = _protocol.HESSIAN_FIELDS
+        shared = self._in_shared_memory(self._stub.Hessian, request, fields)
+        if shared is not None:
+            arrays, version = shared
+        elif _protocol.needs_chunks(request, self._max_receive):
+            arrays, version = self._chunked("HessianChunked", request, fields, precision)
+        else:
+            reply = self._call(self._stub.Hessian, request)
+            arrays, version = [_protocol.hessian_from(reply, precision)], reply.model_version
+        return _protocol.versioned(arrays[0], version, with_version)
 
     def gradient(
         self,
@@ -195,10 +227,13 @@ class Client:
         precision: str | None = None,
         model_version: str | None = None,
         with_version: bool = False,
+        packing: str = "none",
+        result_dtype: str | None = None,
     ) -> Evaluation | Versioned:
         """Value (B,), gradient (B, *S) and Hessian (as :meth:`hessian`) in one call.
 
-        Arguments as for :meth:`hessian`; the three arrays share one dtype.
+        Arguments as for :meth:`hessian` (``packing`` applies to the Hessian);
+        the three arrays share one dtype.
         """
         request = _protocol.evaluate_request(
             model,
@@ -208,16 +243,19 @@ class Client:
             wrt=wrt,
             precision=precision,
             model_version=model_version,
+            packing=packing,
+            result_dtype=result_dtype,
         )
-        if _protocol.needs_chunks(request, self._max_receive):
-            arrays, version = self._chunked(
-                self._stub.EvaluateChunked, request, _protocol.EVALUATION_FIELDS
-            )
-            return _protocol.versioned(Evaluation(*arrays), version, with_version)
-        reply = self._call(self._stub.Evaluate, request)
-        return _protocol.versioned(
-            _protocol.evaluation_from(reply), reply.model_version, with_version
-        )
+        fields = _protocol.EVALUATION_FIELDS
+        shared = self._in_shared_memory(self._stub.Evaluate, request, fields)
+        if shared is not None:
+            arrays, version = shared
+        elif _protocol.needs_chunks(request, self._max_receive):
+            arrays, version = self._chunked("EvaluateChunked", request, fields, precision)
+        else:
+            reply = self._call(self._stub.Evaluate, request)
+            arrays, version = list(_protocol.evaluation_from(reply, precision)), reply.model_version
+        return _protocol.versioned(Evaluation(*arrays), version, with_version)
 
     def stream(
         self,
@@ -230,6 +268,8 @@ class Client:
         precision: str | None = None,
         model_version: str | None = None,
         with_version: bool = False,
+        packing: str = "none",
+        result_dtype: str | None = None,
         return_errors: bool = False,
     ) -> Iterator[np.ndarray | Versioned | HessdError]:
         """Hessians of many batches over one StreamHessian call, yielded in order.
@@ -239,7 +279,8 @@ class Client:
         own exception when iteration reaches it, which ends the stream; with
         ``return_errors=True`` the exception is yielded in the item's place
         instead and the stream goes on. An error of the stream as a whole (e.g.
-        an unreachable server) always raises.
+        an unreachable server) always raises. Results come over the wire, also
+        with ``shared_memory=True``.
 
         Yields:
             Per item, a float32 or float64 array (B, *S, *S), or (B, *S, B, *S)
@@ -260,6 +301,8 @@ class Client:
                             wrt=wrt,
                             precision=precision,
                             model_version=model_version,
+                            packing=packing,
+                            result_dtype=result_dtype,
                         )
                     except HessdError as error:
                         order.put(error)
@@ -274,7 +317,9 @@ class Client:
             while (entry := _next_entry(order, replies)) is not _END:
                 if entry is _SENT:
                     with _protocol.translated_errors():
-                        entry = _protocol.stream_item_from(next(replies, None), with_version)
+                        entry = _protocol.stream_item_from(
+                            next(replies, None), precision, with_version
+                        )
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
                 yield entry
@@ -308,7 +353,10 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def close(self) -> None:
-        """Close the channel; calls in progress are cancelled."""
+        """Close the channel; calls in progress are cancelled, shared-memory regions
+        removed (an array still viewing one keeps its memory until it is garbage)."""
+        if self._result_memory is not None:
+            self._result_memory.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -327,19 +375,41 @@ class Client:
             return method(request, timeout=self._timeout)
 
     def _chunked(
-        self,
-        method: grpc.UnaryStreamMultiCallable,
-        request: Any,
-        names: tuple[str, ...],
-    ) -> tuple[tuple[np.ndarray, ...], str]:
-        """The reassembled result arrays ``names``, and the model version that computed them."""
+        self, method: str, request: Any, names: tuple[str, ...], precision: str | None
+    ) -> tuple[list[np.ndarray], str]:
+        """The reassembled result arrays ``names`` in ``precision``, and the model
+        version that computed them."""
         reassembler = Reassembler()
-        version = ""
         with _protocol.translated_errors():
-            for chunk in method(request, timeout=self._timeout):
-                reassembler.add(chunk)
-                version = chunk.model_version
-        return reassembler.arrays(names), version
+            for chunk in self._chunked_calls[method](request, timeout=self._timeout):
+                reassembler.add_serialized(chunk)
+        arrays = _protocol.widened_all(reassembler.arrays(names), precision)
+        return arrays, reassembler.model_version
+
+    def _in_shared_memory(
+        self, method: grpc.UnaryUnaryMultiCallable, request: Any, names: tuple[str, ...]
+    ) -> tuple[list[np.ndarray], str] | None:
+        """The results of ``request`` written into shared memory, and the model version;
+        ``None`` when they are to come over the wire instead (shared memory is off here,
+        or the server refused it)."""
+        if self._result_memory is None:
+            return None
+        slot = self._result_memory.slot(_protocol.shared_memory_bytes(request))
+        if slot is None:
+            return None
+        try:
+            request.result_encoding.shared_memory.CopyFrom(slot.location)
+            try:
+                reply = self._call(method, request)
+            except SharedMemoryError:
+                self._result_memory.reset()
+                request.result_encoding.ClearField("shared_memory")
+                return None
+            arrays = slot.arrays([(name, getattr(reply, name)) for name in names])
+            precision = _protocol.precision_of(request)
+            return _protocol.widened_all(arrays, precision), reply.model_version
+        finally:
+            slot.done()
 
 
 def _next_entry(order: queue.SimpleQueue[object], replies: grpc.Future) -> object:

@@ -16,8 +16,9 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from hessd import packing as packing_layout
 from hessd import status_codes, tensor_codec
-from hessd.errors import HessdError, InternalError
+from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError
 from hessd.results import (
     Evaluation,
     ModelMetadata,
@@ -26,8 +27,9 @@ from hessd.results import (
     Versioned,
     VersionStatus,
 )
+from hessd.transfer_options import TRANSFER_OPTIONS
 from hessd.v1 import hessian_service_pb2 as pb
-from hessd.v1.tensor_pb2 import DataType, Tensor
+from hessd.v1.tensor_pb2 import DataType, Packing, ResultEncoding, Tensor
 
 Inputs: TypeAlias = "npt.ArrayLike | Mapping[str, npt.ArrayLike]"
 """``x``: one array (B, *S) for a single-input model, or arrays keyed by input name."""
@@ -51,12 +53,28 @@ HESSIAN_FIELDS: tuple[str, ...] = ("hessian",)
 EVALUATION_FIELDS: tuple[str, ...] = Evaluation._fields
 """Chunk names of an EvaluateChunked reply, in the order they arrive."""
 
+CHUNKED_METHODS: dict[str, type[pb.HessianRequest | pb.EvaluateRequest]] = {
+    "HessianChunked": pb.HessianRequest,
+    "EvaluateChunked": pb.EvaluateRequest,
+}
+"""The chunked RPCs, whose replies the SDK reads as raw bytes (see ``Reassembler.add_serialized``)."""
+
+SHARED_MEMORY_ALIGNMENT = 64
+"""Where the server places each result after the first in shared memory: multiples of this."""
+
+
+def method_path(method: str) -> str:
+    """The gRPC path of a HessianService method, e.g. ``/hessd.v1.HessianService/Hessian``."""
+    return f"/{pb.DESCRIPTOR.services_by_name['HessianService'].full_name}/{method}"
+
 
 def channel_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:
-    """``options`` with both message size limits set (to 4 MiB unless given)."""
+    """``options`` with both message size limits set (to 4 MiB unless given) and the
+    HTTP/2 settings of :mod:`hessd.transfer_options` (unless given)."""
     merged: dict[str, Any] = {
         _MAX_SEND: DEFAULT_MAX_MESSAGE_BYTES,
         _MAX_RECEIVE: DEFAULT_MAX_MESSAGE_BYTES,
+        **dict(TRANSFER_OPTIONS),
     }
     merged.update(options or ())
     return list(merged.items())
@@ -95,10 +113,14 @@ def hessian_request(
     wrt: str | None,
     precision: str | None,
     model_version: str | None = None,
+    packing: str = "none",
+    result_dtype: str | None = None,
 ) -> pb.HessianRequest:
     """A ``HessianRequest`` for ``hessian(model, x, ...)``."""
     return pb.HessianRequest(
-        full=full, **_common(model, x, output_weights, wrt, precision, model_version)
+        full=full,
+        result_encoding=result_encoding(packing, result_dtype),
+        **_common(model, x, output_weights, wrt, precision, model_version),
     )
 
 
@@ -141,11 +163,43 @@ def evaluate_request(
     wrt: str | None,
     precision: str | None,
     model_version: str | None = None,
+    packing: str = "none",
+    result_dtype: str | None = None,
 ) -> pb.EvaluateRequest:
     """An ``EvaluateRequest`` for ``evaluate(model, x, ...)``."""
     return pb.EvaluateRequest(
-        full=full, **_common(model, x, output_weights, wrt, precision, model_version)
+        full=full,
+        result_encoding=result_encoding(packing, result_dtype),
+        **_common(model, x, output_weights, wrt, precision, model_version),
     )
+
+
+def result_encoding(packing: str, result_dtype: str | None) -> ResultEncoding:
+    """The ``ResultEncoding`` for the SDK's ``packing`` and ``result_dtype`` arguments.
+
+    Raises:
+        InvalidArgumentError: ``packing`` is not "none" or "upper".
+        DtypeError: ``result_dtype`` is not None, "float16" or "bfloat16", or is
+            "bfloat16" without the ``ml_dtypes`` package to read it.
+    """
+    if packing not in packing_layout.PACKINGS:
+        raise InvalidArgumentError(
+            f"packing is {packing!r}; use 'none' or 'upper' (half the bytes of a Hessian).",
+            field="packing",
+        )
+    encoding = ResultEncoding(
+        packing=Packing.PACKING_UPPER if packing == "upper" else Packing.PACKING_NONE
+    )
+    if result_dtype is not None:
+        if result_dtype not in packing_layout.RESULT_DTYPES:
+            raise DtypeError(
+                f"result_dtype is {result_dtype!r}; use None (the precision), 'float16' or "
+                "'bfloat16'.",
+                field="result_dtype",
+            )
+        encoding.dtype = tensor_codec.encode_precision(result_dtype)
+        tensor_codec.numpy_dtype(encoding.dtype, field="result_dtype")
+    return encoding
 
 
 def _common(
@@ -171,30 +225,62 @@ def _common(
 def needs_chunks(request: pb.HessianRequest | pb.EvaluateRequest, max_receive: int) -> bool:
     """Whether the result may not fit one message of ``max_receive`` bytes (-1: unlimited).
 
-    Judged before the call from the input shapes, ``full`` and ``precision``
-    (results are float64 when it says so, else float32), with room to spare for
-    the reply's other fields.
+    Judged before the call from the input shapes, ``full``, ``precision`` and
+    ``result_encoding``, with room to spare for the reply's other fields.
     """
     if max_receive < 0:
         return False
-    return _result_bytes_bound(request) + _ENVELOPE_BYTES > max_receive
+    return result_bytes_bound(request) + _ENVELOPE_BYTES > max_receive
 
 
-def _result_bytes_bound(request: pb.HessianRequest | pb.EvaluateRequest) -> int:
+def result_bytes_bound(request: pb.HessianRequest | pb.EvaluateRequest) -> int:
+    """The result bytes a request brings back, as sent (packed, narrowed), at most."""
+    return sum(_result_sizes(request))
+
+
+def shared_memory_bytes(request: pb.HessianRequest | pb.EvaluateRequest) -> int:
+    """Bytes of shared memory the results of ``request`` take, each result after the
+    first at the next multiple of :data:`SHARED_MEMORY_ALIGNMENT`."""
+    sizes = _result_sizes(request)
+    alignment = SHARED_MEMORY_ALIGNMENT
+    return sum(-(-size // alignment) * alignment for size in sizes[:-1]) + sizes[-1]
+
+
+def _result_sizes(request: pb.HessianRequest | pb.EvaluateRequest) -> list[int]:
+    """Bytes of each result of ``request`` as sent (packed, narrowed), in reply order.
+
+    Exact for a single-input model or a named ``wrt``; else judged from the largest input.
+    """
     shapes = [tuple(tensor.shape) for tensor in request.x.values()]
     differentiated = [tuple(request.x[request.wrt].shape)] if request.wrt in request.x else shapes
     batch = max((shape[0] for shape in shapes if shape), default=0)
     size = max((math.prod(shape[1:]) for shape in differentiated), default=0)
-    elements = (batch * size) ** 2 if request.full else batch * size * size
+    count, n = (1, batch * size) if request.full else (batch, size)
+    packed = request.result_encoding.packing == Packing.PACKING_UPPER
+    elements = [count * (n * (n + 1) // 2 if packed else n * n)]
     if isinstance(request, pb.EvaluateRequest):
-        elements += batch + batch * size
-    itemsize = 8 if request.precision == DataType.DATA_TYPE_FLOAT64 else 4
-    return elements * itemsize
+        elements = [batch, batch * size, *elements]
+    narrowed = request.result_encoding.dtype in (
+        DataType.DATA_TYPE_FLOAT16,
+        DataType.DATA_TYPE_BFLOAT16,
+    )
+    itemsize = 2 if narrowed else 8 if request.precision == DataType.DATA_TYPE_FLOAT64 else 4
+    return [count * itemsize for count in elements]
 
 
-def hessian_from(reply: pb.HessianResponse) -> np.ndarray:
-    """The Hessian array of a ``HessianResponse``."""
-    return tensor_codec.decode(reply.hessian, field="hessian")
+def precision_of(request: pb.HessianRequest | pb.EvaluateRequest) -> str | None:
+    """The library's ``precision`` argument a request was built from."""
+    return tensor_codec.decode_precision(request.precision)
+
+
+def widened_all(arrays: Sequence[np.ndarray], precision: str | None) -> list[np.ndarray]:
+    """``arrays`` in the dtype of ``precision``, undoing a narrower ``result_dtype``."""
+    return [packing_layout.widened(array, precision) for array in arrays]
+
+
+def hessian_from(reply: pb.HessianResponse, precision: str | None) -> np.ndarray:
+    """The Hessian array of a ``HessianResponse``, in ``precision`` (float32 when None)."""
+    return packing_layout.widened(tensor_codec.decode(reply.hessian, field="hessian"), precision)
 
 
 def gradient_from(reply: pb.GradientResponse) -> np.ndarray:
@@ -207,18 +293,21 @@ def hvp_from(reply: pb.HessianVectorProductResponse) -> np.ndarray:
     return tensor_codec.decode(reply.hvp, field="hvp")
 
 
-def evaluation_from(reply: pb.EvaluateResponse) -> Evaluation:
-    """The ``Evaluation`` of an ``EvaluateResponse``."""
+def evaluation_from(reply: pb.EvaluateResponse, precision: str | None) -> Evaluation:
+    """The ``Evaluation`` of an ``EvaluateResponse``, in ``precision`` (float32 when None)."""
     return Evaluation(
-        *(tensor_codec.decode(getattr(reply, name), field=name) for name in EVALUATION_FIELDS)
+        *(
+            packing_layout.widened(tensor_codec.decode(getattr(reply, name), field=name), precision)
+            for name in EVALUATION_FIELDS
+        )
     )
 
 
 def stream_item_from(
-    reply: pb.StreamHessianResponse | None, with_version: bool = False
+    reply: pb.StreamHessianResponse | None, precision: str | None, with_version: bool = False
 ) -> np.ndarray | Versioned | HessdError:
-    """The Hessian array of one StreamHessian reply (``Versioned`` with
-    ``with_version``), or the exception it carries.
+    """The Hessian array of one StreamHessian reply, in ``precision`` (``Versioned``
+    with ``with_version``), or the exception it carries.
 
     ``None`` stands for a stream that ended before this reply, a server fault.
     """
@@ -226,9 +315,8 @@ def stream_item_from(
         return InternalError("the server ended StreamHessian before answering every request.")
     if reply.WhichOneof("result") == "error":
         return status_codes.from_status(reply.error)
-    return versioned(
-        tensor_codec.decode(reply.hessian, field="hessian"), reply.model_version, with_version
-    )
+    hessian = tensor_codec.decode(reply.hessian, field="hessian")
+    return versioned(packing_layout.widened(hessian, precision), reply.model_version, with_version)
 
 
 def versioned(result: Any, model_version: str, with_version: bool) -> Any:

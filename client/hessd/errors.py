@@ -92,6 +92,27 @@ class InternalError(HessdError):
     """An unexpected failure; the server log holds the details."""
 
 
+class SharedMemoryError(HessdError):
+    """Shared memory cannot be used: it is off on the server, or the server holds
+    as many regions as it allows. The SDK then sends results over the wire."""
+
+
+class InvalidSharedMemoryError(SharedMemoryError, InvalidArgumentError):
+    """A shared-memory name, size, key or location is malformed or out of bounds."""
+
+
+class SharedMemoryNotFoundError(SharedMemoryError, LookupError):
+    """No such shared-memory region exists on the server's host, or none is registered by that name."""
+
+
+class SharedMemoryPermissionError(SharedMemoryError, PermissionError):
+    """The key does not match the region's, or the caller is not on the server's host."""
+
+
+class SharedMemoryExistsError(SharedMemoryError):
+    """A region of that name is registered already."""
+
+
 ERROR_TYPES: dict[str, type[HessdError]] = {
     cls.__name__: cls
     for cls in (
@@ -112,6 +133,11 @@ ERROR_TYPES: dict[str, type[HessdError]] = {
         DeadlineExceededError,
         CancelledError,
         InternalError,
+        SharedMemoryError,
+        InvalidSharedMemoryError,
+        SharedMemoryNotFoundError,
+        SharedMemoryPermissionError,
+        SharedMemoryExistsError,
     )
 }
 """Every exception type by class name; the SDK uses it to re-raise the exact type."""

@@ -24,8 +24,13 @@ from hessd.errors import (
     HessdError,
     InternalError,
     InvalidArgumentError,
+    InvalidSharedMemoryError,
     ModelNotFoundError,
     ResultTooLargeError,
+    SharedMemoryError,
+    SharedMemoryExistsError,
+    SharedMemoryNotFoundError,
+    SharedMemoryPermissionError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -43,12 +48,19 @@ CODES: dict[type[HessdError], grpc.StatusCode] = {
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     CancelledError: grpc.StatusCode.CANCELLED,
     InternalError: grpc.StatusCode.INTERNAL,
+    InvalidSharedMemoryError: grpc.StatusCode.INVALID_ARGUMENT,
+    SharedMemoryNotFoundError: grpc.StatusCode.NOT_FOUND,
+    SharedMemoryPermissionError: grpc.StatusCode.PERMISSION_DENIED,
+    SharedMemoryExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    SharedMemoryError: grpc.StatusCode.FAILED_PRECONDITION,
     HessdError: grpc.StatusCode.UNKNOWN,
 }
 """Status code of each exception type; a subclass takes its nearest listed base's code."""
 
 _TYPES_BY_CODE: dict[grpc.StatusCode, type[HessdError]] = {
-    code: error_type for error_type, code in reversed(CODES.items())
+    code: error_type
+    for error_type, code in reversed(CODES.items())
+    if not issubclass(error_type, SharedMemoryError)  # known by their ErrorInfo only
 }
 _STATUS_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {
     code.value[0]: code for code in grpc.StatusCode

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from hessd import packing as packing_layout
 from hessd.errors import DtypeError, PrecisionError, TensorEncodingError
-from hessd.v1.tensor_pb2 import DataType, Tensor
+from hessd.v1.tensor_pb2 import DataType, Packing, Tensor
 
 try:
     import ml_dtypes
@@ -83,6 +84,20 @@ def encode(array: npt.ArrayLike, *, field: str) -> Tensor:
     )
 
 
+def wire_bytes(array: np.ndarray, *, field: str) -> tuple[int, memoryview]:
+    """The ``DataType`` and wire bytes of ``array``, a view of it when it is already
+    little-endian and row-major (a copy otherwise). What :func:`encode` puts in ``data``.
+
+    Raises:
+        DtypeError: as for :func:`encode`.
+    """
+    data_type = _DATA_TYPES_BY_NAME.get(array.dtype.name)
+    if data_type is None:
+        raise DtypeError(f"{field} has dtype {array.dtype}, which no hessd tensor carries.", field=field)
+    wire = np.ascontiguousarray(array, dtype=_wire_dtype(data_type, field=field))
+    return data_type, memoryview(wire.reshape(-1).view(np.uint8))
+
+
 def decode(tensor: Tensor, *, field: str) -> np.ndarray:
     """Decode a wire tensor into a read-only array of its dtype and shape.
 
@@ -94,24 +109,31 @@ def decode(tensor: Tensor, *, field: str) -> np.ndarray:
         TensorEncodingError: unknown dtype, negative dimension, or a byte count
             other than product(shape) * itemsize.
     """
-    return from_bytes(tensor.dtype, tensor.shape, tensor.data, field=field)
+    return from_bytes(tensor.dtype, tensor.shape, tensor.data, field=field, packing=tensor.packing)
 
 
 def from_bytes(
-    data_type: int, shape: Sequence[int], data: bytes | bytearray | memoryview, *, field: str
+    data_type: int,
+    shape: Sequence[int],
+    data: bytes | bytearray | memoryview,
+    *,
+    field: str,
+    packing: int = Packing.PACKING_NONE,
 ) -> np.ndarray:
-    """View raw little-endian row-major bytes as a read-only array, without copying.
+    """View raw little-endian row-major bytes as a read-only array, without copying
+    (unless ``packing`` is ``PACKING_UPPER``: then the mirrored matrices are a new array).
 
     Args:
         data_type: a ``DataType`` value.
         shape: the array's shape.
-        data: exactly ``nbytes(data_type, shape)`` bytes.
+        data: exactly ``nbytes(data_type, shape, packing=packing)`` bytes.
         field: named in errors.
+        packing: a ``Packing`` value (see :mod:`hessd.packing`).
 
     Raises:
         TensorEncodingError: as for :func:`decode`.
     """
-    expected = nbytes(data_type, shape, field=field)
+    expected = nbytes(data_type, shape, field=field, packing=packing)
     if len(data) != expected:
         raise TensorEncodingError(
             f"{field} holds {len(data)} bytes, but shape {tuple(shape)} of "
@@ -120,23 +142,45 @@ def from_bytes(
             field=field,
         )
     wire_dtype = _wire_dtype(data_type, field=field)
-    array = np.frombuffer(data, dtype=wire_dtype).reshape(tuple(shape))
-    array = array.astype(wire_dtype.newbyteorder("="), copy=False)
+    array = np.frombuffer(data, dtype=wire_dtype).astype(wire_dtype.newbyteorder("="), copy=False)
+    if packing == Packing.PACKING_UPPER:
+        array = packing_layout.unpack_upper(array, shape, field=field)
+    array = array.reshape(tuple(shape))
     array.flags.writeable = False
     return array
 
 
-def nbytes(data_type: int, shape: Sequence[int], *, field: str) -> int:
-    """Bytes of a tensor of this ``DataType`` and shape.
+def nbytes(
+    data_type: int, shape: Sequence[int], *, field: str, packing: int = Packing.PACKING_NONE
+) -> int:
+    """Bytes of a tensor of this ``DataType``, shape and ``Packing``.
 
     Raises:
-        TensorEncodingError: unknown dtype or a negative dimension.
+        TensorEncodingError: unknown dtype or packing, a negative dimension, or a
+            packing the shape does not allow.
     """
     if any(size < 0 for size in shape):
         raise TensorEncodingError(
             f"{field} has shape {tuple(shape)}; dimensions must be >= 0.", field=field
         )
-    return math.prod(shape) * _wire_dtype(data_type, field=field).itemsize
+    itemsize = _wire_dtype(data_type, field=field).itemsize
+    if packing == Packing.PACKING_NONE:
+        return math.prod(shape) * itemsize
+    if packing == Packing.PACKING_UPPER:
+        return packing_layout.packed_elements(shape, field=field) * itemsize
+    raise TensorEncodingError(
+        f"{field} has packing enum value {packing}; expected PACKING_NONE or PACKING_UPPER.",
+        field=field,
+    )
+
+
+def numpy_dtype(data_type: int, *, field: str) -> np.dtype:
+    """The numpy dtype of a ``DataType`` value, little-endian.
+
+    Raises:
+        TensorEncodingError: unknown dtype, or bfloat16 without ``ml_dtypes``.
+    """
+    return _wire_dtype(data_type, field=field)
 
 
 def dtype_name(data_type: int, *, field: str) -> str:
@@ -210,4 +254,6 @@ __all__ = [
     "encode_precision",
     "from_bytes",
     "nbytes",
+    "numpy_dtype",
+    "wire_bytes",
 ]

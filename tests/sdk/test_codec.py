@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hessd import chunks, errors, status_codes, tensor_codec
-from hessd.v1.tensor_pb2 import DataType, ResultChunk, Tensor
+from hessd.v1.tensor_pb2 import DataType, Packing, ResultChunk, Tensor
 
 WIRE_DTYPES = ["float32", "float64", "float16", ml_dtypes.bfloat16, "int32", "int64"]
 
@@ -78,11 +78,11 @@ def test_precision_round_trip_and_refusal() -> None:
 
 
 def _chunks_of(array: np.ndarray, chunk_bytes: int) -> list[ResultChunk]:
-    return list(
-        chunks.split(
-            "hessian", tensor_codec.encode(array, field="hessian"), chunk_bytes=chunk_bytes
-        )
+    data_type, data = tensor_codec.wire_bytes(array, field="hessian")
+    serialized = chunks.serialized_chunks(
+        "hessian", data_type, array.shape, Packing.PACKING_NONE, data, chunk_bytes=chunk_bytes
     )
+    return [ResultChunk.FromString(piece) for piece in serialized]
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64])
@@ -128,6 +128,11 @@ EXPECTED_CODES = {
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.CancelledError: grpc.StatusCode.CANCELLED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
+    errors.SharedMemoryError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidSharedMemoryError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.SharedMemoryNotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.SharedMemoryPermissionError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.SharedMemoryExistsError: grpc.StatusCode.ALREADY_EXISTS,
     errors.HessdError: grpc.StatusCode.UNKNOWN,
 }
 

@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from hessd.v1 import tensor_pb2 as hessd_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehessd/v1/hessian_service.proto\x12\x08hessd.v1\x1a\x17google/rpc/status.proto\x1a\x15hessd/v1/tensor.proto\"\x8f\x02\n\x0eHessianRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x01x\x18\x03 \x03(\x0b\x32\x1f.hessd.v1.HessianRequest.XEntry\x12\x0b\n\x03wrt\x18\x04 \x01(\t\x12(\n\x0eoutput_weights\x18\x05 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12%\n\tprecision\x18\x07 \x01(\x0e\x32\x12.hessd.v1.DataType\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"K\n\x0fHessianResponse\x12!\n\x07hessian\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x83\x02\n\x0fGradientRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x01x\x18\x03 \x03(\x0b\x32 .hessd.v1.GradientRequest.XEntry\x12\x0b\n\x03wrt\x18\x04 \x01(\t\x12(\n\x0eoutput_weights\x18\x05 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12%\n\tprecision\x18\x06 \x01(\x0e\x32\x12.hessd.v1.DataType\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"M\n\x10GradientResponse\x12\"\n\x08gradient\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xb8\x02\n\x1bHessianVectorProductRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x37\n\x01x\x18\x03 \x03(\x0b\x32,.hessd.v1.HessianVectorProductRequest.XEntry\x12\x1b\n\x01v\x18\x04 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x0b\n\x03wrt\x18\x05 \x01(\t\x12(\n\x0eoutput_weights\x18\x06 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12%\n\tprecision\x18\x07 \x01(\x0e\x32\x12.hessd.v1.DataType\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"T\n\x1cHessianVectorProductResponse\x12\x1d\n\x03hvp\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x91\x02\n\x0f\x45valuateRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x01x\x18\x03 \x03(\x0b\x32 .hessd.v1.EvaluateRequest.XEntry\x12\x0b\n\x03wrt\x18\x04 \x01(\t\x12(\n\x0eoutput_weights\x18\x05 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12%\n\tprecision\x18\x07 \x01(\x0e\x32\x12.hessd.v1.DataType\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"\x91\x01\n\x10\x45valuateResponse\x12\x1f\n\x05value\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\"\n\x08gradient\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12!\n\x07hessian\x18\x03 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"\x91\x01\n\x15StreamHessianResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12#\n\x07hessian\x18\x02 \x01(\x0b\x32\x10.hessd.v1.TensorH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x15\n\rmodel_version\x18\x04 \x01(\tB\x08\n\x06result\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.hessd.v1.ModelVersions\"t\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x34\n\x0eversion_status\x18\x03 \x03(\x0b\x32\x1c.hessd.v1.ModelVersionStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"Y\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.hessd.v1.ModelState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xc3\x02\n\x18GetModelMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x03(\x0b\x32\x14.hessd.v1.TensorInfo\x12%\n\x07outputs\x18\x04 \x03(\x0b\x32\x14.hessd.v1.TensorInfo\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x1e\n\x11\x62\x61tch_independent\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07\x62uckets\x18\x07 \x03(\x03\x12\x15\n\rcompile_count\x18\x08 \x01(\x03\x12\x15\n\rxla_fallbacks\x18\t \x03(\t\x12\x34\n\x0eversion_status\x18\n \x03(\x0b\x32\x1c.hessd.v1.ModelVersionStatusB\x14\n\x12_batch_independent\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t*\x90\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x32\xbd\x05\n\x0eHessianService\x12>\n\x07Hessian\x12\x18.hessd.v1.HessianRequest\x1a\x19.hessd.v1.HessianResponse\x12\x41\n\x08Gradient\x12\x19.hessd.v1.GradientRequest\x1a\x1a.hessd.v1.GradientResponse\x12\x65\n\x14HessianVectorProduct\x12%.hessd.v1.HessianVectorProductRequest\x1a&.hessd.v1.HessianVectorProductResponse\x12\x41\n\x08\x45valuate\x12\x19.hessd.v1.EvaluateRequest\x1a\x1a.hessd.v1.EvaluateResponse\x12\x43\n\x0eHessianChunked\x12\x18.hessd.v1.HessianRequest\x1a\x15.hessd.v1.ResultChunk0\x01\x12\x45\n\x0f\x45valuateChunked\x12\x19.hessd.v1.EvaluateRequest\x1a\x15.hessd.v1.ResultChunk0\x01\x12N\n\rStreamHessian\x12\x18.hessd.v1.HessianRequest\x1a\x1f.hessd.v1.StreamHessianResponse(\x01\x30\x01\x12G\n\nListModels\x12\x1b.hessd.v1.ListModelsRequest\x1a\x1c.hessd.v1.ListModelsResponse\x12Y\n\x10GetModelMetadata\x12!.hessd.v1.GetModelMetadataRequest\x1a\".hessd.v1.GetModelMetadataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehessd/v1/hessian_service.proto\x12\x08hessd.v1\x1a\x17google/rpc/status.proto\x1a\x15hessd/v1/tensor.proto\"\xc2\x02\n\x0eHessianRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\x01x\x18\x03 \x03(\x0b\x32\x1f.hessd.v1.HessianRequest.XEntry\x12\x0b\n\x03wrt\x18\x04 \x01(\t\x12(\n\x0eoutput_weights\x18\x05 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12%\n\tprecision\x18\x07 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\x31\n\x0fresult_encoding\x18\x08 \x01(\x0b\x32\x18.hessd.v1.ResultEncoding\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"K\n\x0fHessianResponse\x12!\n\x07hessian\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x83\x02\n\x0fGradientRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x01x\x18\x03 \x03(\x0b\x32 .hessd.v1.GradientRequest.XEntry\x12\x0b\n\x03wrt\x18\x04 \x01(\t\x12(\n\x0eoutput_weights\x18\x05 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12%\n\tprecision\x18\x06 \x01(\x0e\x32\x12.hessd.v1.DataType\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"M\n\x10GradientResponse\x12\"\n\x08gradient\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xb8\x02\n\x1bHessianVectorProductRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x37\n\x01x\x18\x03 \x03(\x0b\x32,.hessd.v1.HessianVectorProductRequest.XEntry\x12\x1b\n\x01v\x18\x04 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x0b\n\x03wrt\x18\x05 \x01(\t\x12(\n\x0eoutput_weights\x18\x06 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12%\n\tprecision\x18\x07 \x01(\x0e\x32\x12.hessd.v1.DataType\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"T\n\x1cHessianVectorProductResponse\x12\x1d\n\x03hvp\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xc4\x02\n\x0f\x45valuateRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x01x\x18\x03 \x03(\x0b\x32 .hessd.v1.EvaluateRequest.XEntry\x12\x0b\n\x03wrt\x18\x04 \x01(\t\x12(\n\x0eoutput_weights\x18\x05 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x0c\n\x04\x66ull\x18\x06 \x01(\x08\x12%\n\tprecision\x18\x07 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\x31\n\x0fresult_encoding\x18\x08 \x01(\x0b\x32\x18.hessd.v1.ResultEncoding\x1a:\n\x06XEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor:\x02\x38\x01\"\x91\x01\n\x10\x45valuateResponse\x12\x1f\n\x05value\x18\x01 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\"\n\x08gradient\x18\x02 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12!\n\x07hessian\x18\x03 \x01(\x0b\x32\x10.hessd.v1.Tensor\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"\x91\x01\n\x15StreamHessianResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12#\n\x07hessian\x18\x02 \x01(\x0b\x32\x10.hessd.v1.TensorH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x15\n\rmodel_version\x18\x04 \x01(\tB\x08\n\x06result\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.hessd.v1.ModelVersions\"t\n\rModelVersions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x34\n\x0eversion_status\x18\x03 \x03(\x0b\x32\x1c.hessd.v1.ModelVersionStatus\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"Y\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.hessd.v1.ModelState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xc3\x02\n\x18GetModelMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x03(\x0b\x32\x14.hessd.v1.TensorInfo\x12%\n\x07outputs\x18\x04 \x03(\x0b\x32\x14.hessd.v1.TensorInfo\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x1e\n\x11\x62\x61tch_independent\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x0f\n\x07\x62uckets\x18\x07 \x03(\x03\x12\x15\n\rcompile_count\x18\x08 \x01(\x03\x12\x15\n\rxla_fallbacks\x18\t \x03(\t\x12\x34\n\x0eversion_status\x18\n \x03(\x0b\x32\x1c.hessd.v1.ModelVersionStatusB\x14\n\x12_batch_independent\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t*\x90\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x32\xbd\x05\n\x0eHessianService\x12>\n\x07Hessian\x12\x18.hessd.v1.HessianRequest\x1a\x19.hessd.v1.HessianResponse\x12\x41\n\x08Gradient\x12\x19.hessd.v1.GradientRequest\x1a\x1a.hessd.v1.GradientResponse\x12\x65\n\x14HessianVectorProduct\x12%.hessd.v1.HessianVectorProductRequest\x1a&.hessd.v1.HessianVectorProductResponse\x12\x41\n\x08\x45valuate\x12\x19.hessd.v1.EvaluateRequest\x1a\x1a.hessd.v1.EvaluateResponse\x12\x43\n\x0eHessianChunked\x12\x18.hessd.v1.HessianRequest\x1a\x15.hessd.v1.ResultChunk0\x01\x12\x45\n\x0f\x45valuateChunked\x12\x19.hessd.v1.EvaluateRequest\x1a\x15.hessd.v1.ResultChunk0\x01\x12N\n\rStreamHessian\x12\x18.hessd.v1.HessianRequest\x1a\x1f.hessd.v1.StreamHessianResponse(\x01\x30\x01\x12G\n\nListModels\x12\x1b.hessd.v1.ListModelsRequest\x1a\x1c.hessd.v1.ListModelsResponse\x12Y\n\x10GetModelMetadata\x12!.hessd.v1.GetModelMetadataRequest\x1a\".hessd.v1.GetModelMetadataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,48 +41,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HESSIANVECTORPRODUCTREQUEST_XENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATEREQUEST_XENTRY']._loaded_options = None
   _globals['_EVALUATEREQUEST_XENTRY']._serialized_options = b'8\001'
-  _globals['_MODELSTATE']._serialized_start=2505
-  _globals['_MODELSTATE']._serialized_end=2649
+  _globals['_MODELSTATE']._serialized_start=2607
+  _globals['_MODELSTATE']._serialized_end=2751
   _globals['_HESSIANREQUEST']._serialized_start=93
-  _globals['_HESSIANREQUEST']._serialized_end=364
-  _globals['_HESSIANREQUEST_XENTRY']._serialized_start=306
-  _globals['_HESSIANREQUEST_XENTRY']._serialized_end=364
-  _globals['_HESSIANRESPONSE']._serialized_start=366
-  _globals['_HESSIANRESPONSE']._serialized_end=441
-  _globals['_GRADIENTREQUEST']._serialized_start=444
-  _globals['_GRADIENTREQUEST']._serialized_end=703
-  _globals['_GRADIENTREQUEST_XENTRY']._serialized_start=306
-  _globals['_GRADIENTREQUEST_XENTRY']._serialized_end=364
-  _globals['_GRADIENTRESPONSE']._serialized_start=705
-  _globals['_GRADIENTRESPONSE']._serialized_end=782
-  _globals['_HESSIANVECTORPRODUCTREQUEST']._serialized_start=785
-  _globals['_HESSIANVECTORPRODUCTREQUEST']._serialized_end=1097
-  _globals['_HESSIANVECTORPRODUCTREQUEST_XENTRY']._serialized_start=306
-  _globals['_HESSIANVECTORPRODUCTREQUEST_XENTRY']._serialized_end=364
-  _globals['_HESSIANVECTORPRODUCTRESPONSE']._serialized_start=1099
-  _globals['_HESSIANVECTORPRODUCTRESPONSE']._serialized_end=1183
-  _globals['_EVALUATEREQUEST']._serialized_start=1186
-  _globals['_EVALUATEREQUEST']._serialized_end=1459
-  _globals['_EVALUATEREQUEST_XENTRY']._serialized_start=306
-  _globals['_EVALUATEREQUEST_XENTRY']._serialized_end=364
-  _globals['_EVALUATERESPONSE']._serialized_start=1462
-  _globals['_EVALUATERESPONSE']._serialized_end=1607
-  _globals['_STREAMHESSIANRESPONSE']._serialized_start=1610
-  _globals['_STREAMHESSIANRESPONSE']._serialized_end=1755
-  _globals['_LISTMODELSREQUEST']._serialized_start=1757
-  _globals['_LISTMODELSREQUEST']._serialized_end=1776
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1778
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1839
-  _globals['_MODELVERSIONS']._serialized_start=1841
-  _globals['_MODELVERSIONS']._serialized_end=1957
-  _globals['_MODELVERSIONSTATUS']._serialized_start=1959
-  _globals['_MODELVERSIONSTATUS']._serialized_end=2048
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2050
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2118
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=2121
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2444
-  _globals['_TENSORINFO']._serialized_start=2446
-  _globals['_TENSORINFO']._serialized_end=2502
-  _globals['_HESSIANSERVICE']._serialized_start=2652
-  _globals['_HESSIANSERVICE']._serialized_end=3353
+  _globals['_HESSIANREQUEST']._serialized_end=415
+  _globals['_HESSIANREQUEST_XENTRY']._serialized_start=357
+  _globals['_HESSIANREQUEST_XENTRY']._serialized_end=415
+  _globals['_HESSIANRESPONSE']._serialized_start=417
+  _globals['_HESSIANRESPONSE']._serialized_end=492
+  _globals['_GRADIENTREQUEST']._serialized_start=495
+  _globals['_GRADIENTREQUEST']._serialized_end=754
+  _globals['_GRADIENTREQUEST_XENTRY']._serialized_start=357
+  _globals['_GRADIENTREQUEST_XENTRY']._serialized_end=415
+  _globals['_GRADIENTRESPONSE']._serialized_start=756
+  _globals['_GRADIENTRESPONSE']._serialized_end=833
+  _globals['_HESSIANVECTORPRODUCTREQUEST']._serialized_start=836
+  _globals['_HESSIANVECTORPRODUCTREQUEST']._serialized_end=1148
+  _globals['_HESSIANVECTORPRODUCTREQUEST_XENTRY']._serialized_start=357
+  _globals['_HESSIANVECTORPRODUCTREQUEST_XENTRY']._serialized_end=415
+  _globals['_HESSIANVECTORPRODUCTRESPONSE']._serialized_start=1150
+  _globals['_HESSIANVECTORPRODUCTRESPONSE']._serialized_end=1234
+  _globals['_EVALUATEREQUEST']._serialized_start=1237
+  _globals['_EVALUATEREQUEST']._serialized_end=1561
+  _globals['_EVALUATEREQUEST_XENTRY']._serialized_start=357
+  _globals['_EVALUATEREQUEST_XENTRY']._serialized_end=415
+  _globals['_EVALUATERESPONSE']._serialized_start=1564
+  _globals['_EVALUATERESPONSE']._serialized_end=1709
+  _globals['_STREAMHESSIANRESPONSE']._serialized_start=1712
+  _globals['_STREAMHESSIANRESPONSE']._serialized_end=1857
+  _globals['_LISTMODELSREQUEST']._serialized_start=1859
+  _globals['_LISTMODELSREQUEST']._serialized_end=1878
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1880
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1941
+  _globals['_MODELVERSIONS']._serialized_start=1943
+  _globals['_MODELVERSIONS']._serialized_end=2059
+  _globals['_MODELVERSIONSTATUS']._serialized_start=2061
+  _globals['_MODELVERSIONSTATUS']._serialized_end=2150
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2152
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2220
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=2223
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2546
+  _globals['_TENSORINFO']._serialized_start=2548
+  _globals['_TENSORINFO']._serialized_end=2604
+  _globals['_HESSIANSERVICE']._serialized_start=2754
+  _globals['_HESSIANSERVICE']._serialized_end=3455
 # @@protoc_insertion_point(module_scope)

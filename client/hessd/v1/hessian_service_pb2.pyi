@@ -23,7 +23,7 @@ MODEL_STATE_FAILED: ModelState
 MODEL_STATE_UNLOADING: ModelState
 
 class HessianRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision", "result_encoding")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class HessianRequest(_message.Message):
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ENCODING_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
@@ -45,7 +46,8 @@ class HessianRequest(_message.Message):
     output_weights: _tensor_pb2.Tensor
     full: bool
     precision: _tensor_pb2.DataType
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+    result_encoding: _tensor_pb2.ResultEncoding
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., result_encoding: _Optional[_Union[_tensor_pb2.ResultEncoding, _Mapping]] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
     __slots__ = ("hessian", "model_version")
@@ -120,7 +122,7 @@ class HessianVectorProductResponse(_message.Message):
     def __init__(self, hvp: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision", "result_encoding")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +137,7 @@ class EvaluateRequest(_message.Message):
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ENCODING_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
@@ -142,7 +145,8 @@ class EvaluateRequest(_message.Message):
     output_weights: _tensor_pb2.Tensor
     full: bool
     precision: _tensor_pb2.DataType
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+    result_encoding: _tensor_pb2.ResultEncoding
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., result_encoding: _Optional[_Union[_tensor_pb2.ResultEncoding, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("value", "gradient", "hessian", "model_version")

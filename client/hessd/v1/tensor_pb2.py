@@ -24,17 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hessd/v1/tensor.proto\x12\x08hessd.v1\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x82\x01\n\x0bResultChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x15\n\rmodel_version\x18\x06 \x01(\t*\xac\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x03\x12\x16\n\x12\x44\x41TA_TYPE_BFLOAT16\x10\x04\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hessd/v1/tensor.proto\x12\x08hessd.v1\"\xa3\x01\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\"\n\x07packing\x18\x04 \x01(\x0e\x32\x11.hessd.v1.Packing\x12\x35\n\rshared_memory\x18\x05 \x01(\x0b\x32\x1e.hessd.v1.SharedMemoryLocation\"C\n\x14SharedMemoryLocation\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"\x8e\x01\n\x0eResultEncoding\x12\"\n\x07packing\x18\x01 \x01(\x0e\x32\x11.hessd.v1.Packing\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\x35\n\rshared_memory\x18\x03 \x01(\x0b\x32\x1e.hessd.v1.SharedMemoryLocation\"\xa6\x01\n\x0bResultChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.hessd.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\"\n\x07packing\x18\x07 \x01(\x0e\x32\x11.hessd.v1.Packing*\xac\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x03\x12\x16\n\x12\x44\x41TA_TYPE_BFLOAT16\x10\x04\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x06*.\n\x07Packing\x12\x10\n\x0cPACKING_NONE\x10\x00\x12\x11\n\rPACKING_UPPER\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hessd.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=243
-  _globals['_DATATYPE']._serialized_end=415
-  _globals['_TENSOR']._serialized_start=35
-  _globals['_TENSOR']._serialized_end=107
-  _globals['_RESULTCHUNK']._serialized_start=110
-  _globals['_RESULTCHUNK']._serialized_end=240
+  _globals['_DATATYPE']._serialized_start=585
+  _globals['_DATATYPE']._serialized_end=757
+  _globals['_PACKING']._serialized_start=759
+  _globals['_PACKING']._serialized_end=805
+  _globals['_TENSOR']._serialized_start=36
+  _globals['_TENSOR']._serialized_end=199
+  _globals['_SHAREDMEMORYLOCATION']._serialized_start=201
+  _globals['_SHAREDMEMORYLOCATION']._serialized_end=268
+  _globals['_RESULTENCODING']._serialized_start=271
+  _globals['_RESULTENCODING']._serialized_end=413
+  _globals['_RESULTCHUNK']._serialized_start=416
+  _globals['_RESULTCHUNK']._serialized_end=582
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from .server import create_server
-from .server_config import DEFAULT_LISTEN, ModelSpec, ServerConfig
+from .server_config import DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")
 
@@ -57,6 +57,9 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             safe_mode=args.safe_mode,
             max_message_bytes=args.max_message_bytes,
             chunk_bytes=args.chunk_bytes,
+            shared_memory=args.shared_memory,
+            max_shared_memory_bytes=args.max_shared_memory_bytes,
+            max_shared_memory_regions=args.max_shared_memory_regions,
             engine_threads=args.engine_threads,
             batching=args.batching,
             max_queue_delay_ms=args.max_queue_delay_ms,
@@ -164,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-result-bytes", int, "refuse results larger than this"),
         ("--max-message-bytes", int, "largest gRPC message; larger results need chunked RPCs"),
         ("--chunk-bytes", int, "data bytes per result chunk"),
+        ("--max-shared-memory-bytes", int, "largest shared-memory region a caller may register"),
+        ("--max-shared-memory-regions", int, "most shared-memory regions registered at once"),
         ("--engine-threads", int, "engine calls running at once"),
         ("--max-queue-delay-ms", float, "a request queued this long starts on a spare engine thread"),
         ("--max-queued-requests", int, "requests that may wait; more fail UNAVAILABLE at once"),
@@ -177,6 +182,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="close client connections gracefully after about this long, so that clients "
         "balancing over a DNS name re-resolve it and find new replicas (default: never)",
+    )
+    parser.add_argument(
+        "--shared-memory",
+        choices=SHARED_MEMORY_ACCESS,
+        default=defaults.shared_memory,
+        help="who may register shared-memory regions for results: off, local (callers on "
+        "this host, over loopback or a unix socket) or any (callers whose host shares "
+        "/dev/shm with this one, e.g. containers on one machine) (%(default)s)",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"

@@ -32,7 +32,8 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc
+from hessd.transfer_options import TRANSFER_OPTIONS
+from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc, shared_memory_pb2_grpc
 
 from .admission import Admission
 from .auth import BearerTokens
@@ -44,7 +45,9 @@ from .model_loader import ModelLoader
 from .model_registry import ModelRegistry
 from .server_config import ServerConfig
 from .servicer import HessianServicer
-from .status_interceptor import SERVICE_NAME, StatusInterceptor
+from .shared_memory import SharedMemoryRegistry
+from .shared_memory_service import SharedMemoryServicer
+from .status_interceptor import SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, StatusInterceptor
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class HessdServer:
         batcher: queues, groups and admits engine work.
         addresses: every address it listens on, as bound (a TCP port 0 replaced
             by the chosen port); set by :func:`create_server`.
+        shared_memory: the callers' registered shared-memory regions.
 
     Raises:
         ValueError: the admin token file cannot be read or holds no token.
@@ -108,6 +112,13 @@ class HessdServer:
             ),
         )
         self._admission = Admission()
+        self.shared_memory = SharedMemoryRegistry(
+            max_region_bytes=config.max_shared_memory_bytes,
+            max_regions=config.max_shared_memory_regions,
+        )
+        self._shared_memory_service = SharedMemoryServicer(
+            self.shared_memory, config.shared_memory
+        )
         self._loading: asyncio.Future[None] | None = None
         self._health = health.aio.HealthServicer()
         self.grpc_server = grpc.aio.server(
@@ -116,6 +127,7 @@ class HessdServer:
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 *_connection_age_options(config),
+                *TRANSFER_OPTIONS,
             ],
         )
         hessian_service_pb2_grpc.add_HessianServiceServicer_to_server(
@@ -124,10 +136,19 @@ class HessdServer:
                 self.batcher,
                 max_message_bytes=config.max_message_bytes,
                 chunk_bytes=config.chunk_bytes,
+                regions=self.shared_memory,
             ),
             self.grpc_server,
         )
-        services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        shared_memory_pb2_grpc.add_SharedMemoryServiceServicer_to_server(
+            self._shared_memory_service, self.grpc_server
+        )
+        services = [
+            SERVICE_NAME,
+            SHARED_MEMORY_SERVICE_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ]
         if config.admin_token_file is not None:
             model_admin_pb2_grpc.add_ModelAdminServicer_to_server(
                 ModelAdminServicer(
@@ -200,6 +221,7 @@ class HessdServer:
             self._polling.cancel()
         self._admission.start_draining()
         await self._health.enter_graceful_shutdown()
+        self._shared_memory_service.close()
         try:
             await asyncio.wait_for(self._admission.drained(), grace)
         except asyncio.TimeoutError:

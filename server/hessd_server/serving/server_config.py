@@ -16,6 +16,12 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's own default message size limit."""
 
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+"""Data bytes per ResultChunk; chosen by ``benchmarks/bench_transfer.py`` (see the README)."""
+
+SHARED_MEMORY_ACCESS = ("off", "local", "any")
+"""Values of ``ServerConfig.shared_memory``."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -59,6 +65,10 @@ class ServerConfig:
         max_message_bytes: largest gRPC message sent or received; larger
             results must use the chunked RPCs.
         chunk_bytes: data bytes per ResultChunk of a chunked reply.
+        shared_memory: who may register shared-memory regions: ``"off"``,
+            ``"local"`` (peers on this host: loopback or unix sockets) or ``"any"``.
+        max_shared_memory_bytes: largest shared-memory region a caller may register.
+        max_shared_memory_regions: most regions registered at once, all callers together.
         engine_threads: engine calls that may run at once.
         batching: group concurrent requests of one model and batch key into
             one engine call (see :mod:`hessd_server.serving.batching`).
@@ -88,7 +98,10 @@ class ServerConfig:
     jit_compile: bool = True
     safe_mode: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    chunk_bytes: int = 1024 * 1024
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    shared_memory: str = "local"
+    max_shared_memory_bytes: int = 1 << 32
+    max_shared_memory_regions: int = 1024
     engine_threads: int = 2
     batching: bool = True
     max_queue_delay_ms: float = 20.0
@@ -113,6 +126,14 @@ class ServerConfig:
             raise ValueError(
                 f"chunk_bytes ({self.chunk_bytes}) must be positive and below "
                 f"max_message_bytes ({self.max_message_bytes})"
+            )
+        if self.shared_memory not in SHARED_MEMORY_ACCESS:
+            raise ValueError(
+                f"shared_memory must be one of {SHARED_MEMORY_ACCESS}, got {self.shared_memory!r}"
+            )
+        if self.max_shared_memory_bytes < 1 or self.max_shared_memory_regions < 0:
+            raise ValueError(
+                "max_shared_memory_bytes must be >= 1 and max_shared_memory_regions >= 0"
             )
         if self.engine_threads < 1:
             raise ValueError(f"engine_threads must be >= 1, got {self.engine_threads}")

@@ -3,29 +3,33 @@
 No maths here, and no error handling beyond StreamHessian's (a failed item is
 answered with its status): the engine computes and validates, and
 :mod:`hessd_server.serving.status_interceptor` turns exceptions into statuses.
+Replies that carry Hessians are serialized by
+:class:`~hessd_server.serving.replies.ReplyEncoder` (on a worker thread when
+large) and handed to gRPC as bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc.aio
 import numpy as np
 from google.protobuf.message import Message
 
-from hessd import chunks, tensor_codec
+from hessd import tensor_codec
 from hessd.errors import ResultTooLargeError
 from hessd.results import Evaluation, ModelStatus, TensorInfo
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd.v1.tensor_pb2 import ResultChunk
 
 from ..engine import Model
 from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
 from .batching import Batcher
 from .model_registry import ModelRegistry
+from .replies import Encoding, ReplyEncoder, encoding_of
+from .shared_memory import SharedMemoryRegistry, read_tensor
 from .status_interceptor import status_of
 
 DerivativeRequest = (
@@ -47,6 +51,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         batcher: queues, groups and runs engine work off the event loop.
         max_message_bytes: replies larger than this fail RESOURCE_EXHAUSTED.
         chunk_bytes: data bytes per ResultChunk.
+        regions: the registered shared-memory regions, for inputs and results there.
     """
 
     def __init__(
@@ -56,18 +61,25 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         *,
         max_message_bytes: int,
         chunk_bytes: int,
+        regions: SharedMemoryRegistry,
     ) -> None:
         self._models = models
         self._batcher = batcher
         self._max_message_bytes = max_message_bytes
-        self._chunk_bytes = chunk_bytes
+        self._regions = regions
+        self._replies = ReplyEncoder(
+            max_message_bytes=max_message_bytes, chunk_bytes=chunk_bytes, regions=regions
+        )
 
-    async def Hessian(
-        self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
-    ) -> pb.HessianResponse:
+    async def Hessian(self, request: pb.HessianRequest, context: grpc.aio.ServicerContext) -> bytes:
+        encoding = _encoding(request, chunked=False)
         hessian, version = await self._hessian(request, context, "Hessian")
-        reply = pb.HessianResponse(hessian=await _encoded(hessian, "hessian"), model_version=version)
-        return self._fitting(reply, "call HessianChunked, which streams results of any size")
+        return await self._reply(
+            pb.HessianResponse(model_version=version),
+            {"hessian": hessian},
+            encoding,
+            "call HessianChunked, which streams results of any size",
+        )
 
     async def Gradient(
         self, request: pb.GradientRequest, context: grpc.aio.ServicerContext
@@ -94,44 +106,46 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         reply = pb.HessianVectorProductResponse(hvp=await _encoded(hvp, "hvp"), model_version=version)
         return self._fitting(reply, "send a smaller batch")
 
-    async def Evaluate(
-        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EvaluateResponse:
+    async def Evaluate(self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext) -> bytes:
+        encoding = _encoding(request, chunked=False)
         evaluation, version = await self._evaluate(request, context, "Evaluate")
-        reply = pb.EvaluateResponse(
-            model_version=version,
-            **{name: await _encoded(array, name) for name, array in evaluation._asdict().items()},
+        return await self._reply(
+            pb.EvaluateResponse(model_version=version),
+            evaluation._asdict(),
+            encoding,
+            "call EvaluateChunked, which streams results of any size",
         )
-        return self._fitting(reply, "call EvaluateChunked, which streams results of any size")
 
     async def HessianChunked(
         self, request: pb.HessianRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ResultChunk]:
+    ) -> AsyncIterator[bytes]:
+        encoding = _encoding(request, chunked=True)
         hessian, version = await self._hessian(request, context, "HessianChunked")
-        for chunk in self._chunks("hessian", hessian, version):
+        for chunk in await self._chunks({"hessian": hessian}, encoding, version):
             yield chunk
 
     async def EvaluateChunked(
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ResultChunk]:
+    ) -> AsyncIterator[bytes]:
+        encoding = _encoding(request, chunked=True)
         evaluation, version = await self._evaluate(request, context, "EvaluateChunked")
-        for name, array in evaluation._asdict().items():
-            for chunk in self._chunks(name, array, version):
-                yield chunk
+        for chunk in await self._chunks(evaluation._asdict(), encoding, version):
+            yield chunk
 
     async def StreamHessian(
         self,
         request_iterator: AsyncIterator[pb.HessianRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.StreamHessianResponse]:
+    ) -> AsyncIterator[pb.StreamHessianResponse | bytes]:
         index = 0
         async for request in request_iterator:
             try:
+                encoding = _encoding(request, chunked=False)
                 hessian, version = await self._hessian(request, context, "StreamHessian")
-                reply = self._fitting(
-                    pb.StreamHessianResponse(
-                        index=index, hessian=await _encoded(hessian, "hessian"), model_version=version
-                    ),
+                reply: pb.StreamHessianResponse | bytes = await self._reply(
+                    pb.StreamHessianResponse(index=index, model_version=version),
+                    {"hessian": hessian},
+                    encoding,
                     "call HessianChunked for this batch",
                 )
             except Exception as error:  # this item's failure is its reply; the stream goes on
@@ -214,7 +228,9 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
 
     def _decoded(self, request: DerivativeRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``."""
-        x = {name: tensor_codec.decode(tensor, field=name) for name, tensor in request.x.items()}
+        x = {
+            name: read_tensor(self._regions, tensor, field=name) for name, tensor in request.x.items()
+        }
         output_weights = (
             tensor_codec.decode(request.output_weights, field="output_weights")
             if request.HasField("output_weights")
@@ -238,11 +254,22 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             )
         return reply
 
-    def _chunks(self, name: str, array: np.ndarray, version: str) -> Iterator[ResultChunk]:
-        tensor = tensor_codec.encode(array, field=name)
-        for chunk in chunks.split(name, tensor, chunk_bytes=self._chunk_bytes):
-            chunk.model_version = version
-            yield chunk
+    async def _reply(
+        self, reply: Message, results: Mapping[str, np.ndarray], encoding: Encoding, remedy: str
+    ) -> bytes:
+        """``reply`` with ``results`` serialized (or written to shared memory), on a worker
+        thread when they are large."""
+        if sum(array.nbytes for array in results.values()) > LOOP_ENCODE_BYTES:
+            return await asyncio.to_thread(
+                self._replies.reply, reply, results, encoding, remedy=remedy
+            )
+        return self._replies.reply(reply, results, encoding, remedy=remedy)
+
+    async def _chunks(
+        self, results: Mapping[str, np.ndarray], encoding: Encoding, version: str
+    ) -> list[bytes]:
+        """``results`` as serialized ResultChunks, cut on a worker thread."""
+        return await asyncio.to_thread(self._replies.chunks, results, encoding, version)
 
 
 async def _encoded(array: np.ndarray, field: str) -> Any:
@@ -267,6 +294,10 @@ def model_versions(status: ModelStatus) -> pb.ModelVersions:
         ],
         error=status.error or "",
     )
+
+
+def _encoding(request: pb.HessianRequest | pb.EvaluateRequest, *, chunked: bool) -> Encoding:
+    return encoding_of(request.result_encoding, request.precision, chunked=chunked)
 
 
 def _tensor_info(info: TensorInfo) -> pb.TensorInfo:

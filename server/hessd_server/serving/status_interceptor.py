@@ -1,11 +1,12 @@
-"""The server's error layer around every HessianService call: statuses, admission, metrics.
+"""The server's error layer around every hessd call: statuses, admission, metrics.
 
-Every HessianService handler runs inside :class:`StatusInterceptor`. A hessd
+Every HessianService and SharedMemoryService handler runs inside :class:`StatusInterceptor`. A hessd
 exception escaping a handler ends the call with the status that
 :mod:`hessd.status_codes` maps it to, details included; any other exception is
 logged with its traceback and ends the call INTERNAL with a generic message.
 Calls pass :class:`~hessd_server.serving.admission.Admission` first, so a draining
-server answers new calls UNAVAILABLE.
+server answers new calls UNAVAILABLE. A handler may return (or yield) a reply
+already serialized, as ``bytes``; it goes to gRPC as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from grpc_status import rpc_status
 
 from hessd import status_codes
 from hessd.errors import HessdError, InternalError
-from hessd.v1 import hessian_service_pb2
+from hessd.v1 import hessian_service_pb2, shared_memory_pb2
 
 from .admission import Admission
 from .metrics import Metrics
@@ -32,6 +33,13 @@ _log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = hessian_service_pb2.DESCRIPTOR.services_by_name["HessianService"].full_name
 """``"hessd.v1.HessianService"``."""
+
+SHARED_MEMORY_SERVICE_NAME: str = shared_memory_pb2.DESCRIPTOR.services_by_name[
+    "SharedMemoryService"
+].full_name
+"""``"hessd.v1.SharedMemoryService"``."""
+
+_SERVICE_NAMES = (SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME)
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 """What a caller sees of an unexpected server failure."""
@@ -71,11 +79,11 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE_NAME:
+        if handler is None or service not in _SERVICE_NAMES:
             return handler
         codecs = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": _passing_bytes(handler.response_serializer),
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -127,3 +135,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 self._metrics.observe_request(method, code, time.perf_counter() - started)
 
         return handle
+
+
+def _passing_bytes(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``serializer``, except that replies already serialized pass as they are."""
+
+    def serialize(reply: Any) -> bytes:
+        return reply if isinstance(reply, bytes) else serializer(reply)
+
+    return serialize
