@@ -32,6 +32,7 @@ proto: setup
 bench: setup
 	$(PY) -m pip install --quiet -e '.[server,bench]'
 	$(PY) benchmarks/bench_hessian.py
+	$(PY) benchmarks/bench_transfer.py
 	$(PY) benchmarks/bench_wire.py
 
 # The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
