@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs
+from hessd._protocol import ChannelOptions, Inputs, PemSource
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
 from hessd.results import Evaluation, ModelMetadata, ModelStatus, Versioned
@@ -40,7 +40,10 @@ class AsyncClient:
         target: server address, or several equivalent servers, as for :class:`hessd.Client`.
         timeout: seconds each call may take, retries included (a whole
             ``stream`` counts as one call); ``None`` waits forever.
-        credentials: TLS credentials for a secure channel; ``None`` for plaintext.
+        credentials: TLS credentials for a secure channel (see :meth:`secure`);
+            ``None`` for plaintext.
+        token: a bearer token sent with every call as ``authorization: Bearer
+            <token>``, for a server run with ``--auth-token-file``.
         options: gRPC channel options; message size limits default to 4 MiB.
         load_balancing: ``"round_robin"``, ``"pick_first"`` or ``None``, as for
             :class:`hessd.Client`.
@@ -52,9 +55,11 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         options: ChannelOptions | None = None,
         load_balancing: str | None = None,
     ) -> None:
+        self._metadata = _protocol.call_metadata(token)
         target = _channels.channel_target(target)
         channel_options = _channels.channel_options(target, options, load_balancing)
         if credentials is None:
@@ -71,6 +76,32 @@ class AsyncClient:
             )
             for method, request_type in _protocol.CHUNKED_METHODS.items()
         }
+
+    @classmethod
+    def secure(
+        cls,
+        target: Target,
+        *,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        **settings: Any,
+    ) -> AsyncClient:
+        """A client over TLS, with a client certificate for mTLS.
+
+        >>> client = hessd.AsyncClient.secure("hessd.internal:50051", ca="ca.pem",  # doctest: +SKIP
+        ...                              cert="client.pem", key="client.key", token="s3cret")
+
+        Args:
+            target: as for the constructor; the host name must match the server certificate.
+            ca: PEM of the CA(s) to trust (a path, or the PEM bytes); ``None``
+                trusts the system's roots.
+            cert: PEM certificate chain the client presents (mTLS), with ``key``.
+            key: PEM private key of ``cert``.
+            settings: further keywords of the constructor (``timeout``, ``token``,
+                ``options``).
+        """
+        return cls(target, credentials=_protocol.tls_credentials(ca, cert, key), **settings)
 
     async def hessian(
         self,
@@ -226,7 +257,7 @@ class AsyncClient:
             with ``return_errors``, a ``HessdError``.
         """
         order: asyncio.Queue[object] = asyncio.Queue()
-        call = self._stub.StreamHessian(timeout=self._timeout)
+        call = self._stub.StreamHessian(timeout=self._timeout, metadata=self._metadata)
 
         async def send() -> None:
             try:
@@ -308,7 +339,7 @@ class AsyncClient:
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable, request: Any) -> Any:
         with _protocol.translated_errors():
-            return await method(request, timeout=self._timeout)
+            return await method(request, timeout=self._timeout, metadata=self._metadata)
 
     async def _chunked(
         self, method: str, request: Any, names: tuple[str, ...], precision: str | None
@@ -317,7 +348,9 @@ class AsyncClient:
         version that computed them."""
         reassembler = Reassembler()
         with _protocol.translated_errors():
-            async for chunk in self._chunked_calls[method](request, timeout=self._timeout):
+            async for chunk in self._chunked_calls[method](
+                request, timeout=self._timeout, metadata=self._metadata
+            ):
                 reassembler.add_serialized(chunk)
         arrays = _protocol.widened_all(reassembler.arrays(names), precision)
         return arrays, reassembler.model_version

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs
+from hessd._protocol import ChannelOptions, Inputs, PemSource
 from hessd._result_memory import ResultMemory
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError, SharedMemoryError
@@ -53,7 +53,10 @@ class Client:
             or a list of ``"ip:port"`` strings.
         timeout: seconds each call may take, retries included (a whole
             ``stream`` counts as one call); ``None`` waits forever.
-        credentials: TLS credentials for a secure channel; ``None`` for plaintext.
+        credentials: TLS credentials for a secure channel (see :meth:`secure`);
+            ``None`` for plaintext.
+        token: a bearer token sent with every call as ``authorization: Bearer
+            <token>``, for a server run with ``--auth-token-file``.
         options: gRPC channel options. The message size limits default to 4 MiB;
             results that may exceed ``grpc.max_receive_message_length`` are
             fetched in chunks and reassembled transparently. A
@@ -73,10 +76,12 @@ class Client:
         *,
         timeout: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         options: ChannelOptions | None = None,
         load_balancing: str | None = None,
         shared_memory: bool = False,
     ) -> None:
+        self._metadata = _protocol.call_metadata(token)
         target = _channels.channel_target(target)
         channel_options = _channels.channel_options(target, options, load_balancing)
         if credentials is None:
@@ -94,6 +99,32 @@ class Client:
             for method, request_type in _protocol.CHUNKED_METHODS.items()
         }
         self._result_memory = ResultMemory(self._channel) if shared_memory else None
+
+    @classmethod
+    def secure(
+        cls,
+        target: Target,
+        *,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+        **settings: Any,
+    ) -> Client:
+        """A client over TLS, with a client certificate for mTLS.
+
+        >>> client = hessd.Client.secure("hessd.internal:50051", ca="ca.pem",  # doctest: +SKIP
+        ...                              cert="client.pem", key="client.key", token="s3cret")
+
+        Args:
+            target: as for the constructor; the host name must match the server certificate.
+            ca: PEM of the CA(s) to trust (a path, or the PEM bytes); ``None``
+                trusts the system's roots.
+            cert: PEM certificate chain the client presents (mTLS), with ``key``.
+            key: PEM private key of ``cert``.
+            settings: further keywords of the constructor (``timeout``, ``token``,
+                ``options``).
+        """
+        return cls(target, credentials=_protocol.tls_credentials(ca, cert, key), **settings)
 
     def hessian(
         self,
@@ -312,7 +343,9 @@ class Client:
             finally:
                 order.put(_END)
 
-        replies = self._stub.StreamHessian(requests(), timeout=self._timeout)
+        replies = self._stub.StreamHessian(
+            requests(), timeout=self._timeout, metadata=self._metadata
+        )
         try:
             while (entry := _next_entry(order, replies)) is not _END:
                 if entry is _SENT:
@@ -372,7 +405,7 @@ class Client:
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
         with _protocol.translated_errors():
-            return method(request, timeout=self._timeout)
+            return method(request, timeout=self._timeout, metadata=self._metadata)
 
     def _chunked(
         self, method: str, request: Any, names: tuple[str, ...], precision: str | None
@@ -381,7 +414,9 @@ class Client:
         version that computed them."""
         reassembler = Reassembler()
         with _protocol.translated_errors():
-            for chunk in self._chunked_calls[method](request, timeout=self._timeout):
+            for chunk in self._chunked_calls[method](
+                request, timeout=self._timeout, metadata=self._metadata
+            ):
                 reassembler.add_serialized(chunk)
         arrays = _protocol.widened_all(reassembler.arrays(names), precision)
         return arrays, reassembler.model_version

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -35,6 +36,11 @@ Inputs: TypeAlias = "npt.ArrayLike | Mapping[str, npt.ArrayLike]"
 """``x``: one array (B, *S) for a single-input model, or arrays keyed by input name."""
 
 ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
+
+PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
+"""A PEM file's path, or its contents as bytes."""
+
+CallMetadata: TypeAlias = "tuple[tuple[str, str], ...] | None"
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's default message size limit, which the SDK sets explicitly unless ``options`` do."""
@@ -83,6 +89,34 @@ def channel_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:
 def max_receive_bytes(options: ChannelOptions) -> int:
     """The receive limit in channel options made by :func:`channel_options`; -1 is unlimited."""
     return int(dict(options)[_MAX_RECEIVE])
+
+
+def call_metadata(token: str | None) -> CallMetadata:
+    """The metadata every call carries: ``authorization: Bearer <token>``, or none."""
+    if token is None:
+        return None
+    if not token or token != token.strip() or "\n" in token:
+        raise ValueError("token must be a non-empty string without surrounding whitespace")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def tls_credentials(
+    ca: PemSource | None, cert: PemSource | None, key: PemSource | None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials: trust ``ca`` (``None``: the system's roots) and, for mTLS,
+    present the client certificate chain ``cert`` with its private ``key``."""
+    if (cert is None) != (key is None):
+        raise ValueError("cert and key go together: give both for mTLS, or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(ca), private_key=_pem(key), certificate_chain=_pem(cert)
+    )
+
+
+def _pem(source: PemSource | None) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    with open(source, "rb") as file:
+        return file.read()
 
 
 @contextlib.contextmanager

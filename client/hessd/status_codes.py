@@ -2,11 +2,17 @@
 
 The server turns an exception into a ``google.rpc.Status`` with :func:`to_status`:
 the status code from :data:`CODES`, the exception's message, an ``ErrorInfo``
-(domain ``"hessd.v1"``, reason = the exception class name) and, when the error
-concerns one request field, a ``BadRequest`` field violation naming it. The SDK
-turns such a status back into the same exception class with :func:`from_status`
-(or :func:`from_rpc_error` for a failed call), falling back to the code mapping
-when the details are missing, e.g. for errors raised by gRPC itself.
+(domain ``"hessd.v1"``, the error's UPPER_SNAKE_CASE ``reason``, its ``metadata``
+plus ``"exception"``: the class name) and, when the error concerns one request
+field, a ``BadRequest`` field violation whose ``field`` is a path into the
+request (``x[name].data``, ``wrt``...). The SDK turns such a status back into the
+same exception class, reason and metadata with :func:`from_status` (or
+:func:`from_rpc_error` for a failed call), falling back to the code mapping when
+the details are missing, e.g. for errors raised by gRPC itself.
+
+Messages and field paths are cut to :data:`MAX_MESSAGE_CHARACTERS` and
+:data:`MAX_FIELD_CHARACTERS`, so a status stays far below gRPC's metadata limits
+whatever a caller sent.
 """
 
 from __future__ import annotations
@@ -37,6 +43,15 @@ from hessd.errors import (
 
 DOMAIN = "hessd.v1"
 """``ErrorInfo.domain`` of every error hessd sends."""
+
+EXCEPTION_KEY = "exception"
+"""``ErrorInfo.metadata`` key naming the hessd exception class, e.g. ``"ShapeError"``."""
+
+MAX_MESSAGE_CHARACTERS = 1024
+"""A status message longer than this is cut, with "…"."""
+
+MAX_FIELD_CHARACTERS = 256
+"""A ``BadRequest`` field path longer than this is cut, with "…"."""
 
 CODES: dict[type[HessdError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -74,20 +89,26 @@ def status_code(error: HessdError) -> grpc.StatusCode:
 
 def to_status(error: HessdError) -> status_pb2.Status:
     """``error`` as a ``google.rpc.Status`` with ErrorInfo and, if it has a field, BadRequest."""
-    details = [error_details_pb2.ErrorInfo(reason=type(error).__name__, domain=DOMAIN)]
+    message = _cut(error.message, MAX_MESSAGE_CHARACTERS)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason,
+        domain=DOMAIN,
+        metadata={**error.metadata, EXCEPTION_KEY: type(error).__name__},
+    )
+    details: list[error_details_pb2.ErrorInfo | error_details_pb2.BadRequest] = [info]
     if error.field is not None:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=error.field, description=error.message
+                        field=_cut(error.field, MAX_FIELD_CHARACTERS), description=message
                     )
                 ]
             )
         )
     return status_pb2.Status(
         code=status_code(error).value[0],
-        message=error.message,
+        message=message,
         details=[_packed(detail) for detail in details],
     )
 
@@ -95,26 +116,32 @@ def to_status(error: HessdError) -> status_pb2.Status:
 def from_status(status: status_pb2.Status) -> HessdError:
     """The exception a non-OK ``google.rpc.Status`` stands for.
 
-    The class named by a hessd ``ErrorInfo`` when there is one, else the class
-    mapped to the status code; ``field`` comes from a ``BadRequest`` violation.
+    The class named in a hessd ``ErrorInfo``'s metadata when there is one, else
+    the class mapped to the status code; ``reason`` and ``metadata`` come from
+    the ErrorInfo, ``field`` from a ``BadRequest`` violation.
     """
-    error_type: type[HessdError] | None = None
+    info: error_details_pb2.ErrorInfo | None = None
     field: str | None = None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if info.domain == DOMAIN:
-                error_type = ERROR_TYPES.get(info.reason)
+            unpacked = error_details_pb2.ErrorInfo()
+            detail.Unpack(unpacked)
+            if unpacked.domain == DOMAIN:
+                info = unpacked
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
             if bad_request.field_violations:
                 field = bad_request.field_violations[0].field
-    if error_type is None:
+    if info is None:
         code = _STATUS_CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
         return _from_code(code, status.message, field)
-    return error_type(status.message, field=field)
+    metadata = dict(info.metadata)
+    error_type = ERROR_TYPES.get(metadata.pop(EXCEPTION_KEY, ""))
+    if error_type is None:
+        code = _STATUS_CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+        error_type = _TYPES_BY_CODE.get(code, HessdError)
+    return error_type(status.message, field=field, reason=info.reason, metadata=metadata)
 
 
 def from_rpc_error(error: grpc.RpcError) -> HessdError:
@@ -135,6 +162,10 @@ def _from_code(code: grpc.StatusCode, message: str, field: str | None) -> HessdE
     return error_type(message, field=field)
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _packed(detail: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(detail)
@@ -144,6 +175,9 @@ def _packed(detail: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) 
 __all__ = [
     "CODES",
     "DOMAIN",
+    "EXCEPTION_KEY",
+    "MAX_FIELD_CHARACTERS",
+    "MAX_MESSAGE_CHARACTERS",
     "from_rpc_error",
     "from_status",
     "status_code",

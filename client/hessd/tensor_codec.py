@@ -5,6 +5,13 @@ place that calls ``np.frombuffer``; every tensor on the wire passes through them
 float16, float32, float64, int32 and int64 need only numpy; bfloat16 needs
 ``ml_dtypes``, used when it is importable (the SDK does not require it).
 
+Every shape is checked before numpy sees it: at most :data:`MAX_RANK`
+dimensions, none negative, and the product of its non-zero dimensions times the
+itemsize within a byte limit (the server's max message size for requests,
+:data:`MAX_TENSOR_BYTES` otherwise), so that a zero dimension beside huge ones
+is refused too. Errors name the offending part as a field path:
+``<field>.dtype``, ``<field>.shape`` or ``<field>.data``.
+
 >>> t = encode(np.ones((2, 3), np.float32), field="x")
 >>> (t.dtype == DataType.DATA_TYPE_FLOAT32, list(t.shape), len(t.data))
 (True, [2, 3], 24)
@@ -21,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hessd import packing as packing_layout
-from hessd.errors import DtypeError, PrecisionError, TensorEncodingError
+from hessd.errors import DtypeError, PrecisionError, TensorEncodingError, clipped
 from hessd.v1.tensor_pb2 import DataType, Packing, Tensor
 
 try:
@@ -51,6 +58,13 @@ _NAMES_BY_DATA_TYPE: dict[int, str] = {code: name for name, code in _DATA_TYPES_
 
 SUPPORTED_DTYPES: tuple[str, ...] = tuple(_DATA_TYPES_BY_NAME)
 """The dtype names a wire tensor can carry."""
+
+MAX_RANK = 16
+"""The most dimensions a wire tensor may have."""
+
+MAX_TENSOR_BYTES = 1 << 48
+"""The byte limit of a decoded tensor when the caller gives none (256 TiB: far
+above any real result, far below what overflows numpy's size arithmetic)."""
 
 
 def encode(array: npt.ArrayLike, *, field: str) -> Tensor:
@@ -98,18 +112,23 @@ def wire_bytes(array: np.ndarray, *, field: str) -> tuple[int, memoryview]:
     return data_type, memoryview(wire.reshape(-1).view(np.uint8))
 
 
-def decode(tensor: Tensor, *, field: str) -> np.ndarray:
+def decode(tensor: Tensor, *, field: str, max_bytes: int | None = None) -> np.ndarray:
     """Decode a wire tensor into a read-only array of its dtype and shape.
 
     Args:
         tensor: the wire tensor.
-        field: the request or reply field the tensor came in, named in errors.
+        field: the request or reply field the tensor came in, as a path
+            (``"x[input_1]"``, ``"v"``, ``"hessian"``); named in errors.
+        max_bytes: the largest tensor to accept, counted over its non-zero
+            dimensions; ``None`` means :data:`MAX_TENSOR_BYTES`.
 
     Raises:
-        TensorEncodingError: unknown dtype, negative dimension, or a byte count
-            other than product(shape) * itemsize.
+        TensorEncodingError: unknown dtype, a shape over the limits (see
+            :func:`nbytes`), or a byte count other than product(shape) * itemsize.
     """
-    return from_bytes(tensor.dtype, tensor.shape, tensor.data, field=field, packing=tensor.packing)
+    return from_bytes(
+        tensor.dtype, tensor.shape, tensor.data, field=field, packing=tensor.packing, max_bytes=max_bytes
+    )
 
 
 def from_bytes(
@@ -119,6 +138,7 @@ def from_bytes(
     *,
     field: str,
     packing: int = Packing.PACKING_NONE,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
     """View raw little-endian row-major bytes as a read-only array, without copying
     (unless ``packing`` is ``PACKING_UPPER``: then the mirrored matrices are a new array).
@@ -129,17 +149,20 @@ def from_bytes(
         data: exactly ``nbytes(data_type, shape, packing=packing)`` bytes.
         field: named in errors.
         packing: a ``Packing`` value (see :mod:`hessd.packing`).
+        max_bytes: as for :func:`decode`.
 
     Raises:
         TensorEncodingError: as for :func:`decode`.
     """
-    expected = nbytes(data_type, shape, field=field, packing=packing)
+    expected = nbytes(data_type, shape, field=field, packing=packing, max_bytes=max_bytes)
     if len(data) != expected:
         raise TensorEncodingError(
-            f"{field} holds {len(data)} bytes, but shape {tuple(shape)} of "
-            f"{dtype_name(data_type, field=field)} needs {expected}; send "
+            f"{field} holds {len(data):,} bytes, but shape {tuple(shape)} of "
+            f"{dtype_name(data_type, field=field)} needs {expected:,}; send "
             "product(shape) * itemsize little-endian bytes.",
-            field=field,
+            field=f"{field}.data",
+            reason="TENSOR_BYTE_COUNT_MISMATCH",
+            metadata={"expected_bytes": expected, "actual_bytes": len(data)},
         )
     wire_dtype = _wire_dtype(data_type, field=field)
     array = np.frombuffer(data, dtype=wire_dtype).astype(wire_dtype.newbyteorder("="), copy=False)
@@ -151,19 +174,52 @@ def from_bytes(
 
 
 def nbytes(
-    data_type: int, shape: Sequence[int], *, field: str, packing: int = Packing.PACKING_NONE
+    data_type: int,
+    shape: Sequence[int],
+    *,
+    field: str,
+    packing: int = Packing.PACKING_NONE,
+    max_bytes: int | None = None,
 ) -> int:
-    """Bytes of a tensor of this ``DataType``, shape and ``Packing``.
+    """Bytes of a tensor of this ``DataType``, shape and ``Packing``, once the shape
+    passes the limits.
+
+    Args:
+        max_bytes: as for :func:`decode`.
 
     Raises:
-        TensorEncodingError: unknown dtype or packing, a negative dimension, or a
-            packing the shape does not allow.
+        TensorEncodingError: unknown dtype or packing; more than :data:`MAX_RANK`
+            dimensions; a negative dimension; non-zero dimensions whose product
+            times the itemsize exceeds ``max_bytes``; or a packing the shape does
+            not allow.
     """
+    itemsize = _wire_dtype(data_type, field=field).itemsize
+    if len(shape) > MAX_RANK:
+        raise TensorEncodingError(
+            f"{field} has {len(shape)} dimensions; tensors have at most {MAX_RANK}.",
+            field=f"{field}.shape",
+            reason="TENSOR_RANK_EXCEEDS_LIMIT",
+            metadata={"rank": len(shape), "max_rank": MAX_RANK},
+        )
     if any(size < 0 for size in shape):
         raise TensorEncodingError(
-            f"{field} has shape {tuple(shape)}; dimensions must be >= 0.", field=field
+            f"{field} has shape {tuple(shape)}; dimensions must be >= 0.",
+            field=f"{field}.shape",
+            reason="TENSOR_SHAPE_NEGATIVE",
         )
-    itemsize = _wire_dtype(data_type, field=field).itemsize
+    limit = MAX_TENSOR_BYTES if max_bytes is None else max_bytes
+    span = itemsize
+    for size in shape:
+        span *= max(size, 1)
+        if span > limit:
+            raise TensorEncodingError(
+                f"{field} has shape {tuple(shape)}, whose non-zero dimensions span over "
+                f"{limit:,} bytes of {dtype_name(data_type, field=field)}, the most a tensor "
+                "may take here; send smaller tensors.",
+                field=f"{field}.shape",
+                reason="TENSOR_SHAPE_EXCEEDS_LIMIT",
+                metadata={"max_bytes": limit},
+            )
     if packing == Packing.PACKING_NONE:
         return math.prod(shape) * itemsize
     if packing == Packing.PACKING_UPPER:
@@ -194,7 +250,9 @@ def dtype_name(data_type: int, *, field: str) -> str:
         raise TensorEncodingError(
             f"{field} has dtype enum value {data_type}; use one of "
             f"{', '.join(f'DATA_TYPE_{n.upper()}' for n in SUPPORTED_DTYPES)}.",
-            field=field,
+            field=f"{field}.dtype",
+            reason="TENSOR_DTYPE_UNKNOWN",
+            metadata={"dtype": data_type},
         )
     return name
 
@@ -210,7 +268,7 @@ def encode_precision(precision: str | None) -> int:
     data_type = _DATA_TYPES_BY_NAME.get(str(precision))
     if data_type is None:
         raise PrecisionError(
-            f"precision is {precision!r}; use None, 'float32' or 'float64'.", field="precision"
+            f"precision is {clipped(precision)}; use None, 'float32' or 'float64'.", field="precision"
         )
     return data_type
 
@@ -240,12 +298,16 @@ def _wire_dtype(data_type: int, *, field: str) -> np.dtype:
         raise TensorEncodingError(
             f"{field} is {name}, which needs the ml_dtypes package on this side; "
             "pip install ml_dtypes, or send float32.",
-            field=field,
+            field=f"{field}.dtype",
+            reason="TENSOR_DTYPE_UNAVAILABLE",
+            metadata={"dtype": name},
         )
     return wire_dtype
 
 
 __all__ = [
+    "MAX_RANK",
+    "MAX_TENSOR_BYTES",
     "SUPPORTED_DTYPES",
     "decode",
     "decode_precision",

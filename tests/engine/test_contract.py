@@ -45,16 +45,61 @@ def test_compile_count_stays_flat_within_buckets(mlp: hs.Model) -> None:
         hs.gradient(mlp, x[:batch])
         hs.hvp(mlp, x[:batch], x[:batch])
     assert mlp.metadata().compile_count == compiled
-    hs.hessian(mlp, x)
-    assert mlp.metadata().compile_count == compiled + 1
 
 
-def test_buckets_are_powers_of_two_then_multiples_of_the_largest() -> None:
+def test_batches_above_the_largest_bucket_run_as_slices_without_compiling(mlp: hs.Model) -> None:
+    x = RNG.normal(size=(40, 6)).astype(np.float32)
+    v = RNG.normal(size=(40, 6)).astype(np.float32)
+    parts = [slice(0, 16), slice(16, 32), slice(32, 40)]
+    expected = {
+        "hessian": np.concatenate([hs.hessian(mlp, x[p]) for p in parts]),
+        "gradient": np.concatenate([hs.gradient(mlp, x[p]) for p in parts]),
+        "hvp": np.concatenate([hs.hvp(mlp, x[p], v[p]) for p in parts]),
+        "value": np.concatenate([hs.evaluate(mlp, x[p]).value for p in parts]),
+    }
+    hs.hessian(mlp, x[:3], full=True)
+    hs.hessian(mlp, x[:16], full=True)
+    compiled = mlp.metadata().compile_count
+    np.testing.assert_array_equal(hs.hessian(mlp, x), expected["hessian"])
+    np.testing.assert_array_equal(hs.gradient(mlp, x), expected["gradient"])
+    np.testing.assert_array_equal(hs.hvp(mlp, x, v), expected["hvp"])
+    evaluation = hs.evaluate(mlp, x)
+    np.testing.assert_array_equal(evaluation.value, expected["value"])
+    np.testing.assert_array_equal(evaluation.hessian, expected["hessian"])
+    full = hs.hessian(mlp, x[:20], full=True)
+    assert full.shape == (20, 6, 20, 6)
+    np.testing.assert_allclose(refs.diagonal_blocks(full, 20), expected["hessian"][:20], rtol=1e-5, atol=1e-7)
+    off_diagonal = full.copy()
+    for b in range(20):
+        off_diagonal[b, :, b, :] = 0
+    assert not off_diagonal.any()
+    assert mlp.metadata().compile_count == compiled
+
+
+def test_buckets_are_powers_of_two_up_to_the_largest() -> None:
     config = hs.EngineConfig(max_batch_size=8)
     assert config.buckets == (1, 2, 4, 8)
-    assert [config.bucket_for(b) for b in (1, 2, 3, 5, 8, 9, 17)] == [1, 2, 4, 8, 8, 16, 24]
+    assert [config.bucket_for(b) for b in (1, 2, 3, 5, 8, 9, 17)] == [1, 2, 4, 8, 8, 8, 8]
     with pytest.raises(ValueError, match="power of two"):
         hs.EngineConfig(max_batch_size=12)
+
+
+def test_compiled_functions_are_bounded_least_recently_used_first() -> None:
+    inputs = keras.Input((None,))
+    model = hs.load_model(
+        keras.Model(inputs, keras.layers.Lambda(lambda t: keras.ops.sum(keras.ops.sin(t), axis=-1))(inputs)),
+        config=hs.EngineConfig(max_compiled_functions=2),
+    )
+    for length in (2, 3, 4, 2):
+        x = RNG.normal(size=(1, length)).astype(np.float32)
+        np.testing.assert_allclose(hs.gradient(model, x), np.cos(x), rtol=1e-5)
+    assert len(model.functions) == 2
+    assert model.functions.evictions == 2
+    assert model.metadata().compile_count == 4
+    hs.gradient(model, RNG.normal(size=(1, 2)).astype(np.float32))
+    assert model.metadata().compile_count == 4
+    with pytest.raises(ValueError, match="max_compiled_functions"):
+        hs.EngineConfig(max_compiled_functions=0)
 
 
 def test_strategy_is_chosen_once_and_recorded(mlp: hs.Model) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import ml_dtypes
 import numpy as np
 import pytest
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -45,21 +48,69 @@ def test_bytes_are_little_endian_row_major_whatever_the_input_layout() -> None:
     assert tensor.data == np.array([1, 2, 3, 4], dtype="<f4").tobytes()
 
 
-@pytest.mark.parametrize(
-    "tensor",
-    [
-        Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[2, 3], data=b"\0" * 23),
+F32 = DataType.DATA_TYPE_FLOAT32
+MALFORMED_TENSORS = {
+    "short": (Tensor(dtype=F32, shape=[2, 3], data=b"\0" * 23), "data", "TENSOR_BYTE_COUNT_MISMATCH"),
+    "long": (
         Tensor(dtype=DataType.DATA_TYPE_FLOAT64, shape=[2], data=b"\0" * 8),
-        Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[-1], data=b""),
+        "data",
+        "TENSOR_BYTE_COUNT_MISMATCH",
+    ),
+    "negative-dim": (Tensor(dtype=F32, shape=[-1], data=b""), "shape", "TENSOR_SHAPE_NEGATIVE"),
+    "unspecified-dtype": (
         Tensor(dtype=DataType.DATA_TYPE_UNSPECIFIED, shape=[1], data=b"\0" * 4),
-        Tensor(dtype=99, shape=[1], data=b"\0" * 4),
-    ],
-    ids=["short", "long", "negative-dim", "unspecified-dtype", "unknown-dtype"],
-)
-def test_malformed_tensor_is_a_tensor_encoding_error(tensor: Tensor) -> None:
+        "dtype",
+        "TENSOR_DTYPE_UNKNOWN",
+    ),
+    "unknown-dtype": (Tensor(dtype=99, shape=[1], data=b"\0" * 4), "dtype", "TENSOR_DTYPE_UNKNOWN"),
+    "rank-65": (Tensor(dtype=F32, shape=[1] * 65, data=b"\0" * 4), "shape", "TENSOR_RANK_EXCEEDS_LIMIT"),
+    "huge-beside-zero": (
+        Tensor(dtype=F32, shape=[2**63 - 1, 0], data=b""),
+        "shape",
+        "TENSOR_SHAPE_EXCEEDS_LIMIT",
+    ),
+    "two-huge-beside-zero": (
+        Tensor(dtype=F32, shape=[0, 2**40, 2**40], data=b""),
+        "shape",
+        "TENSOR_SHAPE_EXCEEDS_LIMIT",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_TENSORS))
+def test_malformed_tensor_is_a_tensor_encoding_error(case: str) -> None:
+    tensor, part, reason = MALFORMED_TENSORS[case]
     with pytest.raises(errors.TensorEncodingError) as raised:
-        tensor_codec.decode(tensor, field="x")
-    assert raised.value.field == "x"
+        tensor_codec.decode(tensor, field="x[a]")
+    assert raised.value.field == f"x[a].{part}"
+    assert raised.value.reason == reason
+    assert len(raised.value.message) < 300
+
+
+def test_byte_count_mismatch_carries_expected_and_actual_bytes() -> None:
+    with pytest.raises(errors.TensorEncodingError) as raised:
+        tensor_codec.decode(Tensor(dtype=F32, shape=[2, 3], data=b"\0" * 23), field="v")
+    assert raised.value.metadata == {"expected_bytes": "24", "actual_bytes": "23"}
+
+
+@pytest.mark.parametrize("shape", [[0, 1_000_001], [1_000_001, 0], [0, 1000, 1001]])
+def test_a_byte_limit_bounds_every_dimension_even_beside_a_zero(shape: list[int]) -> None:
+    tensor = Tensor(dtype=F32, shape=shape, data=b"")
+    with pytest.raises(errors.TensorEncodingError) as raised:
+        tensor_codec.decode(tensor, field="x", max_bytes=4_000_000)
+    assert raised.value.metadata == {"max_bytes": "4000000"}
+    assert tensor_codec.decode(tensor, field="x").shape == tuple(shape)
+
+
+def test_sixteen_dimensions_are_the_most() -> None:
+    tensor = Tensor(dtype=F32, shape=[1] * tensor_codec.MAX_RANK, data=b"\0" * 4)
+    assert tensor_codec.decode(tensor, field="x").ndim == tensor_codec.MAX_RANK
+
+
+def test_chunks_of_an_oversized_shape_are_refused_before_allocating() -> None:
+    chunk = ResultChunk(name="hessian", dtype=F32, shape=[2**40, 2**40], offset=0, data=b"")
+    with pytest.raises(errors.TensorEncodingError, match="non-zero dimensions"):
+        chunks.Reassembler().add(chunk)
 
 
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "complex64", "int16", "<U3"])
@@ -119,6 +170,7 @@ EXPECTED_CODES = {
     errors.OutputWeightsError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PrecisionError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.TensorEncodingError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MalformedRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     errors.ResultTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -155,6 +207,48 @@ def test_status_round_trip_restores_class_message_and_field(
     restored = status_codes.from_status(status_pb2.Status.FromString(status.SerializeToString()))
     assert type(restored) is error_type
     assert (restored.message, restored.field) == ("what to fix", field)
+    assert restored.reason == error_type.default_reason
+
+
+def test_status_carries_reason_and_metadata_and_names_the_class() -> None:
+    error = errors.ResultTooLargeError(
+        "m", reason="REPLY_EXCEEDS_MESSAGE_SIZE", metadata={"reply_bytes": 5, "retry_rpc": "X"}
+    )
+    status = status_codes.to_status(error)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "REPLY_EXCEEDS_MESSAGE_SIZE" and info.domain == "hessd.v1"
+    assert dict(info.metadata) == {
+        "reply_bytes": "5",
+        "retry_rpc": "X",
+        "exception": "ResultTooLargeError",
+    }
+    restored = status_codes.from_status(status)
+    assert type(restored) is errors.ResultTooLargeError
+    assert restored.reason == "REPLY_EXCEEDS_MESSAGE_SIZE"
+    assert restored.metadata == {"reply_bytes": "5", "retry_rpc": "X"}
+
+
+@pytest.mark.parametrize("error_type", list(errors.ERROR_TYPES.values()))
+def test_every_default_reason_is_upper_snake_case_and_distinct(
+    error_type: type[errors.HessdError],
+) -> None:
+    assert re.fullmatch(r"[A-Z][A-Z0-9_]+[A-Z0-9]", error_type.default_reason)
+    others = [t for t in errors.ERROR_TYPES.values() if t is not error_type]
+    assert error_type.default_reason not in {t.default_reason for t in others}
+
+
+def test_long_messages_and_fields_are_cut_in_the_status() -> None:
+    status = status_codes.to_status(errors.ShapeError("m" * 100_000, field="x[" + "k" * 100_000 + "]"))
+    assert len(status.SerializeToString()) < 4096
+    restored = status_codes.from_status(status)
+    assert restored.message.endswith("…") and restored.field.endswith("…")
+
+
+def test_clipped_quotes_short_text_whole_and_cuts_long_text() -> None:
+    assert errors.clipped("wrt") == "'wrt'"
+    long = errors.clipped("é" * 2000)
+    assert long.startswith("'" + "é" * 64 + "…'") and "2,000 characters" in long
 
 
 def test_status_without_details_falls_back_to_the_code() -> None:
@@ -163,3 +257,15 @@ def test_status_without_details_falls_back_to_the_code() -> None:
     unmapped = status_pb2.Status(code=grpc.StatusCode.PERMISSION_DENIED.value[0], message="no")
     restored = status_codes.from_status(unmapped)
     assert type(restored) is errors.HessdError and "PERMISSION_DENIED" in restored.message
+
+
+def test_the_readme_error_table_lists_every_reason() -> None:
+    root = Path(__file__).resolve().parents[2]
+    sources = [*(root / "client" / "hessd").glob("*.py"), *(root / "server").rglob("*.py")]
+    reasons = {t.default_reason for t in errors.ERROR_TYPES.values()}
+    for source in sources:
+        reasons |= set(re.findall(r'reason="([A-Z0-9_]+)"', source.read_text()))
+    table = (root / "README.md").read_text().split("### Errors", 1)[1]
+    listed = set(re.findall(r"^\|[^|]*\|[^|]*\| `([A-Z0-9_]+)` \|", table, re.M))
+    assert reasons <= listed, sorted(reasons - listed)
+    assert len(reasons) > 20

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from grpc_status import rpc_status
 
 import hessd
 import hessd_server as hs
-from hessd import _protocol, errors, tensor_codec
+from hessd import _protocol, errors, status_codes, tensor_codec
 from hessd.chunks import Reassembler
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
@@ -97,7 +96,28 @@ def test_unary_call_above_the_limit_points_at_the_chunked_rpc(server: RunningSer
         hessian_service_pb2_grpc.HessianServiceStub(channel).Hessian(_request())
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "HessianChunked" in raised.value.details()
-    assert rpc_status.from_call(raised.value) is not None
+    error = status_codes.from_rpc_error(raised.value)
+    assert type(error) is errors.ResultTooLargeError
+    assert error.reason == "REPLY_EXCEEDS_MESSAGE_SIZE"
+    assert error.metadata["retry_rpc"] == "HessianChunked"
+    assert error.metadata["max_message_bytes"] == str(MAX_MESSAGE_BYTES)
+    assert int(error.metadata["reply_bytes"]) > HESSIAN_BYTES
+
+
+@pytest.mark.parametrize(
+    ("method", "request_type", "retry_rpc"),
+    [("Hessian", pb.HessianRequest, "HessianChunked"), ("Evaluate", pb.EvaluateRequest, "EvaluateChunked")],
+)
+def test_an_oversized_unary_reply_is_refused_before_computing(
+    server: RunningServer, method: str, request_type: type, retry_rpc: str
+) -> None:
+    compiled = server.model("wide").metadata().compile_count
+    request = request_type(model_name="wide", x={"x": tensor_codec.encode(X[:1], field="x")})
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as raised:
+        getattr(hessian_service_pb2_grpc.HessianServiceStub(channel), method)(request)
+    error = status_codes.from_rpc_error(raised.value)
+    assert (error.reason, error.metadata["retry_rpc"]) == ("REPLY_EXCEEDS_MESSAGE_SIZE", retry_rpc)
+    assert server.model("wide").metadata().compile_count == compiled  # batch 1 was never compiled
 
 
 def test_server_limit_holds_when_the_client_allows_more(server: RunningServer) -> None:

@@ -55,13 +55,13 @@ def stub(server: RunningServer) -> Iterator[hessian_service_pb2_grpc.HessianServ
 X = rng_array((3, 10))
 
 BAD_CALLS: dict[str, tuple[str, Callable[[Any, str], Any], type[errors.HessdError], str | None]] = {
-    "wrong-shape": ("demo", lambda api, m: api.hessian(m, X[:, :4]), errors.ShapeError, "x"),
-    "missing-batch": ("demo", lambda api, m: api.gradient(m, X[0]), errors.ShapeError, "x"),
+    "wrong-shape": ("demo", lambda api, m: api.hessian(m, X[:, :4]), errors.ShapeError, "x[x]"),
+    "missing-batch": ("demo", lambda api, m: api.gradient(m, X[0]), errors.ShapeError, "x[x]"),
     "int-dtype": (
         "demo",
         lambda api, m: api.hessian(m, X.astype(np.int64)),
         errors.DtypeError,
-        "x",
+        "x[x]",
     ),
     "bad-wrt": ("demo", lambda api, m: api.hessian(m, X, wrt="z"), errors.UnknownInputError, "wrt"),
     "bad-output-weights": (
@@ -113,6 +113,8 @@ def test_same_exception_in_process_and_over_the_wire(
     assert type(local.value) is type(remote.value) is error_type
     assert local.value.field == remote.value.field == field
     assert remote.value.message == local.value.message
+    assert remote.value.reason == local.value.reason
+    assert remote.value.metadata == local.value.metadata
 
 
 def test_batch_dependent_model_still_answers_full(
@@ -134,7 +136,7 @@ def test_unknown_model_and_version_are_not_found(client: hessd.Client, stub: Any
     _assert_status(
         lambda: stub.GetModelMetadata(request),
         grpc.StatusCode.NOT_FOUND,
-        "ModelNotFoundError",
+        ("ModelNotFoundError", "MODEL_VERSION_NOT_FOUND"),
         "model_version",
     )
     assert (
@@ -148,83 +150,104 @@ def _request(**fields: Any) -> pb.HessianRequest:
     return pb.HessianRequest(**{**defaults, **fields})
 
 
-RAW_BAD_REQUESTS: dict[str, tuple[pb.HessianRequest, grpc.StatusCode, str, str | None]] = {
+Reason = tuple[str, str]
+"""(exception class named in ErrorInfo.metadata, ErrorInfo.reason)."""
+
+RAW_BAD_REQUESTS: dict[str, tuple[pb.HessianRequest, grpc.StatusCode, Reason, str | None]] = {
     "byte-count": (
         _request(
             x={"x": Tensor(dtype=DataType.DATA_TYPE_FLOAT32, shape=[3, 10], data=b"\0" * 119)}
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "TensorEncodingError",
-        "x",
+        ("TensorEncodingError", "TENSOR_BYTE_COUNT_MISMATCH"),
+        "x[x].data",
     ),
     "dtype-unspecified": (
         _request(x={"x": Tensor(shape=[3, 10], data=b"\0" * 120)}),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "TensorEncodingError",
+        ("TensorEncodingError", "TENSOR_DTYPE_UNKNOWN"),
+        "x[x].dtype",
+    ),
+    "no-inputs": (
+        _request(x={}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("ShapeError", "SHAPE_MISMATCH"),
         "x",
     ),
-    "no-inputs": (_request(x={}), grpc.StatusCode.INVALID_ARGUMENT, "ShapeError", "x"),
     "int-input": (
         _request(x={"x": tensor_codec.encode(X.astype(np.int32), field="x")}),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "DtypeError",
-        "x",
+        ("DtypeError", "UNSUPPORTED_DTYPE"),
+        "x[x]",
     ),
-    "bad-wrt": (_request(wrt="y"), grpc.StatusCode.INVALID_ARGUMENT, "UnknownInputError", "wrt"),
+    "input-key-kept-in-path": (
+        _request(x={"inputs": tensor_codec.encode(X[:, :4], field="x")}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("ShapeError", "SHAPE_MISMATCH"),
+        "x[inputs]",
+    ),
+    "bad-wrt": (
+        _request(wrt="y"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("UnknownInputError", "UNKNOWN_INPUT"),
+        "wrt",
+    ),
     "bad-precision": (
         _request(precision=7),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "PrecisionError",
+        ("PrecisionError", "UNSUPPORTED_PRECISION"),
         "precision",
     ),
     "bad-weights": (
         _request(output_weights=tensor_codec.encode(np.ones(4, np.float32), field="w")),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "OutputWeightsError",
+        ("OutputWeightsError", "OUTPUT_WEIGHTS_MISMATCH"),
         "output_weights",
     ),
     "unknown-model": (
         _request(model_name="nope"),
         grpc.StatusCode.NOT_FOUND,
-        "ModelNotFoundError",
+        ("ModelNotFoundError", "MODEL_NOT_FOUND"),
         "model_name",
     ),
     "too-large": (
         _request(x={"x": tensor_codec.encode(rng_array((100, 10)), field="x")}, full=True),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "ResultTooLargeError",
+        ("ResultTooLargeError", "RESULT_EXCEEDS_LIMIT"),
         None,
     ),
     "batch-dependence": (
         _request(model_name="mixing", x={"x": tensor_codec.encode(rng_array((2, 4)), field="x")}),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "BatchDependenceError",
+        ("BatchDependenceError", "BATCH_DEPENDENT_MODEL"),
         "full",
     ),
 }
 
 
 def _assert_status(
-    call: Callable[[], Any], code: grpc.StatusCode, reason: str, field: str | None
-) -> None:
-    """``call()`` fails with ``code``, a hessd ErrorInfo ``reason`` and a ``field`` violation."""
+    call: Callable[[], Any], code: grpc.StatusCode, reason: Reason, field: str | None
+) -> dict[str, str]:
+    """``call()`` fails with ``code``, a hessd ErrorInfo naming the exception class and
+    reason, and a ``field`` violation; returns the ErrorInfo's other metadata."""
     with pytest.raises(grpc.RpcError) as raised:
         call()
     assert raised.value.code() == code
     status = rpc_status.from_call(raised.value)
     assert status is not None and status.code == code.value[0]
-    reasons, fields = [], []
+    infos, fields = [], []
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            reasons.append((info.reason, info.domain))
+            infos.append(info)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
             fields.extend(violation.field for violation in bad_request.field_violations)
-    assert reasons == [(reason, "hessd.v1")]
+    assert [(i.metadata["exception"], i.reason, i.domain) for i in infos] == [(*reason, "hessd.v1")]
     assert fields == ([] if field is None else [field])
+    return {key: value for key, value in infos[0].metadata.items() if key != "exception"}
 
 
 @pytest.mark.parametrize("case", list(RAW_BAD_REQUESTS))
@@ -246,7 +269,9 @@ def test_unexpected_failure_is_internal_with_a_generic_message(
     request = pb.GradientRequest(
         model_name="broken", x={"x": tensor_codec.encode(rng_array((2, 3)), field="x")}
     )
-    _assert_status(lambda: stub.Gradient(request), grpc.StatusCode.INTERNAL, "InternalError", None)
+    _assert_status(
+        lambda: stub.Gradient(request), grpc.StatusCode.INTERNAL, ("InternalError", "INTERNAL"), None
+    )
 
 
 def test_server_keeps_serving_after_errors(server: RunningServer, client: hessd.Client) -> None:

@@ -199,6 +199,7 @@ def test_metrics_endpoint_counts_requests_and_compiles(server: RunningServer) ->
     assert (
         compiled and float(compiled.group(1)) == server.model("demo").metadata().compile_count > 0
     )
+    assert 'hessd_compiled_function_evictions_total{model="demo"} 0.0' in text
 
 
 def test_flags_build_the_config() -> None:
@@ -229,6 +230,17 @@ def test_flags_build_the_config() -> None:
             "--grace-seconds",
             "5",
             "--no-jit-compile",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--tls-client-ca",
+            "ca.pem",
+            "--auth-token-file",
+            "tokens",
+            "--no-reflection",
+            "--max-compiled-functions",
+            "32",
         ]
     )
     assert config.models == (ModelSpec("a", "pkg.mod:build"), ModelSpec("b", "/models/b.keras"))
@@ -248,10 +260,20 @@ def test_flags_build_the_config() -> None:
         1000000,
         False,
     )
+    assert engine.max_compiled_functions == 32
+    assert (config.tls_cert, config.tls_key, config.tls_client_ca, config.auth_token_file) == (
+        "server.pem",
+        "server.key",
+        "ca.pem",
+        "tokens",
+    )
+    assert config.reflection is False
     defaults = parse_config([])
     assert defaults.listen == ("127.0.0.1:50051",) and [
         spec.name for spec in defaults.served_models
     ] == ["demo"]
+    assert (defaults.metrics_host, defaults.reflection, defaults.tls_cert) == ("127.0.0.1", True, None)
+    assert defaults.auth_token_file is None
 
 
 @pytest.mark.parametrize(
@@ -264,6 +286,10 @@ def test_flags_build_the_config() -> None:
         ["--model", "a=x:y", "--model", "a=x:z"],
         ["--listen", "127.0.0.1:7", "--listen", "127.0.0.1:7"],
         ["--listen", ""],
+        ["--tls-cert", "server.pem"],
+        ["--tls-key", "server.key"],
+        ["--tls-client-ca", "ca.pem"],
+        ["--max-compiled-functions", "0"],
     ],
 )
 def test_bad_flags_exit_with_usage(flags: list[str]) -> None:

@@ -30,8 +30,17 @@ class HessianServiceStub:
     """Derivatives of served models with respect to their inputs.
 
     Errors use standard status codes with google.rpc.Status details: an
-    ErrorInfo (domain "hessd.v1", reason = the hessd exception class name) and,
-    when the error concerns one request field, a BadRequest field violation.
+    ErrorInfo (domain "hessd.v1"; reason in UPPER_SNAKE_CASE, e.g.
+    TENSOR_BYTE_COUNT_MISMATCH, REPLY_EXCEEDS_MESSAGE_SIZE, MODEL_NOT_FOUND;
+    metadata with the facts of the reason, e.g. expected_bytes/actual_bytes,
+    reply_bytes/max_message_bytes/retry_rpc, served_models, and "exception",
+    the hessd exception class) and, when the error concerns one request field,
+    a BadRequest field violation whose field is a path into the request:
+    model_name, x, x[key], x[key].dtype, x[key].shape, x[key].data, v,
+    output_weights, wrt, precision or full. README.md lists every reason.
+    Bytes that are no valid request message are INVALID_ARGUMENT
+    (MALFORMED_REQUEST) on every method. With --auth-token-file, calls need
+    "authorization: Bearer <token>" metadata (UNAUTHENTICATED otherwise).
     """
 
     def __init__(self, channel):
@@ -91,14 +100,25 @@ class HessianServiceServicer:
     """Derivatives of served models with respect to their inputs.
 
     Errors use standard status codes with google.rpc.Status details: an
-    ErrorInfo (domain "hessd.v1", reason = the hessd exception class name) and,
-    when the error concerns one request field, a BadRequest field violation.
+    ErrorInfo (domain "hessd.v1"; reason in UPPER_SNAKE_CASE, e.g.
+    TENSOR_BYTE_COUNT_MISMATCH, REPLY_EXCEEDS_MESSAGE_SIZE, MODEL_NOT_FOUND;
+    metadata with the facts of the reason, e.g. expected_bytes/actual_bytes,
+    reply_bytes/max_message_bytes/retry_rpc, served_models, and "exception",
+    the hessd exception class) and, when the error concerns one request field,
+    a BadRequest field violation whose field is a path into the request:
+    model_name, x, x[key], x[key].dtype, x[key].shape, x[key].data, v,
+    output_weights, wrt, precision or full. README.md lists every reason.
+    Bytes that are no valid request message are INVALID_ARGUMENT
+    (MALFORMED_REQUEST) on every method. With --auth-token-file, calls need
+    "authorization: Bearer <token>" metadata (UNAUTHENTICATED otherwise).
     """
 
     def Hessian(self, request, context):
         """Hessian of f with respect to `wrt`: shape (B, *S, *S) per example, or
-        (B, *S, B, *S) when `full` is set. Fails RESOURCE_EXHAUSTED when the reply
-        would exceed the max message size; call HessianChunked for such results.
+        (B, *S, B, *S) when `full` is set. Fails RESOURCE_EXHAUSTED
+        (REPLY_EXCEEDS_MESSAGE_SIZE, retry_rpc "HessianChunked"), judged from the
+        input shapes before computing, when the reply would exceed the max
+        message size; call HessianChunked for such results.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,8 +162,9 @@ class HessianServiceServicer:
 
     def StreamHessian(self, request_iterator, context):
         """Many Hessian requests on one stream. Replies come in request order, one
-        per request; a request that fails gets its own `error` reply and the
-        stream goes on with the next request.
+        per request; a request that fails (including one whose bytes cannot be
+        decoded) gets its own `error` reply and the stream goes on with the next
+        request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,8 +244,17 @@ class HessianService:
     """Derivatives of served models with respect to their inputs.
 
     Errors use standard status codes with google.rpc.Status details: an
-    ErrorInfo (domain "hessd.v1", reason = the hessd exception class name) and,
-    when the error concerns one request field, a BadRequest field violation.
+    ErrorInfo (domain "hessd.v1"; reason in UPPER_SNAKE_CASE, e.g.
+    TENSOR_BYTE_COUNT_MISMATCH, REPLY_EXCEEDS_MESSAGE_SIZE, MODEL_NOT_FOUND;
+    metadata with the facts of the reason, e.g. expected_bytes/actual_bytes,
+    reply_bytes/max_message_bytes/retry_rpc, served_models, and "exception",
+    the hessd exception class) and, when the error concerns one request field,
+    a BadRequest field violation whose field is a path into the request:
+    model_name, x, x[key], x[key].dtype, x[key].shape, x[key].data, v,
+    output_weights, wrt, precision or full. README.md lists every reason.
+    Bytes that are no valid request message are INVALID_ARGUMENT
+    (MALFORMED_REQUEST) on every method. With --auth-token-file, calls need
+    "authorization: Bearer <token>" metadata (UNAUTHENTICATED otherwise).
     """
 
     @staticmethod

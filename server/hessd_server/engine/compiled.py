@@ -1,5 +1,5 @@
 """Compiled derivative functions: one per (model, kind, precision, bucket,
-input shapes), built once, with the strategy and XLA fallbacks chosen on
+input shapes), built once and kept in the model's bounded LRU cache, with the strategy and XLA fallbacks chosen on
 first use.
 
 A function's first call runs the candidates in order until one succeeds:
@@ -75,7 +75,7 @@ def _build_and_run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> Any
         if strategy is not None and model.strategy is None:
             model.strategy = strategy
             _log.info("model %s: per-example strategy %s", model.name, strategy)
-        model.functions[key] = _direct_call(function)
+        model.functions.put(key, _direct_call(function))
         return tuple(tf.nest.flatten(result))
     raise InternalError(
         f"model {model.name!r}: no way to compute {key.kind} worked, last error: {last_error}"

@@ -1,4 +1,4 @@
-"""Engine settings: batch buckets, the result byte limit and XLA."""
+"""Engine settings: batch buckets, the result byte limit, XLA and the compiled-function cache."""
 
 from __future__ import annotations
 
@@ -11,23 +11,31 @@ class EngineConfig:
 
     Attributes:
         max_batch_size: the largest power-of-two bucket. A batch of B examples
-            runs in the smallest bucket >= B; a batch above the largest bucket
-            runs at B rounded up to a multiple of ``max_batch_size``.
+            runs in the smallest bucket >= B; a larger batch of a
+            batch-independent model runs as slices of ``max_batch_size``
+            examples, so it compiles nothing new.
         max_result_bytes: a request whose result would exceed this many bytes is
             refused with ``ResultTooLargeError`` before anything is computed.
         jit_compile: compile with XLA (``tf.function(jit_compile=True)``); a
             function XLA cannot compile falls back to graph mode and is recorded.
+        max_compiled_functions: compiled functions kept per model; beyond it the
+            least recently used one is evicted (and compiled again if asked for
+            again). Inputs of unknown length compile one function per length,
+            so this bounds the memory such a model can take.
     """
 
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
     jit_compile: bool = True
+    max_compiled_functions: int = 256
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_size & (self.max_batch_size - 1):
             raise ValueError(f"max_batch_size must be a power of two >= 1, got {self.max_batch_size}")
         if self.max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be positive, got {self.max_result_bytes}")
+        if self.max_compiled_functions < 1:
+            raise ValueError(f"max_compiled_functions must be >= 1, got {self.max_compiled_functions}")
 
     @property
     def buckets(self) -> tuple[int, ...]:
@@ -35,11 +43,10 @@ class EngineConfig:
         return tuple(1 << i for i in range(self.max_batch_size.bit_length()))
 
     def bucket_for(self, batch_size: int) -> int:
-        """The padded batch size a batch of ``batch_size`` examples runs at.
+        """The padded batch size a batch of ``batch_size`` examples runs at; a batch
+        above ``max_batch_size`` runs in slices of that size.
 
         >>> EngineConfig(max_batch_size=8).bucket_for(5), EngineConfig(max_batch_size=8).bucket_for(19)
-        (8, 24)
+        (8, 8)
         """
-        if batch_size <= self.max_batch_size:
-            return 1 << max(batch_size - 1, 0).bit_length()
-        return -(-batch_size // self.max_batch_size) * self.max_batch_size
+        return min(1 << max(batch_size - 1, 0).bit_length(), self.max_batch_size)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -207,6 +207,55 @@ def function_key(model: Model, kind: str, inputs: PreparedInputs, outputs: int, 
 
 
 def run(
+    model: Model,
+    kind: str,
+    inputs: PreparedInputs,
+    weights: np.ndarray,
+    *tangent: np.ndarray,
+    padded_batch: int | None = None,
+) -> Any:
+    """Run ``kind`` on the whole batch: (value, gradient, Hessian) for the
+    second-order kinds, else the (B, *S) array.
+
+    A batch-independent model's batch above ``max_batch_size`` runs as slices
+    of that size (``padded_batch`` is then ignored), so it compiles nothing new;
+    a full Hessian is put together block-diagonally, which is exact for such a model.
+    """
+    step = model.config.max_batch_size
+    if not model.batch_independent or inputs.batch <= step:
+        return _run_bucket(model, kind, inputs, weights, *tangent, padded_batch=padded_batch)
+    parts = [
+        _run_bucket(
+            model,
+            kind,
+            replace(inputs, arrays={n: a[start : start + step] for n, a in inputs.arrays.items()}),
+            weights[start : start + step],
+            *(t[start : start + step] for t in tangent),
+        )
+        for start in range(0, inputs.batch, step)
+    ]
+    if kind not in SECOND_ORDER_KINDS:
+        return np.concatenate(parts)
+    value, grad, hessian = (list(results) for results in zip(*parts))
+    if kind == "full_hessian":
+        hessian = [_block_diagonal(hessian, len(inputs.event_shape))]
+    return tuple(np.concatenate(results) for results in (value, grad, hessian))
+
+
+def _block_diagonal(blocks: list[np.ndarray], event_rank: int) -> np.ndarray:
+    """Full Hessians (b_i, *S, b_i, *S) of independent slices -> (B, *S, B, *S), zero off the slices."""
+    batch = sum(block.shape[0] for block in blocks)
+    event_shape = blocks[0].shape[1 : 1 + event_rank]
+    full = np.zeros((batch, *event_shape, batch, *event_shape), dtype=blocks[0].dtype)
+    start = 0
+    for block in blocks:
+        rows = slice(start, start + block.shape[0])
+        full[(rows, *[slice(None)] * event_rank, rows)] = block
+        start += block.shape[0]
+    return full
+
+
+def _run_bucket(
     model: Model,
     kind: str,
     inputs: PreparedInputs,

@@ -12,7 +12,7 @@ from hessd.errors import PrecisionError
 from hessd.results import ModelMetadata, TensorInfo
 
 from .config import EngineConfig
-from .function_key import FunctionKey
+from .function_cache import FunctionCache
 
 ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
 """Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
@@ -53,7 +53,7 @@ class Model:
         self.batch_independent: bool | None = None
         self.compile_count = 0
         self.xla_fallbacks: list[str] = []
-        self.functions: dict[FunctionKey, Callable[..., Any]] = {}
+        self.functions = FunctionCache(config.max_compiled_functions)
         self.output_sizes: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
         self.xla_failed_kinds: set[tuple[str, str]] = set()
         self._calls: dict[str, ModelCall] = {"float32": call}

@@ -1,6 +1,10 @@
 """Up-front checks of a request, before anything is traced or computed.
 
-Every failure raises a ``hessd.errors`` type whose message says what to fix.
+Every failure raises a ``hessd.errors`` type whose message says what to fix
+and whose ``field`` is a path into the request: ``x`` for the inputs as a
+whole, ``x[key]`` for one input (``key`` as the caller keyed it; the model's
+input name when ``x`` was one array), ``wrt``, ``output_weights``, ``v`` or
+``precision``. Caller-supplied strings are quoted clipped.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from hessd.errors import (
     ResultTooLargeError,
     ShapeError,
     UnknownInputError,
+    clipped,
+    clipped_path,
 )
 
 from .model import PRECISIONS, Model, TensorInfo
@@ -64,7 +70,7 @@ def resolve_precision(precision: str | None) -> str:
     if precision is None or precision == "":
         return "float32"
     if precision not in PRECISIONS:
-        raise PrecisionError(f"precision must be one of {PRECISIONS} (or None), got {precision!r}", field="precision")
+        raise PrecisionError(f"precision must be one of {PRECISIONS} (or None), got {clipped(precision)}", field="precision")
     return precision
 
 
@@ -72,7 +78,13 @@ def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
-def _named_arrays(model: Model, x: Any) -> dict[str, Any]:
+def input_path(key: str) -> str:
+    """The field path of input ``key`` of ``x``: ``x[key]``, the key clipped."""
+    return f"x[{clipped_path(key)}]"
+
+
+def _named_arrays(model: Model, x: Any) -> dict[str, tuple[str, Any]]:
+    """Each model input name -> (its field path, the caller's value)."""
     names = model.input_names
     if not isinstance(x, Mapping):
         if len(names) != 1:
@@ -80,21 +92,24 @@ def _named_arrays(model: Model, x: Any) -> dict[str, Any]:
                 f"model {model.name!r} has {len(names)} inputs {list(names)}; pass x as a dict name -> array",
                 field="x",
             )
-        return {names[0]: x}
+        return {names[0]: (input_path(names[0]), x)}
     if len(names) == 1 and len(x) == 1:
-        return {names[0]: next(iter(x.values()))}
+        key, value = next(iter(x.items()))
+        return {names[0]: (input_path(key), value)}
     unknown = sorted(set(x) - set(names))
     if unknown:
         raise UnknownInputError(
-            f"model {model.name!r} has no input named {unknown}; its inputs are {list(names)}", field="x"
+            f"model {model.name!r} has no input named {clipped(unknown[0])}"
+            f"{f' (nor {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; its inputs are {list(names)}",
+            field=input_path(unknown[0]),
         )
     missing = [n for n in names if n not in x]
     if missing:
         raise ShapeError(f"inputs {missing} of model {model.name!r} are missing; pass all of {list(names)}", field="x")
-    return dict(x)
+    return {name: (input_path(name), x[name]) for name in names}
 
 
-def _checked_array(value: Any, info: TensorInfo, *, differentiated: bool, precision: str) -> np.ndarray:
+def _checked_array(value: Any, info: TensorInfo, *, path: str, differentiated: bool, precision: str) -> np.ndarray:
     array = np.asarray(value)
     declared = np.dtype(info.dtype) if info.dtype != "bfloat16" else None
     wants_float = differentiated or declared is None or declared.kind == "f"
@@ -103,25 +118,21 @@ def _checked_array(value: Any, info: TensorInfo, *, differentiated: bool, precis
         raise DtypeError(
             f"input {info.name!r} is {role} and must be float16, bfloat16, float32 or float64, "
             f"got {array.dtype.name}; convert it with x.astype(np.float32)",
-            field=info.name,
+            field=path,
         )
     if not wants_float and array.dtype.kind not in "iub":
-        raise DtypeError(
-            f"input {info.name!r} must hold integers ({info.dtype}), got {array.dtype.name}", field=info.name
-        )
+        raise DtypeError(f"input {info.name!r} must hold integers ({info.dtype}), got {array.dtype.name}", field=path)
     expected = ("B", *("?" if d is None else d for d in info.shape))
     if array.ndim != len(info.shape) + 1:
         raise ShapeError(
             f"input {info.name!r} must have rank {len(info.shape) + 1}, shape {expected}, got shape {array.shape}; "
             "the first dimension is the batch (use x[None] for one example)",
-            field=info.name,
+            field=path,
         )
     if array.shape[0] < 1 or any(d is not None and d != a for d, a in zip(info.shape, array.shape[1:])):
-        raise ShapeError(
-            f"input {info.name!r} must have shape {expected} with B >= 1, got {array.shape}", field=info.name
-        )
+        raise ShapeError(f"input {info.name!r} must have shape {expected} with B >= 1, got {array.shape}", field=path)
     if any(a == 0 for a in array.shape[1:]):
-        raise ShapeError(f"input {info.name!r} has an empty dimension in shape {array.shape}", field=info.name)
+        raise ShapeError(f"input {info.name!r} has an empty dimension in shape {array.shape}", field=path)
     return array.astype(precision if wants_float else info.dtype, copy=False)
 
 
@@ -142,11 +153,13 @@ def prepare_inputs(model: Model, x: Any, wrt: str | None, precision: str) -> Pre
         wrt = names[0]
     elif wrt not in names:
         raise UnknownInputError(
-            f"wrt={wrt!r} names no input of model {model.name!r}; choose one of {list(names)}", field="wrt"
+            f"wrt={clipped(wrt)} names no input of model {model.name!r}; choose one of {list(names)}", field="wrt"
         )
     named = _named_arrays(model, x)
     arrays = {
-        info.name: _checked_array(named[info.name], info, differentiated=info.name == wrt, precision=precision)
+        info.name: _checked_array(
+            named[info.name][1], info, path=named[info.name][0], differentiated=info.name == wrt, precision=precision
+        )
         for info in model.inputs
     }
     batches = {name: a.shape[0] for name, a in arrays.items()}
@@ -207,5 +220,7 @@ def check_result_size(model: Model, element_count: int, precision: str, what: st
     if estimate > limit:
         raise ResultTooLargeError(
             f"the {what} would take {estimate:,} bytes, over the limit of {limit:,} bytes; send a smaller batch, "
-            "ask for per-example blocks instead of full=True, or raise max_result_bytes"
+            "ask for per-example blocks instead of full=True, or raise max_result_bytes",
+            reason="RESULT_EXCEEDS_LIMIT",
+            metadata={"result_bytes": estimate, "max_result_bytes": limit},
         )

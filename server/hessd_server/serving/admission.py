@@ -29,7 +29,9 @@ class Admission:
             UnavailableError: the server is draining and admits no new calls.
         """
         if self._draining:
-            raise UnavailableError("the server is shutting down; retry on another instance")
+            raise UnavailableError(
+                "the server is shutting down; retry on another instance", reason="SERVER_DRAINING"
+            )
         self._in_flight += 1
         self._idle.clear()
         try:

@@ -9,8 +9,10 @@ call metadata (the SDK's ``token=`` does that).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from hessd.errors import UnauthenticatedError
 
 AUTHORIZATION_KEY = "authorization"
 """The metadata key carrying the token (gRPC metadata keys are lower case)."""
@@ -77,3 +79,40 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
         if value.startswith(BEARER_PREFIX):
             return value[len(BEARER_PREFIX) :].strip()
     return None
+
+
+class ServiceTokens:
+    """Which gRPC services need a bearer token, and which tokens each accepts.
+
+    A service not listed is open to every caller; the health service is never
+    listed, so that probes work without a token.
+
+    Args:
+        tokens_by_service: full service name (``"hessd.v1.HessianService"``) ->
+            the tokens it accepts.
+    """
+
+    def __init__(self, tokens_by_service: Mapping[str, BearerTokens]) -> None:
+        self._tokens_by_service = dict(tokens_by_service)
+
+    def check(self, service: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
+        """Return if a call to ``service`` with call ``metadata`` may proceed.
+
+        Raises:
+            UnauthenticatedError: ``service`` needs a token and ``metadata``
+                carries none it accepts.
+        """
+        tokens = self._tokens_by_service.get(service)
+        if tokens is None:
+            return
+        offered = bearer_token(metadata)
+        if offered is None:
+            raise UnauthenticatedError(
+                f"{service} needs a bearer token: send 'authorization: Bearer <token>' metadata "
+                "(hessd.Client(..., token=...))",
+                reason="TOKEN_MISSING",
+            )
+        if not tokens.accepts(offered):
+            raise UnauthenticatedError(
+                f"the bearer token sent is not accepted by {service}", reason="TOKEN_INVALID"
+            )

@@ -208,7 +208,9 @@ class Batcher:
             self._metrics.count_rejected()
             raise UnavailableError(
                 f"the server is overloaded: {len(self._queue)} requests are already queued "
-                f"(--max-queued-requests); retry with exponential backoff"
+                f"(--max-queued-requests); retry with exponential backoff",
+                reason="SERVER_OVERLOADED",
+                metadata={"queued_requests": len(self._queue)},
             )
         remaining = None if context is None else context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining

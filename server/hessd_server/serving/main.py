@@ -8,6 +8,8 @@ Examples::
     hessd-server --listen unix:///run/hessd.sock
     hessd-server --listen unix:///run/hessd/hessd.sock --listen 0.0.0.0:50051
     hessd-server --model-repository /models --admin-token-file /run/secrets/hessd-admin
+    hessd-server --listen 0.0.0.0:50051 --tls-cert server.pem --tls-key server.key \\
+        --tls-client-ca clients-ca.pem --auth-token-file tokens.txt
 
 On SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls,
 lets in-flight calls finish (up to ``--grace-seconds``) and exits 0. It
@@ -69,6 +71,12 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             log_level=args.log_level,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            auth_token_file=args.auth_token_file,
+            reflection=args.reflection,
+            max_compiled_functions=args.max_compiled_functions,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -173,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-queue-delay-ms", float, "a request queued this long starts on a spare engine thread"),
         ("--max-queued-requests", int, "requests that may wait; more fail UNAVAILABLE at once"),
         ("--grace-seconds", float, "how long in-flight calls may drain on SIGTERM/SIGINT"),
+        ("--max-compiled-functions", int, "compiled functions kept per model, LRU evicted"),
     ):
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (%(default)s)")
@@ -196,6 +205,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--metrics-host", default=defaults.metrics_host, help="address of /metrics (%(default)s)"
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA (mTLS); needs --tls-cert",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>' with a token of FILE (one per line); "
+        "health checks stay open",
+    )
+    parser.add_argument(
+        "--no-reflection", dest="reflection", action="store_false", help="serve no reflection"
     )
     parser.add_argument(
         "--no-batching",

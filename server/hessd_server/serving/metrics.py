@@ -1,16 +1,17 @@
 """Prometheus metrics of one server: requests by method and status, latency,
 engine calls waiting and dropped, the batcher's batches, queue and refusals,
-compiled functions per model, and the state, load and warm-up time of each model
+compiled and evicted functions per model, and the state, load and warm-up time of each model
 version and the versions that failed."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
 
 MODEL_STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
 """The values of ``hessd_model_version_state``'s ``state`` label."""
@@ -106,6 +107,8 @@ class Metrics:
             "Requests refused UNAVAILABLE because the batcher's queue was full.",
             registry=self.registry,
         )
+        self._evictions = _EvictionsCollector()
+        self.registry.register(self._evictions)
         self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -168,6 +171,9 @@ class Metrics:
     def count_load_failure(self, model: str) -> None:
         """Count one version of ``model`` that failed to load or warm."""
         self._load_failures.labels(model=model).inc()
+    def track_evictions(self, model: str, evictions: Callable[[], int]) -> None:
+        """Report ``evictions()`` as model ``model``'s evicted compiled functions at each scrape."""
+        self._evictions.sources[model] = evictions
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` over HTTP on ``host:port`` (0: a free port); returns the port."""
@@ -180,3 +186,20 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _EvictionsCollector:
+    """``hessd_compiled_function_evictions_total{model}``, read from each model at scrape time."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], int]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "hessd_compiled_function_evictions",
+            "Compiled functions evicted from a model's cache (--max-compiled-functions), by model.",
+            labels=["model"],
+        )
+        for model, evictions in self.sources.items():
+            family.add_metric([model], evictions())
+        yield family

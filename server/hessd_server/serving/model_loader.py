@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
+from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError, clipped
 
 from ..engine import EngineConfig, Model, load_model, warmup
 from .metrics import Metrics
@@ -175,7 +175,7 @@ class ModelLoader:
             raise InvalidArgumentError(str(error), field="model_name") from error
         if folder is None:
             raise ModelNotFoundError(
-                f"the model repository has no model folder {name!r}", field="model_name"
+                f"the model repository has no model folder {clipped(name)}", field="model_name"
             )
         return folder
 
@@ -288,6 +288,7 @@ class ModelLoader:
 
     def _track(self, name: str) -> None:
         self._metrics.track_compiles(name, lambda: self._registry.compile_count(name))
+        self._metrics.track_evictions(name, lambda: self._registry.evictions(name))
 
 
 def _reason(error: Exception) -> str:

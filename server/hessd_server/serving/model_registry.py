@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hessd.errors import ModelNotFoundError, PrecisionError, UnavailableError
+from hessd.errors import ModelNotFoundError, PrecisionError, UnavailableError, clipped
 from hessd.results import ModelStatus, VersionStatus
 
 from ..engine import Model
@@ -260,6 +260,13 @@ class ModelRegistry:
                 and not any(v.state is ModelState.AVAILABLE for v in entry.versions.values())
             ]
 
+    def evictions(self, name: str) -> int:
+        """Compiled functions evicted so far from the caches of the loaded versions of ``name``."""
+        with self._lock:
+            entry = self._entries.get(name)
+            models = [] if entry is None else [v.model for v in entry.versions.values() if v.model]
+        return sum(model.functions.evictions for model in models)
+
     def compile_count(self, name: str) -> int:
         """Functions compiled so far for the loaded versions of model ``name``."""
         with self._lock:
@@ -271,15 +278,17 @@ class ModelRegistry:
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFoundError(
-                f"no model named {name[:64]!r} is served; served models: {sorted(self._entries)}",
+                f"no model named {clipped(name)} is served; served models: {sorted(self._entries)}",
                 field="model_name",
+                metadata={"served_models": ",".join(sorted(self._entries))},
             )
         return entry
 
     def _lookup(self, name: str, version: str) -> ServedVersion:
         if not self._ready:
             raise UnavailableError(
-                f"model {name[:64]!r} is still loading; retry once health reports SERVING"
+                f"model {clipped(name)} is still loading; retry once health reports SERVING",
+                reason="MODELS_LOADING",
             )
         entry = self._entry(name)
         available = sorted(
@@ -290,6 +299,7 @@ class ModelRegistry:
                 raise ModelNotFoundError(
                     f"model {name!r} has no AVAILABLE version; {self._states_text(entry)}",
                     field="model_name",
+                    reason="MODEL_VERSION_NOT_AVAILABLE",
                 )
             return entry.versions[available[-1]]
         served = entry.versions.get(int(version)) if _is_version_number(version) else None
@@ -298,10 +308,12 @@ class ModelRegistry:
             if served is not None and served.error:
                 state += f" ({served.error})"
             raise ModelNotFoundError(
-                f"version {version[:32]!r} of model {name!r} {state}; AVAILABLE versions: "
+                f"version {clipped(version)} of model {name!r} {state}; AVAILABLE versions: "
                 f"{[str(number) for number in available]} (or leave model_version empty for "
                 "the newest)",
                 field="model_version",
+                reason="MODEL_VERSION_NOT_FOUND",
+                metadata={"available_versions": ",".join(str(number) for number in available)},
             )
         return served
 

@@ -146,7 +146,9 @@ class ReplyEncoder:
             raise ResultTooLargeError(
                 f"the reply would take {size:,} bytes, over the max message size of "
                 f"{self._max_message_bytes:,} bytes; {remedy} (hessd.Client picks the "
-                "chunked RPCs by itself)"
+                "chunked RPCs by itself)",
+                reason="REPLY_EXCEEDS_MESSAGE_SIZE",
+                metadata={"reply_bytes": size, "max_message_bytes": self._max_message_bytes},
             )
         return b"".join(pieces)
 

@@ -1,6 +1,10 @@
 """The hessd gRPC server: HessianService, health, reflection and (with an admin
 token file) ModelAdmin, over the ``--model`` models and the model repository.
 
+Security is off by default and set in :class:`ServerConfig`: TLS
+(``tls_cert``/``tls_key``), client certificates (``tls_client_ca``), bearer
+tokens (``auth_token_file``; health stays open for probes) and reflection.
+
 Lifecycle: :func:`create_server` builds and binds; :meth:`HessdServer.start`
 starts answering (health NOT_SERVING) and loads and warms every model in the
 background; once all are warm, health turns SERVING. The repository is then
@@ -28,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -36,9 +41,10 @@ from hessd.transfer_options import TRANSFER_OPTIONS
 from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc, shared_memory_pb2_grpc
 
 from .admission import Admission
-from .auth import BearerTokens
+from .auth import BearerTokens, ServiceTokens
 from .batching import Batcher, BatchingSettings
 from .engine_executor import EngineExecutor
+from .failure_log import FailureLog
 from .metrics import Metrics
 from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from .model_loader import ModelLoader
@@ -121,8 +127,11 @@ class HessdServer:
         )
         self._loading: asyncio.Future[None] | None = None
         self._health = health.aio.HealthServicer()
+        failures = FailureLog(logging.getLogger("hessd_server.requests"))
         self.grpc_server = grpc.aio.server(
-            interceptors=[StatusInterceptor(self.metrics, self._admission)],
+            interceptors=[
+                StatusInterceptor(self.metrics, self._admission, failures, _service_tokens(config))
+            ],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -134,6 +143,7 @@ class HessdServer:
             HessianServicer(
                 self.models,
                 self.batcher,
+                failures,
                 max_message_bytes=config.max_message_bytes,
                 chunk_bytes=config.chunk_bytes,
                 regions=self.shared_memory,
@@ -161,7 +171,8 @@ class HessdServer:
             )
             services.append(ADMIN_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.grpc_server)
-        reflection.enable_server_reflection(services, self.grpc_server)
+        if config.reflection:
+            reflection.enable_server_reflection(services, self.grpc_server)
         self.metrics_port: int | None = None
         self.addresses: tuple[str, ...] = ()
 
@@ -270,28 +281,42 @@ def create_server(config: ServerConfig) -> tuple[HessdServer, int]:
     """Build a server for ``config`` and bind it to every address of ``config.listen``;
     call in the event loop.
 
+    With ``config.tls_cert`` every TCP address speaks TLS only (and asks for
+    client certificates signed by ``config.tls_client_ca`` when that is set);
+    unix sockets stay plaintext, guarded by their file permissions (bearer
+    tokens apply to them too).
+
     Returns:
         The server, not yet started, and the port bound for the first TCP address
         of ``config.listen`` (0 when it listens on unix sockets only).
         ``server.addresses`` has every address as bound, ports filled in.
 
     Raises:
+        ValueError: a TLS or token file cannot be read.
         RuntimeError: an address cannot be bound; the message names it.
     """
+    credentials = _server_credentials(config)
     server = HessdServer(config)
-    bound = [_bind(server.grpc_server, address) for address in config.listen]
+    bound = [_bind(server.grpc_server, address, credentials) for address in config.listen]
     server.addresses = tuple(address for address, _ in bound)
     return server, next((port for _, port in bound if port), 0)
 
 
-def _bind(grpc_server: grpc.aio.Server, address: str) -> tuple[str, int]:
-    """Bind ``address``; returns it as bound (a TCP port 0 replaced by the chosen
-    port) and its TCP port (0 for a unix socket)."""
+def _bind(
+    grpc_server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> tuple[str, int]:
+    """Bind ``address``, with TLS ``credentials`` when given and the address is TCP;
+    returns it as bound (a TCP port 0 replaced by the chosen port) and its TCP port
+    (0 for a unix socket)."""
+    unix = address.startswith(UNIX_SCHEMES)
     try:
-        port = grpc_server.add_insecure_port(address)
+        if credentials is None or unix:
+            port = grpc_server.add_insecure_port(address)
+        else:
+            port = grpc_server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise RuntimeError(f"cannot listen on {address}: {error}") from error
-    if address.startswith(UNIX_SCHEMES):
+    if unix:
         return address, 0
     host, separator, _ = address.rpartition(":")
     return (f"{host}:{port}" if separator else address), port
@@ -305,6 +330,32 @@ def _connection_age_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_connection_age_ms", round(config.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", round(config.grace_seconds * 1000)),
     ]
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    client_ca = None if config.tls_client_ca is None else _read(config.tls_client_ca)
+    return grpc.ssl_server_credentials(
+        [(_read(config.tls_key), _read(config.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _service_tokens(config: ServerConfig) -> ServiceTokens | None:
+    """Caller tokens for HessianService and reflection; health is never listed, so it stays open."""
+    if config.auth_token_file is None:
+        return None
+    tokens = BearerTokens.from_file(config.auth_token_file)
+    return ServiceTokens({SERVICE_NAME: tokens, reflection.SERVICE_NAME: tokens})
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {error}") from error
 
 
 async def _in_daemon_thread(function: Callable[[], T]) -> T:

@@ -83,8 +83,19 @@ class ServerConfig:
             replicas; ``None`` keeps connections open.
         metrics_port: port of the Prometheus ``/metrics`` endpoint (0 picks a
             free one); ``None`` serves no endpoint.
-        metrics_host: address the metrics endpoint binds.
+        metrics_host: address the metrics endpoint binds; loopback by default,
+            so metrics are not readable from other hosts unless asked.
         log_level: the process's logging level name, e.g. ``"INFO"``.
+        tls_cert: PEM certificate chain file of the server; with ``tls_key``
+            the server speaks TLS only. ``None``: plaintext.
+        tls_key: PEM private key file of ``tls_cert``.
+        tls_client_ca: PEM file of the CA(s) that sign client certificates;
+            set, every client must present a valid certificate (mTLS).
+        auth_token_file: a file of accepted bearer tokens, one per line; set,
+            every call but health checks needs ``authorization: Bearer <token>``.
+        reflection: serve gRPC server reflection.
+        max_compiled_functions: compiled functions kept per model, least
+            recently used evicted first (engine setting).
     """
 
     models: tuple[ModelSpec, ...] = ()
@@ -109,8 +120,14 @@ class ServerConfig:
     grace_seconds: float = 30.0
     max_connection_age_seconds: float | None = None
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token_file: str | None = None
+    reflection: bool = True
+    max_compiled_functions: int = EngineConfig.max_compiled_functions
 
     def __post_init__(self) -> None:
         if isinstance(self.listen, str):
@@ -151,6 +168,10 @@ class ServerConfig:
             raise ValueError(
                 f"max_connection_age_seconds must be > 0, got {self.max_connection_age_seconds}"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
         self.engine_config()
 
     @property
@@ -174,4 +195,5 @@ class ServerConfig:
             max_batch_size=self.max_batch_size,
             max_result_bytes=self.max_result_bytes,
             jit_compile=self.jit_compile,
+            max_compiled_functions=self.max_compiled_functions,
         )

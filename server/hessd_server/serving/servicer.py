@@ -11,6 +11,7 @@ large) and handed to gRPC as bytes.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -19,14 +20,16 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import tensor_codec
-from hessd.errors import ResultTooLargeError
+from hessd.errors import MalformedRequestError, ResultTooLargeError
 from hessd.results import Evaluation, ModelStatus, TensorInfo
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 
 from ..engine import Model
 from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
+from ..engine.validation import input_path
 from .batching import Batcher
+from .failure_log import FailureLog
 from .model_registry import ModelRegistry
 from .replies import Encoding, ReplyEncoder, encoding_of
 from .shared_memory import SharedMemoryRegistry, read_tensor
@@ -42,6 +45,20 @@ Preparation = Callable[[Model, dict[str, np.ndarray], dict[str, Any]], PreparedC
 LOOP_ENCODE_BYTES = 1 << 20
 """Results larger than this are encoded on a worker thread, off the event loop."""
 
+ONE_MESSAGE_REPLIES: dict[str, tuple[str, str | None]] = {
+    "Hessian": ("hessian", "HessianChunked"),
+    "StreamHessian": ("hessian", "HessianChunked"),
+    "Evaluate": ("evaluation", "EvaluateChunked"),
+    "Gradient": ("gradient", None),
+    "HessianVectorProduct": ("gradient", None),
+}
+"""Per method whose result travels in one message: the result its reply size is
+judged by ("hessian", "evaluation" or a (B, *S) "gradient") and the chunked RPC
+that streams such results of any size, if there is one."""
+
+REPLY_OVERHEAD_BYTES = 1024
+"""Room left in a reply's size estimate for everything but the result bytes."""
+
 
 class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     """Serves the models of ``models`` through the engine.
@@ -49,6 +66,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     Args:
         models: the served models.
         batcher: queues, groups and runs engine work off the event loop.
+        failures: where failed StreamHessian items are logged.
         max_message_bytes: replies larger than this fail RESOURCE_EXHAUSTED.
         chunk_bytes: data bytes per ResultChunk.
         regions: the registered shared-memory regions, for inputs and results there.
@@ -58,6 +76,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         self,
         models: ModelRegistry,
         batcher: Batcher,
+        failures: FailureLog,
         *,
         max_message_bytes: int,
         chunk_bytes: int,
@@ -65,6 +84,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     ) -> None:
         self._models = models
         self._batcher = batcher
+        self._failures = failures
         self._max_message_bytes = max_message_bytes
         self._regions = regions
         self._replies = ReplyEncoder(
@@ -96,7 +116,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     async def HessianVectorProduct(
         self, request: pb.HessianVectorProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.HessianVectorProductResponse:
-        v = tensor_codec.decode(request.v, field="v")
+        v = tensor_codec.decode(request.v, field="v", max_bytes=self._max_message_bytes)
         hvp, version = await self._computed(
             request,
             context,
@@ -141,6 +161,8 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         async for request in request_iterator:
             try:
                 encoding = _encoding(request, chunked=False)
+                if isinstance(request, MalformedRequestError):
+                    raise request
                 hessian, version = await self._hessian(request, context, "StreamHessian")
                 reply: pb.StreamHessianResponse | bytes = await self._reply(
                     pb.StreamHessianResponse(index=index, model_version=version),
@@ -149,6 +171,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
                     "call HessianChunked for this batch",
                 )
             except Exception as error:  # this item's failure is its reply; the stream goes on
+                self._failures.record("StreamHessian", error)
                 reply = pb.StreamHessianResponse(index=index, error=status_of(error))
             yield reply
             index += 1
@@ -217,6 +240,8 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         with self._models.acquired(request.model_name, request.model_version) as served:
             x, options = self._decoded(request)
             served.check_precision(options["precision"])
+            if method in ONE_MESSAGE_REPLIES:
+                self._check_reply_size(request, x, *ONE_MESSAGE_REPLIES[method])
             model = served.model
             assert model is not None
             examples = max((array.shape[0] if array.ndim else 1 for array in x.values()), default=1)
@@ -228,11 +253,13 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
 
     def _decoded(self, request: DerivativeRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``."""
+        limit = self._max_message_bytes
         x = {
-            name: read_tensor(self._regions, tensor, field=name) for name, tensor in request.x.items()
+            name: read_tensor(self._regions, tensor, field=input_path(name), max_bytes=limit)
+            for name, tensor in request.x.items()
         }
         output_weights = (
-            tensor_codec.decode(request.output_weights, field="output_weights")
+            tensor_codec.decode(request.output_weights, field="output_weights", max_bytes=limit)
             if request.HasField("output_weights")
             else None
         )
@@ -243,6 +270,46 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         }
         return x, options
 
+    def _check_reply_size(
+        self, request: DerivativeRequest, x: dict[str, np.ndarray], result: str, retry_rpc: str | None
+    ) -> None:
+        """Refuse, before computing, a ``result`` ("hessian", "evaluation" or
+        "gradient") whose reply cannot fit one message.
+
+        The size follows from the differentiated input's shape (B, *S), ``full``
+        and ``precision``; a request whose inputs the engine would refuse anyway
+        is left to it.
+        """
+        wrt = request.wrt if request.wrt in x else next(iter(x)) if len(x) == 1 else None
+        if wrt is None or x[wrt].ndim < 1:
+            return
+        batch, size = x[wrt].shape[0], math.prod(x[wrt].shape[1:])
+        elements = batch * size
+        if result != "gradient":
+            elements = elements * elements if getattr(request, "full", False) else elements * size
+        if result == "evaluation":
+            elements += batch + batch * size
+        itemsize = 8 if tensor_codec.decode_precision(request.precision) == "float64" else 4
+        reply_bytes = elements * itemsize + REPLY_OVERHEAD_BYTES
+        if reply_bytes <= self._max_message_bytes:
+            return
+        remedy = (
+            f"call {retry_rpc}, which streams results of any size (hessd.Client picks the "
+            "chunked RPCs by itself)"
+            if retry_rpc
+            else "send a smaller batch"
+        )
+        raise ResultTooLargeError(
+            f"the reply would take about {reply_bytes:,} bytes, over the max message size of "
+            f"{self._max_message_bytes:,} bytes; {remedy}",
+            reason="REPLY_EXCEEDS_MESSAGE_SIZE",
+            metadata={
+                "reply_bytes": reply_bytes,
+                "max_message_bytes": self._max_message_bytes,
+                **({"retry_rpc": retry_rpc} if retry_rpc else {}),
+            },
+        )
+
     def _fitting(self, reply: Message, remedy: str) -> Any:
         """``reply``, unless it exceeds the max message size; then how to get it instead."""
         size = reply.ByteSize()
@@ -250,7 +317,9 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             raise ResultTooLargeError(
                 f"the reply would take {size:,} bytes, over the max message size of "
                 f"{self._max_message_bytes:,} bytes; {remedy} (hessd.Client picks the "
-                "chunked RPCs by itself)"
+                "chunked RPCs by itself)",
+                reason="REPLY_EXCEEDS_MESSAGE_SIZE",
+                metadata={"reply_bytes": size, "max_message_bytes": self._max_message_bytes},
             )
         return reply
 

@@ -215,7 +215,9 @@ class SharedMemoryRegistry:
         self._emptied.notify_all()
 
 
-def read_tensor(regions: SharedMemoryRegistry, tensor: Tensor, *, field: str) -> np.ndarray:
+def read_tensor(
+    regions: SharedMemoryRegistry, tensor: Tensor, *, field: str, max_bytes: int | None = None
+) -> np.ndarray:
     """A request's input tensor, read from shared memory when it lies there (then a copy).
 
     Raises:
@@ -224,7 +226,7 @@ def read_tensor(regions: SharedMemoryRegistry, tensor: Tensor, *, field: str) ->
         SharedMemoryError: as :meth:`SharedMemoryRegistry.borrowed`.
     """
     if not tensor.HasField("shared_memory"):
-        return tensor_codec.decode(tensor, field=field)
+        return tensor_codec.decode(tensor, field=field, max_bytes=max_bytes)
     if tensor.data:
         raise TensorEncodingError(
             f"{field} has both data and shared_memory; send its bytes in one of them.", field=field

@@ -1,18 +1,24 @@
-"""The server's error layer around every hessd call: statuses, admission, metrics.
+"""The server's error layer around every call: decoding, auth, statuses, admission, metrics.
 
-Every HessianService and SharedMemoryService handler runs inside :class:`StatusInterceptor`. A hessd
-exception escaping a handler ends the call with the status that
-:mod:`hessd.status_codes` maps it to, details included; any other exception is
-logged with its traceback and ends the call INTERNAL with a generic message.
-Calls pass :class:`~hessd_server.serving.admission.Admission` first, so a draining
-server answers new calls UNAVAILABLE. A handler may return (or yield) a reply
-already serialized, as ``bytes``; it goes to gRPC as it is.
+Every ``hessd.v1`` handler runs inside :class:`StatusInterceptor`. Its request
+bytes are decoded here rather than by gRPC, so bytes that are no valid message
+fail INVALID_ARGUMENT (``MalformedRequestError``, reason ``MALFORMED_REQUEST``)
+like any other bad request; on a client stream each item is decoded on its
+own, and an item that cannot be reaches the handler as its
+``MalformedRequestError`` instead of ending the stream. A hessd exception
+escaping a handler ends the call with the status that :mod:`hessd.status_codes`
+maps it to, details included; any other exception ends it INTERNAL with a
+generic message. :class:`~hessd_server.serving.failure_log.FailureLog` logs
+both. Calls to a service that needs a bearer token are refused
+UNAUTHENTICATED without one, before anything is decoded; calls pass
+:class:`~hessd_server.serving.admission.Admission`, so a draining server
+answers new calls UNAVAILABLE. A handler may return (or yield) a reply already
+serialized, as ``bytes``; it goes to gRPC as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,13 +29,13 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from hessd import status_codes
-from hessd.errors import HessdError, InternalError
+from hessd.errors import HessdError, InternalError, MalformedRequestError
 from hessd.v1 import hessian_service_pb2, shared_memory_pb2
 
 from .admission import Admission
+from .auth import ServiceTokens
+from .failure_log import FailureLog
 from .metrics import Metrics
-
-_log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = hessian_service_pb2.DESCRIPTOR.services_by_name["HessianService"].full_name
 """``"hessd.v1.HessianService"``."""
@@ -39,38 +45,77 @@ SHARED_MEMORY_SERVICE_NAME: str = shared_memory_pb2.DESCRIPTOR.services_by_name[
 ].full_name
 """``"hessd.v1.SharedMemoryService"``."""
 
-_SERVICE_NAMES = (SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME)
+PACKAGE_PREFIX = "hessd.v1."
+"""Services whose names start with this run inside the interceptor's error layer."""
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 """What a caller sees of an unexpected server failure."""
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamingBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
 
 
-def status_of(error: Exception) -> status_pb2.Status:
+def status_of(error: BaseException) -> status_pb2.Status:
     """The ``google.rpc.Status`` a call failing with ``error`` ends with.
 
-    An exception that is not a ``HessdError`` is a bug: it is logged with its
-    traceback and becomes INTERNAL with :data:`INTERNAL_MESSAGE`.
+    An exception that is not a ``HessdError`` is a bug: it becomes INTERNAL
+    with :data:`INTERNAL_MESSAGE` (the caller logs it, see ``FailureLog``).
     """
     if isinstance(error, HessdError):
         return status_codes.to_status(error)
-    _log.error("unexpected error in a HessianService call", exc_info=error)
     return status_codes.to_status(InternalError(INTERNAL_MESSAGE))
 
 
+def decoded(deserializer: Deserializer, data: bytes) -> Any:
+    """``data`` parsed by ``deserializer`` (a message class's ``FromString``).
+
+    Raises:
+        MalformedRequestError: the bytes are no valid message of that type.
+    """
+    try:
+        return deserializer(data)
+    except Exception as error:  # protobuf's DecodeError, or anything a parser raises on garbage
+        raise MalformedRequestError(
+            f"the request's {len(data):,} bytes are not a valid message of this method's "
+            f"request type ({str(error)[:200]}); send a serialized request message",
+            metadata={"request_bytes": len(data)},
+        ) from None
+
+
+async def decoded_items(
+    deserializer: Deserializer, items: AsyncIterator[bytes]
+) -> AsyncIterator[Any]:
+    """Each item of a client stream parsed, or its ``MalformedRequestError`` in its place."""
+    async for data in items:
+        try:
+            yield decoded(deserializer, data)
+        except MalformedRequestError as error:
+            yield error
+
+
 class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps each HessianService handler with admission, error mapping and metrics.
+    """Wraps each ``hessd.v1`` handler with decoding, admission, error mapping and metrics,
+    and refuses calls without an accepted bearer token to the services that need one.
 
     Args:
         metrics: where each finished call is counted and timed.
         admission: admits calls, or refuses them UNAVAILABLE while draining.
+        failures: where failed calls are logged.
+        tokens: which services need which bearer tokens; ``None``: none do.
     """
 
-    def __init__(self, metrics: Metrics, admission: Admission) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        admission: Admission,
+        failures: FailureLog,
+        tokens: ServiceTokens | None = None,
+    ) -> None:
         self._metrics = metrics
         self._admission = admission
+        self._failures = failures
+        self._tokens = tokens
 
     async def intercept_service(
         self,
@@ -79,36 +124,41 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        if handler is None or service not in _SERVICE_NAMES:
+        if handler is None:
             return handler
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": _passing_bytes(handler.response_serializer),
-        }
+        if self._tokens is not None:
+            try:
+                self._tokens.check(service, handler_call_details.invocation_metadata)
+            except HessdError as refusal:
+                return _same_kind(handler, self._refusing(method, refusal))
+        if not service.startswith(PACKAGE_PREFIX):
+            return handler
+        parse = handler.request_deserializer
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary), **codecs
-            )
+            return _same_kind(handler, self._unary(method, handler.unary_unary, parse))
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream), **codecs
+            return _same_kind(handler, self._streaming(method, handler.unary_stream, parse))
+        if handler.stream_stream is not None:
+            return _same_kind(
+                handler, self._streaming(method, handler.stream_stream, None, parse)
             )
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, handler.stream_stream), **codecs
-        )
+        return handler
 
-    def _unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _unary(self, method: str, behavior: UnaryBehavior, parse: Deserializer) -> UnaryBehavior:
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 with self._admission.admitted():
-                    return await behavior(request, context)
+                    return await behavior(decoded(parse, request), context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except grpc.aio.AbortError:  # the handler ended the call with its own status
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
             except Exception as error:
-                status = rpc_status.to_status(status_of(error))
+                status = self._failed(method, error)
                 code = status.code
                 await context.abort_with_status(status)
             finally:
@@ -116,19 +166,32 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
-    def _streaming(self, method: str, behavior: StreamingBehavior) -> StreamingBehavior:
+    def _streaming(
+        self,
+        method: str,
+        behavior: StreamingBehavior,
+        parse: Deserializer | None,
+        parse_items: Deserializer | None = None,
+    ) -> StreamingBehavior:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 with self._admission.admitted():
+                    if parse_items is not None:
+                        request = decoded_items(parse_items, request)
+                    elif parse is not None:
+                        request = decoded(parse, request)
                     async for reply in behavior(request, context):
                         yield reply
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except grpc.aio.AbortError:  # the handler ended the call with its own status
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
             except Exception as error:
-                status = rpc_status.to_status(status_of(error))
+                status = self._failed(method, error)
                 code = status.code
                 await context.abort_with_status(status)
             finally:
@@ -136,11 +199,41 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
         return handle
 
+    def _refusing(self, method: str, refusal: HessdError) -> Callable[..., Any]:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            status = self._failed(method, refusal)
+            self._metrics.observe_request(method, status.code, 0.0)
+            await context.abort_with_status(status)
 
-def _passing_bytes(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+        return refuse
+
+    def _failed(self, method: str, error: Exception) -> grpc.Status:
+        """Log ``error`` and return the status its call ends with."""
+        self._failures.record(method, error)
+        return rpc_status.to_status(status_of(error))
+
+
+def _same_kind(
+    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s streaming kind running ``behavior`` on the raw request bytes."""
+    codecs = {
+        "request_deserializer": None,
+        "response_serializer": _passing_bytes(handler.response_serializer),
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(behavior, **codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(behavior, **codecs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(behavior, **codecs)
+    return grpc.stream_stream_rpc_method_handler(behavior, **codecs)
+
+
+def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
     """``serializer``, except that replies already serialized pass as they are."""
 
     def serialize(reply: Any) -> bytes:
-        return reply if isinstance(reply, bytes) else serializer(reply)
+        return reply if isinstance(reply, bytes) or serializer is None else serializer(reply)
 
     return serialize
