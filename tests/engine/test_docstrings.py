@@ -16,6 +16,9 @@ import pytest
         "hessd_server.engine.config",
         "hessd_server.engine.model_loading",
         "hessd_server.engine.warmup",
+        "hessd_server.engine.function_cache",
+        "hessd_server.serving.failure_log",
+        "hessd.errors",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:
