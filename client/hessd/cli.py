@@ -12,7 +12,9 @@ Examples::
 ``--input`` takes a ``.npy`` array for a single-input model or a ``.npz`` of arrays
 named after the model's inputs. Without ``--out`` the result is printed.
 The server address comes from ``--target``, else ``$HESSD_TARGET``, else
-``127.0.0.1:50051``. Exit status: 0 on success, 1 when the call fails.
+``127.0.0.1:50051``. ``--ca``, ``--cert`` and ``--key`` (or ``--tls`` alone, for
+the system's roots) call over TLS; ``--token-file`` sends the bearer token its
+first line holds. Exit status: 0 on success, 1 when the call fails.
 """
 
 from __future__ import annotations
@@ -36,14 +38,33 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``hessd`` command; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        client = _client(args)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    try:
+        with client:
             args.run(client, args)
     except HessdError as error:
         print(f"hessd: {type(error).__name__}: {error.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """The client the connection flags ask for."""
+    token = None
+    if args.token_file is not None:
+        lines = [line.strip() for line in args.token_file.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{args.token_file} holds no token")
+        token = lines[0]
+    settings = {"timeout": args.timeout, "token": token}
+    if args.tls or args.ca or args.cert or args.key:
+        return Client.secure(args.target, ca=args.ca, cert=args.cert, key=args.key, **settings)
+    return Client(args.target, **settings)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         help="server address, host:port or unix:///path (default: $HESSD_TARGET or %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per call")
+    parser.add_argument("--tls", action="store_true", help="call over TLS (implied by --ca/--cert)")
+    parser.add_argument("--ca", help="PEM of the CA to trust (default: the system's roots)")
+    parser.add_argument("--cert", help="PEM client certificate for mTLS, with --key")
+    parser.add_argument("--key", help="PEM private key of --cert")
+    parser.add_argument("--token-file", type=Path, help="file whose first line is the bearer token")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("models", help="list the served models").set_defaults(run=_models)

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import hessd
 import hessd_server as hs
+from hessd import cli
 from hessd_server.serving.main import serve
 from hessd_server.serving.server_config import ServerConfig
 from tls_certificates import CertificateAuthority, Pem
@@ -185,3 +186,15 @@ def test_an_unreadable_security_file_stops_the_server_with_status_1(tmp_path: Pa
     keys = {"tls_cert": missing, "tls_key": missing} if setting == "tls_cert" else {setting: missing}
     config = ServerConfig(listen="127.0.0.1:0", **keys)
     assert asyncio.run(serve(config)) == 1
+
+
+def test_the_command_line_client_speaks_tls_with_a_token(
+    tls_server: RunningServer, pki: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    target = ["--target", tls_server.target, "--ca", str(pki["ca"]), "--timeout", "60"]
+    assert cli.main([*target, "--token-file", str(token_file), "models"]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert cli.main([*target, "models"]) == 1
+    assert "UnauthenticatedError" in capsys.readouterr().err
