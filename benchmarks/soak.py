@@ -196,7 +196,7 @@ def compile_counts(target: str) -> dict[str, int]:
 
 def report(tally: Tally, elapsed: float, clients: int, drained: int, compiles: tuple[dict, dict]) -> bool:
     print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
+    print(f"- machine: {_cpu()}, {os.cpu_count()} logical cores, "
           f"load average {os.getloadavg()[0]:.2f} at the end")
     print(f"- command: python benchmarks/soak.py --clients {clients} --seconds {elapsed:.0f}")
     print()
@@ -221,6 +221,17 @@ def report(tally: Tally, elapsed: float, clients: int, drained: int, compiles: t
     for problem in (tally.mismatches + tally.failures)[:10]:
         print(f"  - {problem}")
     return not tally.mismatches and not tally.failures and compiled_during == 0 and drained == 0 and total > 0
+
+
+def _cpu() -> str:
+    """The CPU's model name where the system tells it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
