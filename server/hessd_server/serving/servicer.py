@@ -160,9 +160,9 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         index = 0
         async for request in request_iterator:
             try:
-                encoding = _encoding(request, chunked=False)
                 if isinstance(request, MalformedRequestError):
                     raise request
+                encoding = _encoding(request, chunked=False)
                 hessian, version = await self._hessian(request, context, "StreamHessian")
                 reply: pb.StreamHessianResponse | bytes = await self._reply(
                     pb.StreamHessianResponse(index=index, model_version=version),
@@ -278,8 +278,13 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
 
         The size follows from the differentiated input's shape (B, *S), ``full``
         and ``precision``; a request whose inputs the engine would refuse anyway
-        is left to it.
+        is left to it, and so is one that asks for a ``result_encoding`` (packed,
+        rounded or in shared memory), whose reply is measured once encoded.
         """
+        if "result_encoding" in request.DESCRIPTOR.fields_by_name and request.HasField(
+            "result_encoding"
+        ):
+            return
         wrt = request.wrt if request.wrt in x else next(iter(x)) if len(x) == 1 else None
         if wrt is None or x[wrt].ndim < 1:
             return
