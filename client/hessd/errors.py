@@ -64,6 +64,10 @@ class ResultTooLargeError(HessdError):
     """The estimated result exceeds the configured byte limit; nothing was computed."""
 
 
+class OutOfMemoryError(HessdError):
+    """The computation ran out of memory; nothing was returned. Retry later, or send a smaller batch."""
+
+
 class BatchDependenceError(HessdError):
     """Per-example blocks were asked of a model whose examples influence each other.
 
@@ -127,6 +131,7 @@ ERROR_TYPES: dict[str, type[HessdError]] = {
         ModelLoadError,
         ModelNotFoundError,
         ResultTooLargeError,
+        OutOfMemoryError,
         BatchDependenceError,
         UnavailableError,
         UnauthenticatedError,

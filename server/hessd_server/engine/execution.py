@@ -24,6 +24,7 @@ from hessd.errors import BatchDependenceError
 from hessd.results import Evaluation
 
 from . import compiled
+from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
 from .probes import is_batch_independent
@@ -162,10 +163,15 @@ def prepare(
     inputs = prepare_inputs(m, x, wrt, resolve_precision(precision))
     weights = prepare_weights(output_weights, inputs.batch, _output_size(m, inputs), inputs.precision)
     if m.batch_independent is None:
-        with m.lock:
+        with m.probe_lock:
             if m.batch_independent is None:
-                m.batch_independent = is_batch_independent(m.call_for("float32"), _as_float32(inputs), tf.float32)
-                _log.info("model %s: batch independent: %s", m.name, m.batch_independent)
+                check_cancelled()
+                independent = is_batch_independent(
+                    m.call_for("float32"), _as_float32(inputs), tf.float32, ranges=m.input_ranges
+                )
+                with m.lock:
+                    m.batch_independent = independent
+                _log.info("model %s: batch independent: %s", m.name, independent)
     return inputs, weights
 
 
@@ -180,12 +186,13 @@ def _output_size(model: Model, inputs: PreparedInputs) -> int:
     if shapes and all(None not in s for s in shapes):
         return sum(math.prod(s) for s in shapes)
     key = tuple((n, a.shape[1:]) for n, a in inputs.arrays.items())
+    known = model.output_sizes.get(key)
+    if known is not None:
+        return known
+    one = {n: tf.constant(a[:1]) for n, a in _as_float32(inputs).items()}
+    outputs = tf.nest.flatten(model.call_for("float32")(one))
     with model.lock:
-        if key not in model.output_sizes:
-            one = {n: tf.constant(a[:1]) for n, a in _as_float32(inputs).items()}
-            outputs = tf.nest.flatten(model.call_for("float32")(one))
-            model.output_sizes[key] = sum(math.prod(t.shape[1:]) for t in outputs)
-        return model.output_sizes[key]
+        return model.output_sizes.setdefault(key, sum(math.prod(t.shape[1:]) for t in outputs))
 
 
 def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: str, extra: int = 0) -> None:
@@ -214,12 +221,9 @@ def run(
     *tangent: np.ndarray,
     padded_batch: int | None = None,
 ) -> Any:
-    """Pad to the bucket (batch-independent models only), run, and slice back."""
+    """Pad (see :func:`_padded_batch`), run, and slice back."""
     batch = inputs.batch
-    if not model.batch_independent:
-        padded = batch
-    else:
-        padded = padded_batch or model.config.bucket_for(batch)
+    padded = _padded_batch(model, kind, inputs, padded_batch)
     key = function_key(model, kind, inputs, weights.shape[1], padded)
     fixed = {n: _pad(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
     args = (
@@ -228,8 +232,27 @@ def run(
         _pad(weights, padded, edge=False),
         *(_pad(t, padded, edge=False) for t in tangent),
     )
-    results = tuple(_unpad(t.numpy(), batch, kind, inputs) for t in compiled.run(model, key, args))
+    results = tuple(_unpad(t.numpy(), batch) for t in compiled.run(model, key, args))
     return results if kind in SECOND_ORDER_KINDS else results[0]
+
+
+def _padded_batch(model: Model, kind: str, inputs: PreparedInputs, requested: int | None) -> int:
+    """The batch size ``kind`` runs at: ``requested`` or B's bucket, or B itself.
+
+    B itself for a model that mixes examples, for ``full_hessian`` (a full
+    Hessian grows with the square of the batch: it runs at exactly the B its
+    limit was checked for), and when the padded results (value, gradient and
+    blocks for "hessian") would exceed ``max_result_bytes``; so what is
+    computed never exceeds the limit because of padding.
+    """
+    batch = inputs.batch
+    if not model.batch_independent or kind == "full_hessian":
+        return batch
+    padded = requested or model.config.bucket_for(batch)
+    dim = inputs.event_size
+    per_example = 1 + dim + dim * dim if kind == "hessian" else dim
+    fits = padded * per_example * np.dtype(inputs.precision).itemsize <= model.config.max_result_bytes
+    return padded if fits else batch
 
 
 def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:
@@ -242,10 +265,5 @@ def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:
     return np.pad(array, widths, mode="edge") if edge else np.pad(array, widths)
 
 
-def _unpad(result: np.ndarray, batch: int, kind: str, inputs: PreparedInputs) -> np.ndarray:
-    if result.shape[0] == batch:
-        return result
-    if kind == "full_hessian" and result.ndim == 2 + 2 * len(inputs.event_shape):
-        second_batch_axis = 1 + len(inputs.event_shape)
-        return np.take(result[:batch], np.arange(batch), axis=second_batch_axis)
-    return result[:batch]
+def _unpad(result: np.ndarray, batch: int) -> np.ndarray:
+    return result if result.shape[0] == batch else result[:batch]

@@ -24,7 +24,6 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,6 +38,7 @@ from .admission import Admission
 from .auth import BearerTokens
 from .batching import Batcher, BatchingSettings
 from .engine_executor import EngineExecutor
+from .engine_pool import EngineThreadPool
 from .metrics import Metrics
 from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from .model_loader import ModelLoader
@@ -69,8 +69,10 @@ class HessdServer:
         loader: loads, reloads and unloads them.
         metrics: its Prometheus metrics.
         engine_pool: the worker threads engine calls run on: ``engine_threads``,
-            and as many spare ones for batches that waited ``max_queue_delay_ms``.
+            and as many spare ones for batches that waited ``max_queue_delay_ms``; daemon
+            threads, so the process need not wait for work abandoned when the grace period ends.
         batcher: queues, groups and admits engine work.
+        admission: admits calls until draining starts, and counts those in flight.
         addresses: every address it listens on, as bound (a TCP port 0 replaced
             by the chosen port); set by :func:`create_server`.
         shared_memory: the callers' registered shared-memory regions.
@@ -97,9 +99,7 @@ class HessdServer:
         self._stopping = False
         self._loaded = False
         self._missing: list[str] = []
-        self.engine_pool = ThreadPoolExecutor(
-            2 * config.engine_threads, thread_name_prefix="hessd-engine"
-        )
+        self.engine_pool = EngineThreadPool(2 * config.engine_threads)
         self.batcher = Batcher(
             EngineExecutor(self.engine_pool, self.metrics),
             self.metrics,
@@ -111,7 +111,7 @@ class HessdServer:
                 max_queued_requests=config.max_queued_requests,
             ),
         )
-        self._admission = Admission()
+        self.admission = Admission()
         self.shared_memory = SharedMemoryRegistry(
             max_region_bytes=config.max_shared_memory_bytes,
             max_regions=config.max_shared_memory_regions,
@@ -122,7 +122,7 @@ class HessdServer:
         self._loading: asyncio.Future[None] | None = None
         self._health = health.aio.HealthServicer()
         self.grpc_server = grpc.aio.server(
-            interceptors=[StatusInterceptor(self.metrics, self._admission)],
+            interceptors=[StatusInterceptor(self.metrics, self.admission)],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -134,6 +134,7 @@ class HessdServer:
             HessianServicer(
                 self.models,
                 self.batcher,
+                self.admission,
                 max_message_bytes=config.max_message_bytes,
                 chunk_bytes=config.chunk_bytes,
                 regions=self.shared_memory,
@@ -219,11 +220,11 @@ class HessdServer:
         self._stopping = True
         if self._polling is not None:
             self._polling.cancel()
-        self._admission.start_draining()
+        self.admission.start_draining()
         await self._health.enter_graceful_shutdown()
         self._shared_memory_service.close()
         try:
-            await asyncio.wait_for(self._admission.drained(), grace)
+            await asyncio.wait_for(self.admission.drained(), grace)
         except asyncio.TimeoutError:
             _log.warning("grace period of %gs over; cancelling the calls still running", grace)
         await self.grpc_server.stop(0)

@@ -1,7 +1,8 @@
 """``hessd.v1.HessianService``: decode the request, hand it to the batcher, encode.
 
 No maths here, and no error handling beyond StreamHessian's (a failed item is
-answered with its status): the engine computes and validates, and
+answered with its status; once the server drains, the stream ends UNAVAILABLE at
+its next item): the engine computes and validates, and
 :mod:`hessd_server.serving.status_interceptor` turns exceptions into statuses.
 Replies that carry Hessians are serialized by
 :class:`~hessd_server.serving.replies.ReplyEncoder` (on a worker thread when
@@ -27,6 +28,7 @@ from hessd.v1 import hessian_service_pb2_grpc
 from ..engine import Model
 from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
 from .batching import Batcher
+from .admission import Admission
 from .model_registry import ModelRegistry
 from .replies import Encoding, ReplyEncoder, encoding_of
 from .shared_memory import SharedMemoryRegistry, read_tensor
@@ -49,6 +51,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     Args:
         models: the served models.
         batcher: queues, groups and runs engine work off the event loop.
+        admission: tells an open StreamHessian when draining has started.
         max_message_bytes: replies larger than this fail RESOURCE_EXHAUSTED.
         chunk_bytes: data bytes per ResultChunk.
         regions: the registered shared-memory regions, for inputs and results there.
@@ -58,6 +61,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         self,
         models: ModelRegistry,
         batcher: Batcher,
+        admission: Admission,
         *,
         max_message_bytes: int,
         chunk_bytes: int,
@@ -65,6 +69,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     ) -> None:
         self._models = models
         self._batcher = batcher
+        self._admission = admission
         self._max_message_bytes = max_message_bytes
         self._regions = regions
         self._replies = ReplyEncoder(
@@ -139,6 +144,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     ) -> AsyncIterator[pb.StreamHessianResponse | bytes]:
         index = 0
         async for request in request_iterator:
+            self._admission.refuse_if_draining()
             try:
                 encoding = _encoding(request, chunked=False)
                 hessian, version = await self._hessian(request, context, "StreamHessian")
