@@ -186,6 +186,10 @@ def test_metrics_endpoint_counts_requests_and_compiles(server: RunningServer) ->
         client.gradient("demo", rng_array((2, 10)))
         with pytest.raises(hessd.ShapeError):
             client.gradient("demo", rng_array((2, 3)))
+    # A failed call's status can reach the client just before the server has counted it.
+    _eventually(
+        lambda: _metric(server, "hessd_requests_total", method="Gradient", code="INVALID_ARGUMENT") > 0
+    )
     assert server.server.metrics_port is not None
     url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=WAIT_S) as response:
