@@ -215,8 +215,10 @@ class HessdServer:
                 await self._update_health()
 
     async def stop(self, grace: float | None) -> None:
-        """Drain and stop: health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
-        get ``grace`` seconds (``None``: unlimited) to finish, then are cancelled."""
+        """Drain and stop: health NOT_SERVING, new calls (and new stream items) UNAVAILABLE,
+        in-flight calls get ``grace`` seconds (``None``: unlimited) to finish, then are
+        cancelled. Engine work still running then is abandoned, not waited for: the engine
+        threads are daemons, so the process can exit at once."""
         self._stopping = True
         if self._polling is not None:
             self._polling.cancel()
