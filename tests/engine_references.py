@@ -364,3 +364,30 @@ def finite_difference_gradient(value: Callable[[np.ndarray], np.ndarray], x: np.
         down = value((points - delta).reshape(x.shape))
         grad[:, i] = (up - down) / (2 * step)
     return grad.reshape(x.shape)
+
+
+def quadratic_with_spectrum(spectrum: np.ndarray, seed: int = 0) -> tuple[keras.Model, np.ndarray]:
+    """f(x) = ‖Lx‖² (a Dense layer with kernel Lᵀ, dotted with itself), whose
+    Hessian is H = 2LᵀL = U diag(spectrum) Uᵀ for a random orthogonal U.
+
+    Returns the model and H (D, D); ``spectrum`` must be >= 0.
+    """
+    dim = len(spectrum)
+    u = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))[0]
+    inputs = keras.Input((dim,))
+    projected = keras.layers.Dense(dim, use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.Dot(axes=1)([projected, projected]))
+    model.set_weights([(u * np.sqrt(np.asarray(spectrum) / 2)).astype(np.float32)])
+    return model, (u * spectrum) @ u.T
+
+
+class SumOfSines(keras.layers.Layer):
+    """Σ_i sin(x_i) per example, (B, D) -> (B, 1)."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return keras.ops.sum(keras.ops.sin(x), axis=-1, keepdims=True)
+
+
+def sine_model(dim: int) -> keras.Model:
+    """f(x) = Σ sin(x_i): H = diag(−sin x), Laplacian −Σ sin(x_i)."""
+    return keras.Sequential([keras.Input((dim,)), SumOfSines()])

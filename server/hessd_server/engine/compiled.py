@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from hessd.errors import CancelledError, DeadlineExceededError, InternalError, OutOfMemoryError
 
-from . import derivatives
+from . import curvature_bodies, derivatives
 from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
@@ -51,9 +51,11 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedErr
 def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tensor, ...]:
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
-    ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)]).
+    ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)
+    for "hvp", or a seed (2,) for a curvature kind]).
     Returns the function's outputs, flattened: (value, gradient, Hessian) for
-    the second-order kinds, (result,) for "gradient" and "hvp".
+    the second-order kinds, the result tuple of a curvature kind, (result,)
+    for "gradient" and "hvp".
 
     Raises:
         OutOfMemoryError: TensorFlow ran out of memory.
@@ -103,7 +105,7 @@ def _candidates(model: Model, key: FunctionKey) -> list[tuple[str | None, bool]]
         xla = model.config.jit_compile and (key.kind, key.precision) not in model.xla_failed_kinds
         chosen = model.strategy
     modes = [True, False] if xla else [False]
-    if key.kind in ("gradient", "hvp"):
+    if key.kind in ("gradient", "hvp", *curvature_bodies.MATRIX_FREE_KINDS):
         return [(None, jit) for jit in modes]
     strategies = [chosen] if chosen else list(STRATEGIES)
     return [(strategy, jit) for jit in modes for strategy in strategies]
@@ -186,8 +188,10 @@ def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
     return call
 
 
-def _body(key: FunctionKey, strategy: str | None) -> Callable[..., Any]:
-    """The traced computation for ``key``: (x, fixed inputs, weights[, v]) -> result."""
+def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
+    """The traced computation for ``key``: (x, fixed inputs, weights[, v or seed]) -> result."""
+    if key.kind in curvature_bodies.KINDS:
+        return curvature_bodies.body(key.kind, dict(key.options), strategy, jit)
     if key.kind == "gradient":
         return lambda forward, x, w: derivatives.value_and_gradient(forward, x, w)[1]
     if key.kind == "hvp":
@@ -213,7 +217,9 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     signature = [x_spec, fixed_specs, tf.TensorSpec((key.batch, key.outputs), dtype)]
     if key.kind == "hvp":
         signature.append(x_spec)
-    body = _body(key, strategy)
+    elif key.kind in curvature_bodies.KINDS:
+        signature.append(curvature_bodies.SEED_SPEC)
+    body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
         def forward(inputs: tf.Tensor) -> tf.Tensor:
@@ -223,7 +229,9 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
 
         return body(forward, x, weights, *tangent)
 
-    function = tf.function(traced, input_signature=signature, jit_compile=jit)
+    # A curvature function compiles its derivative parts with XLA itself (see curvature_bodies.body).
+    whole_jit = jit and key.kind not in curvature_bodies.KINDS
+    function = tf.function(traced, input_signature=signature, jit_compile=whole_jit)
     # Every bucket, kind and strategy is its own function traced once, by design;
     # TensorFlow counts them all as retraces of one Python function (they share
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.

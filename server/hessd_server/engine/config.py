@@ -1,4 +1,4 @@
-"""Engine settings: batch buckets, the result byte limit and XLA."""
+"""Engine settings: batch buckets, the result byte limit, the curvature memory budget and XLA."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ class EngineConfig:
             runs at B rounded up to a multiple of ``max_batch_size``.
         max_result_bytes: a request whose result would exceed this many bytes is
             refused with ``ResultTooLargeError`` before anything is computed.
+        curvature_memory_bytes: the memory budget of the curvature summaries.
+            ``method="auto"`` computes them exactly from dense per-example
+            blocks when the padded batch's blocks, B * D * D values, fit in it,
+            and matrix-free otherwise; matrix-free methods take as many
+            Hessian-vector products at once as fit in it.
         jit_compile: compile with XLA (``tf.function(jit_compile=True)``); a
             function XLA cannot compile falls back to graph mode and is recorded.
     """
@@ -22,12 +27,15 @@ class EngineConfig:
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
     jit_compile: bool = True
+    curvature_memory_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_size & (self.max_batch_size - 1):
             raise ValueError(f"max_batch_size must be a power of two >= 1, got {self.max_batch_size}")
         if self.max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be positive, got {self.max_result_bytes}")
+        if self.curvature_memory_bytes < 1:
+            raise ValueError(f"curvature_memory_bytes must be positive, got {self.curvature_memory_bytes}")
 
     @property
     def buckets(self) -> tuple[int, ...]:

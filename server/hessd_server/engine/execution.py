@@ -40,6 +40,7 @@ from .validation import (
 _log = logging.getLogger(__name__)
 
 SECOND_ORDER_KINDS = ("hessian", "full_hessian")
+SINGLE_OUTPUT_KINDS = ("gradient", "hvp")
 """Kinds whose compiled function returns value (B,), gradient (B, *S) and Hessian."""
 
 
@@ -201,7 +202,14 @@ def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: s
     check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}")
 
 
-def function_key(model: Model, kind: str, inputs: PreparedInputs, outputs: int, batch: int) -> FunctionKey:
+def function_key(
+    model: Model,
+    kind: str,
+    inputs: PreparedInputs,
+    outputs: int,
+    batch: int,
+    options: tuple[tuple[str, Any], ...] = (),
+) -> FunctionKey:
     """The key of the compiled function running ``inputs`` padded to ``batch`` examples."""
     return FunctionKey(
         kind=kind,
@@ -210,6 +218,7 @@ def function_key(model: Model, kind: str, inputs: PreparedInputs, outputs: int, 
         wrt=inputs.wrt,
         inputs=tuple((n, a.shape[1:], a.dtype.name) for n, a in inputs.arrays.items()),
         outputs=outputs,
+        options=options,
     )
 
 
@@ -220,17 +229,26 @@ def run(
     weights: np.ndarray,
     *tangent: np.ndarray,
     padded_batch: int | None = None,
+    options: tuple[tuple[str, Any], ...] = (),
+    constants: tuple[np.ndarray, ...] = (),
 ) -> Any:
-    """Pad (see :func:`_padded_batch`), run, and slice back."""
+    """Pad (see :func:`_padded_batch`), run, and slice back.
+
+    ``tangent`` arrays have a batch dimension and are padded with zeros;
+    ``constants`` (such as a seed) are passed as they are. ``options`` are
+    part of the compiled function's key. Returns the result tuple of the
+    multi-output kinds, the one array of "gradient" and "hvp".
+    """
     batch = inputs.batch
     padded = _padded_batch(model, kind, inputs, padded_batch)
-    key = function_key(model, kind, inputs, weights.shape[1], padded)
+    key = function_key(model, kind, inputs, weights.shape[1], padded, options)
     fixed = {n: _pad(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
     args = (
         _pad(inputs.x, padded, edge=True),
         fixed,
         _pad(weights, padded, edge=False),
         *(_pad(t, padded, edge=False) for t in tangent),
+        *constants,
     )
     results = tuple(_unpad(t.numpy(), batch) for t in compiled.run(model, key, args))
     return results if kind in SECOND_ORDER_KINDS else results[0]
