@@ -10,20 +10,24 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
 from hessd import packing as packing_layout
-from hessd import status_codes, tensor_codec
+from hessd import curvature_options, status_codes, tensor_codec
 from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError
 from hessd.results import (
+    Diagonal,
+    Eigen,
     Evaluation,
     ModelMetadata,
     ModelStatus,
+    Spectrum,
     TensorInfo,
+    Trace,
     Versioned,
     VersionStatus,
 )
@@ -35,6 +39,8 @@ Inputs: TypeAlias = "npt.ArrayLike | Mapping[str, npt.ArrayLike]"
 """``x``: one array (B, *S) for a single-input model, or arrays keyed by input name."""
 
 ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
+
+CurvatureResult = TypeVar("CurvatureResult", Diagonal, Trace, Eigen, Spectrum)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's default message size limit, which the SDK sets explicitly unless ``options`` do."""
@@ -300,6 +306,14 @@ def evaluation_from(reply: pb.EvaluateResponse, precision: str | None) -> Evalua
             packing_layout.widened(tensor_codec.decode(getattr(reply, name), field=name), precision)
             for name in EVALUATION_FIELDS
         )
+    )
+
+
+def curvature_from(reply: Any, result_type: type[CurvatureResult]) -> CurvatureResult:
+    """The ``Diagonal``, ``Trace``, ``Eigen`` or ``Spectrum`` of a curvature reply,
+    read from the reply fields named like the result's fields."""
+    return result_type(
+        *(tensor_codec.decode(getattr(reply, name), field=name) for name in result_type._fields)
     )
 
 

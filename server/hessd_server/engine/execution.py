@@ -251,7 +251,13 @@ def run(
         *constants,
     )
     results = tuple(_unpad(t.numpy(), batch) for t in compiled.run(model, key, args))
-    return results if kind in SECOND_ORDER_KINDS else results[0]
+    return results[0] if kind in SINGLE_OUTPUT_KINDS else results
+
+
+def bucket_batch(model: Model, batch: int) -> int:
+    """The batch size a request of ``batch`` examples is bucketed to: its
+    bucket, or ``batch`` itself for a model that mixes examples."""
+    return model.config.bucket_for(batch) if model.batch_independent else batch
 
 
 def _padded_batch(model: Model, kind: str, inputs: PreparedInputs, requested: int | None) -> int:
