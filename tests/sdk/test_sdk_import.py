@@ -53,5 +53,6 @@ def test_public_names_are_explicit() -> None:
     import hessd
     from hessd import errors
 
-    assert {"Client", "AsyncClient", "Evaluation", *errors.__all__} <= set(hessd.__all__)
+    curvature = {"Diagonal", "Trace", "Eigen", "Spectrum"}
+    assert {"Client", "AsyncClient", "Evaluation", *curvature, *errors.__all__} <= set(hessd.__all__)
     assert all(hasattr(hessd, name) for name in hessd.__all__)
