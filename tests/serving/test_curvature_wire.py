@@ -179,3 +179,11 @@ def test_same_exception_in_process_and_over_the_wire(
     assert local.value.field == remote.value.field == field
     assert remote.value.message == local.value.message
     assert server.model(model).metadata().compile_count == compiled
+
+
+def test_the_memory_budget_is_a_server_flag() -> None:
+    from hessd_server.serving.main import parse_config
+
+    config = parse_config(["--curvature-memory-bytes", "4096"])
+    assert config.engine_config().curvature_memory_bytes == 4096
+    assert parse_config([]).engine_config().curvature_memory_bytes == hs.EngineConfig().curvature_memory_bytes
