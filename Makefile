@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[server,dev]'
+	$(PY) -m pip install --quiet -e '.[server,dev,plot]'
 	touch $@
 
 run: setup
@@ -34,6 +34,7 @@ bench: setup
 	$(PY) benchmarks/bench_hessian.py
 	$(PY) benchmarks/bench_transfer.py
 	$(PY) benchmarks/bench_wire.py
+	$(PY) benchmarks/bench_curvature.py
 
 # The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
 bench-wire: setup

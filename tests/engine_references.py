@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import threading
 from typing import Callable
 
 import keras
@@ -186,3 +187,207 @@ def variable_length_model() -> keras.Model:
     inputs = keras.Input((None, 2))
     hidden = keras.layers.Dense(3, activation="tanh")(inputs)
     return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(hidden)))
+
+
+WAIT_S = 60.0
+"""How long a test helper waits for another thread before giving up (a hang guard, never a verdict)."""
+
+
+class TraceGate:
+    """Holds every graph-mode call of a :class:`GatedTanh` (a trace) until opened.
+
+    Eager calls (the batch-independence probe, output-size lookups) pass
+    freely. Only while ``armed``, so that building the Keras model is not held.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        """Traces now held at the gate."""
+        self.traces = 0
+        """Traces that reached the gate so far."""
+
+    def reset(self) -> None:
+        """Disarm and close again, for the next test."""
+        self.armed = False
+        self.opened.clear()
+        self.entered.clear()
+        self.traces = 0
+
+    def pass_through(self) -> None:
+        if not self.armed or tf.executing_eagerly():
+            return
+        with self._lock:
+            self.inside += 1
+            self.traces += 1
+        self.entered.set()
+        try:
+            self.opened.wait(WAIT_S)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+class GatedTanh(keras.layers.Layer):
+    """tanh, whose traces wait at ``gate``."""
+
+    def __init__(self, gate: TraceGate, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        self.gate.pass_through()
+        return tf.tanh(x)
+
+
+def gated_model(gate: TraceGate, dim: int = 3) -> keras.Model:
+    """Dense(4) -> gated tanh -> Dense(1) on ``dim`` inputs; its traces wait at ``gate`` once armed."""
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((dim,))
+    hidden = GatedTanh(gate)(keras.layers.Dense(4)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1)(hidden))
+
+
+class OneOffFailure:
+    """A failure to raise once, from inside a running TensorFlow graph, when armed."""
+
+    def __init__(self, error: type[Exception] = MemoryError) -> None:
+        self.error = error
+        self.armed = False
+        self.raised = 0
+
+    def check(self, x: np.ndarray) -> np.ndarray:
+        if self.armed:
+            self.armed = False
+            self.raised += 1
+            raise self.error("a one-off failure")
+        return np.zeros_like(x[:, :1])
+
+
+class FailsOnce(keras.layers.Layer):
+    """sum(sin(x)) per example, plus a zero from a numpy function that raises when ``failure`` is armed
+    (a ``MemoryError`` there reaches the caller as TensorFlow's ``ResourceExhaustedError``)."""
+
+    def __init__(self, failure: OneOffFailure, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.failure = failure
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        zero = tf.numpy_function(self.failure.check, [x], x.dtype, stateful=True)
+        return tf.reduce_sum(tf.sin(x), axis=-1, keepdims=True) + tf.stop_gradient(tf.ensure_shape(zero, (None, 1)))
+
+
+def fails_once_model(failure: OneOffFailure, dim: int = 3) -> keras.Model:
+    """sum(sin(x)) on ``dim`` inputs (Hessian diag(-sin x)); graph mode only (XLA cannot compile it)."""
+    inputs = keras.Input((dim,))
+    return keras.Model(inputs, FailsOnce(failure)(inputs))
+
+
+class CrashesWhenTraced(keras.layers.Layer):
+    """Runs eagerly (so loading and the probe work) but raises whenever it is traced into a graph."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        if not tf.executing_eagerly():
+            raise RuntimeError("cannot trace: see /srv/secret/model_code.py line 7")
+        return tf.tanh(x)
+
+    def compute_output_spec(self, x: keras.KerasTensor) -> keras.KerasTensor:
+        return keras.KerasTensor(x.shape, x.dtype)
+
+
+def untraceable_model() -> keras.Model:
+    """sum(tanh(x)) over inputs of unknown length (so a server does not warm it); no candidate compiles it."""
+    inputs = keras.Input((None,))
+    return keras.Model(inputs, keras.ops.sum(CrashesWhenTraced()(inputs), axis=-1, keepdims=True))
+
+
+def per_step_model() -> keras.Model:
+    """Sequences (L, 2) -> Dense(3, tanh) -> Dense(1) per step: L outputs per example, K = L."""
+    keras.utils.set_random_seed(10)
+    inputs = keras.Input((None, 2))
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(3, activation="tanh")(inputs)))
+
+
+class GradientOnlyMixing(keras.layers.Layer):
+    """x plus (batch mean - the same mean with its gradient stopped): the value is exactly x, but each
+    example's output has a gradient with respect to every other example."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        mean = tf.reduce_mean(x, axis=0, keepdims=True)
+        return x + (mean - tf.stop_gradient(mean))
+
+
+def gradient_only_mixing_model() -> keras.Model:
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="tanh")(GradientOnlyMixing()(inputs)))
+
+
+class IntegerBatchMean(keras.layers.Layer):
+    """Adds the batch mean of the integer input ``ids`` to every example: mixing through ids alone."""
+
+    def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
+        x, ids = inputs
+        return x + tf.reduce_mean(tf.cast(ids, x.dtype), axis=0, keepdims=True)
+
+
+def integer_mixing_model() -> keras.Model:
+    """Inputs ``x`` float32 (3,) and ``ids`` int32 (1,) -> tanh -> Dense(1)."""
+    keras.utils.set_random_seed(13)
+    x = keras.Input((3,), name="x")
+    ids = keras.Input((1,), dtype="int32", name="ids")
+    mixed = keras.layers.Activation("tanh")(IntegerBatchMean()([x, ids]))
+    return keras.Model({"x": x, "ids": ids}, keras.layers.Dense(1)(mixed))
+
+
+def embedding_model(vocabulary: int = 5) -> keras.Model:
+    """Inputs ``x`` float32 (3,) and ``ids`` int32 (2,) into an Embedding of ``vocabulary`` rows."""
+    keras.utils.set_random_seed(14)
+    x = keras.Input((3,), name="x")
+    ids = keras.Input((2,), dtype="int32", name="ids")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(vocabulary, 2)(ids))
+    hidden = keras.layers.Dense(4, activation="tanh")(keras.layers.Concatenate()([x, embedded]))
+    return keras.Model({"x": x, "ids": ids}, keras.layers.Dense(1)(hidden))
+
+
+def finite_difference_gradient(value: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """df_b/dx_b (B, *S) of ``value`` (float64 (N, *S) -> (N,)) by central differences in float64."""
+    points = x.astype(np.float64).reshape(x.shape[0], -1)
+    grad = np.zeros_like(points)
+    for i in range(points.shape[1]):
+        delta = np.zeros_like(points)
+        delta[:, i] = step
+        up = value((points + delta).reshape(x.shape))
+        down = value((points - delta).reshape(x.shape))
+        grad[:, i] = (up - down) / (2 * step)
+    return grad.reshape(x.shape)
+
+
+def quadratic_with_spectrum(spectrum: np.ndarray, seed: int = 0) -> tuple[keras.Model, np.ndarray]:
+    """f(x) = ‖Lx‖² (a Dense layer with kernel Lᵀ, dotted with itself), whose
+    Hessian is H = 2LᵀL = U diag(spectrum) Uᵀ for a random orthogonal U.
+
+    Returns the model and H (D, D); ``spectrum`` must be >= 0.
+    """
+    dim = len(spectrum)
+    u = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))[0]
+    inputs = keras.Input((dim,))
+    projected = keras.layers.Dense(dim, use_bias=False)(inputs)
+    model = keras.Model(inputs, keras.layers.Dot(axes=1)([projected, projected]))
+    model.set_weights([(u * np.sqrt(np.asarray(spectrum) / 2)).astype(np.float32)])
+    return model, (u * spectrum) @ u.T
+
+
+class SumOfSines(keras.layers.Layer):
+    """Σ_i sin(x_i) per example, (B, D) -> (B, 1)."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return keras.ops.sum(keras.ops.sin(x), axis=-1, keepdims=True)
+
+
+def sine_model(dim: int) -> keras.Model:
+    """f(x) = Σ sin(x_i): H = diag(−sin x), Laplacian −Σ sin(x_i)."""
+    return keras.Sequential([keras.Input((dim,)), SumOfSines()])

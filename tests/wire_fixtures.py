@@ -21,8 +21,10 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import engine_references as refs
 import keras
 import numpy as np
+import tensorflow as tf
 
 from hessd_server.engine.model import Model
 from hessd_server.serving.server import HessdServer, create_server
@@ -36,6 +38,27 @@ HUGE_INPUT_SIZE = 4096
 
 LOAD_GATE = threading.Event()
 """``gated_demo_model`` blocks until this is set, holding a server in NOT_SERVING."""
+
+TRACE_GATE = refs.TraceGate()
+"""Holds the traces of ``gated_trace_model`` once armed (in-process servers only)."""
+
+ONE_OFF_FAILURE = refs.OneOffFailure()
+"""Makes the next run of ``fails_once_model`` fail with an out-of-memory error, once armed."""
+
+
+def gated_trace_model() -> keras.Model:
+    """Dense(4) -> tanh -> Dense(1) on 3 inputs, whose traces wait at :data:`TRACE_GATE` once armed."""
+    return refs.gated_model(TRACE_GATE)
+
+
+def fails_once_model() -> keras.Model:
+    """sum(sin(x)) on 3 inputs, whose next run runs out of memory once :data:`ONE_OFF_FAILURE` is armed."""
+    return refs.fails_once_model(ONE_OFF_FAILURE)
+
+
+def untraceable_model() -> keras.Model:
+    """Runs eagerly, but every way of compiling it fails (with a server path in the error)."""
+    return refs.untraceable_model()
 
 
 def multi_input_model() -> keras.Model:
@@ -109,6 +132,33 @@ def broken_model() -> keras.Model:
     """A model of unknown input size (so not warmed) that raises RuntimeError when called."""
     inputs = keras.Input((None,))
     return keras.Model(inputs, _Broken()(inputs))
+
+
+HOLD_DIRECTORY_VARIABLE = "HESSD_TEST_HOLD_DIRECTORY"
+"""Environment variable naming the directory through which a test holds :func:`held_model`'s traces."""
+
+
+class _HeldUntilReleased(keras.layers.Layer):
+    """tanh. When traced, it creates ``held`` in the directory named by
+    :data:`HOLD_DIRECTORY_VARIABLE` and waits until ``release`` appears there
+    (a test in another process holds a compile this way)."""
+
+    def call(self, inputs: Any) -> Any:
+        directory = os.environ.get(HOLD_DIRECTORY_VARIABLE)
+        if directory and not tf.executing_eagerly():
+            Path(directory, "held").touch()
+            while not Path(directory, "release").exists():
+                time.sleep(0.02)
+        return tf.tanh(inputs)
+
+    def compute_output_spec(self, inputs: Any) -> Any:
+        return keras.KerasTensor(inputs.shape, inputs.dtype)
+
+
+def held_model() -> keras.Model:
+    """sum(tanh(x)) over inputs of unknown length (so not warmed); its compiles are held, see above."""
+    inputs = keras.Input((None,))
+    return keras.Model(inputs, keras.ops.sum(_HeldUntilReleased()(inputs), axis=-1, keepdims=True))
 
 
 def gated_demo_model() -> keras.Model:

@@ -13,12 +13,21 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hessd import _channels, _protocol
+from hessd import _channels, _protocol, curvature_options
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs, PemSource
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
-from hessd.results import Evaluation, ModelMetadata, ModelStatus, Versioned
+from hessd.results import (
+    Diagonal,
+    Eigen,
+    Evaluation,
+    ModelMetadata,
+    ModelStatus,
+    Spectrum,
+    Trace,
+    Versioned,
+)
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 
@@ -231,6 +240,144 @@ class AsyncClient:
         return _protocol.versioned(
             _protocol.evaluation_from(reply, precision), reply.model_version, with_version
         )
+
+    async def hessian_diagonal(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        method: str = "auto",
+        probes: int = curvature_options.DEFAULT_PROBES,
+        seed: int | None = None,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> Diagonal | Versioned:
+        """Diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
+
+        As :meth:`hessd.Client.hessian_diagonal`.
+        """
+        request = _protocol.diagonal_request(
+            model,
+            x,
+            method=method,
+            probes=probes,
+            seed=seed,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
+        )
+        reply = await self._call(self._stub.HessianDiagonal, request)
+        result = _protocol.curvature_from(reply, Diagonal)
+        return _protocol.versioned(result, reply.model_version, with_version)
+
+    async def hessian_trace(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        method: str = "auto",
+        probes: int = curvature_options.DEFAULT_PROBES,
+        seed: int | None = None,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> Trace | Versioned:
+        """Trace (Laplacian) of each example's Hessian block: ``Trace(trace, stderr)``, both (B,).
+
+        As :meth:`hessd.Client.hessian_trace`.
+        """
+        request = _protocol.trace_request(
+            model,
+            x,
+            method=method,
+            probes=probes,
+            seed=seed,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
+        )
+        reply = await self._call(self._stub.HessianTrace, request)
+        result = _protocol.curvature_from(reply, Trace)
+        return _protocol.versioned(result, reply.model_version, with_version)
+
+    async def hessian_eigen(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        k: int = 1,
+        which: str = "largest",
+        method: str = "auto",
+        iterations: int | None = None,
+        tol: float = curvature_options.DEFAULT_TOL,
+        seed: int | None = None,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> Eigen | Versioned:
+        """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
+
+        As :meth:`hessd.Client.hessian_eigen`.
+        """
+        request = _protocol.eigen_request(
+            model,
+            x,
+            k=k,
+            which=which,
+            method=method,
+            iterations=iterations,
+            tol=tol,
+            seed=seed,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
+        )
+        reply = await self._call(self._stub.HessianEigen, request)
+        result = _protocol.curvature_from(reply, Eigen)
+        return _protocol.versioned(result, reply.model_version, with_version)
+
+    async def hessian_spectrum(
+        self,
+        model: str,
+        x: Inputs,
+        *,
+        probes: int = curvature_options.DEFAULT_SPECTRUM_PROBES,
+        iterations: int = curvature_options.DEFAULT_SPECTRUM_ITERATIONS,
+        seed: int | None = None,
+        output_weights: npt.ArrayLike | None = None,
+        wrt: str | None = None,
+        precision: str | None = None,
+        model_version: str | None = None,
+        with_version: bool = False,
+    ) -> Spectrum | Versioned:
+        """Stochastic Lanczos quadrature of each example's Hessian spectrum: ``Spectrum(nodes, weights)``.
+
+        As :meth:`hessd.Client.hessian_spectrum`.
+        """
+        request = _protocol.spectrum_request(
+            model,
+            x,
+            probes=probes,
+            iterations=iterations,
+            seed=seed,
+            output_weights=output_weights,
+            wrt=wrt,
+            precision=precision,
+            model_version=model_version,
+        )
+        reply = await self._call(self._stub.HessianSpectrum, request)
+        result = _protocol.curvature_from(reply, Spectrum)
+        return _protocol.versioned(result, reply.model_version, with_version)
 
     async def stream(
         self,

@@ -11,20 +11,24 @@ import contextlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
 from hessd import packing as packing_layout
-from hessd import status_codes, tensor_codec
+from hessd import curvature_options, status_codes, tensor_codec
 from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError
 from hessd.results import (
+    Diagonal,
+    Eigen,
     Evaluation,
     ModelMetadata,
     ModelStatus,
+    Spectrum,
     TensorInfo,
+    Trace,
     Versioned,
     VersionStatus,
 )
@@ -41,6 +45,8 @@ PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 """A PEM file's path, or its contents as bytes."""
 
 CallMetadata: TypeAlias = "tuple[tuple[str, str], ...] | None"
+
+CurvatureResult = TypeVar("CurvatureResult", Diagonal, Trace, Eigen, Spectrum)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's default message size limit, which the SDK sets explicitly unless ``options`` do."""
@@ -236,6 +242,91 @@ def result_encoding(packing: str, result_dtype: str | None) -> ResultEncoding:
     return encoding
 
 
+def diagonal_request(
+    model: str,
+    x: Inputs,
+    *,
+    method: str,
+    probes: int,
+    seed: int | None,
+    output_weights: npt.ArrayLike | None,
+    wrt: str | None,
+    precision: str | None,
+    model_version: str | None,
+) -> pb.HessianDiagonalRequest:
+    """A ``HessianDiagonalRequest`` for ``hessian_diagonal(model, x, ...)``; options checked first."""
+    method, probes, seed = curvature_options.check_diagonal_options(method, probes, seed)
+    common = _common(model, x, output_weights, wrt, precision, model_version)
+    return pb.HessianDiagonalRequest(**common, **_set(method=method, probes=probes, seed=seed))
+
+
+def trace_request(
+    model: str,
+    x: Inputs,
+    *,
+    method: str,
+    probes: int,
+    seed: int | None,
+    output_weights: npt.ArrayLike | None,
+    wrt: str | None,
+    precision: str | None,
+    model_version: str | None,
+) -> pb.HessianTraceRequest:
+    """A ``HessianTraceRequest`` for ``hessian_trace(model, x, ...)``; options checked first."""
+    method, probes, seed = curvature_options.check_trace_options(method, probes, seed)
+    common = _common(model, x, output_weights, wrt, precision, model_version)
+    return pb.HessianTraceRequest(**common, **_set(method=method, probes=probes, seed=seed))
+
+
+def eigen_request(
+    model: str,
+    x: Inputs,
+    *,
+    k: int,
+    which: str,
+    method: str,
+    iterations: int | None,
+    tol: float,
+    seed: int | None,
+    output_weights: npt.ArrayLike | None,
+    wrt: str | None,
+    precision: str | None,
+    model_version: str | None,
+) -> pb.HessianEigenRequest:
+    """A ``HessianEigenRequest`` for ``hessian_eigen(model, x, ...)``; options checked first."""
+    k, which, method, iterations, tol, seed = curvature_options.check_eigen_options(
+        k, which, method, iterations, tol, seed
+    )
+    options = _set(k=k, which=which, method=method, iterations=iterations, tol=tol, seed=seed)
+    common = _common(model, x, output_weights, wrt, precision, model_version)
+    return pb.HessianEigenRequest(**common, **options)
+
+
+def spectrum_request(
+    model: str,
+    x: Inputs,
+    *,
+    probes: int,
+    iterations: int,
+    seed: int | None,
+    output_weights: npt.ArrayLike | None,
+    wrt: str | None,
+    precision: str | None,
+    model_version: str | None,
+) -> pb.HessianSpectrumRequest:
+    """A ``HessianSpectrumRequest`` for ``hessian_spectrum(model, x, ...)``; options checked first."""
+    probes, iterations, seed = curvature_options.check_spectrum_options(probes, iterations, seed)
+    common = _common(model, x, output_weights, wrt, precision, model_version)
+    return pb.HessianSpectrumRequest(
+        **common, **_set(probes=probes, iterations=iterations, seed=seed)
+    )
+
+
+def _set(**options: Any) -> dict[str, Any]:
+    """The options that are not ``None``; an unset field means the server's default."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _common(
     model: str,
     x: Inputs,
@@ -334,6 +425,14 @@ def evaluation_from(reply: pb.EvaluateResponse, precision: str | None) -> Evalua
             packing_layout.widened(tensor_codec.decode(getattr(reply, name), field=name), precision)
             for name in EVALUATION_FIELDS
         )
+    )
+
+
+def curvature_from(reply: Any, result_type: type[CurvatureResult]) -> CurvatureResult:
+    """The ``Diagonal``, ``Trace``, ``Eigen`` or ``Spectrum`` of a curvature reply,
+    read from the reply fields named like the result's fields."""
+    return result_type(
+        *(tensor_codec.decode(getattr(reply, name), field=name) for name in result_type._fields)
     )
 
 

@@ -8,6 +8,15 @@ Examples::
     hessd gradient demo --input x.npy --out g.npy         # (B, *S)
     hessd hvp demo --input x.npy --vector v.npy --out hv.npy
     hessd evaluate demo --input x.npy --out e.npz         # arrays value, gradient, hessian
+    hessd hessian demo --input x.npy --plot h.png         # heatmap of the first example's block
+    hessd diagonal demo --input x.npy --method hutchinson --probes 100 --seed 0
+    hessd trace demo --input x.npy                        # the Laplacian, (B,), and its stderr
+    hessd eigen demo --input x.npy --k 3 --which largest --out e.npz
+    hessd spectrum demo --input x.npy --probes 8 --iterations 32 --plot spectrum.png
+
+``diagonal``, ``trace``, ``eigen`` and ``spectrum`` save their result's arrays
+(e.g. ``trace`` and ``stderr``) in one ``.npz``. ``--plot`` needs matplotlib
+(``pip install 'hessd[plot]'``), which is imported only then.
 
 ``--input`` takes a ``.npy`` array for a single-input model or a ``.npz`` of arrays
 named after the model's inputs. Without ``--out`` the result is printed.
@@ -29,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hessd import curvature_options
 from hessd._client import Client
 from hessd._protocol import Inputs
 from hessd.errors import HessdError
@@ -49,6 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.run(client, args)
     except HessdError as error:
         print(f"hessd: {type(error).__name__}: {error.message}", file=sys.stderr)
+        return 1
+    except ImportError as error:
+        print(
+            f"hessd: --plot needs matplotlib ({error}); pip install 'hessd[plot]'", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -109,8 +124,63 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--full", action="store_true", help="full (B, *S, B, *S) Hessian")
         if name == "hvp":
             command.add_argument("--vector", required=True, type=Path, help="v as .npy, (B, *S)")
+        if name == "hessian":
+            _add_plot(command, "a heatmap of example 0's Hessian block (or the full Hessian)")
         command.set_defaults(run=run)
+    _add_curvature_commands(commands)
     return parser
+
+
+def _add_curvature_commands(commands: argparse._SubParsersAction) -> None:
+    for name, run, help_text in (
+        ("diagonal", _diagonal, "diagonal of each example's Hessian block and its stderr, (B, *S)"),
+        ("trace", _trace, "trace (Laplacian) of each example's Hessian block and its stderr, (B,)"),
+        ("eigen", _eigen, "k eigenvalues (B, k), eigenvectors (B, k, *S) and residuals (B, k)"),
+        ("spectrum", _spectrum, "spectral density nodes and weights, (B, probes, iterations)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("model")
+        command.add_argument(
+            "--input", required=True, type=Path, help="x as .npy, or .npz by input name"
+        )
+        command.add_argument("--out", type=Path, help=".npz to save the result's arrays to")
+        command.add_argument("--wrt", help="input to differentiate (multi-input models)")
+        command.add_argument("--output-weights", type=Path, help=".npy of shape (K,) or (B, K)")
+        command.add_argument("--precision", choices=("float32", "float64"))
+        command.add_argument("--seed", type=int, help="seed for reproducible randomness")
+        if name == "diagonal":
+            command.add_argument(
+                "--method", default="auto", choices=curvature_options.DIAGONAL_METHODS
+            )
+        if name == "trace":
+            command.add_argument(
+                "--method", default="auto", choices=curvature_options.TRACE_METHODS
+            )
+        if name in ("diagonal", "trace"):
+            command.add_argument("--probes", type=int, default=curvature_options.DEFAULT_PROBES)
+        if name == "eigen":
+            command.add_argument("--k", type=int, default=1, help="eigenpairs per example")
+            command.add_argument("--which", default="largest", choices=curvature_options.WHICH)
+            command.add_argument(
+                "--method", default="auto", choices=curvature_options.EIGEN_METHODS
+            )
+            command.add_argument("--iterations", type=int, help="Lanczos's Krylov dimension")
+            command.add_argument("--tol", type=float, default=curvature_options.DEFAULT_TOL)
+        if name == "spectrum":
+            command.add_argument(
+                "--probes", type=int, default=curvature_options.DEFAULT_SPECTRUM_PROBES
+            )
+            command.add_argument(
+                "--iterations", type=int, default=curvature_options.DEFAULT_SPECTRUM_ITERATIONS
+            )
+            _add_plot(command, "the smoothed spectral density of each example")
+        command.set_defaults(run=run)
+
+
+def _add_plot(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "--plot", type=Path, help=f"PNG file to draw {what} in (needs matplotlib)"
+    )
 
 
 def _models(client: Client, args: argparse.Namespace) -> None:
@@ -128,7 +198,48 @@ def _health(client: Client, args: argparse.Namespace) -> None:
 
 def _hessian(client: Client, args: argparse.Namespace) -> None:
     result = client.hessian(args.model, _load_x(args.input), full=args.full, **_options(args))
-    _emit(args.out, result)
+    if args.plot is not None:
+        from hessd import plots
+
+        plots.hessian_heatmap(result, args.plot, full=args.full)
+    if args.out is not None or args.plot is None:
+        _emit(args.out, result)
+
+
+def _diagonal(client: Client, args: argparse.Namespace) -> None:
+    options = {"method": args.method, "probes": args.probes, "seed": args.seed}
+    result = client.hessian_diagonal(args.model, _load_x(args.input), **options, **_options(args))
+    _emit_all(args.out, result)
+
+
+def _trace(client: Client, args: argparse.Namespace) -> None:
+    options = {"method": args.method, "probes": args.probes, "seed": args.seed}
+    result = client.hessian_trace(args.model, _load_x(args.input), **options, **_options(args))
+    _emit_all(args.out, result)
+
+
+def _eigen(client: Client, args: argparse.Namespace) -> None:
+    options = {
+        "k": args.k,
+        "which": args.which,
+        "method": args.method,
+        "iterations": args.iterations,
+        "tol": args.tol,
+        "seed": args.seed,
+    }
+    result = client.hessian_eigen(args.model, _load_x(args.input), **options, **_options(args))
+    _emit_all(args.out, result)
+
+
+def _spectrum(client: Client, args: argparse.Namespace) -> None:
+    options = {"probes": args.probes, "iterations": args.iterations, "seed": args.seed}
+    spectrum = client.hessian_spectrum(args.model, _load_x(args.input), **options, **_options(args))
+    if args.plot is not None:
+        from hessd import plots
+
+        plots.spectral_density(spectrum, args.plot)
+    if args.out is not None or args.plot is None:
+        _emit_all(args.out, spectrum)
 
 
 def _gradient(client: Client, args: argparse.Namespace) -> None:
@@ -142,12 +253,18 @@ def _hvp(client: Client, args: argparse.Namespace) -> None:
 
 def _evaluate(client: Client, args: argparse.Namespace) -> None:
     evaluation = client.evaluate(args.model, _load_x(args.input), full=args.full, **_options(args))
-    if args.out is None:
-        for name, array in evaluation._asdict().items():
+    _emit_all(args.out, evaluation)
+
+
+def _emit_all(out: Path | None, result: tuple[np.ndarray, ...]) -> None:
+    """Print every array of a named-tuple result, or save them all in one ``.npz``."""
+    arrays = result._asdict()  # type: ignore[attr-defined]
+    if out is None:
+        for name, array in arrays.items():
             print(f"{name}:")
             _emit(None, array)
     else:
-        np.savez(args.out, **evaluation._asdict())
+        np.savez(out, **arrays)
 
 
 def _options(args: argparse.Namespace) -> dict[str, object]:

@@ -142,6 +142,12 @@ class ResultTooLargeError(HessdError):
     default_reason = "RESULT_EXCEEDS_LIMIT"
 
 
+class OutOfMemoryError(HessdError):
+    """The computation ran out of memory; nothing was returned. Retry later, or send a smaller batch."""
+
+    default_reason = "OUT_OF_MEMORY"
+
+
 class BatchDependenceError(HessdError):
     """Per-example blocks were asked of a model whose examples influence each other.
 
@@ -229,6 +235,7 @@ ERROR_TYPES: dict[str, type[HessdError]] = {
         ModelLoadError,
         ModelNotFoundError,
         ResultTooLargeError,
+        OutOfMemoryError,
         BatchDependenceError,
         UnavailableError,
         UnauthenticatedError,

@@ -116,3 +116,65 @@ class ModelMetadata:
     xla_fallbacks: tuple[str, ...]
     version: str | None = None
     version_status: tuple[VersionStatus, ...] = ()
+
+
+class Diagonal(NamedTuple):
+    """The diagonal of each example's Hessian block, from ``hessian_diagonal``.
+
+    Attributes:
+        diagonal: d2 f_b / dx_i dx_i, shape (B, *S).
+        stderr: its standard error, shape (B, *S): zeros for ``method="exact"``;
+            for Hutchinson the sample standard deviation over probes divided by
+            sqrt(probes) (NaN with one probe).
+    """
+
+    diagonal: np.ndarray
+    stderr: np.ndarray
+
+
+class Trace(NamedTuple):
+    """The trace (Laplacian) of each example's Hessian block, from ``hessian_trace``.
+
+    Attributes:
+        trace: tr H_b = Δf_b, shape (B,).
+        stderr: its standard error, shape (B,): zeros for ``method="exact"``; for
+            Hutchinson the sample standard deviation over probes divided by
+            sqrt(probes); for Hutch++ the same over its Hutchinson third (the
+            low-rank part is exact given its sketch). NaN when that part has one probe.
+    """
+
+    trace: np.ndarray
+    stderr: np.ndarray
+
+
+class Eigen(NamedTuple):
+    """k eigenpairs of each example's Hessian block, from ``hessian_eigen``.
+
+    Attributes:
+        eigenvalues: shape (B, k), sorted: descending for ``which="largest"``,
+            ascending for ``"smallest"``, by descending |λ| for ``"largest_magnitude"``.
+        eigenvectors: shape (B, k, *S), unit length, in the order of the
+            eigenvalues; the sign makes each vector's largest-magnitude entry positive.
+        residuals: ‖H_b v − λ v‖ of each pair, shape (B, k); large values flag
+            pairs a Lanczos run did not converge to.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    residuals: np.ndarray
+
+
+class Spectrum(NamedTuple):
+    """A stochastic Lanczos quadrature of each example's Hessian spectrum, from ``hessian_spectrum``.
+
+    The spectral density of H_b is approximated by sum_{p,i} weights[b, p, i]
+    · δ(λ − nodes[b, p, i]); smooth it (e.g. with a Gaussian kernel) to draw it.
+
+    Attributes:
+        nodes: Ritz values, shape (B, probes, iterations).
+        weights: their quadrature weights, shape (B, probes, iterations): >= 0,
+            summing to 1 per example.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray

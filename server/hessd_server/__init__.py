@@ -3,8 +3,10 @@
 Two subpackages and this thin top:
 
 * :mod:`hessd_server.engine` computes: the library API re-exported here
-  (``load_model``, ``hessian``, ``gradient``, ``hvp``, ``evaluate``,
-  ``warmup``, ``Model``, ``EngineConfig``). It never imports gRPC.
+  (``load_model``, ``hessian``, ``gradient``, ``hvp``, ``evaluate``, the
+  curvature summaries ``hessian_diagonal``, ``hessian_trace``,
+  ``hessian_eigen``, ``hessian_spectrum``, ``warmup``, ``Model``,
+  ``EngineConfig``). It never imports gRPC.
 * :mod:`hessd_server.serving` serves: server assembly, the servicer, the
   interceptor, admission, metrics, configuration and ``hessd-server``'s
   ``main``. It imports the engine; the engine never imports it.
@@ -22,14 +24,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .engine import (
     DEMO_MODEL_SOURCE,
+    Diagonal,
+    Eigen,
     EngineConfig,
     Evaluation,
     Model,
     ModelMetadata,
+    Spectrum,
     TensorInfo,
+    Trace,
     evaluate,
     gradient,
     hessian,
+    hessian_diagonal,
+    hessian_eigen,
+    hessian_spectrum,
+    hessian_trace,
     hvp,
     load_model,
     warmup,
@@ -37,14 +47,22 @@ from .engine import (
 
 __all__ = [
     "DEMO_MODEL_SOURCE",
+    "Diagonal",
+    "Eigen",
     "EngineConfig",
     "Evaluation",
     "Model",
     "ModelMetadata",
+    "Spectrum",
     "TensorInfo",
+    "Trace",
     "evaluate",
     "gradient",
     "hessian",
+    "hessian_diagonal",
+    "hessian_eigen",
+    "hessian_spectrum",
+    "hessian_trace",
     "hvp",
     "load_model",
     "warmup",

@@ -57,7 +57,7 @@ def test_batches_above_the_largest_bucket_run_as_slices_without_compiling(mlp: h
         "hvp": np.concatenate([hs.hvp(mlp, x[p], v[p]) for p in parts]),
         "value": np.concatenate([hs.evaluate(mlp, x[p]).value for p in parts]),
     }
-    hs.hessian(mlp, x[:3], full=True)
+    hs.hessian(mlp, x[:4], full=True)  # a full Hessian runs unpadded: the slices of 20 are 16 and 4
     hs.hessian(mlp, x[:16], full=True)
     compiled = mlp.metadata().compile_count
     np.testing.assert_array_equal(hs.hessian(mlp, x), expected["hessian"])
@@ -126,8 +126,10 @@ def test_xla_failure_falls_back_to_graph_mode_and_is_recorded() -> None:
     np.testing.assert_allclose(blocks, np.stack([np.diag(-np.sin(row)) for row in x]), rtol=1e-5, atol=1e-7)
     fallbacks = model.metadata().xla_fallbacks
     assert len(fallbacks) == 1 and "hessian/float32: graph mode" in fallbacks[0]
+    assert model.metadata().compile_count == 1, "failed XLA candidates were counted as compiles"
     hs.hessian(model, RNG.normal(size=(4, 3)).astype(np.float32))
     assert len(model.metadata().xla_fallbacks) == 1
+    assert model.metadata().compile_count == 2
 
 
 def test_batch_mixing_model_refuses_per_example_blocks_but_computes_full() -> None:
@@ -247,16 +249,98 @@ def test_loading_a_model_turns_tf32_off() -> None:
     assert tf.config.experimental.tensor_float_32_execution_enabled() is False
 
 
-def test_concurrent_first_calls_compile_each_function_once() -> None:
-    from concurrent.futures import ThreadPoolExecutor
+def test_full_hessian_runs_at_its_own_batch_size_never_padded() -> None:
+    model = hs.load_model(refs.tanh_mlp(4, seed=3), config=hs.EngineConfig(max_batch_size=8))
+    x = RNG.normal(size=(4, 4)).astype(np.float32)
+    hs.hessian(model, x[:3])
+    hs.hessian(model, x[:4])
+    per_example = model.metadata().compile_count
+    assert per_example == 1
+    full = hs.hessian(model, x[:3], full=True)
+    hs.evaluate(model, x[:3], full=True)
+    assert model.metadata().compile_count == per_example + 1
+    hs.hessian(model, x[:4], full=True)
+    assert model.metadata().compile_count == per_example + 2, "B=3 and B=4 share a padded full Hessian"
+    np.testing.assert_allclose(full, refs.tf_hessians(refs.tanh_mlp(4, seed=3), x[:3]), rtol=1e-5, atol=1e-7)
 
-    keras_model = refs.tanh_mlp(5, outputs=2, seed=21)
-    model = hs.load_model(keras_model)
-    x = RNG.normal(size=(8, 5)).astype(np.float32)
-    batches = [3, 4, 7, 8, 3, 4, 7, 8]
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda b: hs.hessian(model, x[:b]), batches))
-    reference = hs.hessian(hs.load_model(keras_model), x)
-    for batch, blocks in zip(batches, results):
-        np.testing.assert_allclose(blocks, reference[:batch], rtol=1e-5, atol=1e-7)
-    assert model.metadata().compile_count == 2
+
+def test_full_hessian_exactly_at_the_limit_is_computed() -> None:
+    limit = 3 * 4 * 3 * 4 * 4
+    model = hs.load_model(refs.tanh_mlp(4, seed=3), config=hs.EngineConfig(max_result_bytes=limit))
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    assert hs.hessian(model, x, full=True).nbytes == limit
+    with pytest.raises(errors.ResultTooLargeError):
+        hs.hessian(model, RNG.normal(size=(4, 4)).astype(np.float32), full=True)
+
+
+def test_out_of_range_ids_are_refused_naming_the_input_and_range() -> None:
+    model = hs.load_model(refs.embedding_model(vocabulary=5))
+    assert model.input_ranges == {"ids": (0, 5)}
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    good = np.array([[0, 4], [2, 3]], np.int32)
+    blocks = hs.hessian(model, {"x": x, "ids": good}, wrt="x")
+    assert blocks.shape == (2, 3, 3)
+    for bad, shown in ((np.array([[0, 5], [2, 3]], np.int32), "5"), (np.array([[0, 1], [-1, 3]], np.int32), "-1")):
+        with pytest.raises(errors.InvalidArgumentError, match=rf"holds {shown}, outside \[0, 5\)") as raised:
+            hs.hessian(model, {"x": x, "ids": bad}, wrt="x")
+        assert raised.value.field == "x[ids]"
+        assert raised.value.reason == "INPUT_OUT_OF_RANGE"
+        assert raised.value.metadata == {"value": shown, "low": "0", "high": "5"}
+        with pytest.raises(errors.InvalidArgumentError, match=r"\[0, 5\)"):
+            hs.gradient(model, {"x": x, "ids": bad}, wrt="x")
+
+
+def test_probe_varies_integer_inputs() -> None:
+    model = hs.load_model(refs.integer_mixing_model())
+    x = {"x": RNG.normal(size=(3, 3)).astype(np.float32), "ids": np.array([[1], [2], [7]], np.int32)}
+    with pytest.raises(errors.BatchDependenceError):
+        hs.hessian(model, x, wrt="x")
+    assert model.metadata().batch_independent is False
+    keras_model = refs.integer_mixing_model()
+    np.testing.assert_allclose(
+        hs.hessian(model, x, wrt="x", full=True), refs.tf_hessians_wrt(keras_model, x, "x"), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_probe_sees_examples_that_mix_only_through_gradients() -> None:
+    model = hs.load_model(refs.gradient_only_mixing_model())
+    with pytest.raises(errors.BatchDependenceError):
+        hs.hessian(model, RNG.normal(size=(3, 3)).astype(np.float32))
+    assert model.metadata().batch_independent is False
+
+
+def test_output_size_is_looked_up_per_input_shape() -> None:
+    model = hs.load_model(refs.per_step_model())
+    for length in (3, 5, 3):
+        x = RNG.normal(size=(2, length, 2)).astype(np.float32)
+        weights = np.linspace(-1.0, 1.0, length).astype(np.float32)
+        blocks = hs.hessian(model, x, output_weights=weights)
+        assert blocks.shape == (2, length, 2, length, 2)
+        reference = refs.finite_difference_hessians(refs.float64_value(refs.per_step_model(), weights), x)
+        np.testing.assert_allclose(blocks, reference, rtol=1e-3, atol=1e-5)
+
+
+def test_after_warmup_the_first_requests_compile_nothing() -> None:
+    model = hs.load_model(refs.tanh_mlp(4, outputs=2, seed=5), config=hs.EngineConfig(max_batch_size=8))
+    hs.warmup(model, [3, 8])
+    warmed = model.metadata().compile_count
+    assert warmed == 2 * 3
+    for batch in (3, 4, 5, 8):
+        x = RNG.normal(size=(batch, 4)).astype(np.float32)
+        hs.hessian(model, x)
+        hs.evaluate(model, x)
+        hs.gradient(model, x)
+        hs.hvp(model, x, RNG.normal(size=(batch, 4)).astype(np.float32))
+    assert model.metadata().compile_count == warmed
+
+
+def test_padding_never_takes_a_result_over_the_limit() -> None:
+    limit = 3 * (1 + 4 + 16) * 4
+    model = hs.load_model(refs.tanh_mlp(4, seed=3), config=hs.EngineConfig(max_result_bytes=limit))
+    x = RNG.normal(size=(4, 4)).astype(np.float32)
+    blocks = hs.hessian(model, x[:3])
+    hs.gradient(model, x[:3])
+    assert sorted((key.kind, key.batch) for key in model.functions) == [("gradient", 4), ("hessian", 3)]
+    np.testing.assert_allclose(blocks, refs.diagonal_blocks(refs.tf_hessians(refs.tanh_mlp(4, seed=3), x[:3]), 3), rtol=1e-4, atol=1e-6)
+    with pytest.raises(errors.ResultTooLargeError):
+        hs.hessian(model, x)

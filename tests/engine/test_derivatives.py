@@ -4,6 +4,7 @@ forms, float64 finite differences and tf.hessians."""
 from __future__ import annotations
 
 import engine_references as refs
+import keras
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -48,6 +49,40 @@ def test_seed_sigmoid_model_full_equals_tf_hessians() -> None:
 def test_per_example_blocks_are_symmetric() -> None:
     blocks = hs.hessian(refs.tanh_mlp(6, outputs=3), RNG.normal(size=(5, 6)).astype(np.float32))
     np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-5, atol=1e-7)
+
+
+def _matrix_input_model() -> keras.Model:
+    """(3, 2) inputs -> Flatten -> Dense(5, tanh) -> Dense(1): a block mixes both event axes."""
+    keras.utils.set_random_seed(15)
+    return keras.Sequential(
+        [keras.Input((3, 2)), keras.layers.Flatten(), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(1)]
+    )
+
+
+@pytest.mark.parametrize("strategy", ["pfor", "tiled"])
+def test_each_strategy_matches_tf_hessians_entry_by_entry(strategy: str) -> None:
+    """Symmetry alone cannot see a block transposed, its event axes swapped or examples exchanged."""
+    model = hs.load_model(_matrix_input_model())
+    model.strategy = strategy
+    x = RNG.normal(size=(3, 3, 2)).astype(np.float32)
+    reference = refs.tf_hessians(_matrix_input_model(), x)
+    blocks = hs.hessian(model, x)
+    assert blocks.shape == (3, 3, 2, 3, 2)
+    np.testing.assert_allclose(blocks, refs.diagonal_blocks(reference, 3), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(hs.hessian(model, x, full=True), reference, rtol=1e-4, atol=1e-6)
+    assert model.metadata().strategy == strategy
+
+
+def test_gradient_matches_a_closed_form_and_finite_differences() -> None:
+    a = RNG.normal(size=(4, 3)).astype(np.float32)
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    expected = 2 * x.astype(np.float64) @ a.astype(np.float64) @ a.T.astype(np.float64)
+    np.testing.assert_allclose(hs.gradient(refs.quadratic_model(a), x), expected, rtol=1e-4, atol=1e-5)
+    mlp = refs.tanh_mlp(5, outputs=2, seed=4)
+    x = RNG.normal(size=(3, 5)).astype(np.float32)
+    reference = refs.finite_difference_gradient(refs.float64_value(mlp), x)
+    np.testing.assert_allclose(hs.gradient(mlp, x), reference, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(hs.gradient(mlp, x, precision="float64"), reference, rtol=1e-7, atol=1e-9)
 
 
 @settings(max_examples=15, deadline=None)

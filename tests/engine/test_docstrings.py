@@ -14,6 +14,7 @@ import pytest
         "hessd_server",
         "hessd_server.engine.api",
         "hessd_server.engine.config",
+        "hessd_server.engine.curvature",
         "hessd_server.engine.model_loading",
         "hessd_server.engine.warmup",
         "hessd_server.engine.function_cache",

@@ -142,3 +142,57 @@ def test_errors_exit_1_with_the_exception_name(
     np.save(tmp_path / "x.npy", rng_array((1, 10)))
     assert _run(server, "hessian", "nope", "--input", str(tmp_path / "x.npy")) == 1
     assert "ModelNotFoundError" in capsys.readouterr().err
+
+
+def test_curvature_commands_save_what_the_library_returns(server: RunningServer, tmp_path: Path) -> None:
+    x = rng_array((3, 10))
+    np.save(tmp_path / "x.npy", x)
+    model = server.model("demo")
+    inputs = ["--input", str(tmp_path / "x.npy")]
+    commands = {
+        "diagonal": (["--method", "hutchinson", "--probes", "5", "--seed", "1"],
+                     hs.hessian_diagonal(model, x, method="hutchinson", probes=5, seed=1)),
+        "trace": (["--seed", "2"], hs.hessian_trace(model, x, seed=2)),
+        "eigen": (["--k", "2", "--which", "smallest", "--method", "lanczos", "--seed", "3"],
+                  hs.hessian_eigen(model, x, k=2, which="smallest", method="lanczos", seed=3)),
+        "spectrum": (["--probes", "2", "--iterations", "4", "--seed", "4"],
+                     hs.hessian_spectrum(model, x, probes=2, iterations=4, seed=4)),
+    }
+    for name, (options, expected) in commands.items():
+        out = tmp_path / f"{name}.npz"
+        assert _run(server, name, "demo", *inputs, *options, "--out", str(out)) == 0, name
+        with np.load(out) as saved:
+            assert sorted(saved.files) == sorted(expected._fields), name
+            for field, array in expected._asdict().items():
+                assert np.array_equal(saved[field], array), f"{name}.{field}"
+
+
+def test_trace_prints_the_laplacian_and_its_stderr(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "x.npy", rng_array((2, 10)))
+    assert _run(server, "trace", "demo", "--input", str(tmp_path / "x.npy"), "--method", "exact") == 0
+    printed = capsys.readouterr().out
+    assert "trace:" in printed and "stderr:" in printed and "shape=(2,) dtype=float32" in printed
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_are_png_files(server: RunningServer, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", rng_array((2, 10)))
+    inputs = ["--input", str(tmp_path / "x.npy")]
+    spectrum, heatmap, full = tmp_path / "s.png", tmp_path / "h.png", tmp_path / "f.png"
+    assert _run(server, "spectrum", "demo", *inputs, "--seed", "0", "--plot", str(spectrum)) == 0
+    assert _run(server, "hessian", "demo", *inputs, "--plot", str(heatmap)) == 0
+    assert _run(server, "hessian", "demo", *inputs, "--full", "--plot", str(full)) == 0
+    for path in (spectrum, heatmap, full):
+        assert path.read_bytes().startswith(PNG_SIGNATURE) and path.stat().st_size > 5_000
+
+
+def test_bad_curvature_option_exits_1_naming_the_field(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "x.npy", rng_array((1, 10)))
+    assert _run(server, "eigen", "demo", "--input", str(tmp_path / "x.npy"), "--k", "11") == 1
+    assert "k must be <= D = 10" in capsys.readouterr().err

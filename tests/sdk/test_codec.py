@@ -174,6 +174,7 @@ EXPECTED_CODES = {
     errors.ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     errors.ResultTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.OutOfMemoryError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.BatchDependenceError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,

@@ -13,12 +13,14 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_importing_the_sdk_and_cli_never_imports_tensorflow() -> None:
+def test_importing_the_sdk_and_cli_never_imports_tensorflow_or_matplotlib() -> None:
     result = _run(
         """
         import sys
         import hessd, hessd.cli, hessd.status_codes, hessd.tensor_codec, hessd.chunks
-        heavy = sorted(m for m in ("tensorflow", "keras", "hessd_server") if m in sys.modules)
+        heavy = sorted(
+            m for m in ("tensorflow", "keras", "hessd_server", "matplotlib") if m in sys.modules
+        )
         print(heavy)
         """
     )
@@ -51,5 +53,6 @@ def test_public_names_are_explicit() -> None:
     import hessd
     from hessd import errors
 
-    assert {"Client", "AsyncClient", "Evaluation", *errors.__all__} <= set(hessd.__all__)
+    curvature = {"Diagonal", "Trace", "Eigen", "Spectrum"}
+    assert {"Client", "AsyncClient", "Evaluation", *curvature, *errors.__all__} <= set(hessd.__all__)
     assert all(hasattr(hessd, name) for name in hessd.__all__)

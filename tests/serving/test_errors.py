@@ -24,7 +24,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import DataType, Tensor
 from hessd_server.serving.status_interceptor import INTERNAL_MESSAGE
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import ONE_OFF_FAILURE, RunningServer, rng_array, serving
 
 MAX_RESULT_BYTES = 200_000
 
@@ -35,6 +35,9 @@ def server() -> Iterator[RunningServer]:
         ("demo", hs.DEMO_MODEL_SOURCE),
         ("mixing", "wire_fixtures:batch_mean_model"),
         ("broken", "wire_fixtures:broken_model"),
+        ("untraceable", "wire_fixtures:untraceable_model"),
+        ("fails_once", "wire_fixtures:fails_once_model"),
+        ("multi", "wire_fixtures:multi_input_model"),
     ]
     with serving(models, max_result_bytes=MAX_RESULT_BYTES) as running:
         yield running
@@ -53,6 +56,7 @@ def stub(server: RunningServer) -> Iterator[hessian_service_pb2_grpc.HessianServ
 
 
 X = rng_array((3, 10))
+MULTI_X = {"a": rng_array((2, 3)), "b": rng_array((2, 2, 2)), "ids": np.zeros((2, 2), np.int32)}
 
 BAD_CALLS: dict[str, tuple[str, Callable[[Any, str], Any], type[errors.HessdError], str | None]] = {
     "wrong-shape": ("demo", lambda api, m: api.hessian(m, X[:, :4]), errors.ShapeError, "x[x]"),
@@ -88,6 +92,12 @@ BAD_CALLS: dict[str, tuple[str, Callable[[Any, str], Any], type[errors.HessdErro
         lambda api, m: api.hessian(m, rng_array((3, 4))),
         errors.BatchDependenceError,
         "full",
+    ),
+    "id-out-of-range": (
+        "multi",
+        lambda api, m: api.hessian(m, {**MULTI_X, "ids": np.array([[0, 1], [5, 2]], np.int32)}, wrt="b"),
+        errors.InvalidArgumentError,
+        "x[ids]",
     ),
 }
 
@@ -294,3 +304,34 @@ def test_client_side_encoding_errors_match_the_library(
         hs.hessian(server.model("demo"), X, precision="double")
     with pytest.raises(errors.PrecisionError):
         client.hessian("demo", X, precision="double")
+
+
+def test_a_model_no_way_can_compile_fails_internal_without_server_details(
+    client: hessd.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="hessd_server")
+    with pytest.raises(errors.InternalError) as raised:
+        client.hessian("untraceable", rng_array((2, 3)))
+    assert "cannot be differentiated" in raised.value.message
+    assert "/srv/secret" not in raised.value.message
+    assert any("/srv/secret/model_code.py" in record.getMessage() for record in caplog.records)
+    assert client.health() == "SERVING"
+
+
+def test_running_out_of_memory_is_resource_exhausted_and_changes_nothing(
+    server: RunningServer, client: hessd.Client, stub: Any
+) -> None:
+    model = server.model("fails_once")
+    before = model.metadata()
+    x = rng_array((2, 3))
+    ONE_OFF_FAILURE.armed = True
+    with pytest.raises(errors.OutOfMemoryError, match="ran out of memory"):
+        client.hessian("fails_once", x)
+    ONE_OFF_FAILURE.armed = True
+    request = pb.HessianRequest(model_name="fails_once", x={"x": tensor_codec.encode(x, field="x")})
+    _assert_status(
+        lambda: stub.Hessian(request), grpc.StatusCode.RESOURCE_EXHAUSTED, ("OutOfMemoryError", "OUT_OF_MEMORY"), None
+    )
+    expected = np.stack([np.diag(-np.sin(row)) for row in x.astype(np.float64)])
+    np.testing.assert_allclose(client.hessian("fails_once", x), expected, rtol=1e-5, atol=1e-7)
+    assert model.metadata() == before

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -29,7 +30,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.serving.main import parse_config
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
+from wire_fixtures import LOAD_GATE, TRACE_GATE, RunningServer, rng_array, serving
 
 DOCS = Path(__file__).resolve().parents[2] / "README.md"
 WAIT_S = 60.0
@@ -37,9 +38,8 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    with serving(
-        [("demo", hs.DEMO_MODEL_SOURCE)], engine_threads=1, max_queue_delay_ms=600_000, metrics_port=0
-    ) as running:
+    models = [("demo", hs.DEMO_MODEL_SOURCE), ("gated", "wire_fixtures:gated_trace_model")]
+    with serving(models, engine_threads=1, max_queue_delay_ms=600_000, metrics_port=0) as running:
         yield running
 
 
@@ -186,6 +186,10 @@ def test_metrics_endpoint_counts_requests_and_compiles(server: RunningServer) ->
         client.gradient("demo", rng_array((2, 10)))
         with pytest.raises(hessd.ShapeError):
             client.gradient("demo", rng_array((2, 3)))
+    # A failed call's status can reach the client just before the server has counted it.
+    _eventually(
+        lambda: _metric(server, "hessd_requests_total", method="Gradient", code="INVALID_ARGUMENT") > 0
+    )
     assert server.server.metrics_port is not None
     url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=WAIT_S) as response:
@@ -300,3 +304,63 @@ def test_bad_flags_exit_with_usage(flags: list[str]) -> None:
 
 def test_docs_json_is_valid_json() -> None:
     assert json.loads(_doc_request_json())["modelName"] == "demo"
+
+
+def test_work_abandoned_while_running_is_counted_and_stopped_before_it_compiles(
+    server: RunningServer,
+) -> None:
+    model = server.model("gated")
+    compiled = model.metadata().compile_count
+    abandoned = _metric(server, "hessd_abandoned_engine_calls_total", reason="cancelled")
+    x = rng_array((3, 3))
+    TRACE_GATE.reset()
+    TRACE_GATE.armed = True
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
+            request = pb.HessianRequest(
+                model_name="gated", x={"x": tensor_codec.encode(x, field="x")}
+            )
+            future = stub.Hessian.future(request)
+            assert TRACE_GATE.entered.wait(WAIT_S)
+            future.cancel()
+            _eventually(
+                lambda: _metric(server, "hessd_abandoned_engine_calls_total", reason="cancelled")
+                == abandoned + 1
+            )
+    finally:
+        TRACE_GATE.opened.set()
+    with hessd.Client(server.target, timeout=WAIT_S) as client:
+        client.gradient("demo", rng_array((2, 10)))
+        assert model.metadata().compile_count == compiled, "the abandoned call compiled"
+        assert np.array_equal(client.hessian("gated", x), hs.hessian(model, x))
+    assert model.metadata().compile_count == compiled + 1 and TRACE_GATE.traces == 2
+
+
+def test_metadata_and_health_answer_while_a_model_compiles(server: RunningServer) -> None:
+    TRACE_GATE.reset()
+    TRACE_GATE.armed = True
+    with hessd.Client(server.target, timeout=WAIT_S) as client, ThreadPoolExecutor(1) as caller:
+        call = caller.submit(client.hessian, "gated", rng_array((5, 3)))
+        try:
+            assert TRACE_GATE.entered.wait(WAIT_S)
+            metadata = client.metadata("gated")
+            health = client.health()
+            assert TRACE_GATE.inside == 1 and not call.done(), "metadata or health waited"
+        finally:
+            TRACE_GATE.opened.set()
+        assert call.result(WAIT_S).shape == (5, 3, 3)
+    assert metadata.name == "gated" and health == "SERVING"
+
+
+def test_failed_calls_leave_nothing_in_flight(server: RunningServer) -> None:
+    with hessd.Client(server.target, timeout=WAIT_S) as client:
+        with pytest.raises(hessd.ShapeError):
+            client.hessian("demo", rng_array((2, 3)))
+        with pytest.raises(hessd.ModelNotFoundError):
+            client.gradient("nope", rng_array((2, 10)))
+        with pytest.raises(hessd.ModelNotFoundError):
+            client.metadata("nope")
+        with pytest.raises(hessd.ShapeError):
+            list(client.stream("demo", [rng_array((1, 10)), rng_array((1, 3))]))
+    _eventually(lambda: server.server.admission.in_flight == 0)

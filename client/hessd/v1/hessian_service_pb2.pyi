@@ -172,6 +172,170 @@ class StreamHessianResponse(_message.Message):
     model_version: str
     def __init__(self, index: _Optional[int] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class HessianDiagonalRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "method", "probes", "seed")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    precision: _tensor_pb2.DataType
+    method: str
+    probes: int
+    seed: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., method: _Optional[str] = ..., probes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class HessianDiagonalResponse(_message.Message):
+    __slots__ = ("diagonal", "stderr", "model_version")
+    DIAGONAL_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    diagonal: _tensor_pb2.Tensor
+    stderr: _tensor_pb2.Tensor
+    model_version: str
+    def __init__(self, diagonal: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., stderr: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class HessianTraceRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "method", "probes", "seed")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    precision: _tensor_pb2.DataType
+    method: str
+    probes: int
+    seed: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., method: _Optional[str] = ..., probes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class HessianTraceResponse(_message.Message):
+    __slots__ = ("trace", "stderr", "model_version")
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    trace: _tensor_pb2.Tensor
+    stderr: _tensor_pb2.Tensor
+    model_version: str
+    def __init__(self, trace: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., stderr: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class HessianEigenRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "k", "which", "method", "iterations", "tol", "seed")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    WHICH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TOL_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    precision: _tensor_pb2.DataType
+    k: int
+    which: str
+    method: str
+    iterations: int
+    tol: float
+    seed: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., k: _Optional[int] = ..., which: _Optional[str] = ..., method: _Optional[str] = ..., iterations: _Optional[int] = ..., tol: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class HessianEigenResponse(_message.Message):
+    __slots__ = ("eigenvalues", "eigenvectors", "residuals", "model_version")
+    EIGENVALUES_FIELD_NUMBER: _ClassVar[int]
+    EIGENVECTORS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUALS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    eigenvalues: _tensor_pb2.Tensor
+    eigenvectors: _tensor_pb2.Tensor
+    residuals: _tensor_pb2.Tensor
+    model_version: str
+    def __init__(self, eigenvalues: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., eigenvectors: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., residuals: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class HessianSpectrumRequest(_message.Message):
+    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "probes", "iterations", "seed")
+    class XEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    x: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    wrt: str
+    output_weights: _tensor_pb2.Tensor
+    precision: _tensor_pb2.DataType
+    probes: int
+    iterations: int
+    seed: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., probes: _Optional[int] = ..., iterations: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class HessianSpectrumResponse(_message.Message):
+    __slots__ = ("nodes", "weights", "model_version")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    nodes: _tensor_pb2.Tensor
+    weights: _tensor_pb2.Tensor
+    model_version: str
+    def __init__(self, nodes: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -84,6 +84,26 @@ class HessianServiceStub:
                 request_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianRequest.SerializeToString,
                 response_deserializer=hessd_dot_v1_dot_hessian__service__pb2.StreamHessianResponse.FromString,
                 _registered_method=True)
+        self.HessianDiagonal = channel.unary_unary(
+                '/hessd.v1.HessianService/HessianDiagonal',
+                request_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianDiagonalRequest.SerializeToString,
+                response_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianDiagonalResponse.FromString,
+                _registered_method=True)
+        self.HessianTrace = channel.unary_unary(
+                '/hessd.v1.HessianService/HessianTrace',
+                request_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianTraceRequest.SerializeToString,
+                response_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianTraceResponse.FromString,
+                _registered_method=True)
+        self.HessianEigen = channel.unary_unary(
+                '/hessd.v1.HessianService/HessianEigen',
+                request_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianEigenRequest.SerializeToString,
+                response_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianEigenResponse.FromString,
+                _registered_method=True)
+        self.HessianSpectrum = channel.unary_unary(
+                '/hessd.v1.HessianService/HessianSpectrum',
+                request_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianSpectrumRequest.SerializeToString,
+                response_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianSpectrumResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/hessd.v1.HessianService/ListModels',
                 request_serializer=hessd_dot_v1_dot_hessian__service__pb2.ListModelsRequest.SerializeToString,
@@ -170,6 +190,38 @@ class HessianServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HessianDiagonal(self, request, context):
+        """Diagonal of each example's Hessian block, shape (B, *S), with its
+        standard error. Needs a batch-independent model (FAILED_PRECONDITION
+        otherwise), as do the three RPCs below.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HessianTrace(self, request, context):
+        """Trace of each example's Hessian block (the Laplacian), shape (B,), with
+        its standard error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HessianEigen(self, request, context):
+        """k eigenpairs of each example's Hessian block, with their residual norms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HessianSpectrum(self, request, context):
+        """Spectral density of each example's Hessian block by stochastic Lanczos
+        quadrature: nodes and weights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The served models, their versions and each version's state.
         """
@@ -221,6 +273,26 @@ def add_HessianServiceServicer_to_server(servicer, server):
                     servicer.StreamHessian,
                     request_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianRequest.FromString,
                     response_serializer=hessd_dot_v1_dot_hessian__service__pb2.StreamHessianResponse.SerializeToString,
+            ),
+            'HessianDiagonal': grpc.unary_unary_rpc_method_handler(
+                    servicer.HessianDiagonal,
+                    request_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianDiagonalRequest.FromString,
+                    response_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianDiagonalResponse.SerializeToString,
+            ),
+            'HessianTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.HessianTrace,
+                    request_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianTraceRequest.FromString,
+                    response_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianTraceResponse.SerializeToString,
+            ),
+            'HessianEigen': grpc.unary_unary_rpc_method_handler(
+                    servicer.HessianEigen,
+                    request_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianEigenRequest.FromString,
+                    response_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianEigenResponse.SerializeToString,
+            ),
+            'HessianSpectrum': grpc.unary_unary_rpc_method_handler(
+                    servicer.HessianSpectrum,
+                    request_deserializer=hessd_dot_v1_dot_hessian__service__pb2.HessianSpectrumRequest.FromString,
+                    response_serializer=hessd_dot_v1_dot_hessian__service__pb2.HessianSpectrumResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -436,6 +508,114 @@ class HessianService:
             '/hessd.v1.HessianService/StreamHessian',
             hessd_dot_v1_dot_hessian__service__pb2.HessianRequest.SerializeToString,
             hessd_dot_v1_dot_hessian__service__pb2.StreamHessianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HessianDiagonal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hessd.v1.HessianService/HessianDiagonal',
+            hessd_dot_v1_dot_hessian__service__pb2.HessianDiagonalRequest.SerializeToString,
+            hessd_dot_v1_dot_hessian__service__pb2.HessianDiagonalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HessianTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hessd.v1.HessianService/HessianTrace',
+            hessd_dot_v1_dot_hessian__service__pb2.HessianTraceRequest.SerializeToString,
+            hessd_dot_v1_dot_hessian__service__pb2.HessianTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HessianEigen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hessd.v1.HessianService/HessianEigen',
+            hessd_dot_v1_dot_hessian__service__pb2.HessianEigenRequest.SerializeToString,
+            hessd_dot_v1_dot_hessian__service__pb2.HessianEigenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HessianSpectrum(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hessd.v1.HessianService/HessianSpectrum',
+            hessd_dot_v1_dot_hessian__service__pb2.HessianSpectrumRequest.SerializeToString,
+            hessd_dot_v1_dot_hessian__service__pb2.HessianSpectrumResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,19 +5,31 @@ first use.
 A function's first call runs the candidates in order until one succeeds:
 XLA before graph mode, pfor before the tiled path. The winner is cached, the
 choice recorded on the model, and a model whose function XLA rejected is not
-offered to XLA again for that kind.
+offered to XLA again for that kind. Only deterministic failures move on to the
+next candidate: an error while tracing (a pfor conversion that cannot be done),
+or an XLA or graph error of kind InvalidArgument or Unimplemented on the first
+run. A transient failure (out of memory, an aborted or cancelled run) changes
+nothing: it is raised, and the next call builds the function afresh.
+
+Locking: each function has its own build lock, so a function is built once
+while different functions (buckets, kinds, precisions) build at the same
+time. ``model.lock`` only guards the model's records for an instant, never
+across a trace, a compile or a run, so :meth:`Model.metadata` never waits on a
+compile.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 import tensorflow as tf
 
-from hessd.errors import InternalError
+from hessd.errors import CancelledError, DeadlineExceededError, InternalError, OutOfMemoryError
 
-from . import derivatives
+from . import curvature_bodies, derivatives
+from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
 
@@ -28,45 +40,127 @@ STRATEGIES = ("pfor", "tiled")
 batch tiled D times with identity cotangents (no pfor). For ``full=True`` the
 same names select a vectorized ``jacobian`` or a loop over its rows."""
 
+CANDIDATE_FAILURES: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
+"""TensorFlow errors of a first run that rule a candidate out: XLA cannot
+compile the function, or graph mode cannot run it. Errors raised while
+tracing (plain Python exceptions) rule it out as well."""
+
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedError, MemoryError)
+
 
 def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tensor, ...]:
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
-    ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)]).
+    ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)
+    for "hvp", or a seed (2,) for a curvature kind]).
     Returns the function's outputs, flattened: (value, gradient, Hessian) for
-    the second-order kinds, (result,) for "gradient" and "hvp".
+    the second-order kinds, the result tuple of a curvature kind, (result,)
+    for "gradient" and "hvp".
+
+    Raises:
+        OutOfMemoryError: TensorFlow ran out of memory.
+        InternalError: no candidate could build the function (the log has why).
+        CancelledError, DeadlineExceededError: the caller gave up before the
+            computation started (see :mod:`.cancellation`).
     """
     function = model.functions.get(key)
-    if function is not None:
-        return function(*args)
+    if function is None:
+        with _build_lock(model, key):
+            check_cancelled()
+            function = model.functions.get(key)
+            if function is None:
+                return _build_and_run(model, key, args)
+    check_cancelled()
+    return _called(model, key, function, args)
+
+
+def _build_lock(model: Model, key: FunctionKey) -> threading.Lock:
+    """The lock that one build of ``key`` holds; a call finding it held counts in ``model.compile_waits``."""
     with model.lock:
-        function = model.functions.get(key)
-        if function is not None:
-            return function(*args)
-        return _build_and_run(model, key, args)
+        lock = model.build_locks.setdefault(key, threading.Lock())
+        if lock.locked():
+            model.compile_waits += 1
+    return lock
+
+
+def _called(
+    model: Model, key: FunctionKey, function: Callable[..., tuple[tf.Tensor, ...]], args: tuple[Any, ...]
+) -> tuple[tf.Tensor, ...]:
+    try:
+        return function(*args)
+    except OUT_OF_MEMORY as err:
+        raise _out_of_memory(model, key, err) from err
+
+
+def _out_of_memory(model: Model, key: FunctionKey, err: BaseException) -> OutOfMemoryError:
+    _log.warning("model %s: %s at batch %d ran out of memory: %s", model.name, key.kind, key.batch, err)
+    return OutOfMemoryError(
+        f"model {model.name!r} ran out of memory computing the {key.kind.replace('_', ' ')} of a batch of "
+        f"{key.batch}; retry later, or send a smaller batch"
+    )
 
 
 def _candidates(model: Model, key: FunctionKey) -> list[tuple[str | None, bool]]:
-    xla = model.config.jit_compile and (key.kind, key.precision) not in model.xla_failed_kinds
+    with model.lock:
+        xla = model.config.jit_compile and (key.kind, key.precision) not in model.xla_failed_kinds
+        chosen = model.strategy
     modes = [True, False] if xla else [False]
-    if key.kind in ("gradient", "hvp"):
+    if key.kind in ("gradient", "hvp", *curvature_bodies.MATRIX_FREE_KINDS):
         return [(None, jit) for jit in modes]
-    strategies = [model.strategy] if model.strategy else list(STRATEGIES)
+    strategies = [chosen] if chosen else list(STRATEGIES)
     return [(strategy, jit) for jit in modes for strategy in strategies]
 
 
 def _build_and_run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> Any:
-    xla_error: Exception | None = None
-    last_error: Exception | None = None
+    xla_error: BaseException | None = None
+    failures: list[str] = []
     for strategy, jit in _candidates(model, key):
         function = _trace(model, key, strategy, jit)
         try:
+            function.get_concrete_function()
+            check_cancelled()
             result = function(*args)
-        except Exception as err:  # a candidate that cannot run here; the next one may
-            _log.info("model %s: %s (strategy=%s, xla=%s) failed: %s", model.name, key.kind, strategy, jit, err)
-            last_error = err
+        except OUT_OF_MEMORY as err:
+            raise _out_of_memory(model, key, err) from err
+        except tf.errors.OpError as err:
+            if not isinstance(err, CANDIDATE_FAILURES):
+                raise
+            failures.append(_failed(model, key, strategy, jit, err))
             xla_error = xla_error or (err if jit else None)
             continue
+        except (CancelledError, DeadlineExceededError):
+            raise
+        except Exception as err:  # tracing failed: this candidate cannot express the model
+            failures.append(_failed(model, key, strategy, jit, err))
+            continue
+        _record_success(model, key, _direct_call(function), strategy, jit, xla_error)
+        return tuple(tf.nest.flatten(result))
+    _log.error(
+        "model %s: no way to compute %s worked:\n%s", model.name, key.kind, "\n".join(failures)
+    )
+    raise InternalError(
+        f"model {model.name!r} cannot be differentiated for {key.kind.replace('_', ' ')}: every way of "
+        "computing it (XLA and graph mode, pfor and tiled) failed; the server log has the errors"
+    )
+
+
+def _failed(model: Model, key: FunctionKey, strategy: str | None, jit: bool, err: BaseException) -> str:
+    _log.info(
+        "model %s: %s (strategy=%s, xla=%s) failed", model.name, key.kind, strategy, jit, exc_info=err
+    )
+    return f"strategy={strategy}, xla={jit}: {type(err).__name__}: {err}"
+
+
+def _record_success(
+    model: Model,
+    key: FunctionKey,
+    function: Callable[..., Any],
+    strategy: str | None,
+    jit: bool,
+    xla_error: BaseException | None,
+) -> None:
+    """Cache the function that ran, count its compile, and note the XLA and strategy choices."""
+    with model.lock:
         if xla_error is not None and not jit:
             reason = str(xla_error).strip().splitlines()[0][:300]
             model.xla_fallbacks.append(f"{key.kind}/{key.precision}: graph mode, XLA failed: {reason}")
@@ -75,11 +169,9 @@ def _build_and_run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> Any
         if strategy is not None and model.strategy is None:
             model.strategy = strategy
             _log.info("model %s: per-example strategy %s", model.name, strategy)
-        model.functions.put(key, _direct_call(function))
-        return tuple(tf.nest.flatten(result))
-    raise InternalError(
-        f"model {model.name!r}: no way to compute {key.kind} worked, last error: {last_error}"
-    ) from last_error
+        for evicted in model.functions.put(key, function):
+            model.build_locks.pop(evicted, None)
+        model.compile_count += 1
 
 
 def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
@@ -97,8 +189,10 @@ def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
     return call
 
 
-def _body(key: FunctionKey, strategy: str | None) -> Callable[..., Any]:
-    """The traced computation for ``key``: (x, fixed inputs, weights[, v]) -> result."""
+def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
+    """The traced computation for ``key``: (x, fixed inputs, weights[, v or seed]) -> result."""
+    if key.kind in curvature_bodies.KINDS:
+        return curvature_bodies.body(key.kind, dict(key.options), strategy, jit)
     if key.kind == "gradient":
         return lambda forward, x, w: derivatives.value_and_gradient(forward, x, w)[1]
     if key.kind == "hvp":
@@ -124,12 +218,11 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     signature = [x_spec, fixed_specs, tf.TensorSpec((key.batch, key.outputs), dtype)]
     if key.kind == "hvp":
         signature.append(x_spec)
-    body = _body(key, strategy)
+    elif key.kind in curvature_bodies.KINDS:
+        signature.append(curvature_bodies.SEED_SPEC)
+    body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
-        with model.lock:
-            model.compile_count += 1
-
         def forward(inputs: tf.Tensor) -> tf.Tensor:
             copies = tf.shape(inputs)[0] // key.batch
             held = {name: _tile_batch(t, copies) for name, t in fixed.items()}
@@ -137,7 +230,9 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
 
         return body(forward, x, weights, *tangent)
 
-    function = tf.function(traced, input_signature=signature, jit_compile=jit)
+    # A curvature function compiles its derivative parts with XLA itself (see curvature_bodies.body).
+    whole_jit = jit and key.kind not in curvature_bodies.KINDS
+    function = tf.function(traced, input_signature=signature, jit_compile=whole_jit)
     # Every bucket, kind and strategy is its own function traced once, by design;
     # TensorFlow counts them all as retraces of one Python function (they share
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.

@@ -1,4 +1,5 @@
-"""Engine settings: batch buckets, the result byte limit, XLA and the compiled-function cache."""
+"""Engine settings: batch buckets, the result byte limit, the curvature memory budget, XLA and
+the compiled-function cache."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class EngineConfig:
             examples, so it compiles nothing new.
         max_result_bytes: a request whose result would exceed this many bytes is
             refused with ``ResultTooLargeError`` before anything is computed.
+        curvature_memory_bytes: the memory budget of the curvature summaries.
+            ``method="auto"`` computes them exactly from dense per-example
+            blocks when the padded batch's blocks, B * D * D values, fit in it,
+            and matrix-free otherwise; matrix-free methods take as many
+            Hessian-vector products at once as fit in it.
         jit_compile: compile with XLA (``tf.function(jit_compile=True)``); a
             function XLA cannot compile falls back to graph mode and is recorded.
         max_compiled_functions: compiled functions kept per model; beyond it the
@@ -27,6 +33,7 @@ class EngineConfig:
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
     jit_compile: bool = True
+    curvature_memory_bytes: int = 256 << 20
     max_compiled_functions: int = 256
 
     def __post_init__(self) -> None:
@@ -34,6 +41,8 @@ class EngineConfig:
             raise ValueError(f"max_batch_size must be a power of two >= 1, got {self.max_batch_size}")
         if self.max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be positive, got {self.max_result_bytes}")
+        if self.curvature_memory_bytes < 1:
+            raise ValueError(f"curvature_memory_bytes must be positive, got {self.curvature_memory_bytes}")
         if self.max_compiled_functions < 1:
             raise ValueError(f"max_compiled_functions must be >= 1, got {self.max_compiled_functions}")
 

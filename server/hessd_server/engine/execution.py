@@ -24,6 +24,7 @@ from hessd.errors import BatchDependenceError
 from hessd.results import Evaluation
 
 from . import compiled
+from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
 from .probes import is_batch_independent
@@ -39,6 +40,7 @@ from .validation import (
 _log = logging.getLogger(__name__)
 
 SECOND_ORDER_KINDS = ("hessian", "full_hessian")
+SINGLE_OUTPUT_KINDS = ("gradient", "hvp")
 """Kinds whose compiled function returns value (B,), gradient (B, *S) and Hessian."""
 
 
@@ -162,10 +164,15 @@ def prepare(
     inputs = prepare_inputs(m, x, wrt, resolve_precision(precision))
     weights = prepare_weights(output_weights, inputs.batch, _output_size(m, inputs), inputs.precision)
     if m.batch_independent is None:
-        with m.lock:
+        with m.probe_lock:
             if m.batch_independent is None:
-                m.batch_independent = is_batch_independent(m.call_for("float32"), _as_float32(inputs), tf.float32)
-                _log.info("model %s: batch independent: %s", m.name, m.batch_independent)
+                check_cancelled()
+                independent = is_batch_independent(
+                    m.call_for("float32"), _as_float32(inputs), tf.float32, ranges=m.input_ranges
+                )
+                with m.lock:
+                    m.batch_independent = independent
+                _log.info("model %s: batch independent: %s", m.name, independent)
     return inputs, weights
 
 
@@ -180,12 +187,13 @@ def _output_size(model: Model, inputs: PreparedInputs) -> int:
     if shapes and all(None not in s for s in shapes):
         return sum(math.prod(s) for s in shapes)
     key = tuple((n, a.shape[1:]) for n, a in inputs.arrays.items())
+    known = model.output_sizes.get(key)
+    if known is not None:
+        return known
+    one = {n: tf.constant(a[:1]) for n, a in _as_float32(inputs).items()}
+    outputs = tf.nest.flatten(model.call_for("float32")(one))
     with model.lock:
-        if key not in model.output_sizes:
-            one = {n: tf.constant(a[:1]) for n, a in _as_float32(inputs).items()}
-            outputs = tf.nest.flatten(model.call_for("float32")(one))
-            model.output_sizes[key] = sum(math.prod(t.shape[1:]) for t in outputs)
-        return model.output_sizes[key]
+        return model.output_sizes.setdefault(key, sum(math.prod(t.shape[1:]) for t in outputs))
 
 
 def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: str, extra: int = 0) -> None:
@@ -194,7 +202,14 @@ def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: s
     check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}")
 
 
-def function_key(model: Model, kind: str, inputs: PreparedInputs, outputs: int, batch: int) -> FunctionKey:
+def function_key(
+    model: Model,
+    kind: str,
+    inputs: PreparedInputs,
+    outputs: int,
+    batch: int,
+    options: tuple[tuple[str, Any], ...] = (),
+) -> FunctionKey:
     """The key of the compiled function running ``inputs`` padded to ``batch`` examples."""
     return FunctionKey(
         kind=kind,
@@ -203,6 +218,7 @@ def function_key(model: Model, kind: str, inputs: PreparedInputs, outputs: int, 
         wrt=inputs.wrt,
         inputs=tuple((n, a.shape[1:], a.dtype.name) for n, a in inputs.arrays.items()),
         outputs=outputs,
+        options=options,
     )
 
 
@@ -213,17 +229,28 @@ def run(
     weights: np.ndarray,
     *tangent: np.ndarray,
     padded_batch: int | None = None,
+    options: tuple[tuple[str, Any], ...] = (),
+    constants: tuple[np.ndarray, ...] = (),
 ) -> Any:
-    """Run ``kind`` on the whole batch: (value, gradient, Hessian) for the
-    second-order kinds, else the (B, *S) array.
+    """Run ``kind`` on the whole batch: the result tuple of the multi-output
+    kinds, the one (B, *S) array of "gradient" and "hvp".
+
+    ``tangent`` arrays have a batch dimension and are padded with zeros;
+    ``constants`` (such as a seed) are passed as they are. ``options`` are
+    part of the compiled function's key.
 
     A batch-independent model's batch above ``max_batch_size`` runs as slices
-    of that size (``padded_batch`` is then ignored), so it compiles nothing new;
-    a full Hessian is put together block-diagonally, which is exact for such a model.
+    of that size for the Hessian, gradient and HVP kinds (``padded_batch`` is
+    then ignored), so it compiles nothing new; a full Hessian is put together
+    block-diagonally, which is exact for such a model. Curvature kinds run
+    whole, so a seeded estimate does not depend on the slicing.
     """
     step = model.config.max_batch_size
-    if not model.batch_independent or inputs.batch <= step:
-        return _run_bucket(model, kind, inputs, weights, *tangent, padded_batch=padded_batch)
+    sliceable = kind in SECOND_ORDER_KINDS or kind in SINGLE_OUTPUT_KINDS
+    if not (sliceable and model.batch_independent and inputs.batch > step):
+        return _run_bucket(
+            model, kind, inputs, weights, *tangent, padded_batch=padded_batch, options=options, constants=constants
+        )
     parts = [
         _run_bucket(
             model,
@@ -262,23 +289,48 @@ def _run_bucket(
     weights: np.ndarray,
     *tangent: np.ndarray,
     padded_batch: int | None = None,
+    options: tuple[tuple[str, Any], ...] = (),
+    constants: tuple[np.ndarray, ...] = (),
 ) -> Any:
-    """Pad to the bucket (batch-independent models only), run, and slice back."""
+    """Pad (see :func:`_padded_batch`), run, and slice back."""
     batch = inputs.batch
-    if not model.batch_independent:
-        padded = batch
-    else:
-        padded = padded_batch or model.config.bucket_for(batch)
-    key = function_key(model, kind, inputs, weights.shape[1], padded)
+    padded = _padded_batch(model, kind, inputs, padded_batch)
+    key = function_key(model, kind, inputs, weights.shape[1], padded, options)
     fixed = {n: _pad(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
     args = (
         _pad(inputs.x, padded, edge=True),
         fixed,
         _pad(weights, padded, edge=False),
         *(_pad(t, padded, edge=False) for t in tangent),
+        *constants,
     )
-    results = tuple(_unpad(t.numpy(), batch, kind, inputs) for t in compiled.run(model, key, args))
-    return results if kind in SECOND_ORDER_KINDS else results[0]
+    results = tuple(_unpad(t.numpy(), batch) for t in compiled.run(model, key, args))
+    return results[0] if kind in SINGLE_OUTPUT_KINDS else results
+
+
+def bucket_batch(model: Model, batch: int) -> int:
+    """The batch size a request of ``batch`` examples is bucketed to: its
+    bucket, or ``batch`` itself for a model that mixes examples."""
+    return model.config.bucket_for(batch) if model.batch_independent else batch
+
+
+def _padded_batch(model: Model, kind: str, inputs: PreparedInputs, requested: int | None) -> int:
+    """The batch size ``kind`` runs at: ``requested`` or B's bucket, or B itself.
+
+    B itself for a model that mixes examples, for ``full_hessian`` (a full
+    Hessian grows with the square of the batch: it runs at exactly the B its
+    limit was checked for), and when the padded results (value, gradient and
+    blocks for "hessian") would exceed ``max_result_bytes``; so what is
+    computed never exceeds the limit because of padding.
+    """
+    batch = inputs.batch
+    if not model.batch_independent or kind == "full_hessian":
+        return batch
+    padded = requested or model.config.bucket_for(batch)
+    dim = inputs.event_size
+    per_example = 1 + dim + dim * dim if kind == "hessian" else dim
+    fits = padded * per_example * np.dtype(inputs.precision).itemsize <= model.config.max_result_bytes
+    return padded if fits else batch
 
 
 def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:
@@ -291,10 +343,5 @@ def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:
     return np.pad(array, widths, mode="edge") if edge else np.pad(array, widths)
 
 
-def _unpad(result: np.ndarray, batch: int, kind: str, inputs: PreparedInputs) -> np.ndarray:
-    if result.shape[0] == batch:
-        return result
-    if kind == "full_hessian" and result.ndim == 2 + 2 * len(inputs.event_shape):
-        second_batch_axis = 1 + len(inputs.event_shape)
-        return np.take(result[:batch], np.arange(batch), axis=second_batch_axis)
-    return result[:batch]
+def _unpad(result: np.ndarray, batch: int) -> np.ndarray:
+    return result if result.shape[0] == batch else result[:batch]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -11,12 +12,15 @@ class FunctionKey:
 
     Attributes:
         kind: "gradient", "hvp", "hessian" (per-example, with value and
-            gradient) or "full_hessian" (likewise).
+            gradient), "full_hessian" (likewise), or a curvature kind of
+            :mod:`.curvature_bodies` such as "trace/hutchinson".
         precision: "float32" or "float64".
         batch: the padded batch size the function is traced for.
         wrt: the differentiated input.
         inputs: (name, per-example shape, dtype) of every input.
         outputs: K, the model's outputs per example, flattened.
+        options: (name, value) pairs a kind's computation depends on, such as
+            a curvature summary's number of probes; empty for the others.
     """
 
     kind: str
@@ -25,3 +29,4 @@ class FunctionKey:
     wrt: str
     inputs: tuple[tuple[str, tuple[int, ...], str], ...]
     outputs: int
+    options: tuple[tuple[str, Any], ...] = ()

@@ -13,6 +13,7 @@ from hessd.results import ModelMetadata, TensorInfo
 
 from .config import EngineConfig
 from .function_cache import FunctionCache
+from .function_key import FunctionKey
 
 ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
 """Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
@@ -28,6 +29,10 @@ class Model:
 
     Calls are thread-safe. The model's float64 copy, when a float64 precision
     is asked for, is built once on first use.
+
+    ``lock`` guards the records below for an instant at a time; it is never
+    held across a trace, a compile, a model call or the batch-independence
+    probe, so :meth:`metadata` answers while functions compile.
     """
 
     def __init__(
@@ -42,21 +47,32 @@ class Model:
         float64_factory: Callable[[], ModelCall] | None,
         warm_up: WarmUp,
         keep_alive: object = None,
+        input_ranges: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self.name = name
         self.source = source
         self.inputs = inputs
         self.outputs = outputs
         self.config = config
-        self.lock = threading.RLock()
+        self.input_ranges: dict[str, tuple[int, int]] = dict(input_ranges or {})
+        """Integer inputs that index a lookup (an ``Embedding``): name -> [low, high)."""
+        self.lock = threading.Lock()
+        self.probe_lock = threading.Lock()
+        """Held while the batch-independence probe runs, so it runs once."""
         self.strategy: str | None = None
         self.batch_independent: bool | None = None
         self.compile_count = 0
+        """Functions compiled and cached; a candidate that failed is not counted."""
+        self.compile_waits = 0
+        """Calls that found their function being built by another call and waited for it."""
         self.xla_fallbacks: list[str] = []
         self.functions = FunctionCache(config.max_compiled_functions)
+        self.build_locks: dict[FunctionKey, threading.Lock] = {}
+        """One lock per function being built; dropped when its function is evicted."""
         self.output_sizes: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
         self.xla_failed_kinds: set[tuple[str, str]] = set()
         self._calls: dict[str, ModelCall] = {"float32": call}
+        self._calls_lock = threading.Lock()
         self._float64_factory = float64_factory
         self._warm_up = warm_up
         self._keep_alive = keep_alive
@@ -70,7 +86,7 @@ class Model:
 
     def call_for(self, precision: str) -> ModelCall:
         """The model's call at ``precision`` ("float32" or "float64")."""
-        with self.lock:
+        with self._calls_lock:
             if precision not in self._calls:
                 if self._float64_factory is None:
                     raise PrecisionError(

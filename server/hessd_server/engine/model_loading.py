@@ -170,7 +170,29 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         float64_factory=lambda: _keras_call(*_float64_copy(model), names),
         warm_up=warmup,
         keep_alive=model,
+        input_ranges=_lookup_ranges(model, dict(zip(names, leaves))),
     )
+
+
+def _lookup_ranges(model: keras.Model, inputs: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """Integer inputs fed straight into an ``Embedding``: name -> [0, input_dim).
+
+    Out-of-range ids would be clamped under XLA (silently wrong numbers) and
+    fail in graph mode, so requests are checked against these ranges first.
+    """
+    ranges: dict[str, tuple[int, int]] = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Embedding):
+            continue
+        try:
+            fed = layer.input
+        except (AttributeError, ValueError):
+            continue
+        for name, tensor in inputs.items():
+            if fed is tensor:
+                low, high = ranges.get(name, (0, layer.input_dim))
+                ranges[name] = (low, min(high, layer.input_dim))
+    return ranges
 
 
 def _input_structure(model: keras.Model) -> Any:

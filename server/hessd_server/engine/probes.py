@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import tensorflow as tf
 
@@ -11,29 +13,56 @@ from .model import ModelCall
 _PROBE_BATCH = 3
 
 
-def _probe_batch(example: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Example 0 is ``example``; the others replace its float inputs with noise."""
+def _probe_batch(
+    arrays: dict[str, np.ndarray], ranges: Mapping[str, tuple[int, int]], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Example 0 is the first example of ``arrays``; the others replace its inputs:
+    float inputs with noise, integer inputs with other ids (see :func:`_other_ids`)."""
     batch = {}
-    for name, row in example.items():
-        rows = np.repeat(row, _PROBE_BATCH, axis=0)
+    for name, array in arrays.items():
+        rows = np.repeat(array[:1], _PROBE_BATCH, axis=0)
         if rows.dtype.kind == "f" or rows.dtype.name == "bfloat16":
             rows[1:] = rng.standard_normal(rows[1:].shape).astype(rows.dtype)
+        elif rows.dtype.kind in "iu":
+            rows[1:] = _other_ids(array, ranges.get(name), rng, rows[1:].shape).astype(rows.dtype)
         batch[name] = rows
     return batch
 
 
-def is_batch_independent(call: ModelCall, arrays: dict[str, np.ndarray], dtype: tf.DType) -> bool:
+def _other_ids(
+    array: np.ndarray, valid: tuple[int, int] | None, rng: np.random.Generator, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Ids for the probe's other examples: from the lookup's range [low, high) if known, else from the
+    values the request holds, preferring those example 0 does not."""
+    if valid is not None:
+        return rng.integers(valid[0], valid[1], shape)
+    seen = np.unique(array)
+    others = np.setdiff1d(seen, array[:1])
+    return rng.choice(others if others.size else seen, shape)
+
+
+def is_batch_independent(
+    call: ModelCall,
+    arrays: dict[str, np.ndarray],
+    dtype: tf.DType,
+    *,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
+) -> bool:
     """True when example 0's outputs depend on example 0's inputs alone.
 
     Uses the first example of ``arrays`` (name -> (B, *S_i)). Three checks
     must all pass: its outputs are the same alone and inside two batches whose
-    other examples differ, and the gradient of its outputs with respect to the
-    other examples' float inputs is exactly zero. A model that normalizes over
-    the batch, or otherwise mixes examples, fails them.
+    other examples differ (in float and integer inputs alike), and the
+    gradient of its outputs with respect to the other examples' float inputs
+    is exactly zero. A model that normalizes over the batch, or otherwise
+    mixes examples, fails them. Integer inputs vary within ``ranges`` (name ->
+    [low, high)) where given, else among the values ``arrays`` holds, so an
+    integer input whose request holds one value only cannot show mixing.
     """
     rng = np.random.default_rng(0)
+    ranges = ranges or {}
     example = {name: a[:1] for name, a in arrays.items()}
-    first, second = _probe_batch(example, rng), _probe_batch(example, rng)
+    first, second = _probe_batch(arrays, ranges, rng), _probe_batch(arrays, ranges, rng)
     tensors = {name: tf.constant(a) for name, a in first.items()}
     watched = [t for t in tensors.values() if t.dtype.is_floating]
     with tf.GradientTape() as tape:

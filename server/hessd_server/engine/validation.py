@@ -17,6 +17,7 @@ import numpy as np
 
 from hessd.errors import (
     DtypeError,
+    InvalidArgumentError,
     OutputWeightsError,
     PrecisionError,
     ResultTooLargeError,
@@ -136,10 +137,28 @@ def _checked_array(value: Any, info: TensorInfo, *, path: str, differentiated: b
     return array.astype(precision if wants_float else info.dtype, copy=False)
 
 
+def _check_range(array: np.ndarray, name: str, low: int, high: int) -> None:
+    """Refuse ids outside [low, high): a lookup would clamp them under XLA (wrong numbers) or fail."""
+    if array.dtype.kind not in "iu":
+        return
+    smallest, largest = int(array.min()), int(array.max())
+    if smallest < low or largest >= high:
+        bad = smallest if smallest < low else largest
+        raise InvalidArgumentError(
+            f"input {name!r} holds {bad}, outside [{low}, {high}): it indexes a lookup (an Embedding) of "
+            f"{high - low} entries, so every value must be in that range",
+            field=input_path(name),
+            reason="INPUT_OUT_OF_RANGE",
+            metadata={"value": bad, "low": low, "high": high},
+        )
+
+
 def prepare_inputs(model: Model, x: Any, wrt: str | None, precision: str) -> PreparedInputs:
     """Check ``x`` against the model's inputs and resolve ``wrt``.
 
     Raises:
+        InvalidArgumentError: an integer input that indexes a lookup holds an
+            id outside the lookup's range (``model.input_ranges``).
         ShapeError: wrong rank, shape, missing input, or unequal batch sizes.
         DtypeError: a non-float differentiated input.
         UnknownInputError: ``wrt`` or a key of ``x`` names no input.
@@ -162,6 +181,8 @@ def prepare_inputs(model: Model, x: Any, wrt: str | None, precision: str) -> Pre
         )
         for info in model.inputs
     }
+    for name, (low, high) in model.input_ranges.items():
+        _check_range(arrays[name], name, low, high)
     batches = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(batches.values())) != 1:
         raise ShapeError(f"every input needs the same batch size, got {batches}", field="x")

@@ -28,10 +28,7 @@ class Admission:
         Raises:
             UnavailableError: the server is draining and admits no new calls.
         """
-        if self._draining:
-            raise UnavailableError(
-                "the server is shutting down; retry on another instance", reason="SERVER_DRAINING"
-            )
+        self.refuse_if_draining()
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -40,6 +37,22 @@ class Admission:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted calls not yet finished."""
+        return self._in_flight
+
+    def refuse_if_draining(self) -> None:
+        """Raise once draining has started; an open stream calls it before each new item.
+
+        Raises:
+            UnavailableError: the server is draining and takes no new work.
+        """
+        if self._draining:
+            raise UnavailableError(
+                "the server is shutting down; retry on another instance", reason="SERVER_DRAINING"
+            )
 
     def start_draining(self) -> None:
         """Admit no new calls from now on."""

@@ -1,4 +1,5 @@
-"""Engine calls off the event loop, dropping queued work whose RPC is already gone."""
+"""Engine calls off the event loop: queued work of a gone RPC is dropped, running work is stopped
+at its next step, and both are counted."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc.aio
 
 from hessd.errors import CancelledError, DeadlineExceededError
 
+from ..engine.cancellation import Cancellation, cancellable
 from .metrics import Metrics
 
 T = TypeVar("T")
@@ -23,16 +25,26 @@ class EngineExecutor:
 
     A call waits in the pool's queue while every worker is busy. When a worker
     takes it up, it first checks the RPC: if the deadline has passed or the
-    client cancelled, the engine is not called and the drop is counted.
+    client cancelled, the engine is not called and the drop is counted
+    (``hessd_dropped_engine_calls_total{reason}``). An RPC that ends while its
+    engine call runs leaves that call *abandoned*: it is counted
+    (``hessd_abandoned_engine_calls_total{reason}``) and the engine stops it at
+    its next step (see :mod:`hessd_server.engine.cancellation`); a
+    computation already running finishes first and its result is discarded.
 
     Args:
         pool: the worker threads; its size bounds the engine calls running at once.
-        metrics: where dropped calls are counted.
+        metrics: where dropped and abandoned calls are counted.
+        clock: the monotonic clock deadlines are measured on (``time.monotonic``);
+            tests pass their own to expire deadlines without waiting.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor, metrics: Metrics) -> None:
+    def __init__(
+        self, pool: Executor, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._pool = pool
         self._metrics = metrics
+        self.clock = clock
 
     async def run(
         self,
@@ -47,32 +59,67 @@ class EngineExecutor:
             DeadlineExceededError: the RPC's deadline passed before a worker was free.
             CancelledError: the RPC was cancelled before a worker was free.
         """
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        gone = threading.Event()
+        call = _EngineCall(self.clock, context)
 
         def job() -> T:
             self._metrics.call_dequeued()
-            if gone.is_set():
-                self._metrics.count_dropped("cancelled")
+            reason = call.start()
+            if reason is not None:
+                self._metrics.count_dropped(reason)
+                if reason == "deadline":
+                    raise DeadlineExceededError("the call's deadline passed before its work started")
                 raise CancelledError("the call was cancelled before its work started")
-            if deadline is not None and time.monotonic() >= deadline:
-                self._metrics.count_dropped("deadline")
-                raise DeadlineExceededError("the call's deadline passed before its work started")
-            return function(*args, **kwargs)
+            with cancellable(call.cancellation):
+                return function(*args, **kwargs)
 
         self._metrics.call_queued()
         future = self._pool.submit(job)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            gone.set()
+            reason = "deadline" if call.expired() else "cancelled"
+            started = call.give_up(reason)
             if future.cancel():
                 self._metrics.call_dequeued()
-                self._metrics.count_dropped("cancelled")
+                self._metrics.count_dropped(reason)
+            elif started:
+                self._metrics.count_abandoned(reason)
             raise
 
     async def run_started(self, function: Callable[[], T]) -> T:
         """``function()`` on a worker thread, for work whose RPCs the caller has
         checked already (the batcher's batches, which serve several RPCs)."""
         return await asyncio.wrap_future(self._pool.submit(function))
+
+
+class _EngineCall:
+    """One engine call's deadline and state: queued, then started or dropped; given up or not."""
+
+    def __init__(self, clock: Callable[[], float], context: grpc.aio.ServicerContext) -> None:
+        self._clock = clock
+        now = clock()
+        remaining = context.time_remaining()
+        self._deadline = None if remaining is None else now + remaining
+        self._lock = threading.Lock()
+        self._started = False
+        self.cancellation = Cancellation()
+
+    def expired(self) -> bool:
+        """Whether the RPC's deadline has passed."""
+        return self._deadline is not None and self._clock() >= self._deadline
+
+    def start(self) -> str | None:
+        """Mark the call started, unless it is given up or expired; then return why not."""
+        with self._lock:
+            if self.cancellation.is_set():
+                return self.cancellation.reason
+            if self.expired():
+                return "deadline"
+            self._started = True
+            return None
+
+    def give_up(self, reason: str) -> bool:
+        """Mark the call given up for ``reason``; return whether its work had started."""
+        with self._lock:
+            self.cancellation.set(reason)
+            return self._started

@@ -55,6 +55,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             warmup_batch_sizes=args.warmup_batch_sizes,
             max_batch_size=args.max_batch_size,
             max_result_bytes=args.max_result_bytes,
+            curvature_memory_bytes=args.curvature_memory_bytes,
             jit_compile=args.jit_compile,
             safe_mode=args.safe_mode,
             max_message_bytes=args.max_message_bytes,
@@ -173,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag, kind, help_text in (
         ("--max-batch-size", int, "largest batch bucket, a power of two"),
         ("--max-result-bytes", int, "refuse results larger than this"),
+        ("--curvature-memory-bytes", int, "memory budget of the curvature summaries"),
         ("--max-message-bytes", int, "largest gRPC message; larger results need chunked RPCs"),
         ("--chunk-bytes", int, "data bytes per result chunk"),
         ("--max-shared-memory-bytes", int, "largest shared-memory region a caller may register"),

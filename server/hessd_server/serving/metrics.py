@@ -1,7 +1,7 @@
 """Prometheus metrics of one server: requests by method and status, latency,
-engine calls waiting and dropped, the batcher's batches, queue and refusals,
-compiled and evicted functions per model, and the state, load and warm-up time of each model
-version and the versions that failed."""
+engine calls waiting, dropped and abandoned, the batcher's batches, queue and
+refusals, compiled and evicted functions per model, and the state, load and
+warm-up time of each model version and the versions that failed."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ class Metrics:
         self._dropped = Counter(
             "hessd_dropped_engine_calls",
             "Engine calls dropped before starting because their RPC expired or was cancelled.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._abandoned = Counter(
+            "hessd_abandoned_engine_calls",
+            "Engine calls whose RPC expired or was cancelled while they ran; each stops at its "
+            "next step, or finishes its running computation and discards the result.",
             ["reason"],
             registry=self.registry,
         )
@@ -144,6 +151,10 @@ class Metrics:
     def count_rejected(self) -> None:
         """Count one request refused because the queue was full."""
         self._rejected.inc()
+
+    def count_abandoned(self, reason: str) -> None:
+        """Count one running engine call given up for ``reason``: ``"deadline"`` or ``"cancelled"``."""
+        self._abandoned.labels(reason=reason).inc()
 
     def track_compiles(self, model: str, compile_count: Callable[[], int]) -> None:
         """Report ``compile_count()`` as model ``model``'s compiled functions at each scrape."""

@@ -28,7 +28,6 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +43,7 @@ from .admission import Admission
 from .auth import BearerTokens, ServiceTokens
 from .batching import Batcher, BatchingSettings
 from .engine_executor import EngineExecutor
+from .engine_pool import EngineThreadPool
 from .failure_log import FailureLog
 from .metrics import Metrics
 from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
@@ -75,8 +75,10 @@ class HessdServer:
         loader: loads, reloads and unloads them.
         metrics: its Prometheus metrics.
         engine_pool: the worker threads engine calls run on: ``engine_threads``,
-            and as many spare ones for batches that waited ``max_queue_delay_ms``.
+            and as many spare ones for batches that waited ``max_queue_delay_ms``; daemon
+            threads, so the process need not wait for work abandoned when the grace period ends.
         batcher: queues, groups and admits engine work.
+        admission: admits calls until draining starts, and counts those in flight.
         addresses: every address it listens on, as bound (a TCP port 0 replaced
             by the chosen port); set by :func:`create_server`.
         shared_memory: the callers' registered shared-memory regions.
@@ -103,9 +105,7 @@ class HessdServer:
         self._stopping = False
         self._loaded = False
         self._missing: list[str] = []
-        self.engine_pool = ThreadPoolExecutor(
-            2 * config.engine_threads, thread_name_prefix="hessd-engine"
-        )
+        self.engine_pool = EngineThreadPool(2 * config.engine_threads)
         self.batcher = Batcher(
             EngineExecutor(self.engine_pool, self.metrics),
             self.metrics,
@@ -117,7 +117,7 @@ class HessdServer:
                 max_queued_requests=config.max_queued_requests,
             ),
         )
-        self._admission = Admission()
+        self.admission = Admission()
         self.shared_memory = SharedMemoryRegistry(
             max_region_bytes=config.max_shared_memory_bytes,
             max_regions=config.max_shared_memory_regions,
@@ -130,7 +130,7 @@ class HessdServer:
         failures = FailureLog(logging.getLogger("hessd_server.requests"))
         self.grpc_server = grpc.aio.server(
             interceptors=[
-                StatusInterceptor(self.metrics, self._admission, failures, _service_tokens(config))
+                StatusInterceptor(self.metrics, self.admission, failures, _service_tokens(config))
             ],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -144,6 +144,7 @@ class HessdServer:
                 self.models,
                 self.batcher,
                 failures,
+                self.admission,
                 max_message_bytes=config.max_message_bytes,
                 chunk_bytes=config.chunk_bytes,
                 regions=self.shared_memory,
@@ -225,16 +226,18 @@ class HessdServer:
                 await self._update_health()
 
     async def stop(self, grace: float | None) -> None:
-        """Drain and stop: health NOT_SERVING, new calls UNAVAILABLE, in-flight calls
-        get ``grace`` seconds (``None``: unlimited) to finish, then are cancelled."""
+        """Drain and stop: health NOT_SERVING, new calls (and new stream items) UNAVAILABLE,
+        in-flight calls get ``grace`` seconds (``None``: unlimited) to finish, then are
+        cancelled. Engine work still running then is abandoned, not waited for: the engine
+        threads are daemons, so the process can exit at once."""
         self._stopping = True
         if self._polling is not None:
             self._polling.cancel()
-        self._admission.start_draining()
+        self.admission.start_draining()
         await self._health.enter_graceful_shutdown()
         self._shared_memory_service.close()
         try:
-            await asyncio.wait_for(self._admission.drained(), grace)
+            await asyncio.wait_for(self.admission.drained(), grace)
         except asyncio.TimeoutError:
             _log.warning("grace period of %gs over; cancelling the calls still running", grace)
         await self.grpc_server.stop(0)

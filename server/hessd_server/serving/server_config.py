@@ -60,6 +60,8 @@ class ServerConfig:
         max_batch_size: largest power-of-two batch bucket (engine setting).
         max_result_bytes: results above this are refused before computing
             (engine setting).
+        curvature_memory_bytes: the curvature summaries' memory budget: "auto"
+            is exact when the dense blocks fit it (engine setting).
         jit_compile: compile with XLA (engine setting).
         safe_mode: Keras safe mode when loading ``.keras`` files.
         max_message_bytes: largest gRPC message sent or received; larger
@@ -106,6 +108,7 @@ class ServerConfig:
     warmup_batch_sizes: tuple[int, ...] | None = None
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
+    curvature_memory_bytes: int = 256 << 20
     jit_compile: bool = True
     safe_mode: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -194,6 +197,7 @@ class ServerConfig:
         return EngineConfig(
             max_batch_size=self.max_batch_size,
             max_result_bytes=self.max_result_bytes,
+            curvature_memory_bytes=self.curvature_memory_bytes,
             jit_compile=self.jit_compile,
             max_compiled_functions=self.max_compiled_functions,
         )

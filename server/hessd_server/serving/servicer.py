@@ -1,7 +1,8 @@
 """``hessd.v1.HessianService``: decode the request, hand it to the batcher, encode.
 
 No maths here, and no error handling beyond StreamHessian's (a failed item is
-answered with its status): the engine computes and validates, and
+answered with its status; once the server drains, the stream ends UNAVAILABLE at
+its next item): the engine computes and validates, and
 :mod:`hessd_server.serving.status_interceptor` turns exceptions into statuses.
 Replies that carry Hessians are serialized by
 :class:`~hessd_server.serving.replies.ReplyEncoder` (on a worker thread when
@@ -21,23 +22,47 @@ from google.protobuf.message import Message
 
 from hessd import tensor_codec
 from hessd.errors import MalformedRequestError, ResultTooLargeError
-from hessd.results import Evaluation, ModelStatus, TensorInfo
+from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 
+from .. import engine
 from ..engine import Model
 from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
 from ..engine.validation import input_path
 from .batching import Batcher
+from .admission import Admission
 from .failure_log import FailureLog
 from .model_registry import ModelRegistry
 from .replies import Encoding, ReplyEncoder, encoding_of
 from .shared_memory import SharedMemoryRegistry, read_tensor
 from .status_interceptor import status_of
 
-DerivativeRequest = (
-    pb.HessianRequest | pb.GradientRequest | pb.HessianVectorProductRequest | pb.EvaluateRequest
+CurvatureRequest = (
+    pb.HessianDiagonalRequest
+    | pb.HessianTraceRequest
+    | pb.HessianEigenRequest
+    | pb.HessianSpectrumRequest
 )
+DerivativeRequest = (
+    pb.HessianRequest
+    | pb.GradientRequest
+    | pb.HessianVectorProductRequest
+    | pb.EvaluateRequest
+    | CurvatureRequest
+)
+CurvatureResult = Diagonal | Trace | Eigen | Spectrum
+
+CURVATURE_OPTIONS: tuple[str, ...] = (
+    "method",
+    "probes",
+    "seed",
+    "k",
+    "which",
+    "iterations",
+    "tol",
+)
+"""Option fields of the curvature requests; an unset one takes the library's default."""
 
 Preparation = Callable[[Model, dict[str, np.ndarray], dict[str, Any]], PreparedCall]
 """(model, x by input name, options) -> the request checked and ready to run."""
@@ -67,6 +92,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         models: the served models.
         batcher: queues, groups and runs engine work off the event loop.
         failures: where failed StreamHessian items are logged.
+        admission: tells an open StreamHessian when draining has started.
         max_message_bytes: replies larger than this fail RESOURCE_EXHAUSTED.
         chunk_bytes: data bytes per ResultChunk.
         regions: the registered shared-memory regions, for inputs and results there.
@@ -77,6 +103,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         models: ModelRegistry,
         batcher: Batcher,
         failures: FailureLog,
+        admission: Admission,
         *,
         max_message_bytes: int,
         chunk_bytes: int,
@@ -85,6 +112,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         self._models = models
         self._batcher = batcher
         self._failures = failures
+        self._admission = admission
         self._max_message_bytes = max_message_bytes
         self._regions = regions
         self._replies = ReplyEncoder(
@@ -159,6 +187,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     ) -> AsyncIterator[pb.StreamHessianResponse | bytes]:
         index = 0
         async for request in request_iterator:
+            self._admission.refuse_if_draining()
             try:
                 if isinstance(request, MalformedRequestError):
                     raise request
@@ -175,6 +204,34 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
                 reply = pb.StreamHessianResponse(index=index, error=status_of(error))
             yield reply
             index += 1
+
+    async def HessianDiagonal(
+        self, request: pb.HessianDiagonalRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HessianDiagonalResponse:
+        result, version = await self._curvature(request, context, "HessianDiagonal", engine.hessian_diagonal)
+        reply = pb.HessianDiagonalResponse(**await _encoded_result(result), model_version=version)
+        return self._fitting(reply, "send a smaller batch")
+
+    async def HessianTrace(
+        self, request: pb.HessianTraceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HessianTraceResponse:
+        result, version = await self._curvature(request, context, "HessianTrace", engine.hessian_trace)
+        reply = pb.HessianTraceResponse(**await _encoded_result(result), model_version=version)
+        return self._fitting(reply, "send a smaller batch")
+
+    async def HessianEigen(
+        self, request: pb.HessianEigenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HessianEigenResponse:
+        result, version = await self._curvature(request, context, "HessianEigen", engine.hessian_eigen)
+        reply = pb.HessianEigenResponse(**await _encoded_result(result), model_version=version)
+        return self._fitting(reply, "send a smaller batch or ask for fewer k")
+
+    async def HessianSpectrum(
+        self, request: pb.HessianSpectrumRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HessianSpectrumResponse:
+        result, version = await self._curvature(request, context, "HessianSpectrum", engine.hessian_spectrum)
+        reply = pb.HessianSpectrumResponse(**await _encoded_result(result), model_version=version)
+        return self._fitting(reply, "send a smaller batch or fewer probes or iterations")
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -226,6 +283,31 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             return prepare_second_order(model, x, full=request.full, evaluation=evaluation, **options)
 
         return await self._computed(request, context, method, prepare)
+
+    async def _curvature(
+        self,
+        request: CurvatureRequest,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        function: Callable[..., CurvatureResult],
+    ) -> tuple[CurvatureResult, str]:
+        """``function`` (a curvature summary of the engine) with the options the request
+        sets, on the requested model version, and that version. Curvature calls are not
+        stacked with others: each runs alone on an engine thread, admitted like any call."""
+        chosen = {
+            name: getattr(request, name)
+            for name in CURVATURE_OPTIONS
+            if name in request.DESCRIPTOR.fields_by_name and request.HasField(name)
+        }
+        with self._models.acquired(request.model_name, request.model_version) as served:
+            x, options = self._decoded(request)
+            served.check_precision(options["precision"])
+            model = served.model
+            assert model is not None
+            result = await self._batcher.call(
+                context, method, lambda: function(model, x, **options, **chosen)
+            )
+        return result, served.label
 
     async def _computed(
         self,
@@ -372,6 +454,11 @@ def model_versions(status: ModelStatus) -> pb.ModelVersions:
 
 def _encoding(request: pb.HessianRequest | pb.EvaluateRequest, *, chunked: bool) -> Encoding:
     return encoding_of(request.result_encoding, request.precision, chunked=chunked)
+
+
+async def _encoded_result(result: CurvatureResult) -> dict[str, Any]:
+    """A curvature result's arrays as reply fields of the same names."""
+    return {name: await _encoded(array, name) for name, array in result._asdict().items()}
 
 
 def _tensor_info(info: TensorInfo) -> pb.TensorInfo:

@@ -1,0 +1,122 @@
+"""The options of the curvature summaries, shared by the engine and the SDK.
+
+``hessian_diagonal``, ``hessian_trace``, ``hessian_eigen`` and
+``hessian_spectrum`` take the same options in-process (``hessd_server``) and
+over the wire (``hessd``). This module holds their allowed values, their
+defaults and the checks that need no model, so that a bad option fails the
+same way (type, field and message) on both sides, before anything is sent or
+compiled. Checks that need the input's size D (``k <= D``) are the engine's.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from hessd.errors import InvalidArgumentError
+
+DIAGONAL_METHODS = ("auto", "exact", "hutchinson")
+"""``method`` of ``hessian_diagonal``."""
+
+TRACE_METHODS = ("auto", "exact", "hutchinson", "hutch++")
+"""``method`` of ``hessian_trace``."""
+
+EIGEN_METHODS = ("auto", "exact", "lanczos")
+"""``method`` of ``hessian_eigen``."""
+
+WHICH = ("largest", "smallest", "largest_magnitude")
+"""``which`` of ``hessian_eigen``: eigenvalues sorted descending, ascending, by descending |λ|."""
+
+DEFAULT_PROBES = 64
+"""Hessian-vector products per example of the Hutchinson and Hutch++ estimators."""
+
+DEFAULT_SPECTRUM_PROBES = 8
+"""Lanczos runs (random start vectors) per example of ``hessian_spectrum``."""
+
+DEFAULT_SPECTRUM_ITERATIONS = 32
+"""Krylov dimension of each ``hessian_spectrum`` run (clipped to D)."""
+
+DEFAULT_TOL = 1e-5
+"""Lanczos stops once every wanted Ritz pair has ‖Hv − λv‖ <= tol·|λ|."""
+
+MIN_HUTCH_PLUS_PLUS_PROBES = 3
+"""Hutch++ splits its products in thirds: a sketch, its range, and Hutchinson on the rest."""
+
+SEED_LIMIT = 1 << 64
+"""Seeds are integers in [0, 2**64), the range of the wire's ``uint64 seed``."""
+
+
+def default_eigen_iterations(k: int, dim: int) -> int:
+    """The Krylov dimension ``hessian_eigen`` uses when ``iterations`` is None: max(64, 4k), clipped to D."""
+    return min(dim, max(64, 4 * k))
+
+
+def _invalid_option(message: str, field: str) -> InvalidArgumentError:
+    """A refused curvature option: reason ``CURVATURE_OPTION_INVALID``, ``field`` the option's name."""
+    return InvalidArgumentError(message, field=field, reason="CURVATURE_OPTION_INVALID")
+
+
+def check_method(method: Any, allowed: tuple[str, ...]) -> str:
+    """``method`` if it is one of ``allowed``; else ``InvalidArgumentError`` naming field ``method``."""
+    if not isinstance(method, str) or method not in allowed:
+        raise _invalid_option(f"method must be one of {list(allowed)}, got {method!r}", "method")
+    return method
+
+
+def check_which(which: Any) -> str:
+    """``which`` if it is one of :data:`WHICH`; else ``InvalidArgumentError`` naming field ``which``."""
+    if not isinstance(which, str) or which not in WHICH:
+        raise _invalid_option(f"which must be one of {list(WHICH)}, got {which!r}", "which")
+    return which
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (``k``, ``probes``, ``iterations``), as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _invalid_option(f"{name} must be an integer >= {minimum}, got {value!r}", name)
+    if value < minimum:
+        raise _invalid_option(f"{name} must be an integer >= {minimum}, got {value}", name)
+    return int(value)
+
+
+def check_tol(tol: Any) -> float:
+    """A finite number >= 0, as a float."""
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
+        raise _invalid_option(f"tol must be a finite number >= 0, got {tol!r}", "tol")
+    return float(tol)
+
+
+def check_seed(seed: Any) -> int | None:
+    """``None`` (fresh randomness) or an integer in [0, 2**64), as an int."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise _invalid_option(f"seed must be None or an integer in [0, 2**64), got {seed!r}", "seed")
+    return int(seed)
+
+
+def check_diagonal_options(method: Any, probes: Any, seed: Any) -> tuple[str, int, int | None]:
+    """(method, probes, seed) of ``hessian_diagonal``, checked."""
+    return check_method(method, DIAGONAL_METHODS), check_count("probes", probes), check_seed(seed)
+
+
+def check_trace_options(method: Any, probes: Any, seed: Any) -> tuple[str, int, int | None]:
+    """(method, probes, seed) of ``hessian_trace``, checked; Hutch++ needs probes >= 3."""
+    method = check_method(method, TRACE_METHODS)
+    minimum = MIN_HUTCH_PLUS_PLUS_PROBES if method == "hutch++" else 1
+    return method, check_count("probes", probes, minimum), check_seed(seed)
+
+
+def check_eigen_options(
+    k: Any, which: Any, method: Any, iterations: Any, tol: Any, seed: Any
+) -> tuple[int, str, str, int | None, float, int | None]:
+    """(k, which, method, iterations, tol, seed) of ``hessian_eigen``, checked; iterations >= k."""
+    k = check_count("k", k)
+    checked_iterations = None if iterations is None else check_count("iterations", iterations, k)
+    return k, check_which(which), check_method(method, EIGEN_METHODS), checked_iterations, check_tol(tol), check_seed(seed)
+
+
+def check_spectrum_options(probes: Any, iterations: Any, seed: Any) -> tuple[int, int, int | None]:
+    """(probes, iterations, seed) of ``hessian_spectrum``, checked."""
+    return check_count("probes", probes), check_count("iterations", iterations), check_seed(seed)

@@ -1,0 +1,272 @@
+"""Curvature without the matrix: the diagonal, trace, top eigenpairs and
+spectral density of each example's Hessian block with respect to its input.
+
+These functions take the same model, ``x`` and common keywords
+(``output_weights``, ``wrt``, ``precision``) as :func:`hessd_server.hessian`
+and summarise the per-example blocks H_b = d2 f_b / dx_b dx_b, so the model's
+examples must not influence each other (``BatchDependenceError`` otherwise).
+
+``method="exact"`` reduces the dense blocks when they fit the model's
+``EngineConfig.curvature_memory_bytes`` (diagonal and trace fall back to
+products with unit vectors when they do not); matrix-free methods use batched
+Hessian-vector products only: Hutchinson and Hutch++ with Rademacher probes
+drawn independently per example, and Lanczos with full reorthogonalisation.
+``method="auto"`` is exact when the blocks fit and matrix-free otherwise.
+Each (model, method, bucket, options) compiles one XLA function; an integer
+``seed`` makes a result reproducible bit for bit, ``None`` draws fresh
+randomness. Bad options fail before anything is compiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hessd import curvature_options as opts
+from hessd.errors import BatchDependenceError, InvalidArgumentError
+from hessd.results import Diagonal, Eigen, Spectrum, Trace
+
+from .execution import check_hessian_size, bucket_batch, prepare, run
+from .model import Model
+from .api import ModelLike
+from .model_loading import as_model
+from .validation import PreparedInputs, check_result_size
+
+_ACTIVATION_FACTOR = 16
+"""Memory of one Hessian-vector product, in multiples of its vector, assumed
+when sizing how many products run at once."""
+
+
+def hessian_diagonal(
+    model: ModelLike,
+    x: Any,
+    *,
+    method: str = "auto",
+    probes: int = opts.DEFAULT_PROBES,
+    seed: int | None = None,
+    output_weights: Any = None,
+    wrt: str | None = None,
+    precision: str | None = None,
+) -> Diagonal:
+    """The diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
+
+    Args:
+        model, x, output_weights, wrt, precision: as for :func:`hessd_server.hessian`.
+        method: "exact" (dense blocks, or ``D`` products with unit vectors when
+            the blocks exceed the memory budget), "hutchinson" (mean of z ⊙ H z
+            over Rademacher probes z), or "auto" (exact if the blocks fit, else
+            Hutchinson).
+        probes: Hessian-vector products per example for Hutchinson.
+        seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
+
+    ``stderr`` is zeros for exact results, and the sample standard deviation
+    over probes divided by sqrt(probes) for Hutchinson.
+
+    >>> import numpy as np, hessd_server as hs
+    >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    >>> d = hs.hessian_diagonal(m, np.ones((3, 10), np.float32))
+    >>> d.diagonal.shape, bool(np.all(d.stderr == 0))
+    ((3, 10), True)
+    """
+    method, probes, seed = opts.check_diagonal_options(method, probes, seed)
+    m = as_model(model)
+    inputs, weights = _prepared(m, x, output_weights, wrt, precision)
+    check_result_size(m, 2 * inputs.batch * inputs.event_size, inputs.precision, "Hessian diagonal")
+    if method == "auto":
+        method = "exact" if _blocks_fit(m, inputs) else "hutchinson"
+    if method == "hutchinson":
+        kind, options = "diagonal/hutchinson", {"probes": probes, "chunk": _chunk(m, inputs, probes)}
+    elif _blocks_fit(m, inputs):
+        kind, options = "diagonal/blocks", {}
+    else:
+        kind, options = "diagonal/units", {"chunk": _chunk(m, inputs, inputs.event_size)}
+    return Diagonal(*_run(m, kind, inputs, weights, options, seed))
+
+
+def hessian_trace(
+    model: ModelLike,
+    x: Any,
+    *,
+    method: str = "auto",
+    probes: int = opts.DEFAULT_PROBES,
+    seed: int | None = None,
+    output_weights: Any = None,
+    wrt: str | None = None,
+    precision: str | None = None,
+) -> Trace:
+    """The trace of each example's Hessian block, the Laplacian Δf_b: ``Trace(trace, stderr)``, both (B,).
+
+    Args:
+        model, x, output_weights, wrt, precision: as for :func:`hessd_server.hessian`.
+        method: "exact" (dense blocks, or ``D`` products with unit vectors when
+            the blocks exceed the memory budget), "hutchinson" (mean of zᵀ H z),
+            "hutch++" (a low-rank sketch taken exactly plus Hutchinson on the
+            rest; ``probes`` >= 3, split in thirds), or "auto" (exact if the
+            blocks fit, else Hutch++).
+        probes: Hessian-vector products per example for Hutchinson and Hutch++.
+        seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
+
+    ``stderr`` is zeros for exact results; for Hutchinson the sample standard
+    deviation over probes divided by sqrt(probes); for Hutch++ the same over
+    its Hutchinson third.
+
+    >>> import numpy as np, hessd_server as hs
+    >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    >>> t = hs.hessian_trace(m, np.ones((3, 10), np.float32), method="hutchinson", probes=16, seed=0)
+    >>> t.trace.shape, t.stderr.shape
+    ((3,), (3,))
+    """
+    method, probes, seed = opts.check_trace_options(method, probes, seed)
+    m = as_model(model)
+    inputs, weights = _prepared(m, x, output_weights, wrt, precision)
+    check_result_size(m, 2 * inputs.batch, inputs.precision, "Hessian trace")
+    if method == "auto":
+        method = "exact" if _blocks_fit(m, inputs) else "hutch++"
+    if method in ("hutchinson", "hutch++"):
+        per_call = probes // 3 if method == "hutch++" else probes
+        kind, options = f"trace/{method}", {"probes": probes, "chunk": _chunk(m, inputs, per_call)}
+    elif _blocks_fit(m, inputs):
+        kind, options = "trace/blocks", {}
+    else:
+        kind, options = "trace/units", {"chunk": _chunk(m, inputs, inputs.event_size)}
+    return Trace(*_run(m, kind, inputs, weights, options, seed))
+
+
+def hessian_eigen(
+    model: ModelLike,
+    x: Any,
+    *,
+    k: int = 1,
+    which: str = "largest",
+    method: str = "auto",
+    iterations: int | None = None,
+    tol: float = opts.DEFAULT_TOL,
+    seed: int | None = None,
+    output_weights: Any = None,
+    wrt: str | None = None,
+    precision: str | None = None,
+) -> Eigen:
+    """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
+
+    Shapes: eigenvalues (B, k), eigenvectors (B, k, *S) of unit length,
+    residuals ‖H_b v − λ v‖ (B, k). Eigenvalues are sorted descending for
+    ``which="largest"``, ascending for "smallest", by descending |λ| for
+    "largest_magnitude"; each eigenvector's largest-magnitude entry is positive.
+
+    Args:
+        model, x, output_weights, wrt, precision: as for :func:`hessd_server.hessian`.
+        k: how many eigenpairs, 1 <= k <= D.
+        which: "largest", "smallest" or "largest_magnitude".
+        method: "exact" (``eigh`` of the dense blocks, which must fit
+            ``max_result_bytes`` as a Hessian would), "lanczos" (matrix-free,
+            all examples at once), or "auto" (exact if the blocks fit the
+            memory budget, else Lanczos).
+        iterations: Lanczos's Krylov dimension, >= k, clipped to D; ``None``
+            means max(64, 4k), clipped to D.
+        tol: Lanczos stops early once every wanted pair of every example has
+            ‖Hv − λv‖ <= tol·|λ|. A run that does not converge still returns;
+            its residuals tell.
+        seed: an integer in [0, 2**64) for a reproducible start vector; ``None`` for a fresh one.
+
+    >>> import numpy as np, hessd_server as hs
+    >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    >>> e = hs.hessian_eigen(m, np.ones((3, 10), np.float32), k=2, method="lanczos", seed=0)
+    >>> e.eigenvalues.shape, e.eigenvectors.shape, e.residuals.shape
+    ((3, 2), (3, 2, 10), (3, 2))
+    """
+    k, which, method, iterations, tol, seed = opts.check_eigen_options(k, which, method, iterations, tol, seed)
+    m = as_model(model)
+    inputs, weights = _prepared(m, x, output_weights, wrt, precision)
+    dim = inputs.event_size
+    if k > dim:
+        raise InvalidArgumentError(
+            f"k must be <= D = {dim}, the size of input {inputs.wrt!r}; got {k}",
+            field="k",
+            reason="CURVATURE_OPTION_INVALID",
+            metadata={"k": k, "dimension": dim},
+        )
+    check_result_size(m, inputs.batch * k * (dim + 2), inputs.precision, "eigenpairs")
+    if method == "auto":
+        method = "exact" if _blocks_fit(m, inputs) else "lanczos"
+    if method == "exact":
+        check_hessian_size(m, inputs, False, "Hessian that method='exact' decomposes")
+        kind, options = "eigen/exact", {"k": k, "which": which}
+    else:
+        krylov = opts.default_eigen_iterations(k, dim) if iterations is None else min(iterations, dim)
+        kind = "eigen/lanczos"
+        options = {"k": k, "which": which, "iterations": krylov, "tol": tol}
+    return Eigen(*_run(m, kind, inputs, weights, options, seed))
+
+
+def hessian_spectrum(
+    model: ModelLike,
+    x: Any,
+    *,
+    probes: int = opts.DEFAULT_SPECTRUM_PROBES,
+    iterations: int = opts.DEFAULT_SPECTRUM_ITERATIONS,
+    seed: int | None = None,
+    output_weights: Any = None,
+    wrt: str | None = None,
+    precision: str | None = None,
+) -> Spectrum:
+    """The spectral density of each example's Hessian block by stochastic Lanczos quadrature.
+
+    Returns ``Spectrum(nodes, weights)``, both (B, probes, iterations): one
+    Lanczos run of ``iterations`` steps (clipped to D) per Rademacher probe
+    and example gives Ritz values (nodes) and the squared first components of
+    their eigenvectors over ``probes`` (weights, >= 0, summing to 1 per
+    example). The density is sum weights · δ(λ − nodes); smooth it to draw it.
+
+    >>> import numpy as np, hessd_server as hs
+    >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
+    >>> s = hs.hessian_spectrum(m, np.ones((2, 10), np.float32), probes=4, iterations=6, seed=0)
+    >>> s.nodes.shape, np.allclose(s.weights.sum(axis=(1, 2)), 1)
+    ((2, 4, 6), True)
+    """
+    probes, iterations, seed = opts.check_spectrum_options(probes, iterations, seed)
+    m = as_model(model)
+    inputs, weights = _prepared(m, x, output_weights, wrt, precision)
+    krylov = min(iterations, inputs.event_size)
+    check_result_size(m, 2 * inputs.batch * probes * krylov, inputs.precision, "spectrum")
+    options = {"probes": probes, "iterations": krylov, "chunk": _chunk(m, inputs, probes)}
+    return Spectrum(*_run(m, "spectrum", inputs, weights, options, seed))
+
+
+def _prepared(
+    m: Model, x: Any, output_weights: Any, wrt: str | None, precision: str | None
+) -> tuple[PreparedInputs, np.ndarray]:
+    inputs, weights = prepare(m, x, output_weights, wrt, precision)
+    if not m.batch_independent:
+        raise BatchDependenceError(
+            f"model {m.name!r} mixes examples within a batch (an example's outputs depend on other examples' "
+            "inputs), so it has no per-example Hessian blocks to summarise; ask hessian(..., full=True) instead",
+        )
+    return inputs, weights
+
+
+def _block_bytes(m: Model, inputs: PreparedInputs) -> int:
+    return bucket_batch(m, inputs.batch) * inputs.event_size**2 * np.dtype(inputs.precision).itemsize
+
+
+def _blocks_fit(m: Model, inputs: PreparedInputs) -> bool:
+    """Whether the padded batch's dense blocks fit ``curvature_memory_bytes``."""
+    return _block_bytes(m, inputs) <= m.config.curvature_memory_bytes
+
+
+def _chunk(m: Model, inputs: PreparedInputs, wanted: int) -> int:
+    """How many Hessian-vector products per example to take at once: up to
+    ``wanted``, as many as fit the memory budget, at least one."""
+    vector_bytes = bucket_batch(m, inputs.batch) * inputs.event_size * np.dtype(inputs.precision).itemsize
+    return max(1, min(wanted, m.config.curvature_memory_bytes // (_ACTIVATION_FACTOR * vector_bytes)))
+
+
+def _seed(seed: int | None) -> np.ndarray:
+    """The stateless seed (2,) int64 of an integer seed, or a fresh one for ``None``."""
+    return np.random.SeedSequence(seed).generate_state(2).astype(np.int64)
+
+
+def _run(
+    m: Model, kind: str, inputs: PreparedInputs, weights: np.ndarray, options: dict[str, Any], seed: int | None
+) -> tuple[np.ndarray, ...]:
+    return tuple(run(m, kind, inputs, weights, options=tuple(sorted(options.items())), constants=(_seed(seed),)))

@@ -1,0 +1,192 @@
+"""The curvature RPCs return exactly what the library returns in-process (bit
+for bit with the same seed), fail the same way, and fill unset options with
+the library's defaults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_status import rpc_status
+
+import hessd
+import hessd_server as hs
+from hessd import errors, tensor_codec
+from hessd.results import Diagonal, Eigen, Spectrum, Trace
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc
+from wire_fixtures import RunningServer, rng_array, serving
+
+MAX_RESULT_BYTES = 200_000
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    models = [
+        ("demo", hs.DEMO_MODEL_SOURCE),
+        ("conv", "wire_fixtures:conv_model"),
+        ("mixing", "wire_fixtures:batch_mean_model"),
+    ]
+    with serving(models, max_batch_size=8, max_result_bytes=MAX_RESULT_BYTES) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[hessd.Client]:
+    with hessd.Client(server.target, timeout=120) as sdk:
+        yield sdk
+
+
+class _Library:
+    """The library with the SDK's call shape: a model name resolves to the server's model."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self._server = server
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        function = getattr(hs, method)
+        return lambda model, *args, **kwargs: function(self._server.model(model), *args, **kwargs)
+
+
+X = {"demo": rng_array((3, 10)), "conv": rng_array((2, 6, 6, 1), seed=1)}
+
+CALLS: dict[str, tuple[type, Callable[[Any, str, Any], Any]]] = {
+    "diagonal-hutchinson": (
+        Diagonal,
+        lambda api, m, x: api.hessian_diagonal(m, x, method="hutchinson", probes=12, seed=5),
+    ),
+    "diagonal-exact": (Diagonal, lambda api, m, x: api.hessian_diagonal(m, x, method="exact")),
+    "trace-hutch++": (Trace, lambda api, m, x: api.hessian_trace(m, x, method="hutch++", probes=9, seed=6)),
+    "trace-float64": (
+        Trace,
+        lambda api, m, x: api.hessian_trace(m, x, method="hutchinson", probes=4, seed=6, precision="float64"),
+    ),
+    "eigen-lanczos": (
+        Eigen,
+        lambda api, m, x: api.hessian_eigen(m, x, k=2, which="largest_magnitude", method="lanczos", seed=7),
+    ),
+    "spectrum": (Spectrum, lambda api, m, x: api.hessian_spectrum(m, x, probes=3, iterations=5, seed=8)),
+}
+
+
+def _assert_identical(remote: Any, local: Any) -> None:
+    assert type(remote) is type(local)
+    for remote_part, local_part in zip(remote, local, strict=True):
+        assert remote_part.dtype == local_part.dtype and remote_part.shape == local_part.shape
+        assert np.array_equal(remote_part, local_part, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("model", "call"),
+    [("demo", call) for call in CALLS] + [("conv", "trace-hutch++"), ("conv", "eigen-lanczos")],
+)
+def test_every_curvature_call_matches_the_library_bit_for_bit(
+    server: RunningServer, client: hessd.Client, model: str, call: str
+) -> None:
+    result_type, function = CALLS[call]
+    remote = function(client, model, X[model])
+    assert isinstance(remote, result_type)
+    _assert_identical(remote, function(_Library(server), model, X[model]))
+
+
+def test_async_client_and_versions(server: RunningServer) -> None:
+    x = X["demo"]
+
+    async def calls() -> list[Any]:
+        async with hessd.AsyncClient(server.target, timeout=120) as client:
+            return [await function(client, "demo", x) for _, function in CALLS.values()] + [
+                await client.hessian_trace("demo", x, seed=1, with_version=True)
+            ]
+
+    remote = asyncio.run(calls())
+    for (_, function), result in zip(CALLS.values(), remote, strict=False):
+        _assert_identical(result, function(_Library(server), "demo", x))
+    versioned = remote[-1]
+    assert isinstance(versioned, hessd.Versioned) and versioned.model_version == "1"
+    _assert_identical(versioned.result, hs.hessian_trace(server.model("demo"), x, seed=1))
+
+
+def test_unset_options_take_the_library_defaults(server: RunningServer) -> None:
+    x = X["demo"]
+    encoded = {"x": tensor_codec.encode(x, field="x")}
+    with grpc.insecure_channel(server.target) as channel:
+        stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
+        trace = stub.HessianTrace(pb.HessianTraceRequest(model_name="demo", x=encoded, seed=3))
+        eigen = stub.HessianEigen(pb.HessianEigenRequest(model_name="demo", x=encoded, seed=3))
+        spectrum = stub.HessianSpectrum(pb.HessianSpectrumRequest(model_name="demo", x=encoded, seed=3))
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.HessianEigen(pb.HessianEigenRequest(model_name="demo", x=encoded, k=0))
+    model = server.model("demo")
+    _assert_identical(hessd._protocol.curvature_from(trace, Trace), hs.hessian_trace(model, x, seed=3))
+    _assert_identical(hessd._protocol.curvature_from(eigen, Eigen), hs.hessian_eigen(model, x, seed=3))
+    _assert_identical(
+        hessd._protocol.curvature_from(spectrum, Spectrum), hs.hessian_spectrum(model, x, seed=3)
+    )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(raised.value)
+    assert status is not None and "k must be" in status.message
+
+
+BAD_CALLS: dict[str, tuple[str, Callable[[Any, str], Any], type[errors.HessdError], str | None]] = {
+    "k-zero": ("demo", lambda api, m: api.hessian_eigen(m, X["demo"], k=0), errors.InvalidArgumentError, "k"),
+    "k-above-d": ("demo", lambda api, m: api.hessian_eigen(m, X["demo"], k=11), errors.InvalidArgumentError, "k"),
+    "which": (
+        "demo",
+        lambda api, m: api.hessian_eigen(m, X["demo"], which="top"),
+        errors.InvalidArgumentError,
+        "which",
+    ),
+    "method": (
+        "demo",
+        lambda api, m: api.hessian_diagonal(m, X["demo"], method="hutch++"),
+        errors.InvalidArgumentError,
+        "method",
+    ),
+    "probes": ("demo", lambda api, m: api.hessian_trace(m, X["demo"], probes=0), errors.InvalidArgumentError, "probes"),
+    "seed": ("demo", lambda api, m: api.hessian_trace(m, X["demo"], seed=-1), errors.InvalidArgumentError, "seed"),
+    "tol": ("demo", lambda api, m: api.hessian_eigen(m, X["demo"], tol=-1.0), errors.InvalidArgumentError, "tol"),
+    "shape": ("demo", lambda api, m: api.hessian_trace(m, X["demo"][:, :3]), errors.ShapeError, "x[x]"),
+    "mixing": (
+        "mixing",
+        lambda api, m: api.hessian_spectrum(m, rng_array((2, 4))),
+        errors.BatchDependenceError,
+        None,
+    ),
+    "too-large": (
+        "demo",
+        lambda api, m: api.hessian_spectrum(m, X["demo"], probes=1000, iterations=10),
+        errors.ResultTooLargeError,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_same_exception_in_process_and_over_the_wire(
+    server: RunningServer, client: hessd.Client, case: str
+) -> None:
+    model, call, error_type, field = BAD_CALLS[case]
+    compiled = server.model(model).metadata().compile_count
+    with pytest.raises(errors.HessdError) as local:
+        call(_Library(server), model)
+    with pytest.raises(errors.HessdError) as remote:
+        call(client, model)
+    assert type(local.value) is type(remote.value) is error_type
+    assert local.value.field == remote.value.field == field
+    option = error_type is errors.InvalidArgumentError
+    reason = "CURVATURE_OPTION_INVALID" if option else error_type.default_reason
+    assert local.value.reason == remote.value.reason == reason
+    assert remote.value.message == local.value.message
+    assert server.model(model).metadata().compile_count == compiled
+
+
+def test_the_memory_budget_is_a_server_flag() -> None:
+    from hessd_server.serving.main import parse_config
+
+    config = parse_config(["--curvature-memory-bytes", "4096"])
+    assert config.engine_config().curvature_memory_bytes == 4096
+    assert parse_config([]).engine_config().curvature_memory_bytes == hs.EngineConfig().curvature_memory_bytes
