@@ -194,6 +194,19 @@ def write_version(
     return target
 
 
+class ManualClock:
+    """A monotonic clock, in seconds, that moves only when :meth:`advance` is called."""
+
+    def __init__(self) -> None:
+        self._now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+
+
 class RunningServer:
     """A started ``HessdServer`` on its own event loop thread, for synchronous tests.
 
@@ -230,6 +243,18 @@ class RunningServer:
         held = len(batcher.records)
         asyncio.run_coroutine_threadsafe(batcher.call(None, "hold", release.wait), self.loop)
         eventually(lambda: any(r.methods == ("hold",) for r in list(batcher.records)[held:]))
+
+    @contextlib.contextmanager
+    def batcher_clock(self) -> Iterator[ManualClock]:
+        """The batcher measures deadlines and queue times on a :class:`ManualClock`
+        inside this block; enter and leave it with nothing queued."""
+        batcher = self.server.batcher
+        clock = ManualClock()
+        batcher.clock = clock
+        try:
+            yield clock
+        finally:
+            batcher.clock = time.monotonic
 
     def stop(self, grace: float = 0.0) -> None:
         self.run(self.server.stop(grace))

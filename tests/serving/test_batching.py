@@ -1,7 +1,8 @@
 """The dynamic batcher over the wire: requests of concurrent callers share engine
 calls with the same answers, a bad request fails alone, a full queue refuses
-at once, dropped requests are not computed, a lone caller never waits, and
-batches compile nothing new.
+at once, dropped requests are not computed and are counted under their own
+reason, a batch stays within ``max_result_bytes``, a lone caller never waits,
+and batches compile nothing new.
 
 Batches are made deterministic by holding the server's one engine thread
 (:meth:`RunningServer.hold_engine`) until every request of a test is queued;
@@ -150,7 +151,7 @@ def test_a_full_queue_refuses_at_once_while_the_engine_is_busy(
     assert all(np.array_equal(result, results[0]) for result in results)
 
 
-def test_expired_and_cancelled_queued_requests_are_not_computed(
+def test_expired_and_cancelled_queued_requests_are_dropped_under_their_own_reason(
     server: RunningServer, client: hessd.Client
 ) -> None:
     dropped = {r: _metric(server, "hessd_dropped_engine_calls_total", reason=r) for r in ("deadline", "cancelled")}
@@ -159,20 +160,42 @@ def test_expired_and_cancelled_queued_requests_are_not_computed(
     held = len(server.server.batcher.records)
     request = pb.GradientRequest(model_name="demo", x={"x": tensor_codec.encode(rng_array((1, 10)), field="x")})
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.batcher_clock() as clock, grpc.insecure_channel(server.target) as channel:
             stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
-            cancelled = stub.Gradient.future(request)
-            expiring = stub.Gradient.future(request, timeout=0.5)
-            eventually(lambda: _metric(server, "hessd_dropped_engine_calls_total", reason="deadline") > dropped["deadline"])
+            cancelled = stub.Gradient.future(request, timeout=TIMEOUT_S)
+            expiring = stub.Gradient.future(request, timeout=TIMEOUT_S)
+            eventually(_queued(server, 2))
             cancelled.cancel()
-            eventually(lambda: _metric(server, "hessd_dropped_engine_calls_total", reason="cancelled") > dropped["cancelled"])
-            assert expiring.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert server.server.batcher.queued == 0
+            eventually(_queued(server, 1))
+            clock.advance(2 * TIMEOUT_S)  # the queued call's deadline passes, on the batcher's clock only
+            release.set()
+            error = expiring.exception()
     finally:
         release.set()
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "queued" in error.details()
+    assert _metric(server, "hessd_dropped_engine_calls_total", reason="deadline") == dropped["deadline"] + 1
+    assert _metric(server, "hessd_dropped_engine_calls_total", reason="cancelled") == dropped["cancelled"] + 1
+    assert server.server.batcher.queued == 0
     assert client.gradient("demo", rng_array((1, 10))).shape == (1, 10)
     records = list(server.server.batcher.records)[held:]
     assert [record.methods for record in records] == [("Gradient",)]
+
+
+def test_a_batch_never_holds_more_results_than_max_result_bytes(
+    server: RunningServer, client: hessd.Client
+) -> None:
+    model = server.model("demo")
+    config = model.config
+    example_bytes = (1 + 10 + 10 * 10) * 4  # value, gradient and Hessian block of one float32 example
+    model.config = dataclasses.replace(config, max_result_bytes=4 * example_bytes)
+    try:
+        xs = [rng_array((size, 10), seed=20 + index) for index, size in enumerate((2, 1, 2, 1, 1))]
+        outcomes, records = _run_while_held(server, [lambda x=x: client.hessian("demo", x) for x in xs], queued=5)
+    finally:
+        model.config = config
+    assert [record.examples for record in records] == [4, 3]  # (2, 1, 1), then (2, 1)
+    for x, outcome in zip(xs, outcomes):
+        np.testing.assert_allclose(outcome, hs.hessian(model, x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_lone_caller_never_waits_for_the_queue_delay(server: RunningServer, client: hessd.Client) -> None:

@@ -149,18 +149,24 @@ def _request() -> pb.HessianRequest:
 
 
 def test_work_queued_past_its_deadline_is_dropped(server: RunningServer) -> None:
-    dropped = _dropped(server)
+    dropped = _metric(server, "hessd_dropped_engine_calls_total", reason="deadline")
     release = threading.Event()
     server.hold_engine(release)
     try:
         with (
-            hessd.Client(server.target, timeout=0.3) as client,
-            pytest.raises(hessd.DeadlineExceededError),
+            server.batcher_clock() as clock,
+            hessd.Client(server.target, timeout=WAIT_S) as client,
+            ThreadPoolExecutor(1) as pool,
         ):
-            client.hessian("demo", rng_array((2, 10)))
+            call = pool.submit(client.hessian, "demo", rng_array((2, 10)))
+            _eventually(lambda: server.server.batcher.queued == 1)
+            clock.advance(2 * WAIT_S)  # the call's deadline passes, on the batcher's clock only
+            release.set()
+            with pytest.raises(hessd.DeadlineExceededError, match="queued"):
+                call.result()
     finally:
         release.set()
-    _eventually(lambda: _dropped(server) == dropped + 1)
+    assert _metric(server, "hessd_dropped_engine_calls_total", reason="deadline") == dropped + 1
     assert _metric(server, "hessd_queued_requests") == 0
 
 

@@ -327,10 +327,16 @@ def _padded_batch(model: Model, kind: str, inputs: PreparedInputs, requested: in
     if not model.batch_independent or kind == "full_hessian":
         return batch
     padded = requested or model.config.bucket_for(batch)
+    fits = padded * example_result_bytes(kind, inputs) <= model.config.max_result_bytes
+    return padded if fits else batch
+
+
+def example_result_bytes(kind: str, inputs: PreparedInputs) -> int:
+    """Bytes of one example's result of a per-example ``kind``: value, gradient
+    and Hessian block for "hessian"; the (*S) row for "gradient" and "hvp"."""
     dim = inputs.event_size
     per_example = 1 + dim + dim * dim if kind == "hessian" else dim
-    fits = padded * per_example * np.dtype(inputs.precision).itemsize <= model.config.max_result_bytes
-    return padded if fits else batch
+    return per_example * np.dtype(inputs.precision).itemsize
 
 
 def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:

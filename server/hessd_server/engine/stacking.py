@@ -16,7 +16,7 @@ import numpy as np
 
 from hessd.results import Evaluation
 
-from .execution import PreparedCall, function_key, run_prepared
+from .execution import PreparedCall, example_result_bytes, function_key, run_prepared
 from .model import Model
 from .validation import PreparedInputs
 
@@ -36,6 +36,14 @@ def stack_key(call: PreparedCall) -> Hashable:
     inputs = call.inputs
     shapes = tuple((name, array.shape[1:], array.dtype.name) for name, array in inputs.arrays.items())
     return (call.kind, inputs.wrt, inputs.precision, shapes, call.weights.shape[1])
+
+
+def stack_limit(model: Model, call: PreparedCall) -> int:
+    """The most examples that calls of ``call``'s :func:`stack_key` may hold together:
+    at most ``max_batch_size``, and few enough that their results together fit
+    in ``max_result_bytes``."""
+    fitting = model.config.max_result_bytes // example_result_bytes(call.kind, call.inputs)
+    return min(model.config.max_batch_size, fitting)
 
 
 def run_stacked(model: Model, calls: Sequence[PreparedCall]) -> list[Evaluation | np.ndarray]:

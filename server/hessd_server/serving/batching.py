@@ -6,10 +6,11 @@ arrives while an engine thread is free and nothing is queued starts at once,
 alone: a lone caller never waits. While every thread is busy, requests queue;
 when a thread frees, the oldest queued request starts, together with every
 queued request of the same model and :func:`~hessd_server.engine.stacking.stack_key`
-that fits (FIFO, up to the batch limit). A request that has queued for
-``max_queue_delay`` starts its batch on a spare thread beside the running
-ones (at most ``engine_threads`` spare), so a long computation cannot hold
-small calls back for longer than that.
+that fits (FIFO, up to the batch limit, and never more examples than the
+model's ``max_result_bytes`` holds results for: the rest run in a later
+batch). A request that has queued for ``max_queue_delay`` starts its batch
+on a spare thread beside the running ones (at most ``engine_threads``
+spare), so a long computation cannot hold small calls back for longer than that.
 
 What runs alone: ``full=True``, models whose examples are not independent,
 requests of at least the batch limit (the largest warmed bucket), and
@@ -22,7 +23,9 @@ by one, each getting its own result or error.
 Admission. At most ``max_queued_requests`` requests wait; past that a new
 request fails at once with ``UnavailableError`` (UNAVAILABLE). A queued
 request whose RPC is cancelled or whose deadline passes leaves the queue
-before its batch runs, and is counted in ``hessd_dropped_engine_calls_total``.
+before its batch runs, and is counted in ``hessd_dropped_engine_calls_total``
+(``reason="deadline"`` or ``"cancelled"``). Deadlines and queue times are
+measured on the batcher's clock.
 
 Every batch that starts is recorded (:attr:`Batcher.records`, and the
 ``hessd_batches_total{reason}`` counter) with why it started: ``idle`` (a
@@ -46,7 +49,7 @@ from hessd.errors import DeadlineExceededError, UnavailableError
 
 from ..engine import Model
 from ..engine.execution import PreparedCall
-from ..engine.stacking import can_stack, run_stacked, stack_key
+from ..engine.stacking import can_stack, run_stacked, stack_key, stack_limit
 from .engine_executor import EngineExecutor
 from .metrics import Metrics
 
@@ -105,7 +108,7 @@ class _Request:
     examples: int
     work: Callable[[], Any] | tuple[Model, PreparedCall]
     deadline: float | None
-    queued_at: float = field(default_factory=time.monotonic)
+    queued_at: float
     outcome: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -127,10 +130,21 @@ class Batcher:
         executor: runs engine work on the engine threads.
         metrics: where batches, queue times, queue length, drops and refusals go.
         settings: grouping and admission limits.
+        clock: the monotonic clock, in seconds, that deadlines and queue times are
+            measured on (``time.monotonic``); tests pass their own to expire
+            deadlines without waiting.
     """
 
-    def __init__(self, executor: EngineExecutor, metrics: Metrics, settings: BatchingSettings) -> None:
+    def __init__(
+        self,
+        executor: EngineExecutor,
+        metrics: Metrics,
+        settings: BatchingSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._executor = executor
+        self.clock = clock
         self._metrics = metrics
         self.settings = settings
         self._queue: collections.deque[_Request] = collections.deque()
@@ -186,10 +200,11 @@ class Batcher:
         return probed and known_outputs and input_bytes <= LOOP_CHECK_BYTES and examples < self.settings.batch_limit
 
     def _stackable(self, model: Model, call: PreparedCall) -> bool:
-        return self.settings.enabled and can_stack(model, call) and call.batch < self._limit(model)
+        return self.settings.enabled and can_stack(model, call) and call.batch < self._limit(model, call)
 
-    def _limit(self, model: Model) -> int:
-        return min(self.settings.batch_limit, model.config.max_batch_size)
+    def _limit(self, model: Model, call: PreparedCall) -> int:
+        """The most examples a batch of ``call``'s group may hold."""
+        return min(self.settings.batch_limit, stack_limit(model, call))
 
     async def _submit(
         self,
@@ -213,8 +228,9 @@ class Batcher:
                 metadata={"queued_requests": len(self._queue)},
             )
         remaining = None if context is None else context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        request = _Request(method, group, examples, work, deadline)
+        now = self.clock()
+        deadline = None if remaining is None else now + remaining
+        request = _Request(method, group, examples, work, deadline, queued_at=now)
         self._queue.append(request)
         self._metrics.set_queued(len(self._queue))
         self._arm_delay_timer()
@@ -232,7 +248,7 @@ class Batcher:
         if request in self._queue:
             self._queue.remove(request)
             self._metrics.set_queued(len(self._queue))
-            expired = request.deadline is not None and time.monotonic() >= request.deadline
+            expired = request.deadline is not None and self.clock() >= request.deadline
             self._metrics.count_dropped("deadline" if expired else "cancelled")
             request.outcome.cancel()
         elif request.outcome.done() and not request.outcome.cancelled() and request.outcome.exception() is None:
@@ -283,10 +299,10 @@ class Batcher:
             return
         examples = sum(r.examples for r in batch)
         head = batch[0]
-        if reason == "engine_free" and head.group is not None and examples >= self._limit(head.work[0]):
+        if reason == "engine_free" and head.group is not None and examples >= self._limit(*head.work):
             reason = "full"
         self._record(reason, tuple(r.method for r in batch), examples)
-        now = time.monotonic()
+        now = self.clock()
         for request in batch:
             self._metrics.observe_queue_time(now - request.queued_at)
         if len(batch) == 1:
@@ -296,7 +312,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Request]:
         """Remove and return the oldest live request and the queued requests that can join it."""
-        now = time.monotonic()
+        now = self.clock()
         while self._queue:
             head = self._queue.popleft()
             if head.deadline is not None and now >= head.deadline:
@@ -307,7 +323,7 @@ class Batcher:
                 continue
             if head.group is None:
                 return [head]
-            batch, room = [head], self._limit(head.work[0]) - head.examples
+            batch, room = [head], self._limit(*head.work) - head.examples
             for request in list(self._queue):
                 if room <= 0:
                     break
@@ -345,13 +361,13 @@ class Batcher:
             self._delay_timer = None
         if not self._queue or self._spare_running >= self.settings.engine_threads:
             return
-        wait = self._queue[0].queued_at + self.settings.max_queue_delay_s - time.monotonic()
+        wait = self._queue[0].queued_at + self.settings.max_queue_delay_s - self.clock()
         loop = asyncio.get_running_loop()
         self._delay_timer = loop.call_later(max(wait, 0.0), self._on_delay)
 
     def _on_delay(self) -> None:
         self._delay_timer = None
-        now = time.monotonic()
+        now = self.clock()
         while (
             self._queue
             and self._spare_running < self.settings.engine_threads
