@@ -62,6 +62,10 @@ T = TypeVar("T")
 UNIX_SCHEMES = ("unix:", "unix-abstract:")
 """How a ``listen`` address that is a unix socket starts: ``unix:///path``, ``unix-abstract:name``."""
 
+REFUSAL_GRACE_S = 1.0
+"""Once admitted calls have drained, how long calls still being answered (refusals on their
+way out, health watches) get before the transport is closed; within the shutdown grace."""
+
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -228,7 +232,9 @@ class HessdServer:
     async def stop(self, grace: float | None) -> None:
         """Drain and stop: health NOT_SERVING, new calls (and new stream items) UNAVAILABLE,
         in-flight calls get ``grace`` seconds (``None``: unlimited) to finish, then are
-        cancelled. Engine work still running then is abandoned, not waited for: the engine
+        cancelled. Refusals still on their way out get up to :data:`REFUSAL_GRACE_S` of
+        what is left of ``grace`` before the transport closes, so that a caller refused
+        at the last moment sees UNAVAILABLE (which the SDK retries), not CANCELLED. Engine work still running then is abandoned, not waited for: the engine
         threads are daemons, so the process can exit at once."""
         self._stopping = True
         if self._polling is not None:
@@ -236,11 +242,14 @@ class HessdServer:
         self.admission.start_draining()
         await self._health.enter_graceful_shutdown()
         self._shared_memory_service.close()
+        loop = asyncio.get_running_loop()
+        deadline = None if grace is None else loop.time() + grace
         try:
             await asyncio.wait_for(self.admission.drained(), grace)
         except asyncio.TimeoutError:
             _log.warning("grace period of %gs over; cancelling the calls still running", grace)
-        await self.grpc_server.stop(0)
+        left = REFUSAL_GRACE_S if deadline is None else min(REFUSAL_GRACE_S, max(deadline - loop.time(), 0.0))
+        await self.grpc_server.stop(left)
         self.engine_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.close()
 
