@@ -134,3 +134,15 @@ def test_the_top_package_is_thin() -> None:
     top = {path.name for path in PACKAGE_ROOT.iterdir() if path.suffix == ".py"}
     assert top == {"__init__.py"}
     assert {path.name for path in PACKAGE_ROOT.iterdir() if (path / "__init__.py").exists()} == {"engine", "serving"}
+
+
+README = PACKAGE_ROOT.parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("subpackage", ["engine", "serving"])
+def test_the_readme_layout_table_names_every_module(subpackage: str) -> None:
+    rows = [line for line in README.read_text().splitlines() if line.startswith(f"| `server/hessd_server/{subpackage}/`")]
+    assert len(rows) == 1, f"README's Layout table needs one row for server/hessd_server/{subpackage}/"
+    modules = sorted(path.stem for path in (PACKAGE_ROOT / subpackage).glob("*.py") if path.stem != "__init__")
+    missing = [name for name in modules if f"`{name}`" not in rows[0]]
+    assert missing == [], f"README's Layout row for {subpackage}/ does not name {missing}"
