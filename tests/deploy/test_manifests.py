@@ -1,8 +1,8 @@
 """The Kubernetes manifests: valid against the schema of a current Kubernetes (and of
 1.29, the first with native sidecars on by default), and holding the essentials: gRPC
 probes on the served port, a grace period above the server's, the shared socket volume,
-the replicated case's Service, budget and autoscaler, and the guard on a TCP port beyond
-loopback. The hessd container's arguments are parsed by ``hessd-server``'s own parser."""
+the replicated case's Service, budget and autoscaler, and the guards on a TCP port beyond
+loopback (a NetworkPolicy; for the replicas also a token). The hessd container's arguments are parsed by ``hessd-server``'s own parser."""
 
 from __future__ import annotations
 
@@ -168,11 +168,9 @@ def test_the_replicated_case_has_a_headless_service_a_budget_and_an_autoscaler()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_tcp_port_beyond_loopback_admits_no_other_pod_unguarded(name: str) -> None:
+def test_a_network_policy_guards_the_tcp_port_beyond_loopback(name: str) -> None:
     config = _config(name)
     assert any(_beyond_loopback(address) for address in config.listen)
-    if any(flag.startswith("--auth-token-file") for flag in _hessd(_pod(name)["spec"])["args"]):
-        return
     labels = _pod(name)["metadata"]["labels"]
     port = _probe_port(config)
     (policy,) = (
@@ -187,3 +185,17 @@ def test_a_tcp_port_beyond_loopback_admits_no_other_pod_unguarded(name: str) -> 
         if admits_port:
             assert rule.get("from"), f"an ingress rule admits every source to port {port}"
             assert all("ipBlock" not in source for source in rule["from"])
+
+
+def test_the_replicas_take_calls_only_with_a_token_from_a_secret() -> None:
+    pod_spec = _pod("standalone.yaml")["spec"]
+    token_file = PurePosixPath(_config("standalone.yaml").auth_token_file or "")
+    (mount,) = (
+        mount
+        for mount in _hessd(pod_spec)["volumeMounts"]
+        if token_file.is_relative_to(mount["mountPath"])
+    )
+    assert mount.get("readOnly")
+    (volume,) = (v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+    assert token_file.relative_to(mount["mountPath"]).parts == ("tokens",)
+    assert volume["secret"]["secretName"]

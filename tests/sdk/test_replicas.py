@@ -1,7 +1,8 @@
 """Replicas on one machine behind one SDK client with a multi-address target: three
 hessd-server processes on loopback ports share the calls, SIGTERM on one mid-load fails
 no call while the other two keep answering correctly, and a replica still warming up
-gets no call until it reports SERVING."""
+gets no call until it reports SERVING; health checks need no token on a server that
+asks callers for one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +214,18 @@ def test_a_replica_still_warming_up_gets_no_call_until_it_is_serving(
     finally:
         LOAD_GATE.set()
         warming.stop()
+
+
+def test_health_checked_balancing_works_with_a_server_that_asks_for_a_token(
+    tmp_path: Path, reference: np.ndarray
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    with serving([("demo", DEMO_MODEL_SOURCE)], auth_token_file=str(tokens)) as running:
+        target = [running.target]
+        balanced = {"timeout": WAIT_S, "load_balancing": "round_robin"}
+        with hessd.Client(target, token="s3cret", **balanced) as client:
+            _check(client.hessian("demo", X), reference)
+        with hessd.Client(target, **balanced) as client:
+            with pytest.raises(hessd.UnauthenticatedError):
+                client.hessian("demo", X)
