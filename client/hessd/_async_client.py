@@ -271,8 +271,7 @@ class AsyncClient:
             model_version=model_version,
         )
         reply = await self._call(self._stub.HessianDiagonal, request)
-        result = _protocol.curvature_from(reply, Diagonal)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Diagonal, with_version)
 
     async def hessian_trace(
         self,
@@ -304,8 +303,7 @@ class AsyncClient:
             model_version=model_version,
         )
         reply = await self._call(self._stub.HessianTrace, request)
-        result = _protocol.curvature_from(reply, Trace)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Trace, with_version)
 
     async def hessian_eigen(
         self,
@@ -343,8 +341,7 @@ class AsyncClient:
             model_version=model_version,
         )
         reply = await self._call(self._stub.HessianEigen, request)
-        result = _protocol.curvature_from(reply, Eigen)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Eigen, with_version)
 
     async def hessian_spectrum(
         self,
@@ -376,8 +373,7 @@ class AsyncClient:
             model_version=model_version,
         )
         reply = await self._call(self._stub.HessianSpectrum, request)
-        result = _protocol.curvature_from(reply, Spectrum)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Spectrum, with_version)
 
     async def stream(
         self,

@@ -334,8 +334,7 @@ class Client:
             model_version=model_version,
         )
         reply = self._call(self._stub.HessianDiagonal, request)
-        result = _protocol.curvature_from(reply, Diagonal)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Diagonal, with_version)
 
     def hessian_trace(
         self,
@@ -373,8 +372,7 @@ class Client:
             model_version=model_version,
         )
         reply = self._call(self._stub.HessianTrace, request)
-        result = _protocol.curvature_from(reply, Trace)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Trace, with_version)
 
     def hessian_eigen(
         self,
@@ -424,8 +422,7 @@ class Client:
             model_version=model_version,
         )
         reply = self._call(self._stub.HessianEigen, request)
-        result = _protocol.curvature_from(reply, Eigen)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Eigen, with_version)
 
     def hessian_spectrum(
         self,
@@ -466,8 +463,7 @@ class Client:
             model_version=model_version,
         )
         reply = self._call(self._stub.HessianSpectrum, request)
-        result = _protocol.curvature_from(reply, Spectrum)
-        return _protocol.versioned(result, reply.model_version, with_version)
+        return _protocol.curvature_from(reply, Spectrum, with_version)
 
     def stream(
         self,

@@ -428,12 +428,16 @@ def evaluation_from(reply: pb.EvaluateResponse, precision: str | None) -> Evalua
     )
 
 
-def curvature_from(reply: Any, result_type: type[CurvatureResult]) -> CurvatureResult:
+def curvature_from(
+    reply: Any, result_type: type[CurvatureResult], with_version: bool = False
+) -> CurvatureResult | Versioned:
     """The ``Diagonal``, ``Trace``, ``Eigen`` or ``Spectrum`` of a curvature reply,
-    read from the reply fields named like the result's fields."""
-    return result_type(
+    read from the reply fields named like the result's fields; ``Versioned`` with
+    the answering version when ``with_version``."""
+    result = result_type(
         *(tensor_codec.decode(getattr(reply, name), field=name) for name in result_type._fields)
     )
+    return versioned(result, reply.model_version, with_version)
 
 
 def stream_item_from(
