@@ -1,9 +1,11 @@
 """Benchmark hessd's per-example Hessians against the usual ways of computing them.
 
-For MLPs D -> 256 -> 256 -> 1 (tanh) at a few (D, B), times in one process,
-on identical weights:
+For MLPs D -> 256 -> 256 -> 1 (tanh) at a few (D, B), the same MLP in float64,
+an LSTM and a small CNN, times in one process, on identical weights:
 
-* hessd ``hs.hessian(m, x)`` (per-example blocks, XLA-compiled pfor batch_jacobian);
+* hessd ``hs.hessian(m, x)`` (per-example blocks, XLA-compiled, strategy autotuned),
+  and hessd with each strategy forced (``pfor``, ``tiled``,
+  ``forward_over_reverse``, ``structural``) where it applies;
 * ``tf.hessians(tf.reduce_sum(model(x)), x)`` inside ``tf.function``;
 * the nested-tape recipe (outer tape ``jacobian`` of the inner gradient) inside ``tf.function``;
 * JAX ``jit(vmap(hessian(f)))`` and torch.func ``vmap(hessian(f))``, when installed.
@@ -14,7 +16,7 @@ the run. Methods are then called round-robin, so they share the machine's
 noise, until each has its minimum number of runs and its time budget is spent.
 The table gives medians and hessd's speedup, baseline median / hessd median.
 
-Usage: ``python benchmarks/bench_hessian.py [--quick] [--markdown PATH] [--cases 16x1,64x32]``
+Usage: ``python benchmarks/bench_hessian.py [--quick] [--markdown PATH] [--cases 16x1,64x32,mlp64:64x32,lstm:16,cnn:32]``
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_methods import BUILDERS, HIDDEN, Method, build_mlp
+from bench_methods import BUILDERS, HIDDEN, IMAGE, LSTM_FEATURES, LSTM_STEPS, LSTM_UNITS, Method, NotExpressible, build_workload
 
 RTOL = 1e-4
 """Agreement required with hessd: |H - H_hessd| <= RTOL * (|H_hessd| + max |H_hessd|), float32."""
@@ -46,19 +48,38 @@ REFERENCE = "hessd"
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked size: input dimension D and batch size B."""
+    """One benchmarked model and size: input dimension D, batch size B, and the
+    model kind (``bench_methods.KINDS``; the LSTM's and the CNN's D are fixed)."""
 
     dim: int
     batch: int
+    kind: str = "mlp"
 
     @classmethod
     def parse(cls, text: str) -> Case:
-        """``"64x32"`` -> Case(dim=64, batch=32)."""
-        dim, batch = text.lower().split("x")
-        return cls(int(dim), int(batch))
+        """``"64x32"`` -> Case(64, 32); ``"mlp64:64x32"`` -> the float64 MLP;
+        ``"lstm:16"``, ``"cnn:32"`` -> those models at B = 16, 32."""
+        kind, _, size = text.lower().rpartition(":")
+        kind = kind or "mlp"
+        if "x" in size:
+            dim, batch = size.split("x")
+            return cls(int(dim), int(batch), kind)
+        return cls(build_workload(kind, 1).dim, int(size), kind)
+
+    @property
+    def label(self) -> str:
+        """How the table names the model."""
+        return {"mlp": "MLP", "mlp64": "MLP float64", "lstm": "LSTM", "cnn": "CNN"}[self.kind]
 
 
-CASES = (Case(16, 1), Case(64, 32), Case(256, 64))
+CASES = (
+    Case(16, 1),
+    Case(64, 32),
+    Case(256, 64),
+    Case(64, 32, "mlp64"),
+    Case(LSTM_STEPS * LSTM_FEATURES, 16, "lstm"),
+    Case(IMAGE[0] * IMAGE[1] * IMAGE[2], 32, "cnn"),
+)
 TARGET_CASE, TARGET_BASELINE, TARGET_SPEEDUP = Case(64, 32), "tf.hessians", 20.0
 
 
@@ -114,16 +135,19 @@ class MismatchError(AssertionError):
 
 
 def prepare(case: Case, keys: Sequence[str] = tuple(BUILDERS), seed: int = 0) -> Prepared:
-    """Build the case's MLP, its input x (B, D), and the methods named by ``keys``;
-    a method whose library is not installed is skipped with a note."""
-    model = build_mlp(case.dim, seed=seed)
-    x = np.random.default_rng(seed).standard_normal((case.batch, case.dim)).astype(np.float32)
+    """Build the case's model, its input x (B, *S), and the methods named by
+    ``keys``; a method whose library is not installed, or that cannot compute
+    the model, is skipped with a note."""
+    workload = build_workload(case.kind, case.dim, seed=seed)
+    x = np.random.default_rng(seed).standard_normal((case.batch, *workload.event_shape)).astype(workload.dtype)
     prepared = Prepared(case, x, [])
     for key in keys:
         try:
-            prepared.methods.append(BUILDERS[key](model, case.batch))
+            prepared.methods.append(BUILDERS[key](workload, case.batch))
         except ImportError as err:
             prepared.skipped.append(f"{key}: skipped, {err.name or err} is not installed (`pip install -e '.[bench]'`)")
+        except NotExpressible as err:
+            prepared.skipped.append(f"{case.label} D={case.dim}, B={case.batch}: {key} left out: {err}")
     return prepared
 
 
@@ -133,7 +157,7 @@ def check_agreement(blocks: dict[str, np.ndarray], case: Case, rtol: float = RTO
     reference = blocks[REFERENCE]
     expected_shape = (case.batch, case.dim, case.dim)
     if reference.shape != expected_shape:
-        raise MismatchError(f"{REFERENCE} returned shape {reference.shape} at {case}, expected {expected_shape}")
+        raise MismatchError(f"{REFERENCE} returned blocks of shape {reference.shape} at {case}, expected {expected_shape}")
     atol = rtol * float(np.max(np.abs(reference)))
     for key, got in blocks.items():
         if got.shape != reference.shape:
@@ -157,7 +181,7 @@ def warm_up_and_check(prepared: Prepared, rtol: float = RTOL) -> dict[str, float
     for method in prepared.methods:
         seconds, result = _timed(method, prepared.x)
         first_call_s[method.key] = seconds
-        blocks[method.key] = method.blocks(result)
+        blocks[method.key] = method.blocks(result, prepared.case.batch, prepared.case.dim)
     check_agreement(blocks, prepared.case, rtol)
     return first_call_s
 
@@ -198,24 +222,27 @@ def _timed(method: Method, x: np.ndarray) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, result
 
 
-def speedups(rows: Sequence[Row]) -> dict[tuple[Case, str], float]:
-    """hessd's speedup over each row's method: its median / hessd's median, same case."""
-    reference = {r.case: r.median_s for r in rows if r.method.key == REFERENCE}
+def speedups(rows: Sequence[Row], reference_key: str = REFERENCE) -> dict[tuple[Case, str], float]:
+    """Each row's median / the reference method's median, same case: hessd's
+    speedup over the row's method (or, with ``reference_key="jax"``, the row's
+    time as a multiple of JAX's)."""
+    reference = {r.case: r.median_s for r in rows if r.method.key == reference_key}
     return {(r.case, r.method.key): r.median_s / reference[r.case] for r in rows if r.case in reference}
 
 
 def render_table(rows: Sequence[Row]) -> str:
     """The results as a markdown table."""
-    ratio = speedups(rows)
+    ratio, to_jax = speedups(rows), speedups(rows, "jax")
     lines = [
-        "| D | B | method | first call (ms) | median (ms) | runs | hessd speedup |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        "| model | D | B | method | first call (ms) | median (ms) | runs | hessd speedup | time / JAX's |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        speedup = ratio.get((row.case, row.method.key))
+        speedup, jax_ratio = ratio.get((row.case, row.method.key)), to_jax.get((row.case, row.method.key))
         lines.append(
-            f"| {row.case.dim} | {row.case.batch} | {row.method.label} | {_ms(row.first_call_s)} | "
-            f"{_ms(row.median_s)} | {len(row.runs_s)} | {'' if speedup is None else _times(speedup)} |"
+            f"| {row.case.label} | {row.case.dim} | {row.case.batch} | {row.method.label} | {_ms(row.first_call_s)} | "
+            f"{_ms(row.median_s)} | {len(row.runs_s)} | {'' if speedup is None else _times(speedup)} | "
+            f"{'' if jax_ratio is None else _times(jax_ratio)} |"
         )
     return "\n".join(lines)
 
@@ -288,15 +315,19 @@ def render_report(rows: Sequence[Row], notes: Sequence[str], header: Sequence[st
     """The whole markdown report: setup, table and notes."""
     widths = " → ".join(str(w) for w in HIDDEN)
     lines = [
-        "## Per-example input Hessians of an MLP",
+        "## Per-example input Hessians",
         "",
         *header,
         f"- command: `{command}`",
-        f"- model: D → {widths} → 1, tanh, float32; the same weights for every method",
+        f"- models: MLP D → {widths} → 1, tanh, float32 (and the same in float64); LSTM: "
+        f"{LSTM_STEPS} steps × {LSTM_FEATURES} features → LSTM({LSTM_UNITS}) → Dense(1); CNN: "
+        f"{'×'.join(map(str, IMAGE))} images → Conv2D(4, 3×3, tanh) → Flatten → Dense(1); "
+        "the same weights for every method",
         "- first call: trace, compile and one run; median: of the runs after it, the methods taking turns "
         "in slices of calls; every call returns NumPy arrays",
         f"- every method's Hessian blocks were checked against hessd's (rtol {RTOL:g}) before timing",
-        "- hessd speedup: the method's median / hessd's median (above 1× means hessd is faster)",
+        "- hessd speedup: the method's median / hessd's median (above 1× means hessd is faster); "
+        "time / JAX's: the method's median / JAX's median (below 1× means faster than JAX)",
         "",
         render_table(rows),
     ]
@@ -315,7 +346,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=lambda text: tuple(Case.parse(c) for c in text.split(",")),
         default=CASES,
         metavar="DxB,...",
-        help="cases to run (default: " + ",".join(f"{c.dim}x{c.batch}" for c in CASES) + ")",
+        help="cases to run (default: 16x1,64x32,256x64,mlp64:64x32,lstm:16,cnn:32)",
     )
     return parser.parse_args(argv)
 
@@ -329,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     notes: list[str] = []
     for case in args.cases:
-        print(f"D={case.dim}, B={case.batch} ...", flush=True)
+        print(f"{case.label} D={case.dim}, B={case.batch} ...", flush=True)
         try:
             case_rows, case_notes = run_case(case, QUICK if args.quick else FULL)
         except MismatchError as err:

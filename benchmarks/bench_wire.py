@@ -47,7 +47,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd_server.serving.server_process import ServerProcess
 
 from bench_hessian import machine_description
-from bench_methods import MID_DIM, build_mid, build_mlp, jax_method
+from bench_methods import MID_DIM, Workload, build_mid, build_mlp, jax_method
 
 BENCHMARKS = Path(__file__).resolve().parent
 CALLERS = (1, 8, 32)
@@ -198,7 +198,7 @@ def in_process_floor(seconds: float) -> dict[str, float]:
         "TF floor: `jit_compile` function, (1, 16, 16) result, `.numpy()`": lambda: floor(x).numpy(),
     }
     try:
-        jax = jax_method(keras_model, 1)
+        jax = jax_method(Workload("mlp", keras_model, (FLOOR_DIM,), "float32"), 1)
         methods["JAX `jit(vmap(hessian))`"] = lambda: jax.compute(x)
     except ImportError:
         pass

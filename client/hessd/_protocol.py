@@ -27,6 +27,7 @@ from hessd.results import (
     ModelMetadata,
     ModelStatus,
     Spectrum,
+    StrategyTiming,
     TensorInfo,
     Trace,
     Versioned,
@@ -479,6 +480,17 @@ def metadata_from(reply: pb.GetModelMetadataResponse) -> ModelMetadata:
         buckets=tuple(reply.buckets),
         compile_count=reply.compile_count,
         xla_fallbacks=tuple(reply.xla_fallbacks),
+        strategy_timings=tuple(
+            StrategyTiming(
+                batch=t.batch,
+                precision=t.precision,
+                strategy=t.strategy,
+                outcome=t.outcome,
+                seconds=t.seconds if t.HasField("seconds") else None,
+                detail=t.detail,
+            )
+            for t in reply.strategy_timings
+        ),
         version=reply.version or None,
         version_status=_version_statuses(reply.version_status),
     )

@@ -86,6 +86,32 @@ class Versioned(NamedTuple):
 
 
 @dataclass(frozen=True)
+class StrategyTiming:
+    """How one per-example Hessian strategy fared when a batch bucket was tuned.
+
+    Attributes:
+        batch: the bucket (padded batch size) tuned.
+        precision: ``"float32"`` or ``"float64"``.
+        strategy: ``"pfor"``, ``"tiled"``, ``"forward_over_reverse"`` or ``"structural"``.
+        outcome: ``"chosen"`` (the fastest that passed, now in use), ``"passed"``
+            (matched the reference, slower), ``"rejected"`` (its result differed
+            from the reference strategy's by more than rtol 1e-5), ``"failed"``
+            (it could not run), ``"refused"`` (it does not apply to this model,
+            e.g. a layer the structural path does not know) or ``"skipped"``
+            (not tried: too much memory at this size, or another one was forced).
+        seconds: seconds of its fastest timed call; ``None`` when not timed.
+        detail: why it was rejected, failed, refused or skipped; empty otherwise.
+    """
+
+    batch: int
+    precision: str
+    strategy: str
+    outcome: str
+    seconds: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """What a served model takes and returns, and its compilation state.
 
@@ -93,8 +119,9 @@ class ModelMetadata:
         name: the model's name.
         inputs: the model's inputs, in order.
         outputs: the model's outputs, in order.
-        strategy: per-example Hessian strategy, ``"pfor"`` or ``"tiled"``; ``None``
-            until warmup chose one.
+        strategy: the per-example Hessian strategy chosen for the bucket tuned
+            last (see ``strategy_timings`` for every bucket); ``None`` until
+            warmup or a first per-example Hessian chose one.
         batch_independent: whether examples are independent (per-example
             Hessians need ``True``); ``None`` until probed.
         buckets: the configured batch-size buckets, ascending; a batch runs padded
@@ -104,6 +131,8 @@ class ModelMetadata:
         version: the served version described (``None`` in-process).
         version_status: every version of the model a server knows of, with
             its state (empty in-process).
+        strategy_timings: every strategy's outcome and time, per tuned
+            bucket and precision, in tuning order.
     """
 
     name: str
@@ -116,6 +145,7 @@ class ModelMetadata:
     xla_fallbacks: tuple[str, ...]
     version: str | None = None
     version_status: tuple[VersionStatus, ...] = ()
+    strategy_timings: tuple[StrategyTiming, ...] = ()
 
 
 class Diagonal(NamedTuple):

@@ -181,7 +181,8 @@ def test_models_and_metadata_mirror_the_library(
         ("b", (2, 2), "float32"),
         ("ids", (2,), "int32"),
     ]
-    assert multi.batch_independent is True and multi.strategy in ("pfor", "tiled")
+    assert multi.batch_independent is True and multi.strategy in ("pfor", "tiled", "forward_over_reverse")
+    assert {t.strategy: t.outcome for t in multi.strategy_timings}["structural"] == "refused"
     assert multi.buckets == (1, 2, 4, 8) and multi.compile_count > 0
 
 

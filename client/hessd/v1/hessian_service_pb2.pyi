@@ -377,7 +377,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "version", "inputs", "outputs", "strategy", "batch_independent", "buckets", "compile_count", "xla_fallbacks", "version_status")
+    __slots__ = ("name", "version", "inputs", "outputs", "strategy", "batch_independent", "buckets", "compile_count", "xla_fallbacks", "version_status", "strategy_timings")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +388,7 @@ class GetModelMetadataResponse(_message.Message):
     COMPILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     XLA_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     VERSION_STATUS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
@@ -398,7 +399,24 @@ class GetModelMetadataResponse(_message.Message):
     compile_count: int
     xla_fallbacks: _containers.RepeatedScalarFieldContainer[str]
     version_status: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., strategy: _Optional[str] = ..., batch_independent: _Optional[bool] = ..., buckets: _Optional[_Iterable[int]] = ..., compile_count: _Optional[int] = ..., xla_fallbacks: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ...) -> None: ...
+    strategy_timings: _containers.RepeatedCompositeFieldContainer[StrategyTiming]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., strategy: _Optional[str] = ..., batch_independent: _Optional[bool] = ..., buckets: _Optional[_Iterable[int]] = ..., compile_count: _Optional[int] = ..., xla_fallbacks: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., strategy_timings: _Optional[_Iterable[_Union[StrategyTiming, _Mapping]]] = ...) -> None: ...
+
+class StrategyTiming(_message.Message):
+    __slots__ = ("batch", "precision", "strategy", "outcome", "seconds", "detail")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    batch: int
+    precision: str
+    strategy: str
+    outcome: str
+    seconds: float
+    detail: str
+    def __init__(self, batch: _Optional[int] = ..., precision: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., seconds: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype")

@@ -1,15 +1,18 @@
 """Compiled derivative functions: one per (model, kind, precision, bucket,
-input shapes), built once and kept in the model's bounded LRU cache, with the strategy and XLA fallbacks chosen on
-first use.
+input shapes), built once and kept in the model's bounded LRU cache, with the
+strategy and XLA fallbacks chosen on first use.
 
-A function's first call runs the candidates in order until one succeeds:
-XLA before graph mode, pfor before the tiled path. The winner is cached, the
+A function's first call runs the candidates in order until one succeeds: XLA
+before graph mode; within a mode, per-example Hessians tune their strategy
+for the bucket (:mod:`.autotune`), and full Hessians and the curvature kinds
+on dense blocks try pfor before the tiled path. The winner is cached, the
 choice recorded on the model, and a model whose function XLA rejected is not
 offered to XLA again for that kind. Only deterministic failures move on to the
 next candidate: an error while tracing (a pfor conversion that cannot be done),
 or an XLA or graph error of kind InvalidArgument or Unimplemented on the first
-run. A transient failure (out of memory, an aborted or cancelled run) changes
-nothing: it is raised, and the next call builds the function afresh.
+run. A transient failure (out of memory, an aborted or cancelled run, while
+building or while the tuner times the strategies) changes nothing: it is
+raised, and the next call builds the function afresh.
 
 Locking: each function has its own build lock, so a function is built once
 while different functions (buckets, kinds, precisions) build at the same
@@ -28,17 +31,18 @@ import tensorflow as tf
 
 from hessd.errors import CancelledError, DeadlineExceededError, InternalError, OutOfMemoryError
 
-from . import curvature_bodies, derivatives
+from . import autotune, curvature_bodies, derivatives, strategies
 from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
 
 _log = logging.getLogger(__name__)
 
-STRATEGIES = ("pfor", "tiled")
-"""Per-example Hessian strategies: a vectorized ``batch_jacobian``, or the
-batch tiled D times with identity cotangents (no pfor). For ``full=True`` the
-same names select a vectorized ``jacobian`` or a loop over its rows."""
+AUTODIFF_STRATEGIES = ("pfor", "tiled")
+"""How full Hessians and the curvature kinds on dense blocks differentiate: a
+vectorized (pfor) ``jacobian`` or ``batch_jacobian``, or without pfor (a loop
+over the rows, or the batch tiled D times). Per-example Hessians choose among
+:data:`hessd_server.engine.strategies.STRATEGIES` instead."""
 
 CANDIDATE_FAILURES: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError)
 """TensorFlow errors of a first run that rule a candidate out: XLA cannot
@@ -101,40 +105,37 @@ def _out_of_memory(model: Model, key: FunctionKey, err: BaseException) -> OutOfM
 
 
 def _candidates(model: Model, key: FunctionKey) -> list[tuple[str | None, bool]]:
+    """(strategy, XLA) pairs in the order to try; the strategy is None where
+    there is no choice to make, or where :mod:`.autotune` makes it."""
     with model.lock:
         xla = model.config.jit_compile and (key.kind, key.precision) not in model.xla_failed_kinds
         chosen = model.strategy
     modes = [True, False] if xla else [False]
-    if key.kind in ("gradient", "hvp", *curvature_bodies.MATRIX_FREE_KINDS):
+    if key.kind in ("hessian", "gradient", "hvp", *curvature_bodies.MATRIX_FREE_KINDS):
         return [(None, jit) for jit in modes]
-    strategies = [chosen] if chosen else list(STRATEGIES)
-    return [(strategy, jit) for jit in modes for strategy in strategies]
+    ways = [chosen] if chosen in AUTODIFF_STRATEGIES else list(AUTODIFF_STRATEGIES)
+    return [(strategy, jit) for jit in modes for strategy in ways]
 
 
 def _build_and_run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> Any:
     xla_error: BaseException | None = None
     failures: list[str] = []
     for strategy, jit in _candidates(model, key):
-        function = _trace(model, key, strategy, jit)
         try:
-            function.get_concrete_function()
-            check_cancelled()
-            result = function(*args)
+            if key.kind == "hessian":
+                choice = autotune.choose(model, key, args, lambda name: _first_run(model, key, args, name, jit))
+                strategy, function, result = choice.name, choice.function, choice.result
+            else:
+                function, result = _first_run(model, key, args, strategy, jit)
         except OUT_OF_MEMORY as err:
             raise _out_of_memory(model, key, err) from err
-        except tf.errors.OpError as err:
-            if not isinstance(err, CANDIDATE_FAILURES):
-                raise
+        except autotune.StrategyFailed as err:
             failures.append(_failed(model, key, strategy, jit, err))
-            xla_error = xla_error or (err if jit else None)
+            if jit and isinstance(err.__cause__, tf.errors.OpError):
+                xla_error = xla_error or err.__cause__
             continue
-        except (CancelledError, DeadlineExceededError):
-            raise
-        except Exception as err:  # tracing failed: this candidate cannot express the model
-            failures.append(_failed(model, key, strategy, jit, err))
-            continue
-        _record_success(model, key, _direct_call(function), strategy, jit, xla_error)
-        return tuple(tf.nest.flatten(result))
+        _record_success(model, key, function, strategy, jit, xla_error)
+        return result
     _log.error(
         "model %s: no way to compute %s worked:\n%s", model.name, key.kind, "\n".join(failures)
     )
@@ -144,11 +145,45 @@ def _build_and_run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> Any
     )
 
 
+def _first_run(
+    model: Model, key: FunctionKey, args: tuple[Any, ...], strategy: str | None, jit: bool
+) -> tuple[Callable[..., tuple[tf.Tensor, ...]], tuple[tf.Tensor, ...]]:
+    """Trace, compile and run ``key``'s function with ``strategy`` once: the
+    function (called directly) and its flattened result on ``args``.
+
+    Raises :class:`autotune.StrategyFailed` (the cause chained) when the
+    function cannot be traced or XLA or graph mode refuses it; a transient
+    failure (out of memory, an aborted run, cancellation) passes through.
+    """
+    function = _trace(model, key, strategy, jit)
+    try:
+        function.get_concrete_function()
+        check_cancelled()
+        call = _direct_call(function)
+        return call, call(*args)
+    except OUT_OF_MEMORY:
+        raise
+    except tf.errors.OpError as err:
+        if not isinstance(err, CANDIDATE_FAILURES):
+            raise
+        raise autotune.StrategyFailed(_first_line(err)) from err
+    except (CancelledError, DeadlineExceededError):
+        raise
+    except Exception as err:  # tracing failed: this candidate cannot express the model
+        raise autotune.StrategyFailed(_first_line(err)) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+
+
 def _failed(model: Model, key: FunctionKey, strategy: str | None, jit: bool, err: BaseException) -> str:
+    cause = err.__cause__ or err
     _log.info(
-        "model %s: %s (strategy=%s, xla=%s) failed", model.name, key.kind, strategy, jit, exc_info=err
+        "model %s: %s (strategy=%s, xla=%s) failed", model.name, key.kind, strategy, jit, exc_info=cause
     )
-    return f"strategy={strategy}, xla={jit}: {type(err).__name__}: {err}"
+    return f"strategy={strategy}, xla={jit}: {type(cause).__name__}: {cause}"
 
 
 def _record_success(
@@ -190,18 +225,17 @@ def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
 
 
 def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
-    """The traced computation for ``key``: (x, fixed inputs, weights[, v or seed]) -> result."""
+    """The traced computation for ``key``: (target, x, weights[, v or seed]) -> result."""
     if key.kind in curvature_bodies.KINDS:
-        return curvature_bodies.body(key.kind, dict(key.options), strategy, jit)
+        curvature = curvature_bodies.body(key.kind, dict(key.options), strategy, jit)
+        return lambda t, x, w, seed: curvature(t.forward, x, w, seed)
     if key.kind == "gradient":
-        return lambda forward, x, w: derivatives.value_and_gradient(forward, x, w)[1]
+        return lambda t, x, w: derivatives.value_and_gradient(t.forward, x, w)[1]
     if key.kind == "hvp":
-        return derivatives.hessian_vector_product
+        return lambda t, x, w, v: derivatives.hessian_vector_product(t.forward, x, w, v)
     if key.kind == "full_hessian":
-        return lambda forward, x, w: derivatives.full_hessian(forward, x, w, use_pfor=strategy == "pfor")
-    if strategy == "pfor":
-        return derivatives.per_example_hessian_pfor
-    return derivatives.per_example_hessian_tiled
+        return lambda t, x, w: derivatives.full_hessian(t.forward, x, w, use_pfor=strategy == "pfor")
+    return strategies.STRATEGIES[str(strategy)]
 
 
 def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
@@ -228,7 +262,7 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
             held = {name: _tile_batch(t, copies) for name, t in fixed.items()}
             return derivatives.flatten_outputs(call({**held, key.wrt: inputs}), dtype)
 
-        return body(forward, x, weights, *tangent)
+        return body(strategies.Target(forward, call, key.wrt, fixed), x, weights, *tangent)
 
     # A curvature function compiles its derivative parts with XLA itself (see curvature_bodies.body).
     whole_jit = jit and key.kind not in curvature_bodies.KINDS

@@ -1,5 +1,5 @@
-"""Engine settings: batch buckets, the result byte limit, the curvature memory budget, XLA and
-the compiled-function cache."""
+"""Engine settings: batch buckets, the result byte limit, the curvature memory budget, XLA,
+the compiled-function cache and the per-example Hessian strategy."""
 
 from __future__ import annotations
 
@@ -28,6 +28,20 @@ class EngineConfig:
             least recently used one is evicted (and compiled again if asked for
             again). Inputs of unknown length compile one function per length,
             so this bounds the memory such a model can take.
+        strategy: the per-example Hessian strategy to use (a name of
+            ``hessd_server.engine.strategies.STRATEGIES``: ``"pfor"``, ``"tiled"``,
+            ``"forward_over_reverse"`` or ``"structural"``), or None (default) to
+            time every strategy that works on each bucket's first batch and keep
+            the fastest. A forced strategy still has to match the reference
+            strategy on that batch; if it does not, or cannot run, the
+            reference is used and the outcome recorded.
+        autotune_runs: timed calls per strategy when a bucket is tuned; the
+            fastest call decides.
+        autotune_tiled: also tune the tiled strategies (``"tiled"``,
+            ``"forward_over_reverse"``) where pfor works. Off by default: they
+            run D copies of the batch, have never beaten pfor in the
+            benchmarks, and each costs a compile at warm-up. Where pfor fails
+            they are always tried.
     """
 
     max_batch_size: int = 1024
@@ -35,6 +49,9 @@ class EngineConfig:
     jit_compile: bool = True
     curvature_memory_bytes: int = 256 << 20
     max_compiled_functions: int = 256
+    strategy: str | None = None
+    autotune_runs: int = 3
+    autotune_tiled: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_size & (self.max_batch_size - 1):
@@ -45,6 +62,8 @@ class EngineConfig:
             raise ValueError(f"curvature_memory_bytes must be positive, got {self.curvature_memory_bytes}")
         if self.max_compiled_functions < 1:
             raise ValueError(f"max_compiled_functions must be >= 1, got {self.max_compiled_functions}")
+        if self.autotune_runs < 1:
+            raise ValueError(f"autotune_runs must be at least 1, got {self.autotune_runs}")
 
     @property
     def buckets(self) -> tuple[int, ...]:

@@ -69,21 +69,53 @@ def per_example_hessian_tiled(
     example b yields row i of H_b. Works where pfor cannot convert the model
     (recurrent layers). Same returns as :func:`per_example_hessian_pfor`.
     """
-    batch = tf.shape(x)[0]
-    event_shape = tf.shape(x)[1:]
-    dim = tf.reduce_prod(event_shape)
-    tiled_x = tf.tile(x, tf.concat([[dim], tf.ones_like(event_shape)], axis=0))
-    tiled_weights = tf.tile(weights, [dim, 1])
-    identity = tf.reshape(tf.eye(dim, dtype=x.dtype), [dim, 1, dim])
-    cotangents = tf.reshape(tf.broadcast_to(identity, [dim, batch, dim]), tf.shape(tiled_x))
+    tiled = _Tiled(x, weights)
     with tf.GradientTape() as outer:
-        outer.watch(tiled_x)
-        tiled_values, tiled_grad = value_and_gradient(forward, tiled_x, tiled_weights)
-        projected = tf.reduce_sum(tiled_grad * cotangents)
-    rows = outer.gradient(projected, tiled_x, unconnected_gradients=_ZERO)
-    blocks = tf.transpose(tf.reshape(rows, [dim, batch, dim]), [1, 0, 2])
-    full_shape = tf.concat([[batch], event_shape, event_shape], axis=0)
-    return tiled_values[:batch], tiled_grad[:batch], tf.reshape(blocks, full_shape)
+        outer.watch(tiled.x)
+        tiled_values, tiled_grad = value_and_gradient(forward, tiled.x, tiled.weights)
+        projected = tf.reduce_sum(tiled_grad * tiled.identity)
+    rows = outer.gradient(projected, tiled.x, unconnected_gradients=_ZERO)
+    return tiled.untile(tiled_values, tiled_grad, rows)
+
+
+def per_example_hessian_forward_over_reverse(
+    forward: Forward, x: tf.Tensor, weights: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-example blocks by forward-mode differentiation of the gradient on the
+    tiled batch: copy i of example b carries the tangent e_i, so the gradient's
+    Jacobian-vector product at that copy is row i of H_b. No pfor; the layout
+    of JAX's ``vmap(jacfwd(jacrev(f)))``. Same returns as
+    :func:`per_example_hessian_pfor`.
+    """
+    tiled = _Tiled(x, weights)
+    with tf.autodiff.ForwardAccumulator(tiled.x, tiled.identity) as accumulator:
+        tiled_values, tiled_grad = value_and_gradient(forward, tiled.x, tiled.weights)
+    rows = accumulator.jvp(tiled_grad, unconnected_gradients=_ZERO)
+    return tiled.untile(tiled_values, tiled_grad, rows)
+
+
+class _Tiled:
+    """x (B, *S) repeated D = prod(S) times as (D*B, *S), copy i first, with
+    the weights repeated alike and the identity laid out the same way: the
+    entry of copy i at flat position j is 1 when i == j."""
+
+    def __init__(self, x: tf.Tensor, weights: tf.Tensor) -> None:
+        self.batch = tf.shape(x)[0]
+        self.event_shape = tf.shape(x)[1:]
+        self.dim = tf.reduce_prod(self.event_shape)
+        self.x = tf.tile(x, tf.concat([[self.dim], tf.ones_like(self.event_shape)], axis=0))
+        self.weights = tf.tile(weights, [self.dim, 1])
+        identity = tf.reshape(tf.eye(self.dim, dtype=x.dtype), [self.dim, 1, self.dim])
+        self.identity = tf.reshape(tf.broadcast_to(identity, [self.dim, self.batch, self.dim]), tf.shape(self.x))
+
+    def untile(
+        self, tiled_values: tf.Tensor, tiled_grad: tf.Tensor, rows: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Values (B,), gradient (B, *S) and blocks (B, *S, *S) from the tiled
+        results, whose copy i of example b holds row i of H_b in ``rows``."""
+        blocks = tf.transpose(tf.reshape(rows, [self.dim, self.batch, self.dim]), [1, 0, 2])
+        full_shape = tf.concat([[self.batch], self.event_shape, self.event_shape], axis=0)
+        return tiled_values[: self.batch], tiled_grad[: self.batch], tf.reshape(blocks, full_shape)
 
 
 def full_hessian(

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 import tensorflow as tf
 
 from hessd.errors import PrecisionError
-from hessd.results import ModelMetadata, TensorInfo
+from hessd.results import ModelMetadata, StrategyTiming, TensorInfo
 
 from .config import EngineConfig
 from .function_cache import FunctionCache
@@ -71,6 +71,8 @@ class Model:
         """One lock per function being built; dropped when its function is evicted."""
         self.output_sizes: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
         self.xla_failed_kinds: set[tuple[str, str]] = set()
+        self.strategy_choices: dict[tuple[str, int], str] = {}
+        self.strategy_timings: dict[tuple[str, int], tuple[StrategyTiming, ...]] = {}
         self._calls: dict[str, ModelCall] = {"float32": call}
         self._calls_lock = threading.Lock()
         self._float64_factory = float64_factory
@@ -113,4 +115,5 @@ class Model:
                 buckets=self.config.buckets,
                 compile_count=self.compile_count,
                 xla_fallbacks=tuple(self.xla_fallbacks),
+                strategy_timings=tuple(t for timings in self.strategy_timings.values() for t in timings),
             )

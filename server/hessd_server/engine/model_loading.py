@@ -15,7 +15,8 @@ import tensorflow as tf
 from hessd.errors import ModelLoadError, PrecisionError
 
 from .config import EngineConfig
-from .model import Model, ModelCall, TensorInfo
+from .keras_call import KerasCall
+from .model import Model, TensorInfo
 from .runtime import configure_tensorflow
 from .warmup import warmup
 
@@ -163,11 +164,11 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
     return Model(
         name=name or model.name,
         source=source_text,
-        call=_keras_call(model, structure, names),
+        call=KerasCall(model, structure, names),
         inputs=inputs,
         outputs=output_infos,
         config=config,
-        float64_factory=lambda: _keras_call(*_float64_copy(model), names),
+        float64_factory=lambda: KerasCall(*_float64_copy(model), names),
         warm_up=warmup,
         keep_alive=model,
         input_ranges=_lookup_ranges(model, dict(zip(names, leaves))),
@@ -202,14 +203,6 @@ def _input_structure(model: keras.Model) -> Any:
         return model.input
     except AttributeError:
         return model.inputs[0] if len(model.inputs) == 1 else list(model.inputs)
-
-
-def _keras_call(model: keras.Model, structure: Any, names: tuple[str, ...]) -> ModelCall:
-    def call(inputs: Any) -> Any:
-        packed = keras.tree.pack_sequence_as(structure, [inputs[n] for n in names])
-        return model(packed, training=False)
-
-    return call
 
 
 def _float64_copy(model: keras.Model) -> tuple[keras.Model, Any]:

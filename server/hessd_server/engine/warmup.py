@@ -22,13 +22,15 @@ def warmup(model: Model, batch_sizes: tuple[int, ...] | list[int] | None = None)
     Hessian-vector product functions of ``model`` for the buckets that cover
     ``batch_sizes`` (default: every bucket up to 32), at float32.
 
-    Also runs the batch-independence probe and the strategy choice, so the
-    first real request at those batch sizes compiles nothing. Needs every
+    Also runs the batch-independence probe and tunes the per-example Hessian
+    strategy of each bucket (every strategy that applies is compiled, checked
+    against the reference and timed), so the first real request at those
+    batch sizes compiles nothing. Needs every
     per-example input shape to be known (``ValueError`` otherwise).
 
     >>> import hessd_server as hs
     >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
-    >>> hs.warmup(m, [3]); m.metadata().compile_count
+    >>> hs.warmup(m, [3]); m.metadata().compile_count  # gradient, HVP and the chosen Hessian
     3
     """
     unknown = [i.name for i in model.inputs if None in i.shape]

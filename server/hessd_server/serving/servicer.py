@@ -258,6 +258,17 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             buckets=metadata.buckets,
             compile_count=metadata.compile_count,
             xla_fallbacks=metadata.xla_fallbacks,
+            strategy_timings=[
+                pb.StrategyTiming(
+                    batch=t.batch,
+                    precision=t.precision,
+                    strategy=t.strategy,
+                    outcome=t.outcome,
+                    seconds=t.seconds,
+                    detail=t.detail,
+                )
+                for t in metadata.strategy_timings
+            ],
         )
 
     async def _hessian(

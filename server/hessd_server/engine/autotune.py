@@ -1,0 +1,209 @@
+"""Choosing a model's per-example Hessian strategy for one batch bucket.
+
+On a bucket's first batch (at warm-up, or its first request) every strategy
+that applies is compiled and run on that batch (the tiled ones only where pfor
+fails, unless ``EngineConfig.autotune_tiled``). The first autodiff strategy
+that runs is the reference; another joins only if its values, gradient and
+blocks match the reference's within rtol 1e-5 (plus 1e-5 of the largest
+entry, for entries near zero), and a mismatch is logged and the strategy
+dropped for that bucket. The survivors are timed a few calls each, taking
+turns, and the one with the fastest call is kept (the minimum, since a shared
+machine's noise only ever adds time). Every outcome and time is
+recorded on the model (``metadata().strategy_timings``).
+
+Only a deterministic failure (see :mod:`.compiled`) rules a strategy out. A
+transient one (out of memory, a cancelled call) is raised from :func:`choose`
+and records nothing, so the next call tunes the bucket afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from hessd.results import StrategyTiming
+
+from . import strategies
+from .cancellation import check_cancelled
+from .function_key import FunctionKey
+from .model import Model
+
+_log = logging.getLogger(__name__)
+
+RTOL = 1e-5
+"""Agreement a strategy needs with the reference: |r - r_ref| <= RTOL * (|r_ref| + max |r_ref|)."""
+
+TILED_ROWS_LIMIT = 1 << 16
+"""Above this many rows (B * D) the tiled strategies are tried only when pfor failed."""
+
+Compiled = Callable[..., tuple[tf.Tensor, ...]]
+"""A strategy's compiled function for the bucket: (x, fixed, weights) -> (values, gradient, blocks)."""
+
+FirstRun = Callable[[str], tuple[Compiled, tuple[tf.Tensor, ...]]]
+"""Strategy name -> its compiled function and its result on the bucket's batch.
+Raises :class:`StrategyFailed` when the strategy cannot run here; any other
+exception is transient and passes through the tuner."""
+
+
+class StrategyFailed(Exception):
+    """A strategy cannot compute this model's blocks here (it cannot be traced,
+    or XLA or graph mode refused it); the message says why."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The strategy kept for a bucket: its name, compiled function and result on the tuning batch."""
+
+    name: str
+    function: Compiled
+    result: tuple[tf.Tensor, ...]
+
+
+@dataclass
+class _Candidate:
+    name: str
+    function: Compiled
+    result: tuple[tf.Tensor, ...]
+    arrays: tuple[np.ndarray, ...]
+
+
+def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: FirstRun) -> Choice:
+    """Tune ``key``'s bucket (or rebuild its earlier choice) and return the chosen strategy.
+
+    Raises:
+        StrategyFailed: no strategy ran (the message has each one's reason).
+        Anything ``first_run`` or a timed call raises that is not
+        :class:`StrategyFailed` (out of memory, cancellation), unchanged.
+    """
+    slot = (key.precision, key.batch)
+    with model.lock:
+        known = model.strategy_choices.get(slot)
+    if known is not None:
+        function, result = first_run(known)
+        return Choice(known, function, result)
+    record = _Record(key)
+    candidates = _run_candidates(model, key, first_run, record)
+    reference = next((c for name in strategies.REFERENCES for c in candidates if c.name == name), candidates[0])
+    passed = [c for c in candidates if c is reference or _agrees(model, key, c, reference, record)]
+    forced = model.config.strategy
+    if forced is not None:
+        chosen = next((c for c in passed if c.name == forced), reference)
+        seconds: dict[str, float | None] = {chosen.name: None}
+    else:
+        seconds = _time(passed, args, model.config.autotune_runs)
+        chosen = min(passed, key=lambda c: seconds[c.name] or 0.0)
+    for candidate in passed:
+        record.note(candidate.name, "chosen" if candidate is chosen else "passed", seconds.get(candidate.name))
+    with model.lock:
+        model.strategy_choices[slot] = chosen.name
+        model.strategy_timings[slot] = tuple(record.timings)
+        model.strategy = chosen.name
+    _log.info("model %s: per-example strategy %s for batch %d (%s)", model.name, chosen.name, key.batch, key.precision)
+    return Choice(chosen.name, chosen.function, chosen.result)
+
+
+class _Record:
+    """The outcomes of one bucket's tuning, in order."""
+
+    def __init__(self, key: FunctionKey) -> None:
+        self.key = key
+        self.timings: list[StrategyTiming] = []
+
+    def note(self, name: str, outcome: str, seconds: float | None = None, detail: str = "") -> None:
+        self.timings.append(StrategyTiming(self.key.batch, self.key.precision, name, outcome, seconds, detail))
+
+
+def _names(model: Model) -> list[str]:
+    """The strategies to try: all of them, or the references and the forced one
+    (of the references, only the first that runs is used)."""
+    forced = model.config.strategy
+    if forced is None:
+        return list(strategies.STRATEGIES)
+    return [*strategies.REFERENCES, *([] if forced in strategies.REFERENCES else [forced])]
+
+
+def _skip_reason(model: Model, key: FunctionKey, name: str, candidates: list[_Candidate]) -> str | None:
+    """Why ``name`` is not tried on this bucket, given the candidates that ran before it."""
+    forced = model.config.strategy
+    ran = {c.name for c in candidates}
+    if forced is not None and name != forced and ran & set(strategies.REFERENCES):
+        return f"strategy {forced!r} is forced and the reference has run"
+    if name in strategies.TILED and name != forced and "pfor" in ran:
+        if not model.config.autotune_tiled:
+            return "pfor works, and autotune_tiled is off"
+        dims = dict((n, s) for n, s, _ in key.inputs)[key.wrt]
+        rows = key.batch * int(np.prod(dims, dtype=np.int64))
+        if rows > TILED_ROWS_LIMIT:
+            return f"pfor works, and {rows} tiled rows exceed {TILED_ROWS_LIMIT}"
+    return None
+
+
+def _run_candidates(model: Model, key: FunctionKey, first_run: FirstRun, record: _Record) -> list[_Candidate]:
+    """Compile and run each applicable strategy once; the ones that ran (at least one)."""
+    candidates: list[_Candidate] = []
+    last_failure: BaseException | None = None
+    for name in _names(model):
+        if name not in strategies.STRATEGIES:
+            record.note(name, "failed", detail=f"unknown strategy; known: {', '.join(strategies.STRATEGIES)}")
+            _log.error("model %s: unknown per-example strategy %r", model.name, name)
+            continue
+        skipped = _skip_reason(model, key, name, candidates)
+        if skipped:
+            record.note(name, "skipped", detail=skipped)
+            continue
+        refused = strategies.refusal(name, model.call_for(key.precision), key.wrt)
+        if refused:
+            record.note(name, "refused", detail=refused)
+            _log.info("model %s: strategy %s does not apply: %s", model.name, name, refused)
+            continue
+        try:
+            function, result = first_run(name)
+        except StrategyFailed as err:
+            record.note(name, "failed", detail=str(err)[:300])
+            _log.info("model %s: strategy %s failed at batch %d: %s", model.name, name, key.batch, err, exc_info=err.__cause__)
+            last_failure = err.__cause__ or err
+            continue
+        candidates.append(_Candidate(name, function, result, tuple(np.asarray(t) for t in result)))
+    if not candidates:
+        reasons = "; ".join(f"{t.strategy} {t.outcome}: {t.detail}" for t in record.timings)
+        raise StrategyFailed(f"no per-example Hessian strategy ran ({reasons})") from last_failure
+    return candidates
+
+
+def _agrees(model: Model, key: FunctionKey, candidate: _Candidate, reference: _Candidate, record: _Record) -> bool:
+    """Whether ``candidate`` matches ``reference`` (values, gradient, blocks); a mismatch is noted and logged."""
+    for what, got, expected in zip(("values", "gradient", "blocks"), candidate.arrays, reference.arrays):
+        if got.shape != expected.shape:
+            detail = f"{what} have shape {got.shape}, {reference.name}'s {expected.shape}"
+        else:
+            error = np.abs(got.astype(np.float64) - expected)
+            allowed = RTOL * (np.abs(expected) + np.max(np.abs(expected), initial=0.0))
+            bad = ~(error <= allowed) & np.isfinite(expected)
+            if not np.any(bad):
+                continue
+            detail = f"{what} differ from {reference.name}'s by up to {float(np.max(error[bad])):.3g} (rtol {RTOL:g})"
+        record.note(candidate.name, "rejected", detail=detail)
+        _log.warning("model %s: strategy %s rejected at batch %d: %s", model.name, candidate.name, key.batch, detail)
+        return False
+    return True
+
+
+def _time(candidates: list[_Candidate], args: tuple[Any, ...], runs: int) -> dict[str, float | None]:
+    """Seconds of each candidate's fastest call, the candidates taking turns;
+    a lone candidate is not timed (None). Checks for cancellation before each call."""
+    if len(candidates) == 1:
+        return {candidates[0].name: None}
+    times: dict[str, list[float]] = {c.name: [] for c in candidates}
+    for _ in range(runs):
+        for candidate in candidates:
+            check_cancelled()
+            start = time.perf_counter()
+            for tensor in candidate.function(*args):
+                tensor.numpy()
+            times[candidate.name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}

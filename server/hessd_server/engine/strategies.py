@@ -1,0 +1,71 @@
+"""The ways of computing per-example Hessian blocks, by name.
+
+Each strategy maps a :class:`Target` and (x (B, *S), weights (B, K)) to
+values (B,), gradient (B, *S) and blocks (B, *S, *S), traced inside one
+``tf.function``. They differ in speed, not in what they compute;
+:mod:`.autotune` times the ones that work for a model and keeps the fastest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tensorflow as tf
+
+from . import derivatives, structural
+from .model import ModelCall
+
+Result = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+"""values (B,), gradient (B, *S), Hessian blocks (B, *S, *S)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a strategy differentiates.
+
+    Attributes:
+        forward: x (N, *S) -> outputs (N, K), the inputs held fixed bound (and
+            tiled along with x when N is a multiple of the batch).
+        call: the model's call on named inputs, for strategies that read the model.
+        wrt: the name of the differentiated input.
+        fixed: the inputs held fixed, (B, *S_i) by name.
+    """
+
+    forward: derivatives.Forward
+    call: ModelCall
+    wrt: str
+    fixed: dict[str, tf.Tensor]
+
+
+Strategy = Callable[[Target, tf.Tensor, tf.Tensor], Result]
+
+STRATEGIES: dict[str, Strategy] = {
+    "pfor": lambda t, x, w: derivatives.per_example_hessian_pfor(t.forward, x, w),
+    "tiled": lambda t, x, w: derivatives.per_example_hessian_tiled(t.forward, x, w),
+    "forward_over_reverse": lambda t, x, w: derivatives.per_example_hessian_forward_over_reverse(t.forward, x, w),
+    "structural": lambda t, x, w: structural.per_example_hessian(t.call, t.wrt, t.fixed, x, w),
+}
+"""Every per-example strategy, in the order they are tried:
+
+* ``pfor``: a vectorized (pfor) ``batch_jacobian`` of the gradient;
+* ``tiled``: reverse-over-reverse on the batch tiled D = prod(S) times, with
+  identity cotangents and no pfor (works for recurrent layers);
+* ``forward_over_reverse``: forward-mode (``tf.autodiff.ForwardAccumulator``)
+  over the gradient on the tiled batch, with identity tangents and no pfor;
+* ``structural``: the closed form of :mod:`.structural`, for models made of
+  Dense layers, elementwise activations and affine layers only.
+"""
+
+REFERENCES = ("pfor", "tiled", "forward_over_reverse")
+"""The autodiff strategies, in order of preference as the reference that the
+others must match on a bucket's first batch."""
+
+TILED = frozenset({"tiled", "forward_over_reverse"})
+"""Strategies whose memory grows with B * D, since they run D copies of the batch."""
+
+
+def refusal(name: str, call: ModelCall, wrt: str) -> str | None:
+    """Why strategy ``name`` cannot apply to this model before anything is
+    traced, or None; only the structural path refuses up front."""
+    return structural.refusal(call, wrt) if name == "structural" else None

@@ -1,0 +1,210 @@
+"""Per-example Hessian strategies: each one, forced, against the others and
+float64 finite differences; the structural path's refusals; autotuning and
+its correctness gate. Nothing here is timed: the tuner's own records are read."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import engine_references as refs
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hessd_server as hs
+from hessd_server.engine import strategies, structural
+from hessd_server.engine.model_loading import as_model
+from hessd.results import StrategyTiming
+
+RNG = np.random.default_rng(21)
+NAMES = tuple(strategies.STRATEGIES)
+
+
+class Doubled(keras.layers.Layer):
+    """A custom layer (2x), which the structural path cannot know."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return 2.0 * x
+
+
+def skip_model() -> keras.Model:
+    """Functional: tanh(Dense(x)) + Dense(x) -> sigmoid -> Dense(1), a skip connection through Add."""
+    keras.utils.set_random_seed(31)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(6, activation="tanh")(inputs)
+    skipped = keras.layers.Add()([hidden, keras.layers.Dense(6)(inputs)])
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Activation("sigmoid")(skipped)))
+
+
+def normalized_model() -> keras.Model:
+    """Normalization -> Dense(softplus) -> Rescaling -> Concatenate with the input -> Dense."""
+    keras.utils.set_random_seed(32)
+    inputs = keras.Input((3,))
+    normalization = keras.layers.Normalization(mean=[1.0, -0.5, 0.2], variance=[4.0, 0.25, 1.5])
+    hidden = keras.layers.Dense(5, activation="softplus")(normalization(inputs))
+    rescaled = keras.layers.Rescaling(scale=0.5, offset=0.1)(hidden)
+    joined = keras.layers.Concatenate()([rescaled, inputs])
+    return keras.Model(inputs, keras.layers.Dense(2, activation="tanh")(joined))
+
+
+def custom_layer_model() -> keras.Model:
+    keras.utils.set_random_seed(33)
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(1)(Doubled()(keras.layers.Dense(4, activation="tanh")(inputs))))
+
+
+CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
+    "seed_linear": (refs.seed_linear_model, (10,)),
+    "seed_sigmoid": (refs.seed_sigmoid_model, (10,)),
+    "mlp": (lambda: refs.tanh_mlp(5, outputs=2), (5,)),
+    "skip_add": (skip_model, (4,)),
+    "two_outputs": (refs.two_output_model, (4,)),
+    "normalization_rescaling": (normalized_model, (3,)),
+    "batchnorm_dropout": (refs.batchnorm_dropout_model, (6,)),
+}
+AUTODIFF_ONLY_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
+    "lstm": (refs.lstm_model, (4, 3)),
+    "conv2d": (refs.conv_model, (5, 5, 2)),
+}
+CANNOT_RUN = {
+    ("lstm", "pfor"): "tiled",
+    ("lstm", "forward_over_reverse"): "tiled",
+    ("normalization_rescaling", "forward_over_reverse"): "pfor",
+}
+"""(model, strategy) pairs TensorFlow cannot run (pfor cannot convert the LSTM's
+loop; forward mode lacks a rule for an op in the LSTM's and Normalization's
+gradients), with the reference strategy used instead."""
+OUTPUT_WEIGHTS = {"two_outputs": np.array([0.5, -1.0, 2.0, 0.25, 1.5], np.float32)}
+
+
+def _forced(keras_model: keras.Model, strategy: str) -> hs.Model:
+    return hs.load_model(keras_model, config=hs.EngineConfig(strategy=strategy, max_batch_size=4))
+
+
+def _timings(model: hs.Model, outcome: str | None = None) -> dict[str, StrategyTiming]:
+    return {t.strategy: t for t in model.metadata().strategy_timings if outcome is None or t.outcome == outcome}
+
+
+@pytest.mark.parametrize("name", [*CLOSED_FORM_MODELS, *AUTODIFF_ONLY_MODELS])
+def test_every_forced_strategy_agrees_with_the_others_and_finite_differences(name: str) -> None:
+    build, shape = {**CLOSED_FORM_MODELS, **AUTODIFF_ONLY_MODELS}[name]
+    keras_model = build()
+    x = RNG.normal(size=(2, *shape)).astype(np.float32)
+    weights = OUTPUT_WEIGHTS.get(name)
+    reference = refs.finite_difference_hessians(refs.float64_value(keras_model, weights), x)
+    results = {}
+    for strategy in NAMES:
+        model = _forced(keras_model, strategy)
+        results[strategy] = hs.hessian(model, x, output_weights=weights)
+        np.testing.assert_allclose(results[strategy], reference, rtol=2e-3, atol=2e-4, err_msg=strategy)
+        chosen = model.metadata().strategy
+        if name in AUTODIFF_ONLY_MODELS and strategy == "structural":
+            assert chosen in strategies.REFERENCES
+            assert _timings(model)["structural"].outcome == "refused"
+        elif (name, strategy) in CANNOT_RUN:
+            assert chosen == CANNOT_RUN[name, strategy] and _timings(model)[strategy].outcome == "failed"
+        else:
+            assert chosen == strategy, _timings(model)
+    for strategy, blocks in results.items():
+        np.testing.assert_allclose(blocks, results["tiled"], rtol=1e-5, atol=1e-6, err_msg=strategy)
+
+
+@pytest.mark.parametrize("name", ["mlp", "skip_add", "normalization_rescaling"])
+def test_every_strategy_at_float64_matches_finite_differences_closely(name: str) -> None:
+    build, shape = CLOSED_FORM_MODELS[name]
+    keras_model = build()
+    x = RNG.normal(size=(3, *shape)).astype(np.float32)
+    reference = refs.finite_difference_hessians(refs.float64_value(keras_model), x)
+    for strategy in NAMES:
+        model = _forced(keras_model, strategy)
+        blocks = hs.hessian(model, x, precision="float64")
+        assert blocks.dtype == np.float64
+        np.testing.assert_allclose(blocks, reference, rtol=1e-6, atol=1e-7, err_msg=strategy)
+        assert _timings(model)[strategy].precision == "float64"
+        assert model.metadata().strategy == CANNOT_RUN.get((name, strategy), strategy)
+
+
+def test_structural_path_refuses_an_unknown_layer_and_records_the_fallback() -> None:
+    keras_model = custom_layer_model()
+    model = hs.load_model(keras_model)
+    x = RNG.normal(size=(3, 3)).astype(np.float32)
+    blocks = hs.hessian(model, x)
+    np.testing.assert_allclose(
+        blocks, refs.finite_difference_hessians(refs.float64_value(keras_model), x), rtol=1e-3, atol=1e-4
+    )
+    refused = _timings(model)["structural"]
+    assert refused.outcome == "refused" and refused.seconds is None
+    assert "Doubled" in refused.detail
+    assert model.metadata().strategy in strategies.REFERENCES
+
+
+def test_structural_refusal_names_what_it_cannot_do() -> None:
+    call = as_model(custom_layer_model()).call_for("float32")
+    assert "Doubled" in str(structural.refusal(call, "x"))
+    assert structural.refusal(as_model(refs.tanh_mlp(3)).call_for("float32"), "x") is None
+    assert "per-example shape" in str(structural.refusal(as_model(refs.conv_model()).call_for("float32"), "x"))
+    softmax = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    assert "activation" in str(structural.refusal(as_model(softmax).call_for("float32"), "x"))
+
+
+def test_autotune_picks_the_fastest_working_strategy_per_bucket_and_records_timings() -> None:
+    model = hs.load_model(refs.tanh_mlp(5, outputs=2), config=hs.EngineConfig(max_batch_size=4, autotune_tiled=True))
+    x = RNG.normal(size=(3, 5)).astype(np.float32)
+    blocks = hs.hessian(model, x)
+    np.testing.assert_allclose(
+        blocks, refs.finite_difference_hessians(refs.float64_value(refs.tanh_mlp(5, outputs=2)), x), rtol=1e-3, atol=1e-4
+    )
+    timings = [t for t in model.metadata().strategy_timings if t.batch == 4]
+    assert sorted(t.strategy for t in timings) == sorted(NAMES)
+    assert all(t.outcome in ("chosen", "passed") and t.seconds is not None and t.seconds > 0 for t in timings)
+    (chosen,) = [t for t in timings if t.outcome == "chosen"]
+    assert chosen.seconds == min(t.seconds for t in timings)
+    assert model.metadata().strategy == chosen.strategy
+    compiled = model.metadata().compile_count
+    hs.hessian(model, x[:1])
+    assert {t.batch for t in model.metadata().strategy_timings} == {1, 4}
+    hs.hessian(model, x)
+    hs.hessian(model, x[:1])
+    assert model.metadata().compile_count == compiled + len(NAMES)
+
+
+def _perturbed(target: strategies.Target, x: tf.Tensor, weights: tf.Tensor) -> strategies.Result:
+    values, gradient, blocks = strategies.STRATEGIES["pfor"](target, x, weights)
+    return values, gradient, blocks * (1 + 1e-4)
+
+
+def test_a_forced_wrong_strategy_is_rejected_by_the_correctness_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(strategies.STRATEGIES, "perturbed", _perturbed)
+    keras_model = refs.tanh_mlp(4)
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    model = _forced(keras_model, "perturbed")
+    blocks = hs.hessian(model, x)
+    np.testing.assert_array_equal(blocks, hs.hessian(_forced(keras_model, "pfor"), x))
+    rejected = _timings(model)["perturbed"]
+    assert rejected.outcome == "rejected" and "blocks differ from pfor" in rejected.detail
+    assert model.metadata().strategy == "pfor"
+
+
+def test_autotune_tries_the_tiled_strategies_only_where_pfor_fails_by_default() -> None:
+    mlp = hs.load_model(refs.tanh_mlp(4))
+    hs.hessian(mlp, RNG.normal(size=(1, 4)).astype(np.float32))
+    assert {s: t.outcome for s, t in _timings(mlp).items() if s in strategies.TILED} == dict.fromkeys(strategies.TILED, "skipped")
+    lstm = hs.load_model(refs.lstm_model())
+    hs.hessian(lstm, RNG.normal(size=(1, 4, 3)).astype(np.float32))
+    assert _timings(lstm)["tiled"].outcome in ("chosen", "passed")
+
+
+def test_autotune_drops_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(strategies.STRATEGIES, "perturbed", _perturbed)
+    model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(autotune_runs=1))
+    hs.hessian(model, RNG.normal(size=(2, 4)).astype(np.float32))
+    assert _timings(model)["perturbed"].outcome == "rejected"
+    assert model.metadata().strategy != "perturbed"
+
+
+def test_an_unknown_forced_strategy_is_recorded_and_the_reference_used() -> None:
+    model = _forced(refs.tanh_mlp(4), "no_such_strategy")
+    hs.hessian(model, RNG.normal(size=(1, 4)).astype(np.float32))
+    assert _timings(model)["no_such_strategy"].outcome == "failed"
+    assert model.metadata().strategy == "pfor"
