@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 import hessd_server as hs
+from hessd import errors
 from hessd_server.engine import strategies, structural
+from hessd_server.engine.cancellation import Cancellation, cancellable
 from hessd_server.engine.model_loading import as_model
 from hessd.results import StrategyTiming
 
@@ -75,6 +77,10 @@ CANNOT_RUN = {
 """(model, strategy) pairs TensorFlow cannot run (pfor cannot convert the LSTM's
 loop; forward mode lacks a rule for an op in the LSTM's and Normalization's
 gradients), with the reference strategy used instead."""
+FORCED = {"lstm": ("forward_over_reverse",)}
+"""Strategies forced per model where not all of them: an LSTM compiles slowly, and
+forcing forward-over-reverse on it runs pfor (which fails), the tiled reference
+and forward mode (which fails) in one go."""
 OUTPUT_WEIGHTS = {"two_outputs": np.array([0.5, -1.0, 2.0, 0.25, 1.5], np.float32)}
 
 
@@ -94,7 +100,7 @@ def test_every_forced_strategy_agrees_with_the_others_and_finite_differences(nam
     weights = OUTPUT_WEIGHTS.get(name)
     reference = refs.finite_difference_hessians(refs.float64_value(keras_model, weights), x)
     results = {}
-    for strategy in NAMES:
+    for strategy in FORCED.get(name, NAMES):
         model = _forced(keras_model, strategy)
         results[strategy] = hs.hessian(model, x, output_weights=weights)
         np.testing.assert_allclose(results[strategy], reference, rtol=2e-3, atol=2e-4, err_msg=strategy)
@@ -107,7 +113,7 @@ def test_every_forced_strategy_agrees_with_the_others_and_finite_differences(nam
         else:
             assert chosen == strategy, _timings(model)
     for strategy, blocks in results.items():
-        np.testing.assert_allclose(blocks, results["tiled"], rtol=1e-5, atol=1e-6, err_msg=strategy)
+        np.testing.assert_allclose(blocks, results.get("tiled", blocks), rtol=1e-5, atol=1e-6, err_msg=strategy)
 
 
 @pytest.mark.parametrize("name", ["mlp", "skip_add", "normalization_rescaling"])
@@ -161,12 +167,13 @@ def test_autotune_picks_the_fastest_working_strategy_per_bucket_and_records_timi
     (chosen,) = [t for t in timings if t.outcome == "chosen"]
     assert chosen.seconds == min(t.seconds for t in timings)
     assert model.metadata().strategy == chosen.strategy
-    compiled = model.metadata().compile_count
+    assert model.metadata().compile_count == 1, "only the chosen strategy's function is cached and counted"
     hs.hessian(model, x[:1])
-    assert {t.batch for t in model.metadata().strategy_timings} == {1, 4}
+    tuned = model.metadata().strategy_timings
+    assert {t.batch for t in tuned} == {1, 4}
     hs.hessian(model, x)
     hs.hessian(model, x[:1])
-    assert model.metadata().compile_count == compiled + len(NAMES)
+    assert model.metadata().compile_count == 2 and model.metadata().strategy_timings == tuned
 
 
 def _perturbed(target: strategies.Target, x: tf.Tensor, weights: tf.Tensor) -> strategies.Result:
@@ -187,12 +194,10 @@ def test_a_forced_wrong_strategy_is_rejected_by_the_correctness_gate(monkeypatch
 
 
 def test_autotune_tries_the_tiled_strategies_only_where_pfor_fails_by_default() -> None:
+    """Where pfor fails (an LSTM) they are tried: see test_derivatives' LSTM test."""
     mlp = hs.load_model(refs.tanh_mlp(4))
     hs.hessian(mlp, RNG.normal(size=(1, 4)).astype(np.float32))
     assert {s: t.outcome for s, t in _timings(mlp).items() if s in strategies.TILED} == dict.fromkeys(strategies.TILED, "skipped")
-    lstm = hs.load_model(refs.lstm_model())
-    hs.hessian(lstm, RNG.normal(size=(1, 4, 3)).astype(np.float32))
-    assert _timings(lstm)["tiled"].outcome in ("chosen", "passed")
 
 
 def test_autotune_drops_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,4 +212,88 @@ def test_an_unknown_forced_strategy_is_recorded_and_the_reference_used() -> None
     model = _forced(refs.tanh_mlp(4), "no_such_strategy")
     hs.hessian(model, RNG.normal(size=(1, 4)).astype(np.float32))
     assert _timings(model)["no_such_strategy"].outcome == "failed"
+    assert model.metadata().strategy == "pfor"
+
+
+class _Interrupting:
+    """A strategy for tests: pfor's result, plus a zero from a numpy function
+    that runs ``interrupt`` on call number ``at`` (the first call is the tuner's
+    first run, the next ones its timed calls). Graph mode only."""
+
+    def __init__(self, at: int, interrupt: Callable[[], None]) -> None:
+        self.at = at
+        self.interrupt = interrupt
+        self.calls = 0
+
+    def _count(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.at:
+            self.interrupt()
+        return np.zeros_like(x)
+
+    def __call__(self, target: strategies.Target, x: tf.Tensor, weights: tf.Tensor) -> strategies.Result:
+        values, gradient, blocks = strategies.STRATEGIES["pfor"](target, x, weights)
+        zero = tf.numpy_function(self._count, [values], values.dtype, stateful=True)
+        return values + tf.ensure_shape(zero, values.shape), gradient, blocks
+
+
+def _graph_mode_mlp() -> hs.Model:
+    return hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(jit_compile=False, max_batch_size=4))
+
+
+def _raise_memory_error() -> None:
+    raise MemoryError("a one-off failure")
+
+
+def test_out_of_memory_while_timing_is_raised_and_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    flaky = _Interrupting(at=2, interrupt=_raise_memory_error)
+    monkeypatch.setitem(strategies.STRATEGIES, "flaky", flaky)
+    model = _graph_mode_mlp()
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    with pytest.raises(errors.OutOfMemoryError, match="ran out of memory"):
+        hs.hessian(model, x)
+    assert flaky.calls == 2
+    metadata = model.metadata()
+    assert metadata.strategy_timings == () and metadata.strategy is None and metadata.compile_count == 0
+    blocks = hs.hessian(model, x)
+    np.testing.assert_allclose(
+        blocks, refs.finite_difference_hessians(refs.float64_value(refs.tanh_mlp(4)), x), rtol=1e-3, atol=1e-4
+    )
+    timed = _timings(model)
+    assert timed["flaky"].outcome in ("chosen", "passed") and timed["flaky"].seconds is not None
+    assert model.metadata().compile_count == 1
+
+
+def test_a_call_cancelled_while_timing_stops_before_its_next_timed_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    cancellation = Cancellation()
+    flaky = _Interrupting(at=2, interrupt=lambda: cancellation.set("cancelled"))
+    monkeypatch.setitem(strategies.STRATEGIES, "flaky", flaky)
+    model = _graph_mode_mlp()
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    with cancellable(cancellation), pytest.raises(errors.CancelledError):
+        hs.hessian(model, x)
+    assert flaky.calls == 2, "timed calls ran after the call was cancelled"
+    assert model.metadata().strategy_timings == () and model.metadata().compile_count == 0
+    hs.hessian(model, x)
+    assert flaky.calls == 2 + 1 + model.config.autotune_runs
+    assert {t.strategy for t in model.metadata().strategy_timings} >= {"pfor", "structural", "flaky"}
+
+
+def test_a_failing_keras_graph_walk_is_a_refusal_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if a Keras release dropped the private ``call_fn`` of ``_run_through_graph``."""
+    keras_model = skip_model()
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    reference = refs.finite_difference_hessians(refs.float64_value(skip_model()), x)
+    original = type(keras_model)._run_through_graph
+
+    def changed_api(self: keras.Model, inputs: object, **kwargs: object) -> object:
+        if "call_fn" in kwargs:
+            raise TypeError("_run_through_graph() got an unexpected keyword argument 'call_fn'")
+        return original(self, inputs, **kwargs)
+
+    monkeypatch.setattr(type(keras_model), "_run_through_graph", changed_api)
+    model = hs.load_model(keras_model)
+    np.testing.assert_allclose(hs.hessian(model, x), reference, rtol=1e-3, atol=1e-4)
+    refused = _timings(model)["structural"]
+    assert refused.outcome == "refused" and "could not walk" in refused.detail, refused
     assert model.metadata().strategy == "pfor"

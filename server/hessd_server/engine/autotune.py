@@ -164,7 +164,8 @@ def _run_candidates(model: Model, key: FunctionKey, first_run: FirstRun, record:
         try:
             function, result = first_run(name)
         except StrategyFailed as err:
-            record.note(name, "failed", detail=str(err)[:300])
+            refused = _refused_while_tracing(err)
+            record.note(name, "refused" if refused else "failed", detail=(refused or str(err))[:300])
             _log.info("model %s: strategy %s failed at batch %d: %s", model.name, name, key.batch, err, exc_info=err.__cause__)
             last_failure = err.__cause__ or err
             continue
@@ -173,6 +174,16 @@ def _run_candidates(model: Model, key: FunctionKey, first_run: FirstRun, record:
         reasons = "; ".join(f"{t.strategy} {t.outcome}: {t.detail}" for t in record.timings)
         raise StrategyFailed(f"no per-example Hessian strategy ran ({reasons})") from last_failure
     return candidates
+
+
+def _refused_while_tracing(err: BaseException) -> str | None:
+    """The message of a :data:`strategies.Refusal` behind ``err`` (tracing may wrap it), or None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, strategies.Refusal):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _agrees(model: Model, key: FunctionKey, candidate: _Candidate, reference: _Candidate, record: _Record) -> bool:

@@ -61,6 +61,9 @@ REFERENCES = ("pfor", "tiled", "forward_over_reverse")
 """The autodiff strategies, in order of preference as the reference that the
 others must match on a bucket's first batch."""
 
+Refusal = structural.StructuralRefusal
+"""Raised while tracing a strategy that does not apply to the model after all."""
+
 TILED = frozenset({"tiled", "forward_over_reverse"})
 """Strategies whose memory grows with B * D, since they run D copies of the batch."""
 

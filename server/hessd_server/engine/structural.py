@@ -113,8 +113,7 @@ def per_example_hessian(
     }
     with tf.GradientTape() as tape:
         tape.watch(x)
-        ordered = [jets[n] for n in call.names]
-        outputs = graph._run_through_graph(ordered, call_fn=lambda op, *a, **k: _apply(op, curvature, *a, **k))
+        outputs = _walk(graph, [jets[n] for n in call.names], lambda op, *a, **k: _apply(op, curvature, *a, **k))
         flat = [jet.value for jet in keras.tree.flatten(outputs)]
         y = flat[0] if len(flat) == 1 else tf.concat([tf.reshape(v, [tf.shape(v)[0], -1]) for v in flat], axis=1)
         values = tf.reduce_sum(tf.reshape(tf.cast(y, x.dtype), [tf.shape(x)[0], -1]) * weights, axis=1)
@@ -126,6 +125,25 @@ def per_example_hessian(
         scale = (adjoint * second)[:, None, :]
         blocks += tf.matmul(jacobian * scale, jacobian, transpose_b=True)
     return values, gradient, blocks
+
+
+def _walk(graph: Any, inputs: list[_Jet], apply: Callable[..., _Jet]) -> Any:
+    """Run ``graph``'s operations in order on jets instead of tensors: the nest
+    of output jets.
+
+    This is the one use of a private Keras API (``Functional._run_through_graph``,
+    Keras 3): it is how Keras itself walks a functional graph, node by node,
+    with a function standing in for each layer call, and Keras has no public
+    equivalent. Should a Keras release change or drop it, the model is
+    refused (:class:`StructuralRefusal`) and falls back to the autodiff
+    strategies; nothing else depends on it.
+    """
+    try:
+        return graph._run_through_graph(inputs, call_fn=apply)
+    except StructuralRefusal:
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
+        raise StructuralRefusal(f"Keras could not walk the model's graph for the closed form: {err}") from err
 
 
 def _graph(model: keras.Model) -> Any:
