@@ -66,21 +66,13 @@ CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]]
     "batchnorm_dropout": (refs.batchnorm_dropout_model, (6,)),
 }
 AUTODIFF_ONLY_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
-    "lstm": (refs.lstm_model, (4, 3)),
     "conv2d": (refs.conv_model, (5, 5, 2)),
 }
-CANNOT_RUN = {
-    ("lstm", "pfor"): "tiled",
-    ("lstm", "forward_over_reverse"): "tiled",
-    ("normalization_rescaling", "forward_over_reverse"): "pfor",
-}
-"""(model, strategy) pairs TensorFlow cannot run (pfor cannot convert the LSTM's
-loop; forward mode lacks a rule for an op in the LSTM's and Normalization's
-gradients), with the reference strategy used instead."""
-FORCED = {"lstm": ("forward_over_reverse",)}
-"""Strategies forced per model where not all of them: an LSTM compiles slowly, and
-forcing forward-over-reverse on it runs pfor (which fails), the tiled reference
-and forward mode (which fails) in one go."""
+"""The LSTM, where every strategy is tried when autotuned (pfor fails, forward
+mode fails, the structural path refuses), is test_derivatives' LSTM test."""
+CANNOT_RUN = {("normalization_rescaling", "forward_over_reverse"): "pfor"}
+"""(model, strategy) pairs TensorFlow cannot run (forward mode lacks a rule for
+an op in Normalization's gradient), with the reference strategy used instead."""
 OUTPUT_WEIGHTS = {"two_outputs": np.array([0.5, -1.0, 2.0, 0.25, 1.5], np.float32)}
 
 
@@ -100,7 +92,7 @@ def test_every_forced_strategy_agrees_with_the_others_and_finite_differences(nam
     weights = OUTPUT_WEIGHTS.get(name)
     reference = refs.finite_difference_hessians(refs.float64_value(keras_model, weights), x)
     results = {}
-    for strategy in FORCED.get(name, NAMES):
+    for strategy in NAMES:
         model = _forced(keras_model, strategy)
         results[strategy] = hs.hessian(model, x, output_weights=weights)
         np.testing.assert_allclose(results[strategy], reference, rtol=2e-3, atol=2e-4, err_msg=strategy)
@@ -113,7 +105,7 @@ def test_every_forced_strategy_agrees_with_the_others_and_finite_differences(nam
         else:
             assert chosen == strategy, _timings(model)
     for strategy, blocks in results.items():
-        np.testing.assert_allclose(blocks, results.get("tiled", blocks), rtol=1e-5, atol=1e-6, err_msg=strategy)
+        np.testing.assert_allclose(blocks, results["tiled"], rtol=1e-5, atol=1e-6, err_msg=strategy)
 
 
 @pytest.mark.parametrize("name", ["mlp", "skip_add", "normalization_rescaling"])
