@@ -71,7 +71,7 @@ class _Partial:
     dtype: int
     shape: tuple[int, ...]
     packing: int
-    buffer: bytearray
+    buffer: np.ndarray
     filled: int = 0
 
 
@@ -112,7 +112,8 @@ class Reassembler:
                 self._check_complete(self._current)
             shape = tuple(chunk.shape)
             size = tensor_codec.nbytes(chunk.dtype, shape, field=chunk.name, packing=chunk.packing)
-            partial = _Partial(chunk.dtype, shape, chunk.packing, bytearray(size))
+            # np.empty, not bytearray: no zero-filling pass, and numpy asks for huge pages
+            partial = _Partial(chunk.dtype, shape, chunk.packing, np.empty(size, np.uint8))
             self._partials[chunk.name] = partial
             self._current = chunk.name
         elif chunk.name != self._current:
@@ -135,7 +136,7 @@ class Reassembler:
                 f"{partial.filled}..{len(partial.buffer)} were expected next.",
                 field=chunk.name,
             )
-        partial.buffer[chunk.offset : end] = data
+        partial.buffer[chunk.offset : end] = np.frombuffer(data, np.uint8)
         partial.filled = end
         self.model_version = chunk.model_version
 

@@ -18,6 +18,7 @@ dtype('float32')
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -83,16 +84,37 @@ def unpack_upper(packed: np.ndarray, shape: Sequence[int], *, field: str = "hess
     square = np.empty((count, n, n), dtype=packed.dtype)
     for i, start in enumerate(_row_starts(n)):
         square[:, i, i:] = rows[:, start : start + n - i]
-    for top in range(0, n, _TILE):
-        bottom = min(top + _TILE, n)
-        square[:, top:bottom, :top] = square[:, :top, top:bottom].transpose(0, 2, 1)
-        for i in range(top + 1, bottom):
-            square[:, i, top:i] = square[:, top:i, i]
+    _mirror_upper(square)
     return square.reshape(tuple(shape))
 
 
-_TILE = 64
-"""Rows mirrored at once: a tile's transpose stays in cache."""
+_TILE = 128
+"""Side of the square tiles mirrored at once: a tile and its transpose stay in cache."""
+
+
+def _mirror_upper(square: np.ndarray) -> None:
+    """Fill the strict lower triangles of ``square`` (count, n, n) from its upper ones.
+
+    numpy copies a transposed view element by element; tile by tile, both the
+    tile read and the tile written stay in cache, which halves the time of
+    transposing whole strips.
+    """
+    n = square.shape[-1]
+    for top in range(0, n, _TILE):
+        bottom = min(top + _TILE, n)
+        for left in range(0, top, _TILE):
+            right = left + _TILE
+            square[:, top:bottom, left:right] = square[:, left:right, top:bottom].transpose(0, 2, 1)
+        diagonal = square[:, top:bottom, top:bottom]
+        np.copyto(diagonal, diagonal.transpose(0, 2, 1), where=_strictly_lower(bottom - top))
+
+
+@functools.lru_cache(maxsize=4)
+def _strictly_lower(size: int) -> np.ndarray:
+    """The (size, size) mask of the elements below the diagonal."""
+    mask = np.tri(size, k=-1, dtype=bool)
+    mask.flags.writeable = False
+    return mask
 
 
 def _row_starts(n: int) -> list[int]:

@@ -108,3 +108,22 @@ def _concatenated(calls: list[PreparedCall]) -> PreparedCall:
     inputs = PreparedInputs(arrays={first.inputs.wrt: x}, wrt=first.inputs.wrt, precision=first.inputs.precision)
     tangent = None if first.tangent is None else np.concatenate([call.tangent for call in calls])
     return PreparedCall(first.kind, inputs, np.concatenate([call.weights for call in calls]), tangent)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "evaluate", "gradient", "hvp"])
+def test_served_results_are_views_of_the_engine_output_and_library_results_owned(
+    mlp: hs.Model, kind: str
+) -> None:
+    call = _requests(mlp, kind)[0]
+    served = _parts(run_prepared(mlp, call))
+    assert all(not array.flags.writeable and not array.flags.owndata for array in served)
+    x = RNG.normal(size=(2, 5)).astype(np.float32)
+    owned = {
+        "hessian": lambda: [hs.hessian(mlp, x)],
+        "evaluate": lambda: list(hs.evaluate(mlp, x)),
+        "gradient": lambda: [hs.gradient(mlp, x)],
+        "hvp": lambda: [hs.hvp(mlp, x, x)],
+    }[kind]()
+    for array in owned:
+        assert array.flags.writeable and array.flags.owndata
+        array += 1.0  # the caller's to change

@@ -120,10 +120,20 @@ def run_prepared(m: Model, call: PreparedCall, padded_batch: int | None = None) 
 
     ``padded_batch`` (batch-independent models only) runs the request padded
     to that many examples instead of the smallest bucket that holds it.
+
+    The arrays are read-only views of the compiled function's output buffers,
+    not copies: the server writes them straight into replies or shared memory.
     """
     tangent = () if call.tangent is None else (call.tangent,)
     result = run(m, call.kind, call.inputs, call.weights, *tangent, padded_batch=padded_batch)
     return Evaluation(*result) if call.kind in SECOND_ORDER_KINDS else result
+
+
+def _owned(result: Evaluation | np.ndarray) -> Any:
+    """``result`` as writable arrays of the caller's own (the engine's are read-only views)."""
+    if isinstance(result, Evaluation):
+        return Evaluation(*(np.array(array) for array in result))
+    return np.array(result)
 
 
 def hessian_of(
@@ -131,7 +141,7 @@ def hessian_of(
 ) -> Evaluation:
     """Value, gradient and Hessian of ``m`` at ``x``, with the result size checked for the Hessian alone."""
     options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
-    return run_prepared(m, prepare_second_order(m, x, full=full, evaluation=False, **options))
+    return _owned(run_prepared(m, prepare_second_order(m, x, full=full, evaluation=False, **options)))
 
 
 def evaluation_of(
@@ -139,19 +149,19 @@ def evaluation_of(
 ) -> Evaluation:
     """Value, gradient and Hessian of ``m`` at ``x``, with the size of all three checked."""
     options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
-    return run_prepared(m, prepare_second_order(m, x, full=full, evaluation=True, **options))
+    return _owned(run_prepared(m, prepare_second_order(m, x, full=full, evaluation=True, **options)))
 
 
 def gradient_of(m: Model, x: Any, *, output_weights: Any, wrt: str | None, precision: str | None) -> np.ndarray:
     """df/dx of ``m`` at ``x``, (B, *S)."""
-    return run_prepared(m, prepare_gradient(m, x, output_weights=output_weights, wrt=wrt, precision=precision))
+    return _owned(run_prepared(m, prepare_gradient(m, x, output_weights=output_weights, wrt=wrt, precision=precision)))
 
 
 def hvp_of(
     m: Model, x: Any, v: Any, *, output_weights: Any, wrt: str | None, precision: str | None
 ) -> np.ndarray:
     """(d2f/dx dx) v of ``m`` at ``x``, (B, *S)."""
-    return run_prepared(m, prepare_hvp(m, x, v, output_weights=output_weights, wrt=wrt, precision=precision))
+    return _owned(run_prepared(m, prepare_hvp(m, x, v, output_weights=output_weights, wrt=wrt, precision=precision)))
 
 
 def prepare(
@@ -304,7 +314,7 @@ def _run_bucket(
         *(_pad(t, padded, edge=False) for t in tangent),
         *constants,
     )
-    results = tuple(_unpad(t.numpy(), batch) for t in compiled.run(model, key, args))
+    results = tuple(_unpad(np.asarray(t), batch) for t in compiled.run(model, key, args))
     return results[0] if kind in SINGLE_OUTPUT_KINDS else results
 
 

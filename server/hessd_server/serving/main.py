@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .allocator import retain_freed_memory
 from .server import create_server
 from .server_config import DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not retain_freed_memory():
+        _log.info("the C allocator is left as it is; large results may fault their pages in anew")
     return asyncio.run(serve(config))
 
 
