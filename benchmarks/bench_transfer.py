@@ -9,7 +9,9 @@ TCP and over a unix socket, and ``hessd.Client`` fetches the Hessian:
 
 The baselines move the same bytes without hessd: a bare gRPC server stream
 (a Python grpc.aio server yielding the bytes in chunks of the server's chunk
-size, with the same HTTP/2 settings) and a memcpy (numpy copy into a buffer
+size, with the same HTTP/2 settings), the same bytes as two such streams at
+once on two connections (what one Python process can read in parallel), and
+a memcpy (numpy copy into a buffer
 allocated once). Every hessd result is first checked bitwise against the
 in-process ``hessd_server.hessian`` of the same model (packed: its upper
 triangle mirrored). Configurations take turns, call by call; the table gives
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,23 +148,42 @@ asyncio.run(main())
 
 
 @contextlib.contextmanager
-def bare_stream(options: Sequence[tuple[str, Any]]) -> Iterator[Callable[[int, int], int]]:
-    """A bare grpc.aio server stream over loopback TCP; yields fetch(total, chunk) -> bytes read."""
+def bare_stream(
+    options: Sequence[tuple[str, Any]], connections: int = 1
+) -> Iterator[Callable[[int, int], int]]:
+    """A bare grpc.aio server stream over loopback TCP; yields fetch(total, chunk) -> bytes read.
+
+    With several ``connections``, fetch reads ``total`` as that many equal streams at
+    once, one per connection, each on a thread of its own.
+    """
     target = f"127.0.0.1:{_free_port()}"
     process = subprocess.Popen([sys.executable, "-c", _BARE_SERVER, target, repr(list(options))])
-    channel = grpc.insecure_channel(
-        target, options=[*options, ("grpc.max_receive_message_length", -1)]
-    )
+    channels = [
+        grpc.insecure_channel(
+            target,
+            options=[*options, ("grpc.max_receive_message_length", -1), ("grpc.channel_id", index)],
+        )
+        for index in range(connections)
+    ]
+    pool = ThreadPoolExecutor(connections)
     try:
-        grpc.channel_ready_future(channel).result(timeout=60)
-        call = channel.unary_stream("/bare.Bare/Stream")
+        calls = []
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            calls.append(channel.unary_stream("/bare.Bare/Stream"))
+
+        def read(call: Callable[[bytes], Iterator[bytes]], total: int, chunk: int) -> int:
+            return sum(len(piece) for piece in call(f"{total},{chunk}".encode()))
 
         def fetch(total: int, chunk: int) -> int:
-            return sum(len(piece) for piece in call(f"{total},{chunk}".encode()))
+            part = total // connections
+            return sum(pool.map(read, calls, [part] * connections, [chunk] * connections))
 
         yield fetch
     finally:
-        channel.close()
+        pool.shutdown()
+        for channel in channels:
+            channel.close()
         process.terminate()
         process.wait(60)
 
@@ -199,6 +221,7 @@ def measure(sizes: Sequence[int], runs: int) -> list[Row]:
             hessd_server(tcp_target, paths),
             hessd_server(unix_target, paths),
             bare_stream(TRANSFER_OPTIONS) as fetch_bare,
+            bare_stream(TRANSFER_OPTIONS, connections=2) as fetch_bare_pair,
             hessd.Client(tcp_target, timeout=300) as tcp,
             hessd.Client(unix_target, timeout=300) as unix,
             hessd.Client(unix_target, timeout=300, shared_memory=True) as shared,
@@ -216,6 +239,9 @@ def measure(sizes: Sequence[int], runs: int) -> list[Row]:
                     "in-process hessd_server.hessian": lambda: hs.hessian(model, x),
                     "memcpy (baseline)": lambda: np.copyto(target, source),
                     "bare gRPC stream, TCP (baseline)": lambda: fetch_bare(nbytes, CHUNK_BYTES),
+                    "bare gRPC, 2 streams on 2 TCP connections (baseline)": lambda: fetch_bare_pair(
+                        nbytes, CHUNK_BYTES
+                    ),
                 }
                 expected = {"": reference, ", packed": mirrored_upper(reference)}
                 for label, client in (("TCP", tcp), ("unix socket", unix), ("shared memory", shared)):
@@ -249,6 +275,36 @@ def render_table(rows: Sequence[Row]) -> str:
             f"| {len(row.seconds)} |"
         )
     return "\n".join(lines)
+
+
+TARGETS_MB_S = {"hessd, TCP": 1000, "hessd, shared memory": 4000}
+"""The transfer rates the 16.8 MB result should reach, unpacked (MB/s)."""
+
+
+def target_lines(rows: Sequence[Row]) -> list[str]:
+    """Whether the 16.8 MB rows met :data:`TARGETS_MB_S`, and how packing compared."""
+    medians = {r.method: r.median_s for r in rows if r.size_mb == 16}
+    if not medians:
+        return []
+    in_process = medians["in-process hessd_server.hessian"]
+    nbytes = next(r.nbytes for r in rows if r.size_mb == 16)
+    lines = []
+    for method, target in TARGETS_MB_S.items():
+        added = medians[method] - in_process
+        rate = nbytes / added / 1e6 if added > 0 else float("inf")
+        verdict = "met" if rate >= target else "NOT met"
+        lines.append(
+            f"- Target: {method} >= {target:,} MB/s at 16.8 MB: {rate:,.0f} MB/s "
+            f"({added * 1e3:.2f} ms above in-process), {verdict}."
+        )
+    for path in ("TCP", "unix socket", "shared memory"):
+        whole, packed = medians[f"hessd, {path}"], medians[f"hessd, {path}, packed"]
+        verdict = "not slower" if packed <= whole else "SLOWER"
+        lines.append(
+            f"- Packing over {path} at 16.8 MB: {packed * 1e3:.2f} ms against {whole * 1e3:.2f} ms "
+            f"unpacked, {verdict}."
+        )
+    return lines
 
 
 def _rate(nbytes: int, seconds: float) -> str:
@@ -302,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = "## Bare gRPC stream of 16.8 MB over loopback TCP, by HTTP/2 settings and chunk size"
     else:
         sizes = [int(size) for size in args.sizes.split(",")]
-        table = render_table(measure(sizes, runs))
+        rows = measure(sizes, runs)
+        table = "\n".join([render_table(rows), "", *target_lines(rows)])
         title = "## Large results: TCP, unix socket and shared memory"
     report = "\n".join([title, "", *header, "", table]) + "\n"
     print(report)
