@@ -10,7 +10,10 @@
   to back through one ``hessd.AsyncClient``, to a server with batching on and
   one with ``--no-batching``: throughput, p50, p99 and the mean examples per
   engine call (from the server's ``hessd_batch_size`` histogram). Beside them,
-  one caller sending the whole B=32 batch in one call.
+  one caller sending the whole B=32 batch in one call, and 8 and 32 callers
+  to a server letting two batches of one model and key run at once
+  (``--max-batches-in-flight 2``, the way of spreading batches over the engine
+  threads that the default of one replaces).
 * **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
   floor for a call of that size (a ``jit_compile`` function returning a
   (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
@@ -58,9 +61,13 @@ TARGET_SCALING, TARGET_TAIL, TARGET_SMALL_CALL, TARGET_FLOOR = 4.0, 3.0, 1.3, 2.
 
 @dataclass(frozen=True)
 class Load:
-    """One concurrency measurement."""
+    """One concurrency measurement.
 
-    batching: bool
+    Attributes:
+        batching: "on", "off", or "on, 2 in flight" (``--max-batches-in-flight 2``).
+    """
+
+    batching: str
     callers: int
     calls: int
     seconds: float
@@ -173,7 +180,7 @@ async def _callers(target: str, callers: int, seconds: float, batch: int) -> tup
     return len(latencies), latencies, elapsed
 
 
-def load(server: ServerProcess, batching: bool, callers: int, seconds: float, batch: int = 1) -> Load:
+def load(server: ServerProcess, batching: str, callers: int, seconds: float, batch: int = 1) -> Load:
     """Measure ``callers`` concurrent callers of B=``batch`` Hessians."""
     before = _batch_histogram(server)
     calls, latencies, elapsed = asyncio.run(_callers(server.target, callers, seconds, batch))
@@ -224,9 +231,10 @@ def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, fl
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in loads:
-        one = next(r for r in loads if r.batching == row.batching and r.callers == 1)
+        ones = {r.batching: r for r in loads if r.callers == 1}
+        one = ones.get(row.batching, ones["on"])
         lines.append(
-            f"| {'on' if row.batching else 'off'} | {row.callers} | {row.throughput:,.0f} | "
+            f"| {row.batching} | {row.callers} | {row.throughput:,.0f} | "
             f"{row.throughput / one.throughput:.2f}× | {row.percentile_ms(50):.2f} | {row.percentile_ms(99):.2f} | "
             f"{row.mean_batch:.1f} |"
         )
@@ -241,7 +249,7 @@ def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, fl
         *(f"| {name} | {ms:.3f} |" for name, ms in floor.items()),
         "",
     ]
-    on = {r.callers: r for r in loads if r.batching}
+    on = {r.callers: r for r in loads if r.batching == "on"}
     scaling = on[32].throughput / on[1].throughput
     tail = on[32].percentile_ms(99) / whole_batch.percentile_ms(50)
     ratio = wire / (echo + inproc)
@@ -286,13 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         small = small_call(batched, seconds)
         for callers in CALLERS:
             print(f"batching on, {callers} callers ...", flush=True)
-            loads.append(load(batched, True, callers, seconds))
+            loads.append(load(batched, "on", callers, seconds))
         print("one caller, B=32 ...", flush=True)
-        whole_batch = load(batched, True, 1, seconds, batch=32)
+        whole_batch = load(batched, "on", 1, seconds, batch=32)
+    with hessd_server("--max-batches-in-flight", "2") as spread:
+        for callers in CALLERS[1:]:
+            print(f"batching on, 2 batches in flight, {callers} callers ...", flush=True)
+            loads.append(load(spread, "on, 2 in flight", callers, seconds))
     with hessd_server("--no-batching") as unbatched:
         for callers in CALLERS:
             print(f"batching off, {callers} callers ...", flush=True)
-            loads.append(load(unbatched, False, callers, seconds))
+            loads.append(load(unbatched, "off", callers, seconds))
     print("in-process floor ...", flush=True)
     floor = in_process_floor(seconds)
     command = " ".join(["python benchmarks/bench_wire.py", *(sys.argv[1:] if argv is None else argv)])

@@ -27,8 +27,12 @@ import hessd_server as hs
 from hessd import tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd_server.engine.execution import prepare_hvp
-from hessd_server.serving.batching import BatchRecord
+from hessd_server.engine import Model
+from hessd_server.engine.execution import prepare_gradient, prepare_hvp
+from hessd_server.serving.batching import Batcher, BatchingSettings, BatchRecord
+from hessd_server.serving.engine_executor import EngineExecutor
+from hessd_server.serving.engine_pool import EngineThreadPool
+from hessd_server.serving.metrics import Metrics
 from hessd_server.serving.main import parse_config
 from wire_fixtures import RunningServer, eventually, rng_array, serving
 
@@ -259,8 +263,118 @@ def test_batching_flags_build_the_config() -> None:
     defaults = parse_config([])
     assert defaults.batching and defaults.batch_limit == 32
     assert parse_config(["--warmup-batch-sizes", "1,8"]).batch_limit == 8
+    assert defaults.max_batches_in_flight == 1
+    assert parse_config(["--max-batches-in-flight", "2"]).max_batches_in_flight == 2
+    with pytest.raises(SystemExit):
+        parse_config(["--max-batches-in-flight", "0"])
     with pytest.raises(SystemExit):
         parse_config(["--max-queued-requests", "-1"])
+
+
+class _GatedPool(EngineThreadPool):
+    """Engine threads whose work waits for ``gate`` before it runs: what started,
+    and with whom, is fixed while the gate is shut."""
+
+    def __init__(self, threads: int, gate: threading.Event) -> None:
+        super().__init__(threads, name="gated-engine")
+        self._gate = gate
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        def gated() -> Any:
+            self._gate.wait(TIMEOUT_S)
+            return fn(*args, **kwargs)
+
+        return super().submit(gated)
+
+
+def _two_thread_batcher(batches_in_flight: int, pool: EngineThreadPool, delay_s: float = 600.0) -> Batcher:
+    return Batcher(
+        EngineExecutor(pool, Metrics()),
+        Metrics(),
+        BatchingSettings(
+            enabled=True,
+            engine_threads=2,
+            batch_limit=32,
+            max_queue_delay_s=delay_s,
+            max_queued_requests=16,
+            max_batches_in_flight=batches_in_flight,
+        ),
+    )
+
+
+@pytest.mark.parametrize("batches_in_flight", [1, 2])
+def test_requests_of_a_key_with_its_batch_in_flight_collect_for_the_next_one(
+    server: RunningServer, batches_in_flight: int
+) -> None:
+    """With one batch in flight per key (the default), a request of a busy key queues
+    although a thread is free, and the queued ones run as one batch when it ends;
+    a request of another key takes the free thread. With two, the key takes both threads."""
+    model = server.model("demo")
+    x = rng_array((1, 10), seed=9)
+    gate = threading.Event()
+    pool = _GatedPool(4, gate)
+    batcher = _two_thread_batcher(batches_in_flight, pool)
+
+    def submit(method: str) -> Any:
+        if method == "other key":
+            call = prepare_hvp(model, x, x, output_weights=None, wrt=None, precision=None)
+        else:
+            call = prepare_gradient(model, x, output_weights=None, wrt=None, precision=None)
+        return asyncio.run_coroutine_threadsafe(
+            batcher.compute(None, method, model, lambda: call, 1, x.nbytes), server.loop
+        )
+
+    methods = ["first", "same key 0", "same key 1", "same key 2", "other key"]
+    try:
+        futures = []
+        for method in methods:
+            futures.append(submit(method))
+            eventually(lambda: len(batcher.records) + batcher.queued == len(futures))
+        started = [(record.reason, record.methods) for record in batcher.records]
+        assert batcher.queued == 3
+    finally:
+        gate.set()
+    outcomes = [future.result(TIMEOUT_S) for future in futures]
+    pool.shutdown()
+    later = [(record.reason, record.methods) for record in list(batcher.records)[2:]]
+    if batches_in_flight == 1:
+        assert started == [("idle", ("first",)), ("idle", ("other key",))]
+        assert later == [("engine_free", ("same key 0", "same key 1", "same key 2"))]
+    else:
+        assert started == [("idle", ("first",)), ("idle", ("same key 0",))]
+        assert later == [("engine_free", ("same key 1", "same key 2")), ("engine_free", ("other key",))]
+    for outcome in outcomes[:4]:
+        np.testing.assert_allclose(outcome, hs.gradient(model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outcomes[4], hs.hvp(model, x, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_request_past_the_queue_delay_takes_a_free_thread_beside_its_keys_batch(
+    server: RunningServer,
+) -> None:
+    model = server.model("demo")
+    x = rng_array((1, 10), seed=10)
+    call = prepare_gradient(model, x, output_weights=None, wrt=None, precision=None)
+    gate = threading.Event()
+    pool = _GatedPool(4, gate)
+    batcher = _two_thread_batcher(1, pool, delay_s=0.0)
+    try:
+        futures = []
+        for method in ("first", "second"):
+            futures.append(
+                asyncio.run_coroutine_threadsafe(
+                    batcher.compute(None, method, model, lambda: call, 1, x.nbytes), server.loop
+                )
+            )
+            eventually(lambda: len(batcher.records) == len(futures))
+    finally:
+        gate.set()
+    outcomes = [future.result(TIMEOUT_S) for future in futures]
+    pool.shutdown()
+    assert [(record.reason, record.methods) for record in batcher.records] == [
+        ("idle", ("first",)),
+        ("delay", ("second",)),
+    ]
+    assert np.array_equal(outcomes[0], outcomes[1])
 
 
 def _arrays(result: Any) -> tuple[np.ndarray, ...]:

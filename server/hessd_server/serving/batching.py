@@ -1,15 +1,20 @@
 """The dynamic batcher: concurrent requests for one model and one batch key
 become one engine call, and every engine call waits in one bounded queue.
 
-Scheduling. Up to ``engine_threads`` batches run at once. A request that
-arrives while an engine thread is free and nothing is queued starts at once,
-alone: a lone caller never waits. While every thread is busy, requests queue;
-when a thread frees, the oldest queued request starts, together with every
-queued request of the same model and :func:`~hessd_server.engine.stacking.stack_key`
-that fits (FIFO, up to the batch limit, and never more examples than the
-model's ``max_result_bytes`` holds results for: the rest run in a later
-batch). A request that has queued for ``max_queue_delay`` starts its batch
-on a spare thread beside the running ones (at most ``engine_threads``
+Scheduling. Up to ``engine_threads`` batches run at once, and at most
+``max_batches_in_flight`` of them for one model and
+:func:`~hessd_server.engine.stacking.stack_key` (a *key*). A request that
+arrives while an engine thread is free and its key has a batch to spare starts
+at once, alone: a lone caller never waits. Otherwise it queues: while its
+key's batch runs, the requests of that key collect, and when it finishes (or a
+thread frees) the oldest queued request that may start does, together with
+every queued request of its key that fits (FIFO, up to the batch limit, and
+never more examples than the model's ``max_result_bytes`` holds results for:
+the rest run in a later batch). Holding a key to one batch in flight makes
+concurrent callers share engine calls instead of spreading small batches over
+the threads, which on few cores also leaves CPU to the event loop. A request
+that has queued for ``max_queue_delay`` starts its batch on a free thread, or
+else on a spare one beside the running ones (at most ``engine_threads``
 spare), so a long computation cannot hold small calls back for longer than that.
 
 What runs alone: ``full=True``, models whose examples are not independent,
@@ -87,6 +92,8 @@ class BatchingSettings:
         enabled: group concurrent requests into one engine call; when False
             every request runs alone (the queue bound still holds).
         engine_threads: batches that run at once.
+        max_batches_in_flight: batches of one model and batch key that run at once
+            (before ``max_queue_delay``); further requests of that key queue.
         batch_limit: most examples per batch; requests of this size or more run alone.
         max_queue_delay_s: after this long queued, a request's batch starts on a spare thread.
         max_queued_requests: requests that may wait; more fail UNAVAILABLE.
@@ -97,6 +104,7 @@ class BatchingSettings:
     batch_limit: int
     max_queue_delay_s: float
     max_queued_requests: int
+    max_batches_in_flight: int = 1
 
 
 @dataclass(eq=False)
@@ -113,14 +121,17 @@ class _Request:
 
 
 @dataclass(frozen=True)
-class _RunYourself:
-    """The outcome handed to a request given an engine thread to run alone on.
+class _Slot:
+    """An engine thread taken for one batch, and the key that batch counts against;
+    handed as its outcome to a queued request that is to run alone on it.
 
     Attributes:
-        spare: the thread is a spare one (the request waited ``max_queue_delay``).
+        spare: the thread is a spare one.
+        group: the batch key (model and stack key); None for work that runs alone.
     """
 
     spare: bool
+    group: Hashable | None
 
 
 class Batcher:
@@ -150,6 +161,7 @@ class Batcher:
         self._queue: collections.deque[_Request] = collections.deque()
         self._running = 0
         self._spare_running = 0
+        self._in_flight: collections.Counter[Hashable] = collections.Counter()
         self._delay_timer: asyncio.TimerHandle | None = None
         self.records: collections.deque[BatchRecord] = collections.deque(maxlen=RECORDS_KEPT)
 
@@ -214,11 +226,11 @@ class Batcher:
         examples: int,
         work: Callable[[], Any] | tuple[Model, PreparedCall],
     ) -> Any:
-        if not self._queue and self._running < self.settings.engine_threads:
-            self._running += 1
+        if self._running < self.settings.engine_threads and self._may_start(group):
+            slot = self._take_slot(spare=False, group=group)
             self._record("idle", (method,), examples)
             self._metrics.observe_queue_time(0.0)
-            return await self._run_alone(context, work, spare=False)
+            return await self._run_alone(context, work, slot)
         if len(self._queue) >= self.settings.max_queued_requests:
             self._metrics.count_rejected()
             raise UnavailableError(
@@ -239,8 +251,8 @@ class Batcher:
         except asyncio.CancelledError:
             self._give_up(request)
             raise
-        if isinstance(outcome, _RunYourself):
-            return await self._run_alone(context, work, spare=outcome.spare)
+        if isinstance(outcome, _Slot):
+            return await self._run_alone(context, work, outcome)
         return outcome
 
     def _give_up(self, request: _Request) -> None:
@@ -253,15 +265,14 @@ class Batcher:
             request.outcome.cancel()
         elif request.outcome.done() and not request.outcome.cancelled() and request.outcome.exception() is None:
             outcome = request.outcome.result()
-            if isinstance(outcome, _RunYourself):
-                self._release(spare=outcome.spare)
+            if isinstance(outcome, _Slot):
+                self._release(outcome)
 
     async def _run_alone(
         self,
         context: grpc.aio.ServicerContext | None,
         work: Callable[[], Any] | tuple[Model, PreparedCall],
-        *,
-        spare: bool,
+        slot: _Slot,
     ) -> Any:
         """Run one request's work on the engine thread it holds, then release the thread."""
         if isinstance(work, tuple):
@@ -274,31 +285,47 @@ class Batcher:
                 return await self._executor.run_started(function)
             return await self._executor.run(context, function)
         finally:
-            self._release(spare=spare)
+            self._release(slot)
 
-    def _release(self, *, spare: bool) -> None:
+    def _may_start(self, group: Hashable | None) -> bool:
+        """Whether a batch of ``group`` may start now on a free thread (not only after the delay)."""
+        return group is None or self._in_flight[group] < self.settings.max_batches_in_flight
+
+    def _take_slot(self, *, spare: bool, group: Hashable | None) -> _Slot:
         if spare:
+            self._spare_running += 1
+        else:
+            self._running += 1
+        if group is not None:
+            self._in_flight[group] += 1
+        return _Slot(spare, group)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.spare:
             self._spare_running -= 1
         else:
             self._running -= 1
+        if slot.group is not None:
+            self._in_flight[slot.group] -= 1
+            if not self._in_flight[slot.group]:
+                del self._in_flight[slot.group]
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start queued batches while engine threads are free."""
-        while self._queue and self._running < self.settings.engine_threads:
-            self._running += 1
-            self._start_next(spare=False, reason="engine_free")
+        """Start queued batches that may start while engine threads are free."""
+        while self._running < self.settings.engine_threads:
+            batch = self._take_batch(self._may_start)
+            if not batch:
+                break
+            self._start(batch, spare=False, reason="engine_free")
+        self._metrics.set_queued(len(self._queue))
         self._arm_delay_timer()
 
-    def _start_next(self, *, spare: bool, reason: str) -> None:
-        """Start the oldest queued request's batch on a thread already counted as taken."""
-        batch = self._take_batch()
-        self._metrics.set_queued(len(self._queue))
-        if not batch:
-            self._release(spare=spare)
-            return
-        examples = sum(r.examples for r in batch)
+    def _start(self, batch: list[_Request], *, spare: bool, reason: str) -> None:
+        """Start ``batch`` (taken off the queue) on a free or spare thread."""
         head = batch[0]
+        slot = self._take_slot(spare=spare, group=head.group)
+        examples = sum(r.examples for r in batch)
         if reason == "engine_free" and head.group is not None and examples >= self._limit(*head.work):
             reason = "full"
         self._record(reason, tuple(r.method for r in batch), examples)
@@ -306,21 +333,26 @@ class Batcher:
         for request in batch:
             self._metrics.observe_queue_time(now - request.queued_at)
         if len(batch) == 1:
-            head.outcome.set_result(_RunYourself(spare))
+            head.outcome.set_result(slot)
             return
-        asyncio.ensure_future(self._run_batch(batch, spare=spare))
+        asyncio.ensure_future(self._run_batch(batch, slot))
 
-    def _take_batch(self) -> list[_Request]:
-        """Remove and return the oldest live request and the queued requests that can join it."""
+    def _take_batch(self, startable: Callable[[Hashable | None], bool]) -> list[_Request]:
+        """Remove and return the oldest live queued request whose key is ``startable``,
+        and the queued requests that can join it; expired requests met on the way
+        are dropped."""
         now = self.clock()
-        while self._queue:
-            head = self._queue.popleft()
+        for head in list(self._queue):
             if head.deadline is not None and now >= head.deadline:
+                self._queue.remove(head)
                 self._metrics.count_dropped("deadline")
                 head.outcome.set_exception(
                     DeadlineExceededError("the call's deadline passed while it was queued")
                 )
                 continue
+            if not startable(head.group):
+                continue
+            self._queue.remove(head)
             if head.group is None:
                 return [head]
             batch, room = [head], self._limit(*head.work) - head.examples
@@ -336,7 +368,7 @@ class Batcher:
             return batch
         return []
 
-    async def _run_batch(self, batch: list[_Request], *, spare: bool) -> None:
+    async def _run_batch(self, batch: list[_Request], slot: _Slot) -> None:
         """Run ``batch`` as one engine call on a taken thread and settle each request."""
         model = batch[0].work[0]
         calls = [request.work[1] for request in batch]
@@ -345,7 +377,7 @@ class Batcher:
         except Exception as error:  # the pool refused the work (shutting down)
             outcomes = [error] * len(batch)
         finally:
-            self._release(spare=spare)
+            self._release(slot)
         for request, outcome in zip(batch, outcomes):
             if request.outcome.done():
                 continue
@@ -359,7 +391,8 @@ class Batcher:
         if self._delay_timer is not None:
             self._delay_timer.cancel()
             self._delay_timer = None
-        if not self._queue or self._spare_running >= self.settings.engine_threads:
+        threads = self.settings.engine_threads
+        if not self._queue or (self._spare_running >= threads and self._running >= threads):
             return
         wait = self._queue[0].queued_at + self.settings.max_queue_delay_s - self.clock()
         loop = asyncio.get_running_loop()
@@ -368,13 +401,15 @@ class Batcher:
     def _on_delay(self) -> None:
         self._delay_timer = None
         now = self.clock()
-        while (
-            self._queue
-            and self._spare_running < self.settings.engine_threads
-            and now - self._queue[0].queued_at >= self.settings.max_queue_delay_s
-        ):
-            self._spare_running += 1
-            self._start_next(spare=True, reason="delay")
+        threads = self.settings.engine_threads
+        while self._queue and now - self._queue[0].queued_at >= self.settings.max_queue_delay_s:
+            spare = self._running >= threads
+            if spare and self._spare_running >= threads:
+                break
+            batch = self._take_batch(lambda group: True)
+            if batch:
+                self._start(batch, spare=spare, reason="delay")
+        self._metrics.set_queued(len(self._queue))
         self._arm_delay_timer()
 
     def _record(self, reason: str, methods: tuple[str, ...], examples: int) -> None:

@@ -119,6 +119,7 @@ class HessdServer:
                 batch_limit=config.batch_limit,
                 max_queue_delay_s=config.max_queue_delay_ms / 1000,
                 max_queued_requests=config.max_queued_requests,
+                max_batches_in_flight=config.max_batches_in_flight,
             ),
         )
         self.admission = Admission()

@@ -75,7 +75,9 @@ class ServerConfig:
         batching: group concurrent requests of one model and batch key into
             one engine call (see :mod:`hessd_server.serving.batching`).
         max_queue_delay_ms: a request queued this long starts its batch on a
-            spare engine thread beside the running ones.
+            free engine thread, or a spare one beside the running ones.
+        max_batches_in_flight: batches of one model and batch key that run at
+            once; while they run, that key's requests queue for the next batch.
         max_queued_requests: requests that may wait for an engine thread; past
             this, new requests fail UNAVAILABLE at once.
         grace_seconds: how long in-flight calls may take to finish on shutdown.
@@ -119,6 +121,7 @@ class ServerConfig:
     engine_threads: int = 2
     batching: bool = True
     max_queue_delay_ms: float = 20.0
+    max_batches_in_flight: int = 1
     max_queued_requests: int = 256
     grace_seconds: float = 30.0
     max_connection_age_seconds: float | None = None
@@ -161,6 +164,8 @@ class ServerConfig:
             raise ValueError(
                 f"repository_poll_seconds must be >= 0, got {self.repository_poll_seconds}"
             )
+        if self.max_batches_in_flight < 1:
+            raise ValueError(f"max_batches_in_flight must be >= 1, got {self.max_batches_in_flight}")
         if self.max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.max_queued_requests < 0:
