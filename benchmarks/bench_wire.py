@@ -73,6 +73,9 @@ class Load:
     seconds: float
     latencies_s: tuple[float, ...]
     mean_batch: float
+    server_cpu_s: float
+    event_loop_cpu_s: float
+    client_cpu_s: float
 
     @property
     def throughput(self) -> float:
@@ -80,6 +83,27 @@ class Load:
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q)) * 1e3
+
+    def cpu_ms_per_call(self, seconds: float) -> float:
+        return seconds / self.calls * 1e3
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User and system CPU seconds of process ``pid`` (or of its thread ``thread``), from
+    ``/proc``; NaN where there is none."""
+    path = Path(f"/proc/{pid}") if thread is None else Path(f"/proc/{pid}/task/{thread}")
+    try:
+        fields = (path / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(server: ServerProcess) -> tuple[float, float, float]:
+    """CPU seconds so far: the server process, its main (event loop) thread, this process."""
+    pid = server.process.pid
+    usage = os.times()
+    return cpu_seconds(pid), cpu_seconds(pid, pid), usage.user + usage.system
 
 
 def take_turns(methods: dict[str, Callable[[], object]], seconds: float, slice_s: float = 0.1) -> dict[str, list[float]]:
@@ -120,14 +144,31 @@ class EchoProcess:
         assert self._process.stdout is not None and self._process.stdout.readline().strip() == "listening"
         return self
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def __exit__(self, *exc: object) -> None:
         self._process.kill()
         self._process.wait()
         self._directory.cleanup()
 
 
-def small_call(server: ServerProcess, seconds: float) -> dict[str, float]:
-    """Median ms of a B=1 Hessian over the wire, the echo of its bytes, and in-process."""
+def serving_cpu(pid: int, call: Callable[[], object], seconds: float) -> tuple[float, float]:
+    """CPU ms per call of process ``pid`` while ``call`` runs back to back for ``seconds``:
+    all its threads, and its main (event loop) thread."""
+    before = cpu_seconds(pid), cpu_seconds(pid, pid)
+    calls, stop = 0, time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        call()
+        calls += 1
+    after = cpu_seconds(pid), cpu_seconds(pid, pid)
+    return (after[0] - before[0]) / calls * 1e3, (after[1] - before[1]) / calls * 1e3
+
+
+def small_call(server: ServerProcess, seconds: float) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Median ms of a B=1 Hessian over the wire, the echo of its bytes, and in-process;
+    and the CPU ms per call of hessd-server and of the echo server (all threads, event loop)."""
     x = np.random.default_rng(0).standard_normal((1, MID_DIM)).astype(np.float32)
     request = pb.HessianRequest(model_name=MODEL, x={"x": tensor_codec.encode(x, field="x")}).SerializeToString()
     model = hs.load_model(build_mid())
@@ -145,7 +186,11 @@ def small_call(server: ServerProcess, seconds: float) -> dict[str, float]:
                 },
                 seconds,
             )
-    return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
+            cpu = {
+                "hessd-server": serving_cpu(server.process.pid, lambda: client.hessian(MODEL, x), seconds),
+                "bare gRPC echo server": serving_cpu(echo.pid, lambda: call(request), seconds),
+            }
+    return {name: statistics.median(times) * 1e3 for name, times in runs.items()}, cpu
 
 
 def _batch_histogram(server: ServerProcess) -> tuple[float, float]:
@@ -182,12 +227,13 @@ async def _callers(target: str, callers: int, seconds: float, batch: int) -> tup
 
 def load(server: ServerProcess, batching: str, callers: int, seconds: float, batch: int = 1) -> Load:
     """Measure ``callers`` concurrent callers of B=``batch`` Hessians."""
-    before = _batch_histogram(server)
+    before, cpu_before = _batch_histogram(server), _cpu(server)
     calls, latencies, elapsed = asyncio.run(_callers(server.target, callers, seconds, batch))
-    after = _batch_histogram(server)
+    after, cpu_after = _batch_histogram(server), _cpu(server)
     engine_calls = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / engine_calls if engine_calls else float("nan")
-    return Load(batching, callers, calls, elapsed, tuple(latencies), mean_batch)
+    cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
+    return Load(batching, callers, calls, elapsed, tuple(latencies), mean_batch, *cpu)
 
 
 def in_process_floor(seconds: float) -> dict[str, float]:
@@ -215,7 +261,7 @@ def in_process_floor(seconds: float) -> dict[str, float]:
     return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
 
 
-def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, floor: dict[str, float]) -> list[str]:
+def render(small: dict[str, float], small_cpu: dict[str, tuple[float, float]], loads: Sequence[Load], whole_batch: Load, floor: dict[str, float]) -> list[str]:
     """The markdown tables and target lines."""
     wire, echo, inproc = small.values()
     lines = [
@@ -225,10 +271,17 @@ def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, fl
         "|---|---:|",
         *(f"| {name} | {ms:.3f} |" for name, ms in small.items()),
         "",
+        "CPU per call of the serving process, calls back to back from one caller:",
+        "",
+        "| server | CPU per call, all threads (ms) | of it, event loop thread (ms) |",
+        "|---|---:|---:|",
+        *(f"| {name} | {total:.2f} | {loop:.2f} |" for name, (total, loop) in small_cpu.items()),
+        "",
         "### Concurrent callers (B=1 each, the `mid` MLP)",
         "",
-        "| batching | callers | calls/s | × one caller | p50 (ms) | p99 (ms) | mean examples per engine call |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| batching | callers | calls/s | × one caller | p50 (ms) | p99 (ms) | mean examples per engine call "
+        "| server CPU per call (ms) | of it, event loop (ms) | callers' CPU per call (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in loads:
         ones = {r.batching: r for r in loads if r.callers == 1}
@@ -236,11 +289,12 @@ def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, fl
         lines.append(
             f"| {row.batching} | {row.callers} | {row.throughput:,.0f} | "
             f"{row.throughput / one.throughput:.2f}× | {row.percentile_ms(50):.2f} | {row.percentile_ms(99):.2f} | "
-            f"{row.mean_batch:.1f} |"
+            f"{row.mean_batch:.1f} | {_cpu_columns(row)} |"
         )
     lines += [
         f"| on | 1 (B=32 in one call) | {whole_batch.throughput:,.0f} calls/s, {32 * whole_batch.throughput:,.0f} examples/s | | "
-        f"{whole_batch.percentile_ms(50):.2f} | {whole_batch.percentile_ms(99):.2f} | {whole_batch.mean_batch:.1f} |",
+        f"{whole_batch.percentile_ms(50):.2f} | {whole_batch.percentile_ms(99):.2f} | {whole_batch.mean_batch:.1f} | "
+        f"{_cpu_columns(whole_batch)} |",
         "",
         f"### In-process floor (D={FLOOR_DIM}, B=1)",
         "",
@@ -275,6 +329,12 @@ def render(small: dict[str, float], loads: Sequence[Load], whole_batch: Load, fl
     return lines
 
 
+def _cpu_columns(row: Load) -> str:
+    return " | ".join(
+        f"{row.cpu_ms_per_call(seconds):.2f}" for seconds in (row.server_cpu_s, row.event_loop_cpu_s, row.client_cpu_s)
+    )
+
+
 def _target(what: str, measured: str, met: bool) -> str:
     return f"- Target: {what}: measured {measured}, {'met' if met else 'NOT met'}."
 
@@ -291,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loads: list[Load] = []
     with hessd_server() as batched:
         print("small call ...", flush=True)
-        small = small_call(batched, seconds)
+        small, small_cpu = small_call(batched, seconds)
         for callers in CALLERS:
             print(f"batching on, {callers} callers ...", flush=True)
             loads.append(load(batched, "on", callers, seconds))
@@ -314,10 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             *header,
             f"- command: `{command}`",
-            "- server: `hessd-server` in its own process on a unix socket, engine threads 2, warmed for "
+            "- server: `hessd-server` in its own process on a unix socket, default flags (engine threads 2, "
+            "one batch in flight per model and key, max queue delay 20 ms), warmed for "
             "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
             "",
-            *render(small, loads, whole_batch, floor),
+            *render(small, small_cpu, loads, whole_batch, floor),
             f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
             "",
         ]
