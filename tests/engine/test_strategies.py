@@ -289,3 +289,40 @@ def test_a_failing_keras_graph_walk_is_a_refusal_and_falls_back(monkeypatch: pyt
     refused = _timings(model)["structural"]
     assert refused.outcome == "refused" and "could not walk" in refused.detail, refused
     assert model.metadata().strategy == "pfor"
+
+
+def wide_model(dim: int) -> keras.Model:
+    """An input wide enough for blocked Jacobians: tanh and linear Dense layers
+    joined by Add -> sigmoid, concatenated with a softplus Dense and tanh of the
+    input itself, -> Dense(1, tanh). Per-example, constant and identity
+    Jacobians all reach a Hessian term."""
+    keras.utils.set_random_seed(34)
+    inputs = keras.Input((dim,))
+    joined = keras.layers.Add()([keras.layers.Dense(8, activation="tanh")(inputs), keras.layers.Dense(8)(inputs)])
+    parts = [
+        keras.layers.Activation("sigmoid")(joined),
+        keras.layers.Dense(3, activation="softplus")(inputs),
+        keras.layers.Activation("tanh")(inputs),
+    ]
+    return keras.Model(inputs, keras.layers.Dense(1, activation="tanh")(keras.layers.Concatenate()(parts)))
+
+
+@pytest.mark.parametrize("triangle_bytes", [structural.TRIANGLE_BYTES, 0], ids=["row_pairs", "per_example"])
+def test_structural_blocks_and_constant_jacobians_match_pfor_and_finite_differences(
+    triangle_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """D = 130 splits the Jacobians in 4 uneven row blocks; with no room for the
+    row-pair products, the first layers' terms are per-example Gram products."""
+    monkeypatch.setattr(structural, "TRIANGLE_BYTES", triangle_bytes)
+    dim = 130
+    assert dim >= structural.BLOCKED_FROM_DIM and dim % structural.BLOCKS
+    keras_model = wide_model(dim)
+    x = RNG.normal(size=(2, dim)).astype(np.float32)
+    model = _forced(keras_model, "structural")
+    blocks = hs.hessian(model, x)
+    assert model.metadata().strategy == "structural", _timings(model)
+    assert _timings(model)["pfor"].outcome == "passed"
+    np.testing.assert_allclose(blocks, hs.hessian(_forced(keras_model, "pfor"), x), rtol=1e-5, atol=1e-6)
+    reference = refs.finite_difference_hessians(refs.float64_value(keras_model), x)
+    np.testing.assert_allclose(blocks, reference, rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-5, atol=1e-7)

@@ -174,8 +174,13 @@ def _first_run(
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+    """``err`` in one line: its type and first line, or, for an error that
+    tracing wrapped ("in user code: ..."), its last line, the original error."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    line = lines[-1] if lines[0] == "in user code:" else f"{type(err).__name__}: {lines[0]}"
+    return line[:300]
 
 
 def _failed(model: Model, key: FunctionKey, strategy: str | None, jit: bool, err: BaseException) -> str:

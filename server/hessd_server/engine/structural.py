@@ -13,16 +13,26 @@ J ← diag(σ'(z)) J through an activation) and ∂f/∂y comes from one reverse
 pass. The Jacobians are laid out (B, D, n) so every step is one matrix
 product, and the input's identity Jacobian is never materialized per example.
 
+The sum is where the time goes, so it does as few multiplications as it can
+(see :func:`_assemble`): a term whose Jacobian is the same for every example
+(the first layer's, J = W) is one product with the precomputed products of
+J's row pairs, half the work of a Gram product per example; the others
+compute only the blocks on and above the diagonal of each Gram product once
+the input is wide enough for that to pay.
+
 :func:`refusal` says, before anything is traced, why a model is not of this
 kind; such models use the autodiff strategies.
 """
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from .keras_call import KerasCall
@@ -53,26 +63,47 @@ class StructuralRefusal(ValueError):
     """The model has a part the closed form does not cover; the message says which."""
 
 
+Blocks = tuple[tf.Tensor, ...]
+"""A Jacobian as row blocks, the rows of the differentiated input split in
+order: each block (s_i, n) when it is the same for every example, else
+(B, s_i, n). Only the blocks on and above the diagonal of a Hessian term are
+multiplied, the rest mirrored (see :func:`_assemble`)."""
+
+BLOCKED_FROM_DIM = 128
+"""Inputs of this many features or more have their Jacobians split in
+:data:`BLOCKS` row blocks, so each symmetric Gram product computes only
+(BLOCKS + 1) / (2 BLOCKS) of its entries; smaller ones use one block."""
+
+BLOCKS = 4
+
+TRIANGLE_BYTES = 64 << 20
+"""Largest constant (n · D(D+1)/2 entries) kept for a term whose Jacobian is
+the same for every example; a larger one is computed per example instead."""
+
+
 @dataclass(frozen=True)
 class _Jet:
-    """A (B, n) value and its Jacobian with respect to the differentiated input:
-    (B, D, n), or (D, n) when it is the same for every example, or None when
-    the value does not depend on the input. ``is_identity`` marks the
-    differentiated input itself, whose Jacobian is the identity (D, D)."""
+    """A (B, n) value and its Jacobian with respect to the differentiated input,
+    as :data:`Blocks`, or None when the value does not depend on the input.
+    ``constant`` is the Jacobian (D, n) when it is the same for every example
+    and known when tracing (the input itself, or a chain of Dense kernels from
+    it), else None; ``is_identity`` marks the differentiated input itself."""
 
     value: tf.Tensor
-    jacobian: tf.Tensor | None
+    jacobian: Blocks | None
+    constant: np.ndarray | None = None
     is_identity: bool = False
 
 
 @dataclass
-class _Curvature:
-    """The pre-activations z, their Jacobians and σ''(z), and the activation
-    outputs y whose adjoints ∂f/∂y weight them, collected in the forward pass."""
+class _Term:
+    """One activation's share of the Hessian: its pre-activations' Jacobian,
+    σ''(z), and the outputs y whose adjoints ∂f/∂y weight it."""
 
-    jacobians: list[tf.Tensor]
-    second: list[tf.Tensor]
-    outputs: list[tf.Tensor]
+    jacobian: Blocks
+    constant: np.ndarray | None
+    second: tf.Tensor
+    output: tf.Tensor
 
 
 def refusal(call: Any, wrt: str) -> str | None:
@@ -100,31 +131,120 @@ def per_example_hessian(
     """Values (B,), gradient (B, D) and Hessian blocks (B, D, D) of
     f_b = Σ_k w[b, k] y[b, k] for x (B, D), in closed form.
 
+    The model's weights are read when this is traced (like the float64 copy,
+    the compiled function assumes a loaded model's weights do not change).
+
     Raises :class:`StructuralRefusal` for a model :func:`refusal` would refuse.
     """
     reason = refusal(call, wrt)
     if reason:
         raise StructuralRefusal(reason)
     graph = _graph(call.model)
-    curvature = _Curvature([], [], [])
+    terms: list[_Term] = []
     dim = x.shape[-1]
+    rows = _row_ranges(dim)
+    identity = np.eye(dim, dtype=x.dtype.as_numpy_dtype)
     jets = {
-        name: _Jet(x, tf.eye(dim, dtype=x.dtype), is_identity=True) if name == wrt else _Jet(fixed[name], None) for name in call.names
+        name: _Jet(x, tuple(tf.constant(identity[a:b]) for a, b in rows), identity, is_identity=True)
+        if name == wrt
+        else _Jet(fixed[name], None)
+        for name in call.names
     }
     with tf.GradientTape() as tape:
         tape.watch(x)
-        outputs = _walk(graph, [jets[n] for n in call.names], lambda op, *a, **k: _apply(op, curvature, *a, **k))
+        outputs = _walk(graph, [jets[n] for n in call.names], lambda op, *a, **k: _apply(op, terms, rows, *a, **k))
         flat = [jet.value for jet in keras.tree.flatten(outputs)]
         y = flat[0] if len(flat) == 1 else tf.concat([tf.reshape(v, [tf.shape(v)[0], -1]) for v in flat], axis=1)
         values = tf.reduce_sum(tf.reshape(tf.cast(y, x.dtype), [tf.shape(x)[0], -1]) * weights, axis=1)
         total = tf.reduce_sum(values)
-    adjoints = tape.gradient(total, [x, *curvature.outputs], unconnected_gradients=_ZERO)
+    adjoints = tape.gradient(total, [x, *(t.output for t in terms)], unconnected_gradients=_ZERO)
     gradient, adjoints = adjoints[0], adjoints[1:]
-    blocks = tf.zeros([tf.shape(x)[0], dim, dim], x.dtype)
-    for jacobian, second, adjoint in zip(curvature.jacobians, curvature.second, adjoints):
-        scale = (adjoint * second)[:, None, :]
-        blocks += tf.matmul(jacobian * scale, jacobian, transpose_b=True)
-    return values, gradient, blocks
+    return values, gradient, _assemble(terms, adjoints, rows, x)
+
+
+def _row_ranges(dim: int) -> list[tuple[int, int]]:
+    """The row blocks [a, b) of a D-feature input: one, or :data:`BLOCKS` nearly equal ones."""
+    count = BLOCKS if dim >= BLOCKED_FROM_DIM else 1
+    bounds = np.linspace(0, dim, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _assemble(terms: list[_Term], adjoints: list[tf.Tensor], rows: list[tuple[int, int]], x: tf.Tensor) -> tf.Tensor:
+    """H_b = Σ_terms J diag(∂f/∂y ⊙ σ''(z)) Jᵀ, (B, D, D).
+
+    A term with a constant Jacobian J (D, n) small enough is one matrix
+    product, (B, n) · (n, D(D+1)/2), with the products of J's row pairs
+    computed once, then spread over both triangles. The others are batched
+    Gram products, per pair of row blocks i <= j, the blocks below the
+    diagonal being the transposes of those above.
+    """
+    batch, dim = tf.shape(x)[0], x.shape[-1]
+    triangle = None
+    grams: dict[tuple[int, int], tf.Tensor] = {}
+    for term, adjoint in zip(terms, adjoints):
+        weight = adjoint * term.second
+        pairs = _row_pairs(term.constant, x.dtype)
+        if pairs is not None:
+            product = tf.matmul(weight, pairs)
+            triangle = product if triangle is None else triangle + product
+            continue
+        scaled = [block * weight[:, None, :] for block in term.jacobian]
+        for i, left in enumerate(scaled):
+            for j in range(i, len(rows)):
+                right = term.jacobian[j]
+                gram = tf.matmul(left, right, transpose_b=True) if right.shape.rank == 3 else tf.matmul(
+                    left, tf.broadcast_to(right, [batch, *right.shape]), transpose_b=True
+                )
+                grams[i, j] = grams[i, j] + gram if (i, j) in grams else gram
+    hessian = None
+    if grams:
+        lines = [
+            tf.concat(
+                [grams[i, j] if j >= i else tf.linalg.matrix_transpose(grams[j, i]) for j in range(len(rows))], axis=2
+            )
+            for i in range(len(rows))
+        ]
+        hessian = tf.concat(lines, axis=1) if len(lines) > 1 else lines[0]
+    if triangle is not None:
+        spread = tf.gather(triangle, tf.constant(_triangle_index(dim)), axis=1)
+        hessian = spread if hessian is None else hessian + spread
+    return tf.zeros([batch, dim, dim], x.dtype) if hessian is None else hessian
+
+
+_PAIRS: weakref.WeakValueDictionary[tuple[str, tuple[int, ...], str], tf.Tensor] = weakref.WeakValueDictionary()
+"""Row-pair products by the constant's content: every bucket's function of a model shares one."""
+
+
+def _row_pairs(constant: np.ndarray | None, dtype: tf.DType) -> tf.Tensor | None:
+    """(n, D(D+1)/2): J[i, :] ⊙ J[j, :] for every i <= j (row-major upper
+    triangle) of a constant Jacobian J (D, n); None when there is none, or the
+    result would exceed :data:`TRIANGLE_BYTES`.
+
+    Made eagerly (outside the traced function) so that the compiled function
+    takes it as a captured input rather than folding it into the program.
+    """
+    if constant is None:
+        return None
+    dim, width = constant.shape
+    if width * dim * (dim + 1) // 2 * dtype.size > TRIANGLE_BYTES:
+        return None
+    key = (hashlib.sha256(np.ascontiguousarray(constant).tobytes()).hexdigest(), constant.shape, dtype.name)
+    pairs = _PAIRS.get(key)
+    if pairs is None:
+        upper, lower = np.triu_indices(dim)
+        with tf.init_scope():
+            pairs = tf.constant((constant[upper] * constant[lower]).T.astype(dtype.as_numpy_dtype))
+        _PAIRS[key] = pairs
+    return pairs
+
+
+def _triangle_index(dim: int) -> np.ndarray:
+    """(D, D) int32: the position of entry (i, j), or of (j, i) below the diagonal, in the upper triangle."""
+    upper, lower = np.triu_indices(dim)
+    index = np.zeros((dim, dim), np.int32)
+    index[upper, lower] = np.arange(len(upper))
+    index[lower, upper] = np.arange(len(upper))
+    return index
 
 
 def _walk(graph: Any, inputs: list[_Jet], apply: Callable[..., _Jet]) -> Any:
@@ -183,7 +303,7 @@ def _layer_refusal(op: Any) -> str | None:
     return f"layer {described} has no closed form here"
 
 
-def _apply(op: Any, curvature: _Curvature, *args: Any, **kwargs: Any) -> _Jet:
+def _apply(op: Any, terms: list[_Term], rows: list[tuple[int, int]], *args: Any, **kwargs: Any) -> _Jet:
     """One graph node on jets."""
     jets = [a for a in keras.tree.flatten(args) if isinstance(a, _Jet)]
     for jet in jets:
@@ -196,10 +316,9 @@ def _apply(op: Any, curvature: _Curvature, *args: Any, **kwargs: Any) -> _Jet:
         z = tf.matmul(jets[0].value, kernel)
         if op.use_bias:
             z += tf.cast(op.bias, z.dtype)
-        jacobian = None if jets[0].jacobian is None else _times_kernel(jets[0], kernel)
-        return _activate(op.activation, _Jet(z, jacobian), curvature)
+        return _activate(op.activation, _times_kernel(jets[0], z, op, kernel, rows), terms)
     if isinstance(op, keras.layers.Activation):
-        return _activate(op.activation, jets[0], curvature)
+        return _activate(op.activation, jets[0], terms)
     if isinstance(op, keras.layers.Add):
         return _Jet(tf.add_n([j.value for j in jets]), _sum([j.jacobian for j in jets]))
     if isinstance(op, keras.layers.Concatenate):
@@ -209,20 +328,30 @@ def _apply(op: Any, curvature: _Curvature, *args: Any, **kwargs: Any) -> _Jet:
     raise StructuralRefusal(f"layer {op.name!r} ({type(op).__name__}) has no closed form here")
 
 
-def _times_kernel(jet: _Jet, kernel: tf.Tensor) -> tf.Tensor:
-    """J W for J (D, n) or (B, D, n) and W (n, m), as one 2-D matrix product (W itself when J = I)."""
-    jacobian = jet.jacobian
-    assert jacobian is not None
+def _times_kernel(jet: _Jet, z: tf.Tensor, layer: keras.layers.Dense, kernel: tf.Tensor, rows: list[tuple[int, int]]) -> _Jet:
+    """z = x W + c with its Jacobian J W, for J (s, n) or (B, s, n) blocks and
+    W (n, m), each block one 2-D matrix product (W's rows when J = I)."""
+    if jet.jacobian is None:
+        return _Jet(z, None)
+    constant = None
+    if jet.constant is not None:
+        with tf.init_scope():  # the kernel's value now, read outside the traced function
+            value = np.asarray(layer.kernel.numpy(), np.float64)
+        constant = (jet.constant.astype(np.float64) @ value).astype(jet.constant.dtype)
     if jet.is_identity:
-        return kernel
-    if jacobian.shape.rank == 2:
-        return tf.matmul(jacobian, kernel)
-    shape = tf.shape(jacobian)
-    flat = tf.matmul(tf.reshape(jacobian, [-1, shape[2]]), kernel)
-    return tf.reshape(flat, [shape[0], shape[1], kernel.shape[1]])
+        return _Jet(z, tuple(kernel[a:b] for a, b in rows), constant)
+    blocks = []
+    for block in jet.jacobian:
+        if block.shape.rank == 2:
+            blocks.append(tf.matmul(block, kernel))
+        else:
+            shape = tf.shape(block)
+            flat = tf.matmul(tf.reshape(block, [-1, shape[2]]), kernel)
+            blocks.append(tf.reshape(flat, [shape[0], shape[1], kernel.shape[1]]))
+    return _Jet(z, tuple(blocks), constant)
 
 
-def _activate(activation: Callable[..., Any] | None, pre: _Jet, curvature: _Curvature) -> _Jet:
+def _activate(activation: Callable[..., Any] | None, pre: _Jet, terms: list[_Term]) -> _Jet:
     """y = σ(z) elementwise: J_y = J_z diag(σ'(z)); records J_z, σ''(z) and y for the Hessian."""
     if _activation_name(activation) == "linear":
         return pre
@@ -237,10 +366,8 @@ def _activate(activation: Callable[..., Any] | None, pre: _Jet, curvature: _Curv
     y = tf.identity(y)
     if pre.jacobian is None:
         return _Jet(y, None)
-    curvature.jacobians.append(pre.jacobian)
-    curvature.second.append(second)
-    curvature.outputs.append(y)
-    return _Jet(y, pre.jacobian * slope[:, None, :])
+    terms.append(_Term(pre.jacobian, pre.constant, second, y))
+    return _Jet(y, tuple(block * slope[:, None, :] for block in pre.jacobian))
 
 
 def _affine(layer: keras.layers.Layer, jet: _Jet) -> _Jet:
@@ -251,32 +378,41 @@ def _affine(layer: keras.layers.Layer, jet: _Jet) -> _Jet:
     width = jet.value.shape[-1]
     probe = tf.constant([[1.0] * width, [0.0] * width], dtype=jet.value.dtype)
     at = tf.cast(layer(probe, training=False), jet.value.dtype)
-    return _Jet(value, jet.jacobian * (at[0] - at[1]))
+    return _Jet(value, tuple(block * (at[0] - at[1]) for block in jet.jacobian))
 
 
-def _sum(jacobians: list[tf.Tensor | None]) -> tf.Tensor | None:
+def _sum(jacobians: list[Blocks | None]) -> Blocks | None:
     present = [j for j in jacobians if j is not None]
     if not present:
         return None
-    total = present[0]
-    for jacobian in present[1:]:
-        total = total + jacobian
-    return total
+    totals = []
+    for blocks in zip(*present):
+        total = blocks[0]
+        for block in blocks[1:]:
+            total = total + block  # a (s, n) block broadcasts against a (B, s, n) one
+        totals.append(total)
+    return tuple(totals)
 
 
 def _concatenate(jets: list[_Jet]) -> _Jet:
     value = tf.concat([j.value for j in jets], axis=1)
-    if all(j.jacobian is None for j in jets):
+    present = [j.jacobian for j in jets if j.jacobian is not None]
+    if not present:
         return _Jet(value, None)
     batch = tf.shape(value)[0]
-    dims = next(j.jacobian for j in jets if j.jacobian is not None).shape[-2]
-    parts = []
-    for jet in jets:
-        width = jet.value.shape[-1]
-        if jet.jacobian is None:
-            parts.append(tf.zeros([batch, dims, width], value.dtype))
-        elif jet.jacobian.shape.rank == 2:
-            parts.append(tf.broadcast_to(jet.jacobian, [batch, dims, width]))
-        else:
-            parts.append(jet.jacobian)
-    return _Jet(value, tf.concat(parts, axis=2))
+    blocks = []
+    for index, sample in enumerate(present[0]):
+        height = sample.shape[-2]
+        per_example = any(j[index].shape.rank == 3 for j in present)
+        parts = []
+        for jet in jets:
+            width = jet.value.shape[-1]
+            if jet.jacobian is None:
+                shape = [batch, height, width] if per_example else [height, width]
+                parts.append(tf.zeros(shape, value.dtype))
+            elif per_example and jet.jacobian[index].shape.rank == 2:
+                parts.append(tf.broadcast_to(jet.jacobian[index], [batch, height, width]))
+            else:
+                parts.append(jet.jacobian[index])
+        blocks.append(tf.concat(parts, axis=-1))
+    return _Jet(value, tuple(blocks))
