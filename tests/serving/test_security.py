@@ -101,6 +101,25 @@ def test_calls_without_an_accepted_token_are_unauthenticated(
         assert client.health("hessd.v1.HessianService") == "SERVING"
 
 
+def test_the_token_is_checked_on_every_call_of_a_method(tls_server: RunningServer, pki: dict) -> None:
+    """The error layer around a method is built once, but no call skips the token check."""
+    metrics = tls_server.server.metrics.registry
+
+    def counted(code: str) -> float:
+        return metrics.get_sample_value("hessd_requests_total", {"method": "Hessian", "code": code}) or 0.0
+
+    served, refused = counted("OK"), counted("UNAUTHENTICATED")
+    with (
+        hessd.Client.secure(tls_server.target, ca=pki["ca"], token=TOKEN, timeout=60) as accepted,
+        hessd.Client.secure(tls_server.target, ca=pki["ca"], token="wrong", timeout=60) as stranger,
+    ):
+        for _ in range(3):
+            assert np.array_equal(accepted.hessian("demo", X), _expected(tls_server))
+            with pytest.raises(hessd.UnauthenticatedError):
+                stranger.hessian("demo", X)
+    assert (counted("OK") - served, counted("UNAUTHENTICATED") - refused) == (3, 3)
+
+
 def test_reflection_needs_the_token_too(tls_server: RunningServer, pki: dict) -> None:
     credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
     request = reflection_pb2.ServerReflectionRequest(list_services="")

@@ -21,20 +21,22 @@ _current = threading.local()
 
 
 class Cancellation:
-    """A flag, set once, with the reason its call was given up."""
+    """A flag, set once, with the reason its call was given up.
+
+    Nothing waits on it, so it is a plain attribute (one per engine call, made on
+    the event loop): setting it from one thread and reading it from another is safe.
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
         self.reason: str | None = None
         """``"deadline"`` or ``"cancelled"`` once set, else ``None``."""
 
     def set(self, reason: str) -> None:
         """Give the call up for ``reason`` (``"deadline"`` or ``"cancelled"``)."""
         self.reason = reason
-        self._event.set()
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self.reason is not None
 
 
 @contextlib.contextmanager

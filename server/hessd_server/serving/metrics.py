@@ -114,14 +114,26 @@ class Metrics:
             "Requests refused UNAVAILABLE because the batcher's queue was full.",
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
+        """The request counter's and latency histogram's child of each (method, code),
+        resolved once: labelled children are never removed from these two."""
+        self._batch_children: dict[str, Counter] = {}
         self._evictions = _EvictionsCollector()
         self.registry.register(self._evictions)
         self._http: WSGIServer | None = None
 
     def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Count one finished RPC of ``method`` (e.g. ``"Hessian"``) and its duration."""
-        self._requests.labels(method=method, code=code.name).inc()
-        self._latency.labels(method=method, code=code.name).observe(seconds)
+        children = self._request_children.get((method, code))
+        if children is None:
+            children = (
+                self._requests.labels(method=method, code=code.name),
+                self._latency.labels(method=method, code=code.name),
+            )
+            self._request_children[(method, code)] = children
+        requests, latency = children
+        requests.inc()
+        latency.observe(seconds)
 
     def call_queued(self) -> None:
         """One more engine call waits for a thread."""
@@ -137,7 +149,10 @@ class Metrics:
 
     def observe_batch(self, reason: str, examples: int) -> None:
         """Count one engine call started by the batcher for ``reason``, with ``examples`` examples."""
-        self._batches.labels(reason=reason).inc()
+        batches = self._batch_children.get(reason)
+        if batches is None:
+            batches = self._batch_children[reason] = self._batches.labels(reason=reason)
+        batches.inc()
         self._batch_size.observe(examples)
 
     def observe_queue_time(self, seconds: float) -> None:

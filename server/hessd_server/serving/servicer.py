@@ -25,6 +25,7 @@ from hessd.errors import MalformedRequestError, ResultTooLargeError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
+from hessd.v1.tensor_pb2 import Packing
 
 from .. import engine
 from ..engine import Model
@@ -80,6 +81,9 @@ ONE_MESSAGE_REPLIES: dict[str, tuple[str, str | None]] = {
 """Per method whose result travels in one message: the result its reply size is
 judged by ("hessian", "evaluation" or a (B, *S) "gradient") and the chunked RPC
 that streams such results of any size, if there is one."""
+
+PLAIN_ENCODING = Encoding(Packing.PACKING_NONE, None, None)
+"""The encoding of a request without ``result_encoding``: results as computed, in the reply."""
 
 REPLY_OVERHEAD_BYTES = 1024
 """Room left in a reply's size estimate for everything but the result bytes."""
@@ -464,6 +468,8 @@ def model_versions(status: ModelStatus) -> pb.ModelVersions:
 
 
 def _encoding(request: pb.HessianRequest | pb.EvaluateRequest, *, chunked: bool) -> Encoding:
+    if not request.HasField("result_encoding"):
+        return PLAIN_ENCODING
     return encoding_of(request.result_encoding, request.precision, chunked=chunked)
 
 

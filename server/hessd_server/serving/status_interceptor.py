@@ -116,6 +116,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self._admission = admission
         self._failures = failures
         self._tokens = tokens
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -123,14 +124,27 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
         if handler is None:
             return handler
+        path = handler_call_details.method
+        service, _, method = path.lstrip("/").partition("/")
         if self._tokens is not None:
             try:
                 self._tokens.check(service, handler_call_details.invocation_metadata)
             except HessdError as refusal:
                 return _same_kind(handler, self._refusing(method, refusal))
+        known = self._wrapped.get(path)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrapping(service, method, handler)
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrapping(
+        self, service: str, method: str, handler: grpc.RpcMethodHandler
+    ) -> grpc.RpcMethodHandler:
+        """``handler`` inside the error layer, or as it is for services outside ``hessd.v1``.
+        The same wrapped handler serves every call of a method: it is built once."""
         if not service.startswith(PACKAGE_PREFIX):
             return handler
         parse = handler.request_deserializer
