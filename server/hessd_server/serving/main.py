@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 from .allocator import retain_freed_memory
 from .server import create_server
-from .server_config import DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
+from ..engine.strategies import STRATEGIES
+from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")
 
@@ -60,6 +61,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             max_result_bytes=args.max_result_bytes,
             curvature_memory_bytes=args.curvature_memory_bytes,
             jit_compile=args.jit_compile,
+            strategy=None if args.strategy == AUTO_STRATEGY else args.strategy,
             safe_mode=args.safe_mode,
             max_message_bytes=args.max_message_bytes,
             chunk_bytes=args.chunk_bytes,
@@ -241,6 +243,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-jit-compile", dest="jit_compile", action="store_false", help="do not use XLA"
+    )
+    parser.add_argument(
+        "--strategy",
+        default=AUTO_STRATEGY,
+        choices=(AUTO_STRATEGY, *STRATEGIES),
+        help="per-example Hessian strategy: 'auto' (default) times those that work on each warmed "
+        "bucket and keeps the fastest; naming one pins it, so that replicas compute bit-identical results",
     )
     parser.add_argument(
         "--unsafe-deserialization",

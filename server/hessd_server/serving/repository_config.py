@@ -6,6 +6,7 @@ Every key is optional; a missing file means all defaults::
     max_batch_size = 64              # largest batch bucket, a power of two
     max_result_bytes = 268435456     # refuse results larger than this
     jit_compile = true               # compile with XLA
+    strategy = "structural"          # pin the per-example Hessian strategy ("auto": tune)
     warmup_batch_sizes = [1, 8]      # instead of the server's --warmup-batch-sizes
     precisions = ["float32"]         # the precisions requests may ask for
 
@@ -28,6 +29,8 @@ from typing import Any
 
 from ..engine import EngineConfig
 from ..engine.model import PRECISIONS
+from ..engine.strategies import STRATEGIES
+from .server_config import AUTO_STRATEGY
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,6 +88,7 @@ class ModelConfig:
         max_batch_size: the largest batch bucket.
         max_result_bytes: results above this are refused.
         jit_compile: compile with XLA.
+        strategy: the per-example Hessian strategy, or ``"auto"`` to tune it.
         warmup_batch_sizes: batch sizes warmed before a version serves.
         precisions: the precisions requests may ask for (``None``: all).
     """
@@ -93,6 +97,7 @@ class ModelConfig:
     max_batch_size: int | None = None
     max_result_bytes: int | None = None
     jit_compile: bool | None = None
+    strategy: str | None = None
     warmup_batch_sizes: tuple[int, ...] | None = None
     precisions: tuple[str, ...] | None = None
 
@@ -103,6 +108,8 @@ class ModelConfig:
             for name in ("max_batch_size", "max_result_bytes", "jit_compile")
             if getattr(self, name) is not None
         }
+        if self.strategy is not None:
+            overrides["strategy"] = None if self.strategy == AUTO_STRATEGY else self.strategy
         return dataclasses.replace(server, **overrides)
 
 
@@ -146,6 +153,11 @@ def parse_model_config(table: Mapping[str, Any]) -> ModelConfig:
         if not isinstance(table["jit_compile"], bool):
             raise ValueError(f"jit_compile must be true or false, got {table['jit_compile']!r}")
         settings["jit_compile"] = table["jit_compile"]
+    if "strategy" in table:
+        choices = (AUTO_STRATEGY, *STRATEGIES)
+        if table["strategy"] not in choices:
+            raise ValueError(f"strategy must be one of {list(choices)}, got {table['strategy']!r}")
+        settings["strategy"] = table["strategy"]
     if "warmup_batch_sizes" in table:
         settings["warmup_batch_sizes"] = tuple(
             _positive_int(size, "warmup_batch_sizes")

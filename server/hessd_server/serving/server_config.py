@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine import DEMO_MODEL_SOURCE, EngineConfig
+from ..engine.strategies import STRATEGIES
 from ..engine.warmup import DEFAULT_WARMUP_BATCH_SIZES
 
 DEMO_MODEL_NAME = "demo"
 """The name the embedded demo model is served under when no model is configured."""
+
+AUTO_STRATEGY = "auto"
+"""The ``--strategy`` (and ``config.toml`` ``strategy``) value that autotunes."""
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 """Where the server listens when no address is configured: loopback only."""
@@ -63,6 +67,11 @@ class ServerConfig:
         curvature_memory_bytes: the curvature summaries' memory budget: "auto"
             is exact when the dense blocks fit it (engine setting).
         jit_compile: compile with XLA (engine setting).
+        strategy: the per-example Hessian strategy every model uses, a name of
+            ``hessd_server.engine.strategies.STRATEGIES``, or ``None`` to
+            autotune per warmed bucket (engine setting). Autotuning keeps each
+            process's fastest, so replicas may differ in the last bits
+            (within 1e-5 relative); pinning one makes them bit-identical.
         safe_mode: Keras safe mode when loading ``.keras`` files.
         max_message_bytes: largest gRPC message sent or received; larger
             results must use the chunked RPCs.
@@ -112,6 +121,7 @@ class ServerConfig:
     max_result_bytes: int = 1 << 30
     curvature_memory_bytes: int = 256 << 20
     jit_compile: bool = True
+    strategy: str | None = None
     safe_mode: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
@@ -150,6 +160,8 @@ class ServerConfig:
                 f"chunk_bytes ({self.chunk_bytes}) must be positive and below "
                 f"max_message_bytes ({self.max_message_bytes})"
             )
+        if self.strategy is not None and self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)} or None, got {self.strategy!r}")
         if self.shared_memory not in SHARED_MEMORY_ACCESS:
             raise ValueError(
                 f"shared_memory must be one of {SHARED_MEMORY_ACCESS}, got {self.shared_memory!r}"
@@ -205,4 +217,5 @@ class ServerConfig:
             curvature_memory_bytes=self.curvature_memory_bytes,
             jit_compile=self.jit_compile,
             max_compiled_functions=self.max_compiled_functions,
+            strategy=self.strategy,
         )
