@@ -16,7 +16,7 @@ the run. Methods are then called round-robin, so they share the machine's
 noise, until each has its minimum number of runs and its time budget is spent.
 The table gives medians and hessd's speedup, baseline median / hessd median.
 
-Usage: ``python benchmarks/bench_hessian.py [--quick] [--markdown PATH] [--cases 16x1,64x32,mlp64:64x32,lstm:16,cnn:32]``
+Usage: ``python benchmarks/bench_hessian.py [--quick] [--markdown PATH] [--cases 16x1,64x32,mlp64:64x32,lstm:16,cnn:32] [--methods hessd,jax,...]``
 """
 
 from __future__ import annotations
@@ -207,9 +207,9 @@ def _time_slice(method: Method, x: np.ndarray, budget: Budget, runs: list[float]
             return
 
 
-def run_case(case: Case, budget: Budget) -> tuple[list[Row], list[str]]:
-    """Check and time every available method on one case: its rows and notes."""
-    prepared = prepare(case)
+def run_case(case: Case, budget: Budget, keys: Sequence[str] = tuple(BUILDERS)) -> tuple[list[Row], list[str]]:
+    """Check and time the methods named by ``keys`` (every available one by default) on one case: its rows and notes."""
+    prepared = prepare(case, keys)
     first_call_s = warm_up_and_check(prepared)
     runs = time_methods(prepared.methods, prepared.x, budget)
     rows = [Row(case, m, first_call_s[m.key], tuple(runs[m.key])) for m in prepared.methods]
@@ -348,7 +348,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="DxB,...",
         help="cases to run (default: 16x1,64x32,256x64,mlp64:64x32,lstm:16,cnn:32)",
     )
+    parser.add_argument(
+        "--methods",
+        type=_method_keys,
+        default=tuple(BUILDERS),
+        metavar="KEY,...",
+        help=f"methods to run, hessd always among them (default: all: {','.join(BUILDERS)})",
+    )
     return parser.parse_args(argv)
+
+
+def _method_keys(text: str) -> tuple[str, ...]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in BUILDERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown methods {', '.join(unknown)}; known: {', '.join(BUILDERS)}")
+    return tuple(dict.fromkeys([REFERENCE, *keys]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for case in args.cases:
         print(f"{case.label} D={case.dim}, B={case.batch} ...", flush=True)
         try:
-            case_rows, case_notes = run_case(case, QUICK if args.quick else FULL)
+            case_rows, case_notes = run_case(case, QUICK if args.quick else FULL, args.methods)
         except MismatchError as err:
             print(f"FAILED: {err}", file=sys.stderr)
             return 1

@@ -38,3 +38,11 @@ def test_disagreement_fails_loudly(bench: ModuleType) -> None:
     bench.check_agreement({"hessd": reference, "close": reference * (1 + 1e-6)}, case)
     with pytest.raises(bench.MismatchError, match="wrong disagrees"):
         bench.check_agreement({"hessd": reference, "wrong": wrong}, case)
+
+
+def test_methods_flag_keeps_hessd_and_refuses_unknown_keys(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.parse_args(["--methods", "jax,hessd:structural"]).methods == ("hessd", "jax", "hessd:structural")
+    assert bench.parse_args([]).methods == tuple(bench.BUILDERS)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "jax,numpy"])
+    assert "unknown methods numpy" in capsys.readouterr().err

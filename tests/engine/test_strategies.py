@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import hessd_server as hs
 from hessd import errors
-from hessd_server.engine import strategies, structural
+from hessd_server.engine import autotune, strategies, structural
 from hessd_server.engine.cancellation import Cancellation, cancellable
 from hessd_server.engine.model_loading import as_model
 from hessd.results import StrategyTiming
@@ -326,3 +326,24 @@ def test_structural_blocks_and_constant_jacobians_match_pfor_and_finite_differen
     reference = refs.finite_difference_hessians(refs.float64_value(keras_model), x)
     np.testing.assert_allclose(blocks, reference, rtol=2e-3, atol=2e-4)
     np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-5, atol=1e-7)
+
+
+def test_warmup_tunes_the_largest_bucket_and_small_buckets_take_its_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(max_batch_size=8))
+    hs.warmup(model, [1, 2, 8])
+    by_batch: dict[int, list[StrategyTiming]] = {}
+    for timing in model.metadata().strategy_timings:
+        by_batch.setdefault(timing.batch, []).append(timing)
+    assert list(by_batch) == [8, 2, 1]
+    assert {t.strategy for t in by_batch[8] if t.outcome in ("chosen", "passed")} == {"pfor", "structural"}
+    (chosen,) = [t for t in by_batch[8] if t.outcome == "chosen"]
+    for batch, source in ((2, 8), (1, 2)):
+        (inherited,) = by_batch[batch]
+        assert (inherited.strategy, inherited.outcome) == (chosen.strategy, "chosen")
+        assert f"as chosen at batch {source};" in inherited.detail
+    assert model.metadata().compile_count == 3 * 3
+    monkeypatch.setattr(autotune, "SMALL_BUCKET_ROWS", 0)
+    tuned_alone = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(max_batch_size=8))
+    hs.warmup(tuned_alone, [1, 8])
+    passed = {(t.batch, t.strategy) for t in tuned_alone.metadata().strategy_timings if t.outcome in ("chosen", "passed")}
+    assert passed == {(8, "pfor"), (8, "structural"), (1, "pfor"), (1, "structural")}

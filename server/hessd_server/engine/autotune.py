@@ -38,6 +38,13 @@ _log = logging.getLogger(__name__)
 RTOL = 1e-5
 """Agreement a strategy needs with the reference: |r - r_ref| <= RTOL * (|r_ref| + max |r_ref|)."""
 
+SMALL_BUCKET_ROWS = 4096
+"""A bucket of at most this many rows (B * D) takes the strategy chosen at the
+next larger bucket of its precision, when there is one, instead of being
+tuned itself: its calls take about a millisecond whichever strategy runs,
+while tuning it compiles every strategy (seconds of a server's start). The
+strategy was checked against the reference where it was tuned."""
+
 TILED_ROWS_LIMIT = 1 << 16
 """Above this many rows (B * D) the tiled strategies are tried only when pfor failed."""
 
@@ -80,12 +87,22 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
         Anything ``first_run`` or a timed call raises that is not
         :class:`StrategyFailed` (out of memory, cancellation), unchanged.
     """
-    slot = (key.precision, key.batch)
     with model.lock:
-        known = model.strategy_choices.get(slot)
+        known = model.strategy_choices.get((key.precision, key.batch))
+        inherited = None if known is not None else _inherited(model, key)
     if known is not None:
         function, result = first_run(known)
         return Choice(known, function, result)
+    if inherited is not None:
+        name, source = inherited
+        try:
+            function, result = first_run(name)
+        except StrategyFailed as err:
+            _log.info("model %s: strategy %s of batch %d fails at batch %d, tuning it: %s", model.name, name, source, key.batch, err)
+        else:
+            detail = f"as chosen at batch {source}; buckets of at most {SMALL_BUCKET_ROWS} rows (B * D) are not tuned"
+            _keep(model, key, name, (StrategyTiming(key.batch, key.precision, name, "chosen", None, detail),))
+            return Choice(name, function, result)
     record = _Record(key)
     candidates = _run_candidates(model, key, first_run, record)
     reference = next((c for name in strategies.REFERENCES for c in candidates if c.name == name), candidates[0])
@@ -99,12 +116,35 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
         chosen = min(passed, key=lambda c: seconds[c.name] or 0.0)
     for candidate in passed:
         record.note(candidate.name, "chosen" if candidate is chosen else "passed", seconds.get(candidate.name))
-    with model.lock:
-        model.strategy_choices[slot] = chosen.name
-        model.strategy_timings[slot] = tuple(record.timings)
-        model.strategy = chosen.name
-    _log.info("model %s: per-example strategy %s for batch %d (%s)", model.name, chosen.name, key.batch, key.precision)
+    _keep(model, key, chosen.name, tuple(record.timings))
     return Choice(chosen.name, chosen.function, chosen.result)
+
+
+def _keep(model: Model, key: FunctionKey, name: str, timings: tuple[StrategyTiming, ...]) -> None:
+    with model.lock:
+        model.strategy_choices[key.precision, key.batch] = name
+        model.strategy_timings[key.precision, key.batch] = timings
+        model.strategy = name
+    _log.info("model %s: per-example strategy %s for batch %d (%s)", model.name, name, key.batch, key.precision)
+
+
+def _rows(key: FunctionKey) -> int:
+    """B * D: the rows of the bucket's blocks."""
+    dims = dict((n, s) for n, s, _ in key.inputs)[key.wrt]
+    return key.batch * int(np.prod(dims, dtype=np.int64))
+
+
+def _inherited(model: Model, key: FunctionKey) -> tuple[str, int] | None:
+    """(strategy, batch) of the next larger bucket of ``key``'s precision with a strategy,
+    when ``key``'s bucket is small enough to take it (:data:`SMALL_BUCKET_ROWS`).
+    Call with ``model.lock`` held."""
+    if _rows(key) > SMALL_BUCKET_ROWS:
+        return None
+    larger = [batch for (precision, batch) in model.strategy_choices if precision == key.precision and batch > key.batch]
+    if not larger:
+        return None
+    source = min(larger)
+    return model.strategy_choices[key.precision, source], source
 
 
 class _Record:
@@ -136,8 +176,7 @@ def _skip_reason(model: Model, key: FunctionKey, name: str, candidates: list[_Ca
     if name in strategies.TILED and name != forced and "pfor" in ran:
         if not model.config.autotune_tiled:
             return "pfor works, and autotune_tiled is off"
-        dims = dict((n, s) for n, s, _ in key.inputs)[key.wrt]
-        rows = key.batch * int(np.prod(dims, dtype=np.int64))
+        rows = _rows(key)
         if rows > TILED_ROWS_LIMIT:
             return f"pfor works, and {rows} tiled rows exceed {TILED_ROWS_LIMIT}"
     return None

@@ -23,9 +23,10 @@ def warmup(model: Model, batch_sizes: tuple[int, ...] | list[int] | None = None)
     ``batch_sizes`` (default: every bucket up to 32), at float32.
 
     Also runs the batch-independence probe and tunes the per-example Hessian
-    strategy of each bucket (every strategy that applies is compiled, checked
-    against the reference and timed), so the first real request at those
-    batch sizes compiles nothing. Needs every
+    strategy, largest bucket first (every strategy that applies is compiled,
+    checked against the reference and timed; small buckets take the choice of
+    a larger one, see :data:`hessd_server.engine.autotune.SMALL_BUCKET_ROWS`),
+    so the first real request at those batch sizes compiles nothing. Needs every
     per-example input shape to be known (``ValueError`` otherwise).
 
     >>> import hessd_server as hs
@@ -37,7 +38,8 @@ def warmup(model: Model, batch_sizes: tuple[int, ...] | list[int] | None = None)
     if unknown:
         raise ValueError(f"cannot warm model {model.name!r}: inputs {unknown} have dimensions of unknown size")
     rng = np.random.default_rng(0)
-    sizes = sorted({model.config.bucket_for(b) for b in (DEFAULT_WARMUP_BATCH_SIZES if batch_sizes is None else batch_sizes)})
+    # Largest first: the per-example strategy is tuned there, and small buckets take its choice (see autotune).
+    sizes = sorted({model.config.bucket_for(b) for b in (DEFAULT_WARMUP_BATCH_SIZES if batch_sizes is None else batch_sizes)}, reverse=True)
     options = {"output_weights": None, "precision": None}
     for size in sizes:
         x = {
