@@ -271,7 +271,7 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
 
     # A curvature function compiles its derivative parts with XLA itself (see curvature_bodies.body).
     whole_jit = jit and key.kind not in curvature_bodies.KINDS
-    function = tf.function(traced, input_signature=signature, jit_compile=whole_jit)
+    function = tf.function(traced, input_signature=signature, jit_compile=whole_jit, autograph=False)
     # Every bucket, kind and strategy is its own function traced once, by design;
     # TensorFlow counts them all as retraces of one Python function (they share
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.

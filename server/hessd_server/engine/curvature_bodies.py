@@ -55,7 +55,7 @@ def block_matvec(forward: Forward, x: tf.Tensor, weights: tf.Tensor, *, jit: boo
         product = derivatives.hessian_vector_product(forward, tiled_x, tiled_weights, tangent)
         return tf.reshape(product, [copies, batch, dim])
 
-    compiled = tf.function(products, jit_compile=jit)
+    compiled = tf.function(products, jit_compile=jit, autograph=False)
     return lambda vectors: compiled(vectors, x, weights)
 
 
@@ -71,7 +71,6 @@ def body(kind: str, options: dict[str, Any], strategy: str | None, jit: bool) ->
     which compiles an order of magnitude faster than XLA does for them.
     """
 
-    @tf.autograph.experimental.do_not_convert
     def traced(forward: Forward, x: tf.Tensor, weights: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
         batch, *event = x.shape
         shape = (batch, math.prod(event))
@@ -79,7 +78,9 @@ def body(kind: str, options: dict[str, Any], strategy: str | None, jit: bool) ->
             per_example = (
                 derivatives.per_example_hessian_pfor if strategy == "pfor" else derivatives.per_example_hessian_tiled
             )
-            compiled = tf.function(lambda x, weights: per_example(forward, x, weights)[2], jit_compile=jit)
+            compiled = tf.function(
+                lambda x, weights: per_example(forward, x, weights)[2], jit_compile=jit, autograph=False
+            )
             blocks = tf.reshape(compiled(x, weights), [batch, shape[1], shape[1]])
             return _from_blocks(kind, blocks, x, options)
         matvec = block_matvec(forward, x, weights, jit=jit)
