@@ -13,7 +13,9 @@
   one caller sending the whole B=32 batch in one call, and 8 and 32 callers
   to a server letting two batches of one model and key run at once
   (``--max-batches-in-flight 2``, the way of spreading batches over the engine
-  threads that the default of one replaces).
+  threads that the default of one replaces), and 1 and 32 callers and the B=32
+  call to a server whose TensorFlow runs each operation on one thread
+  (``--intra-op-threads 1``).
 * **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
   floor for a call of that size (a ``jit_compile`` function returning a
   (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
@@ -57,6 +59,8 @@ CALLERS = (1, 8, 32)
 MODEL = "mid"
 FLOOR_DIM = 16
 TARGET_SCALING, TARGET_TAIL, TARGET_SMALL_CALL, TARGET_FLOOR = 4.0, 3.0, 1.3, 2.0
+SINGLE_THREADED = "on, 1 intra-op thread"
+"""The row label of the server run with ``--intra-op-threads 1``."""
 
 
 @dataclass(frozen=True)
@@ -261,8 +265,16 @@ def in_process_floor(seconds: float) -> dict[str, float]:
     return {name: statistics.median(times) * 1e3 for name, times in runs.items()}
 
 
-def render(small: dict[str, float], small_cpu: dict[str, tuple[float, float]], loads: Sequence[Load], whole_batch: Load, floor: dict[str, float]) -> list[str]:
-    """The markdown tables and target lines."""
+def render(
+    small: dict[str, float],
+    small_cpu: dict[str, tuple[float, float]],
+    loads: Sequence[Load],
+    whole_batches: Sequence[Load],
+    floor: dict[str, float],
+) -> list[str]:
+    """The markdown tables and target lines; ``whole_batches`` are one caller's B=32 calls,
+    the default server's ("on") first."""
+    whole_batch = whole_batches[0]
     wire, echo, inproc = small.values()
     lines = [
         "### A small call (the `mid` MLP, B=1, per-example Hessian, one caller)",
@@ -292,9 +304,12 @@ def render(small: dict[str, float], small_cpu: dict[str, tuple[float, float]], l
             f"{row.mean_batch:.1f} | {_cpu_columns(row)} |"
         )
     lines += [
-        f"| on | 1 (B=32 in one call) | {whole_batch.throughput:,.0f} calls/s, {32 * whole_batch.throughput:,.0f} examples/s | | "
-        f"{whole_batch.percentile_ms(50):.2f} | {whole_batch.percentile_ms(99):.2f} | {whole_batch.mean_batch:.1f} | "
-        f"{_cpu_columns(whole_batch)} |",
+        f"| {row.batching} | 1 (B=32 in one call) | {row.throughput:,.0f} calls/s, {32 * row.throughput:,.0f} examples/s | | "
+        f"{row.percentile_ms(50):.2f} | {row.percentile_ms(99):.2f} | {row.mean_batch:.1f} | "
+        f"{_cpu_columns(row)} |"
+        for row in whole_batches
+    ]
+    lines += [
         "",
         f"### In-process floor (D={FLOOR_DIM}, B=1)",
         "",
@@ -356,7 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"batching on, {callers} callers ...", flush=True)
             loads.append(load(batched, "on", callers, seconds))
         print("one caller, B=32 ...", flush=True)
-        whole_batch = load(batched, "on", 1, seconds, batch=32)
+        whole_batches = [load(batched, "on", 1, seconds, batch=32)]
+    with hessd_server("--intra-op-threads", "1") as single_threaded:
+        for callers in (1, CALLERS[-1]):
+            print(f"batching on, one intra-op thread, {callers} callers ...", flush=True)
+            loads.append(load(single_threaded, SINGLE_THREADED, callers, seconds))
+        whole_batches.append(load(single_threaded, SINGLE_THREADED, 1, seconds, batch=32))
     with hessd_server("--max-batches-in-flight", "2") as spread:
         for callers in CALLERS[1:]:
             print(f"batching on, 2 batches in flight, {callers} callers ...", flush=True)
@@ -378,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "one batch in flight per model and key, max queue delay 20 ms), warmed for "
             "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
             "",
-            *render(small, small_cpu, loads, whole_batch, floor),
+            *render(small, small_cpu, loads, whole_batches, floor),
             f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
             "",
         ]

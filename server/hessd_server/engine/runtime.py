@@ -26,3 +26,32 @@ def configure_tensorflow() -> None:
             except RuntimeError as err:
                 _log.warning("could not enable memory growth on %s: %s", gpu.name, err)
         _configured = True
+
+
+def set_thread_pools(intra_op: int, inter_op: int) -> tuple[int, int]:
+    """Size TensorFlow's thread pools before it runs anything, and return the sizes in force.
+
+    ``intra_op`` threads share one operation (the XLA-compiled functions
+    included); ``inter_op`` threads run independent operations at once; 0
+    leaves TensorFlow's choice (one per core). One thread per operation costs
+    less CPU per small call, since a multi-threaded operation's workers spin
+    briefly after their share, but a large batch then runs on one core.
+
+    Raises:
+        RuntimeError: TensorFlow has started already with other sizes.
+    """
+    threading_config = tf.config.threading
+    pools = (
+        ("intra-op", intra_op, threading_config.get_intra_op_parallelism_threads, threading_config.set_intra_op_parallelism_threads),
+        ("inter-op", inter_op, threading_config.get_inter_op_parallelism_threads, threading_config.set_inter_op_parallelism_threads),
+    )
+    for name, wanted, current, change in pools:
+        if wanted and current() != wanted:
+            try:
+                change(wanted)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"TensorFlow's {name} threads can only be set before it runs anything, and it has "
+                    f"started with {current()} (0: one per core); set them when the process starts"
+                ) from err
+    return threading_config.get_intra_op_parallelism_threads(), threading_config.get_inter_op_parallelism_threads()

@@ -69,6 +69,8 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             max_shared_memory_bytes=args.max_shared_memory_bytes,
             max_shared_memory_regions=args.max_shared_memory_regions,
             engine_threads=args.engine_threads,
+            intra_op_threads=args.intra_op_threads,
+            inter_op_threads=args.inter_op_threads,
             batching=args.batching,
             max_queue_delay_ms=args.max_queue_delay_ms,
             max_batches_in_flight=args.max_batches_in_flight,
@@ -186,6 +188,8 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-shared-memory-bytes", int, "largest shared-memory region a caller may register"),
         ("--max-shared-memory-regions", int, "most shared-memory regions registered at once"),
         ("--engine-threads", int, "engine calls running at once"),
+        ("--intra-op-threads", int, "TensorFlow threads sharing one operation; 0: one per core"),
+        ("--inter-op-threads", int, "TensorFlow threads running independent operations; 0: one per core"),
         ("--max-queue-delay-ms", float, "a request queued this long starts on a free or spare engine thread"),
         (
             "--max-batches-in-flight",

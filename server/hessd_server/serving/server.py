@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from hessd.transfer_options import TRANSFER_OPTIONS
 from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc, shared_memory_pb2_grpc
 
+from ..engine.runtime import set_thread_pools
 from .admission import Admission
 from .auth import BearerTokens, ServiceTokens
 from .batching import Batcher, BatchingSettings
@@ -89,10 +90,14 @@ class HessdServer:
 
     Raises:
         ValueError: the admin token file cannot be read or holds no token.
+        RuntimeError: ``intra_op_threads`` or ``inter_op_threads`` ask for other
+            sizes than those TensorFlow, already started in this process, has.
     """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        intra_op, inter_op = set_thread_pools(config.intra_op_threads, config.inter_op_threads)
+        _log.info("TensorFlow threads: intra-op %d, inter-op %d (0: one per core)", intra_op, inter_op)
         self.metrics = Metrics()
         self.models = ModelRegistry(self.metrics)
         self.loader = ModelLoader(

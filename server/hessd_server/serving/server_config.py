@@ -81,6 +81,11 @@ class ServerConfig:
         max_shared_memory_bytes: largest shared-memory region a caller may register.
         max_shared_memory_regions: most regions registered at once, all callers together.
         engine_threads: engine calls that may run at once.
+        intra_op_threads: TensorFlow threads sharing one operation; 0 leaves
+            TensorFlow's choice (one per core). See
+            :func:`hessd_server.engine.runtime.set_thread_pools`.
+        inter_op_threads: TensorFlow threads running independent operations
+            at once; 0 leaves TensorFlow's choice.
         batching: group concurrent requests of one model and batch key into
             one engine call (see :mod:`hessd_server.serving.batching`).
         max_queue_delay_ms: a request queued this long starts its batch on a
@@ -129,6 +134,8 @@ class ServerConfig:
     max_shared_memory_bytes: int = 1 << 32
     max_shared_memory_regions: int = 1024
     engine_threads: int = 2
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
     batching: bool = True
     max_queue_delay_ms: float = 20.0
     max_batches_in_flight: int = 1
@@ -172,6 +179,11 @@ class ServerConfig:
             )
         if self.engine_threads < 1:
             raise ValueError(f"engine_threads must be >= 1, got {self.engine_threads}")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError(
+                f"intra_op_threads and inter_op_threads must be >= 0 (0: one per core), got "
+                f"{self.intra_op_threads} and {self.inter_op_threads}"
+            )
         if self.repository_poll_seconds < 0:
             raise ValueError(
                 f"repository_poll_seconds must be >= 0, got {self.repository_poll_seconds}"
