@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_transfer.py
 	$(PY) benchmarks/bench_wire.py
 	$(PY) benchmarks/bench_curvature.py
+	$(PY) benchmarks/bench_cold_start.py
 
 # The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
 bench-wire: setup
