@@ -15,7 +15,8 @@
   (``--max-batches-in-flight 2``, the way of spreading batches over the engine
   threads that the default of one replaces), and 1 and 32 callers and the B=32
   call to a server whose TensorFlow runs each operation on one thread
-  (``--intra-op-threads 1``).
+  (``--intra-op-threads 1``). Beside them, 1 and 32 raw ``grpc.aio`` callers of
+  the bare echo server: what gRPC alone sustains here with the same bytes.
 * **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
   floor for a call of that size (a ``jit_compile`` function returning a
   (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
@@ -31,6 +32,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 import argparse
 import asyncio
+import math
 import statistics
 import subprocess
 import sys
@@ -61,6 +63,8 @@ FLOOR_DIM = 16
 TARGET_SCALING, TARGET_TAIL, TARGET_SMALL_CALL, TARGET_FLOOR = 4.0, 3.0, 1.3, 2.0
 SINGLE_THREADED = "on, 1 intra-op thread"
 """The row label of the server run with ``--intra-op-threads 1``."""
+ECHO = "bare gRPC echo, raw gRPC callers"
+"""The row label of the echo server's concurrency rows."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,44 @@ def load(server: ServerProcess, batching: str, callers: int, seconds: float, bat
     return Load(batching, callers, calls, elapsed, tuple(latencies), mean_batch, *cpu)
 
 
+def small_request_and_reply_bytes() -> tuple[bytes, int]:
+    """The serialized B=1 Hessian request of the ``mid`` MLP, and its reply's size in bytes."""
+    x = np.random.default_rng(0).standard_normal((1, MID_DIM)).astype(np.float32)
+    request = pb.HessianRequest(model_name=MODEL, x={"x": tensor_codec.encode(x, field="x")})
+    reply = pb.HessianResponse(hessian=tensor_codec.encode(np.zeros((1, MID_DIM, MID_DIM), np.float32), field="hessian"))
+    return request.SerializeToString(), reply.ByteSize()
+
+
+async def _echo_callers(target: str, request: bytes, callers: int, seconds: float) -> tuple[int, list[float], float]:
+    """``callers`` tasks echoing ``request`` back to back over one raw ``grpc.aio`` channel."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary("/bench.Echo/Echo")
+        await asyncio.gather(*(call(request) for _ in range(callers)))
+        stop = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < stop:
+                began = time.perf_counter()
+                await call(request)
+                latencies.append(time.perf_counter() - began)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - start
+    return len(latencies), latencies, elapsed
+
+
+def echo_load(echo: EchoProcess, request: bytes, callers: int, seconds: float) -> Load:
+    """``callers`` concurrent raw gRPC callers of the bare echo server: what gRPC alone
+    sustains on this machine with the same bytes, the ceiling of any server here."""
+    cpu_before = cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
+    calls, latencies, elapsed = asyncio.run(_echo_callers(echo.target, request, callers, seconds))
+    cpu_after = cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
+    cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
+    return Load(ECHO, callers, calls, elapsed, tuple(latencies), float("nan"), *cpu)
+
+
 def in_process_floor(seconds: float) -> dict[str, float]:
     """Median ms at D=16, B=1: ``hs.hessian``, TF's floor for a (1, 16, 16) result, and JAX."""
     keras_model = build_mlp(FLOOR_DIM)
@@ -301,7 +343,7 @@ def render(
         lines.append(
             f"| {row.batching} | {row.callers} | {row.throughput:,.0f} | "
             f"{row.throughput / one.throughput:.2f}× | {row.percentile_ms(50):.2f} | {row.percentile_ms(99):.2f} | "
-            f"{row.mean_batch:.1f} | {_cpu_columns(row)} |"
+            f"{'–' if math.isnan(row.mean_batch) else f'{row.mean_batch:.1f}'} | {_cpu_columns(row)} |"
         )
     lines += [
         f"| {row.batching} | 1 (B=32 in one call) | {row.throughput:,.0f} calls/s, {32 * row.throughput:,.0f} examples/s | | "
@@ -385,6 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for callers in CALLERS:
             print(f"batching off, {callers} callers ...", flush=True)
             loads.append(load(unbatched, "off", callers, seconds))
+    request, reply_bytes = small_request_and_reply_bytes()
+    with EchoProcess(reply_bytes) as echo:
+        for callers in (1, CALLERS[-1]):
+            print(f"bare gRPC echo, {callers} callers ...", flush=True)
+            loads.append(echo_load(echo, request, callers, seconds))
     print("in-process floor ...", flush=True)
     floor = in_process_floor(seconds)
     command = " ".join(["python benchmarks/bench_wire.py", *(sys.argv[1:] if argv is None else argv)])
