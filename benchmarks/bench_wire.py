@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,24 +213,29 @@ def _batch_histogram(server: ServerProcess) -> tuple[float, float]:
     return values["hessd_batch_size_sum"], values["hessd_batch_size_count"]
 
 
+async def _back_to_back(call: Callable[[], Awaitable[object]], callers: int, seconds: float) -> tuple[int, list[float], float]:
+    """``callers`` tasks each awaiting ``call()`` back to back for ``seconds``, after one
+    call each to warm up: calls, latencies, elapsed seconds."""
+    await asyncio.gather(*(call() for _ in range(callers)))
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < stop:
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return len(latencies), latencies, time.perf_counter() - start
+
+
 async def _callers(target: str, callers: int, seconds: float, batch: int) -> tuple[int, list[float], float]:
     """``callers`` tasks calling back to back for ``seconds``: calls, latencies, elapsed seconds."""
     x = np.random.default_rng(1).standard_normal((batch, MID_DIM)).astype(np.float32)
-    latencies: list[float] = []
     async with hessd.AsyncClient(target, timeout=60) as client:
-        await asyncio.gather(*(client.hessian(MODEL, x) for _ in range(callers)))
-        stop = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            while time.perf_counter() < stop:
-                began = time.perf_counter()
-                await client.hessian(MODEL, x)
-                latencies.append(time.perf_counter() - began)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        elapsed = time.perf_counter() - start
-    return len(latencies), latencies, elapsed
+        return await _back_to_back(lambda: client.hessian(MODEL, x), callers, seconds)
 
 
 def load(server: ServerProcess, batching: str, callers: int, seconds: float, batch: int = 1) -> Load:
@@ -254,22 +259,9 @@ def small_request_and_reply_bytes() -> tuple[bytes, int]:
 
 async def _echo_callers(target: str, request: bytes, callers: int, seconds: float) -> tuple[int, list[float], float]:
     """``callers`` tasks echoing ``request`` back to back over one raw ``grpc.aio`` channel."""
-    latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary("/bench.Echo/Echo")
-        await asyncio.gather(*(call(request) for _ in range(callers)))
-        stop = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            while time.perf_counter() < stop:
-                began = time.perf_counter()
-                await call(request)
-                latencies.append(time.perf_counter() - began)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        elapsed = time.perf_counter() - start
-    return len(latencies), latencies, elapsed
+        return await _back_to_back(lambda: call(request), callers, seconds)
 
 
 def echo_load(echo: EchoProcess, request: bytes, callers: int, seconds: float) -> Load:
