@@ -213,7 +213,9 @@ def _batch_histogram(server: ServerProcess) -> tuple[float, float]:
     return values["hessd_batch_size_sum"], values["hessd_batch_size_count"]
 
 
-async def _back_to_back(call: Callable[[], Awaitable[object]], callers: int, seconds: float) -> tuple[int, list[float], float]:
+async def _back_to_back(
+    call: Callable[[], Awaitable[object]], callers: int, seconds: float
+) -> tuple[int, list[float], float]:
     """``callers`` tasks each awaiting ``call()`` back to back for ``seconds``, after one
     call each to warm up: calls, latencies, elapsed seconds."""
     await asyncio.gather(*(call() for _ in range(callers)))
@@ -253,7 +255,8 @@ def small_request_and_reply_bytes() -> tuple[bytes, int]:
     """The serialized B=1 Hessian request of the ``mid`` MLP, and its reply's size in bytes."""
     x = np.random.default_rng(0).standard_normal((1, MID_DIM)).astype(np.float32)
     request = pb.HessianRequest(model_name=MODEL, x={"x": tensor_codec.encode(x, field="x")})
-    reply = pb.HessianResponse(hessian=tensor_codec.encode(np.zeros((1, MID_DIM, MID_DIM), np.float32), field="hessian"))
+    result = np.zeros((1, MID_DIM, MID_DIM), np.float32)
+    reply = pb.HessianResponse(hessian=tensor_codec.encode(result, field="hessian"))
     return request.SerializeToString(), reply.ByteSize()
 
 

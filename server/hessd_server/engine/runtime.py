@@ -40,10 +40,10 @@ def set_thread_pools(intra_op: int, inter_op: int) -> tuple[int, int]:
     Raises:
         RuntimeError: TensorFlow has started already with other sizes.
     """
-    threading_config = tf.config.threading
+    threads = tf.config.threading
     pools = (
-        ("intra-op", intra_op, threading_config.get_intra_op_parallelism_threads, threading_config.set_intra_op_parallelism_threads),
-        ("inter-op", inter_op, threading_config.get_inter_op_parallelism_threads, threading_config.set_inter_op_parallelism_threads),
+        ("intra-op", intra_op, threads.get_intra_op_parallelism_threads, threads.set_intra_op_parallelism_threads),
+        ("inter-op", inter_op, threads.get_inter_op_parallelism_threads, threads.set_inter_op_parallelism_threads),
     )
     for name, wanted, current, change in pools:
         if wanted and current() != wanted:
@@ -54,4 +54,4 @@ def set_thread_pools(intra_op: int, inter_op: int) -> tuple[int, int]:
                     f"TensorFlow's {name} threads can only be set before it runs anything, and it has "
                     f"started with {current()} (0: one per core); set them when the process starts"
                 ) from err
-    return threading_config.get_intra_op_parallelism_threads(), threading_config.get_inter_op_parallelism_threads()
+    return threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads()
