@@ -200,6 +200,43 @@ def test_autotune_drops_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> Non
     assert model.metadata().strategy != "perturbed"
 
 
+def _wrong_for_one_example(target: strategies.Target, x: tf.Tensor, weights: tf.Tensor) -> strategies.Result:
+    values, gradient, blocks = strategies.STRATEGIES["pfor"](target, x, weights)
+    return values, gradient, blocks * (1 + 1e-4) if x.shape[0] == 1 else blocks
+
+
+def test_a_small_bucket_checks_the_strategy_it_takes_and_tunes_itself_on_a_mismatch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(strategies.STRATEGIES, "wrong_for_one", _wrong_for_one_example)
+    keras_model = refs.tanh_mlp(4)
+    model = hs.load_model(keras_model, config=hs.EngineConfig(strategy="wrong_for_one", max_batch_size=4))
+    x = RNG.normal(size=(4, 4)).astype(np.float32)
+    hs.warmup(model, [1, 2, 4])
+    by_batch: dict[int, list[StrategyTiming]] = {}
+    for timing in model.metadata().strategy_timings:
+        by_batch.setdefault(timing.batch, []).append(timing)
+    assert [(t.strategy, t.outcome) for t in by_batch[2]] == [("wrong_for_one", "chosen")]
+    assert "matches batch 4's results" in by_batch[2][0].detail
+    first = by_batch[1][0]
+    assert (first.strategy, first.outcome) == ("wrong_for_one", "rejected")
+    assert first.detail.startswith("as chosen at batch 2: blocks differ from batch 2's")
+    outcomes = {(t.strategy, t.outcome) for t in by_batch[1][1:]}
+    assert ("pfor", "chosen") in outcomes and ("wrong_for_one", "rejected") in outcomes
+    expected = hs.hessian(_forced(keras_model, "pfor"), x[:1])
+    np.testing.assert_array_equal(hs.hessian(model, x[:1]), expected)
+
+
+def test_a_small_bucket_is_tuned_when_the_larger_buckets_function_was_evicted() -> None:
+    model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(max_batch_size=4, max_compiled_functions=1))
+    hs.warmup(model, [4])
+    x = RNG.normal(size=(4, 4)).astype(np.float32)
+    hs.gradient(model, x)
+    hs.hessian(model, x[:1])
+    tuned = {t.strategy: t.outcome for t in model.metadata().strategy_timings if t.batch == 1}
+    assert {tuned["pfor"], tuned["structural"]} == {"chosen", "passed"}
+
+
 def test_an_unknown_forced_strategy_is_recorded_and_the_reference_used() -> None:
     model = _forced(refs.tanh_mlp(4), "no_such_strategy")
     hs.hessian(model, RNG.normal(size=(1, 4)).astype(np.float32))

@@ -11,6 +11,12 @@ turns, and the one with the fastest call is kept (the minimum, since a shared
 machine's noise only ever adds time). Every outcome and time is
 recorded on the model (``metadata().strategy_timings``).
 
+A small bucket (:data:`SMALL_BUCKET_ROWS`) is not tuned: it takes the strategy
+of the next larger bucket, checked on its own batch first. That batch, padded
+to the larger bucket, runs through the larger bucket's function (which passed
+the gate there), and the small bucket's result must match those rows within
+the same tolerance; otherwise the mismatch is recorded and the bucket is tuned.
+
 Only a deterministic failure (see :mod:`.compiled`) rules a strategy out. A
 transient one (out of memory, a cancelled call) is raised from :func:`choose`
 and records nothing, so the next call tunes the bucket afresh.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -43,7 +49,8 @@ SMALL_BUCKET_ROWS = 4096
 next larger bucket of its precision, when there is one, instead of being
 tuned itself: its calls take about a millisecond whichever strategy runs,
 while tuning it compiles every strategy (seconds of a server's start). The
-strategy was checked against the reference where it was tuned."""
+strategy is checked on the small bucket's batch against the larger bucket's
+function, which needs no compile."""
 
 TILED_ROWS_LIMIT = 1 << 16
 """Above this many rows (B * D) the tiled strategies are tried only when pfor failed."""
@@ -93,17 +100,11 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
     if known is not None:
         function, result = first_run(known)
         return Choice(known, function, result)
-    if inherited is not None:
-        name, source = inherited
-        try:
-            function, result = first_run(name)
-        except StrategyFailed as err:
-            _log.info("model %s: strategy %s of batch %d fails at batch %d, tuning it: %s", model.name, name, source, key.batch, err)
-        else:
-            detail = f"as chosen at batch {source}; buckets of at most {SMALL_BUCKET_ROWS} rows (B * D) are not tuned"
-            _keep(model, key, name, (StrategyTiming(key.batch, key.precision, name, "chosen", None, detail),))
-            return Choice(name, function, result)
     record = _Record(key)
+    if inherited is not None:
+        choice = _inherit(model, key, args, first_run, *inherited, record)
+        if choice is not None:
+            return choice
     candidates = _run_candidates(model, key, first_run, record)
     reference = next((c for name in strategies.REFERENCES for c in candidates if c.name == name), candidates[0])
     passed = [c for c in candidates if c is reference or _agrees(model, key, c, reference, record)]
@@ -118,6 +119,51 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
         record.note(candidate.name, "chosen" if candidate is chosen else "passed", seconds.get(candidate.name))
     _keep(model, key, chosen.name, tuple(record.timings))
     return Choice(chosen.name, chosen.function, chosen.result)
+
+
+def _inherit(
+    model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: FirstRun, name: str, source: int, record: _Record
+) -> Choice | None:
+    """The bucket's run of ``name``, the strategy chosen at batch ``source``, when it
+    matches ``source``'s function on the same rows; None (noted in ``record`` and
+    logged) when it fails or differs, or ``source``'s function is no longer cached."""
+    verified = model.functions.get(replace(key, batch=source))
+    if verified is None:
+        _log.info("model %s: batch %d's function was evicted; tuning batch %d", model.name, source, key.batch)
+        return None
+    try:
+        function, result = first_run(name)
+    except StrategyFailed as err:
+        record.note(name, "failed", detail=f"as chosen at batch {source}: {err}"[:300])
+        _log.info("model %s: strategy %s of batch %d fails at batch %d, tuning it: %s", model.name, name, source, key.batch, err)
+        return None
+    check_cancelled()
+    expected = tuple(np.asarray(t)[: key.batch] for t in verified(*_padded(args, source)))
+    mismatch = _difference(tuple(np.asarray(t) for t in result), expected, f"batch {source}'s")
+    if mismatch is not None:
+        detail = f"as chosen at batch {source}: {mismatch}"
+        record.note(name, "rejected", detail=detail)
+        _log.warning("model %s: strategy %s rejected at batch %d, tuning it: %s", model.name, name, key.batch, detail)
+        return None
+    detail = (
+        f"as chosen at batch {source}; buckets of at most {SMALL_BUCKET_ROWS} rows (B * D) are not tuned, "
+        f"and this one matches batch {source}'s results (rtol {RTOL:g})"
+    )
+    _keep(model, key, name, (StrategyTiming(key.batch, key.precision, name, "chosen", None, detail),))
+    return Choice(name, function, result)
+
+
+def _padded(args: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
+    """(x, fixed inputs by name, weights) with ``batch`` rows: the inputs' last
+    example repeated, the weights' padded with zeros."""
+    x, fixed, weights = args
+
+    def pad(array: Any, edge: bool) -> np.ndarray:
+        array = np.asarray(array)
+        widths = [(0, batch - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+        return np.pad(array, widths, mode="edge" if edge else "constant")
+
+    return pad(x, True), {n: pad(a, True) for n, a in fixed.items()}, pad(weights, False)
 
 
 def _keep(model: Model, key: FunctionKey, name: str, timings: tuple[StrategyTiming, ...]) -> None:
@@ -227,20 +273,26 @@ def _refused_while_tracing(err: BaseException) -> str | None:
 
 def _agrees(model: Model, key: FunctionKey, candidate: _Candidate, reference: _Candidate, record: _Record) -> bool:
     """Whether ``candidate`` matches ``reference`` (values, gradient, blocks); a mismatch is noted and logged."""
-    for what, got, expected in zip(("values", "gradient", "blocks"), candidate.arrays, reference.arrays):
-        if got.shape != expected.shape:
-            detail = f"{what} have shape {got.shape}, {reference.name}'s {expected.shape}"
-        else:
-            error = np.abs(got.astype(np.float64) - expected)
-            allowed = RTOL * (np.abs(expected) + np.max(np.abs(expected), initial=0.0))
-            bad = ~(error <= allowed) & np.isfinite(expected)
-            if not np.any(bad):
-                continue
-            detail = f"{what} differ from {reference.name}'s by up to {float(np.max(error[bad])):.3g} (rtol {RTOL:g})"
-        record.note(candidate.name, "rejected", detail=detail)
-        _log.warning("model %s: strategy %s rejected at batch %d: %s", model.name, candidate.name, key.batch, detail)
-        return False
-    return True
+    detail = _difference(candidate.arrays, reference.arrays, f"{reference.name}'s")
+    if detail is None:
+        return True
+    record.note(candidate.name, "rejected", detail=detail)
+    _log.warning("model %s: strategy %s rejected at batch %d: %s", model.name, candidate.name, key.batch, detail)
+    return False
+
+
+def _difference(got: tuple[np.ndarray, ...], expected: tuple[np.ndarray, ...], whose: str) -> str | None:
+    """How (values, gradient, blocks) ``got`` differ from ``expected`` beyond
+    :data:`RTOL`, or None where they agree; ``whose`` names the expected ones."""
+    for what, value, reference in zip(("values", "gradient", "blocks"), got, expected):
+        if value.shape != reference.shape:
+            return f"{what} have shape {value.shape}, {whose} {reference.shape}"
+        error = np.abs(value.astype(np.float64) - reference)
+        allowed = RTOL * (np.abs(reference) + np.max(np.abs(reference), initial=0.0))
+        bad = ~(error <= allowed) & np.isfinite(reference)
+        if np.any(bad):
+            return f"{what} differ from {whose} by up to {float(np.max(error[bad])):.3g} (rtol {RTOL:g})"
+    return None
 
 
 def _time(candidates: list[_Candidate], args: tuple[Any, ...], runs: int) -> dict[str, float | None]:
