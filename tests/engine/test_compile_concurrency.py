@@ -83,11 +83,14 @@ def test_concurrent_first_calls_compile_each_function_once() -> None:
         all_traced = _eventually(lambda: gate.inside == 2)
         rest = [pool.submit(hs.hessian, model, x[:batch]) for batch in batches]
         try:
-            all_waiting = _eventually(lambda: model.compile_waits == len(batches))
+            all_waiting = _eventually(lambda: model.build_locks.waits == len(batches))
+            building = len(model.build_locks)
         finally:
             gate.opened.set()
         results = [future.result() for future in (first, second, *rest)]
-    assert all_traced and all_waiting, (gate.inside, model.compile_waits)
+    assert all_traced and all_waiting, (gate.inside, model.build_locks.waits)
+    assert building == 2, "one lock per function being built, shared by the calls waiting for it"
+    assert len(model.build_locks) == 0, "finished builds leave no lock behind"
     assert gate.traces == 2 and model.metadata().compile_count == 1 + 2
     reference = hs.hessian(hs.load_model(refs.gated_model(refs.TraceGate())), x)
     for batch, blocks in zip([3, 7, *batches], results):

@@ -14,9 +14,9 @@ run. A transient failure (out of memory, an aborted or cancelled run, while
 building or while the tuner times the strategies) changes nothing: it is
 raised, and the next call builds the function afresh.
 
-Locking: each function has its own build lock, so a function is built once
-while different functions (buckets, kinds, precisions) build at the same
-time. ``model.lock`` only guards the model's records for an instant, never
+Locking: each function has its own build lock (:mod:`.build_locks`), so a
+function is built once, even when it is evicted while calls wait for it, and
+different functions (buckets, kinds, precisions) build at the same time. ``model.lock`` only guards the model's records for an instant, never
 across a trace, a compile or a run, so :meth:`Model.metadata` never waits on a
 compile.
 """
@@ -24,7 +24,6 @@ compile.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -69,22 +68,13 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
     """
     function = model.functions.get(key)
     if function is None:
-        with _build_lock(model, key):
+        with model.build_locks.building(key):
             check_cancelled()
             function = model.functions.get(key)
             if function is None:
                 return _build_and_run(model, key, args)
     check_cancelled()
     return _called(model, key, function, args)
-
-
-def _build_lock(model: Model, key: FunctionKey) -> threading.Lock:
-    """The lock that one build of ``key`` holds; a call finding it held counts in ``model.compile_waits``."""
-    with model.lock:
-        lock = model.build_locks.setdefault(key, threading.Lock())
-        if lock.locked():
-            model.compile_waits += 1
-    return lock
 
 
 def _called(
@@ -209,8 +199,7 @@ def _record_success(
         if strategy is not None and model.strategy is None:
             model.strategy = strategy
             _log.info("model %s: per-example strategy %s", model.name, strategy)
-        for evicted in model.functions.put(key, function):
-            model.build_locks.pop(evicted, None)
+        model.functions.put(key, function)
         model.compile_count += 1
 
 

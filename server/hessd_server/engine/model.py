@@ -11,9 +11,9 @@ import tensorflow as tf
 from hessd.errors import PrecisionError
 from hessd.results import ModelMetadata, StrategyTiming, TensorInfo
 
+from .build_locks import BuildLocks
 from .config import EngineConfig
 from .function_cache import FunctionCache
-from .function_key import FunctionKey
 
 ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
 """Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
@@ -63,12 +63,10 @@ class Model:
         self.batch_independent: bool | None = None
         self.compile_count = 0
         """Functions compiled and cached; a candidate that failed is not counted."""
-        self.compile_waits = 0
-        """Calls that found their function being built by another call and waited for it."""
         self.xla_fallbacks: list[str] = []
         self.functions = FunctionCache(config.max_compiled_functions)
-        self.build_locks: dict[FunctionKey, threading.Lock] = {}
-        """One lock per function being built; dropped when its function is evicted."""
+        self.build_locks = BuildLocks()
+        """One lock per function being built or waited for (``build_locks.waits`` counts the waits)."""
         self.output_sizes: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
         self.xla_failed_kinds: set[tuple[str, str]] = set()
         self.strategy_choices: dict[tuple[str, int], str] = {}
