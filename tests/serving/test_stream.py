@@ -16,6 +16,7 @@ import hessd_server as hs
 from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
+from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from wire_fixtures import RunningServer, rng_array, serving
 
 
@@ -155,3 +156,27 @@ def test_stream_waiting_for_input_ends_with_the_call_deadline(server: RunningSer
                 next(client.stream("demo", items()))
     finally:
         release.set()
+
+
+def test_an_idle_stream_ends_unavailable_as_soon_as_the_server_drains() -> None:
+    """Without it the idle stream would hold the stop for its whole grace (600 s
+    here), and ``stop`` would time out; the item before it is answered."""
+    more = threading.Event()
+
+    def items() -> Iterator[np.ndarray]:
+        yield GOOD[0]
+        more.wait(60)
+        yield GOOD[0]
+
+    running = RunningServer(ServerConfig(models=(ModelSpec("demo", hs.DEMO_MODEL_SOURCE),), listen="127.0.0.1:0"))
+    running.wait_until_serving()
+    expected = _expected(running, GOOD[0])
+    with hessd.Client(running.target, timeout=60) as sdk:
+        results = sdk.stream("demo", items())
+        first = next(results)
+        assert running.server.admission.in_flight == 1
+        running.stop(grace=600)
+        with pytest.raises(hessd.UnavailableError, match="shutting down"):
+            next(results)
+        more.set()
+    np.testing.assert_array_equal(first, expected)

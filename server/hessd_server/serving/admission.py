@@ -1,12 +1,20 @@
-"""Admission of HessianService calls: open until draining starts, with calls in flight counted."""
+"""Admission of HessianService calls: open until draining starts, with calls in flight counted.
+
+An open stream is one call in flight for as long as it lasts; :meth:`Admission.until_draining`
+ends it with UNAVAILABLE as soon as draining starts, even while it waits for its caller's
+next item, so an idle stream never holds a shutdown for its whole grace period.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from typing import TypeVar
 
 from hessd.errors import UnavailableError
+
+T = TypeVar("T")
 
 
 class Admission:
@@ -16,7 +24,7 @@ class Admission:
     """
 
     def __init__(self) -> None:
-        self._draining = False
+        self._draining = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -49,14 +57,40 @@ class Admission:
         Raises:
             UnavailableError: the server is draining and takes no new work.
         """
-        if self._draining:
+        if self._draining.is_set():
             raise UnavailableError(
                 "the server is shutting down; retry on another instance", reason="SERVER_DRAINING"
             )
 
     def start_draining(self) -> None:
-        """Admit no new calls from now on."""
-        self._draining = True
+        """Admit no new calls from now on, and end the streams waiting for items."""
+        self._draining.set()
+
+    async def until_draining(self, items: AsyncIterable[T]) -> AsyncIterator[T]:
+        """A stream's ``items``, each checked in (see :meth:`refuse_if_draining`).
+
+        Raises:
+            UnavailableError: draining started, before the next item arrived or while
+                waiting for it; the item being answered, if any, was answered first.
+        """
+        iterator = aiter(items)
+        draining = asyncio.ensure_future(self._draining.wait())
+        following: asyncio.Future[T] | None = None
+        try:
+            while True:
+                self.refuse_if_draining()
+                following = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait((following, draining), return_when=asyncio.FIRST_COMPLETED)
+                self.refuse_if_draining()
+                try:
+                    item = following.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            draining.cancel()
+            if following is not None:
+                following.cancel()
 
     async def drained(self) -> None:
         """Return once no admitted call is in flight."""

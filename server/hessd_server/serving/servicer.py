@@ -1,8 +1,8 @@
 """``hessd.v1.HessianService``: decode the request, hand it to the batcher, encode.
 
 No maths here, and no error handling beyond StreamHessian's (a failed item is
-answered with its status; once the server drains, the stream ends UNAVAILABLE at
-its next item): the engine computes and validates, and
+answered with its status; once the server drains, the stream ends UNAVAILABLE,
+at once if it is waiting for an item): the engine computes and validates, and
 :mod:`hessd_server.serving.status_interceptor` turns exceptions into statuses.
 Replies that carry Hessians are serialized by
 :class:`~hessd_server.serving.replies.ReplyEncoder` (on a worker thread when
@@ -190,8 +190,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamHessianResponse | bytes]:
         index = 0
-        async for request in request_iterator:
-            self._admission.refuse_if_draining()
+        async for request in self._admission.until_draining(request_iterator):
             try:
                 if isinstance(request, MalformedRequestError):
                     raise request
