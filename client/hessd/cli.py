@@ -3,6 +3,7 @@
 Examples::
 
     hessd models
+    hessd models --versions                               # model, version, state[, error]
     hessd metadata demo
     hessd hessian demo --input x.npy --out h.npy          # (B, *S, *S)
     hessd gradient demo --input x.npy --out g.npy         # (B, *S)
@@ -97,7 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", type=Path, help="file whose first line is the bearer token")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", help="list the served models").set_defaults(run=_models)
+    models = commands.add_parser("models", help="list the served models")
+    models.add_argument(
+        "--versions",
+        action="store_true",
+        help="a tab-separated line per version: model, version, state, and a failed one's error",
+    )
+    models.set_defaults(run=_models)
     metadata = commands.add_parser("metadata", help="show a model's metadata as JSON")
     metadata.add_argument("model")
     metadata.set_defaults(run=_metadata)
@@ -184,8 +191,20 @@ def _add_plot(command: argparse.ArgumentParser, what: str) -> None:
 
 
 def _models(client: Client, args: argparse.Namespace) -> None:
-    for name in client.models():
-        print(name)
+    if not args.versions:
+        for name in client.models():
+            print(name)
+        return
+    for status in client.model_status():
+        if status.error is not None:
+            print("\t".join((status.name, "-", "FOLDER_ERROR", _one_line(status.error))))
+        for version in status.versions:
+            error = () if version.error is None else (_one_line(version.error),)
+            print("\t".join((status.name, version.version, version.state, *error)))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _metadata(client: Client, args: argparse.Namespace) -> None:

@@ -38,6 +38,14 @@ def test_console_script_lists_models(server: RunningServer) -> None:
     assert result.stdout.split() == ["demo", "multi"]
 
 
+def test_models_with_versions_lists_each_versions_state(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(server, "models", "--versions") == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert lines == [["demo", "1", "AVAILABLE"], ["multi", "1", "AVAILABLE"]]
+
+
 def test_metadata_is_json(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(server, "metadata", "demo") == 0
     metadata = json.loads(capsys.readouterr().out)

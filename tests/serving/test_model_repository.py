@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import hessd
+from hessd import cli
 from hessd.v1 import model_admin_pb2, model_admin_pb2_grpc
 from hessd_server.serving.server_process import ServerProcess
 from wire_fixtures import linear_model, write_version
@@ -143,7 +144,7 @@ def test_a_new_version_replaces_the_old_one_while_calls_run_and_none_fails(
 
 
 def test_a_corrupt_version_fails_with_its_error_and_the_previous_one_keeps_serving(
-    repository: Path, client: hessd.Client
+    repository: Path, server: ServerProcess, client: hessd.Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_version(repository, "curve", 1, scale=1.0)
     wait_until(lambda: states(client, "curve") == {"1": "AVAILABLE"}, "curve 1 serves")
@@ -153,6 +154,10 @@ def test_a_corrupt_version_fails_with_its_error_and_the_previous_one_keeps_servi
     failed = next(v for v in status.versions if v.version == "2")
     assert "could not load" in failed.error and "model.keras" in failed.error
     assert states(client, "curve") == {"1": "AVAILABLE", "2": "FAILED"}
+    assert cli.main(["--target", server.target, "models", "--versions"]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines() if line.startswith("curve\t")]
+    assert listed[0] == ["curve", "1", "AVAILABLE"]
+    assert listed[1][:3] == ["curve", "2", "FAILED"] and "could not load" in listed[1][3] and len(listed) == 2
     assert gradient_scale(client, "curve") == 1.0
     with pytest.raises(hessd.ModelNotFoundError, match="FAILED") as pinned:
         client.gradient("curve", X, model_version="2")
