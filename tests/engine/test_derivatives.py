@@ -130,6 +130,24 @@ def test_float64_precision_matches_finite_differences_closely() -> None:
     assert np.abs(result.hessian - reference).max() < np.abs(hs.hessian(model, x) - reference).max()
 
 
+def test_float64_precision_of_a_functional_model_using_keras_ops() -> None:
+    """keras.ops nodes have no dtype to set: the float64 copy keeps them and
+    they compute in float64. The reference is the same model written in NumPy."""
+    inputs = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(5, activation="tanh")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.ops.sin(hidden) * 2.0 + hidden))
+    w1, b1, w2, b2 = (w.astype(np.float64) for w in model.get_weights())
+
+    def value(points: np.ndarray) -> np.ndarray:
+        h = np.tanh(points @ w1 + b1)
+        return ((np.sin(h) * 2.0 + h) @ w2 + b2)[:, 0]
+
+    x = RNG.normal(size=(3, 4)).astype(np.float32)
+    blocks = hs.hessian(model, x, precision="float64")
+    assert blocks.dtype == np.float64
+    np.testing.assert_allclose(blocks, refs.finite_difference_hessians(value, x), rtol=1e-6, atol=1e-8)
+
+
 def test_conv2d_on_images_matches_tf_hessians() -> None:
     model = refs.conv_model()
     x = RNG.normal(size=(2, 5, 5, 2)).astype(np.float32)

@@ -206,10 +206,15 @@ def _input_structure(model: keras.Model) -> Any:
 
 
 def _float64_copy(model: keras.Model) -> tuple[keras.Model, Any]:
-    """A float64 clone of ``model`` (inputs and every layer), with the weights cast."""
+    """A float64 clone of ``model`` (inputs and every layer), with the weights cast.
+    Operations of ``keras.ops`` in a functional graph have no dtype of their own:
+    they are cloned as they are and compute in their inputs' float64."""
 
     def float64_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float64"})
+        config = layer.get_config()
+        if "dtype" in config:
+            config = {**config, "dtype": "float64"}
+        return layer.__class__.from_config(config)
 
     try:
         inputs = keras.tree.map_structure(
