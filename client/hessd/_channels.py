@@ -2,7 +2,7 @@
 
 Everything here is standard gRPC: a target naming one server or several, and a
 service config (``grpc.service_config``) with the load-balancing policy, a retry
-policy for ``UNAVAILABLE`` and client-side health checking. A target that names
+policy for ``UNAVAILABLE`` with retry throttling, and client-side health checking. A target that names
 several servers (``dns:///name:port``, ``ipv4:a:p,b:p``, or a list of addresses)
 is balanced with ``round_robin``, which sends each call to the next healthy
 server; health checking takes a server out of the rotation as soon as it
@@ -46,6 +46,12 @@ RETRY_POLICY: dict[str, Any] = {
 randomized exponential backoff (at most 0.1 s, 0.2 s, 0.4 s, 0.8 s before the
 2nd to 5th); every hessd call is safe to repeat. Attempts share the call's
 ``timeout``; a streaming call is retried only until its first reply arrives."""
+
+RETRY_THROTTLING: dict[str, Any] = {"maxTokens": 10, "tokenRatio": 0.1}
+"""gRPC retry throttling, per channel: each failed attempt spends a token and each
+success earns back 0.1 of one, and calls are retried only while more than half of
+the 10 tokens are left. A server that keeps refusing (overloaded, every replica
+draining) then gets each call once, not five times, until calls succeed again."""
 
 _SERVICE_CONFIG = "grpc.service_config"
 _DISABLE_RESOLVER_CONFIG = "grpc.service_config_disable_resolution"
@@ -94,7 +100,8 @@ def default_load_balancing(target: str) -> str:
 
 
 def service_config(load_balancing: str) -> str:
-    """The service config JSON: ``load_balancing``, the retry policy and health checking.
+    """The service config JSON: ``load_balancing``, the retry policy and its throttling,
+    and health checking.
 
     Raises:
         ValueError: ``load_balancing`` is not one of :data:`LOAD_BALANCING_POLICIES`.
@@ -111,6 +118,7 @@ def service_config(load_balancing: str) -> str:
             "methodConfig": [
                 {"name": [{"service": HEALTH_CHECK_SERVICE}], "retryPolicy": RETRY_POLICY}
             ],
+            "retryThrottling": RETRY_THROTTLING,
         }
     )
 

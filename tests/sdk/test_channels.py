@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 
 import hessd
@@ -100,3 +103,33 @@ def test_the_readme_shows_the_service_config_the_sdk_uses() -> None:
     start = section.index("```json") + len("```json")
     shown = section[start : section.index("```", start)]
     assert json.loads(shown) == json.loads(_channels.service_config("round_robin"))
+
+
+def test_retries_stop_while_a_server_keeps_refusing() -> None:
+    """A real gRPC server that answers every Hessian call UNAVAILABLE (as an
+    overloaded hessd does): the first call is retried, and once the channel's
+    retry tokens are spent each later call is sent once, not five times."""
+    attempts: list[str] = []
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+        attempts.append("Hessian")
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is overloaded; retry with backoff")
+
+    handler = grpc.method_handlers_generic_handler(
+        "hessd.v1.HessianService",
+        {"Hessian": grpc.unary_unary_rpc_method_handler(refuse)},
+    )
+    server = grpc.server(ThreadPoolExecutor(2), handlers=(handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    calls = 12
+    try:
+        with hessd.Client(f"127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(calls):
+                with pytest.raises(hessd.UnavailableError):
+                    client.hessian("demo", np.zeros((1, 2), np.float32))
+    finally:
+        server.stop(None)
+    retried = len(attempts) - calls
+    assert retried >= 1, "the first refusals are retried"
+    assert retried <= _channels.RETRY_THROTTLING["maxTokens"], attempts
