@@ -292,6 +292,46 @@ def test_out_of_range_ids_are_refused_naming_the_input_and_range() -> None:
             hs.gradient(model, {"x": x, "ids": bad}, wrt="x")
 
 
+def _two_tables_model() -> keras.Model:
+    """``ids`` int64 (2,) into Embeddings of 9 and 6 rows; ``count`` int32 (1,) only scales."""
+    keras.utils.set_random_seed(15)
+    x = keras.Input((3,), name="x")
+    ids = keras.Input((2,), dtype="int64", name="ids")
+    count = keras.Input((1,), dtype="int32", name="count")
+    tables = [keras.layers.Flatten()(keras.layers.Embedding(rows, 2)(ids)) for rows in (9, 6)]
+    scale = keras.ops.cast(count, "float32")
+    hidden = keras.layers.Dense(4, activation="tanh")(keras.layers.Concatenate()([x * scale, *tables]))
+    return keras.Model({"x": x, "ids": ids, "count": count}, keras.layers.Dense(1)(hidden))
+
+
+def test_a_saved_models_lookup_ranges_are_found_by_probing(tmp_path) -> None:
+    """A SavedModel hides its Embeddings: each integer input is probed at load.
+    Without the range, a warm model's XLA function clamps id 5 to the last row and answers."""
+    keras_model = refs.embedding_model(vocabulary=5)
+    keras_model.export(tmp_path / "embedding", verbose=False)
+    model = hs.load_model(tmp_path / "embedding")
+    assert model.input_ranges == {"ids": (0, 5)}
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    good = {"x": x, "ids": np.array([[0, 4], [2, 3]], np.int32)}
+    np.testing.assert_allclose(
+        hs.hessian(model, good, wrt="x"), hs.hessian(keras_model, good, wrt="x"), rtol=1e-5, atol=1e-7
+    )
+    with pytest.raises(errors.InvalidArgumentError, match=r"holds 5, outside \[0, 5\)") as raised:
+        hs.hessian(model, {"x": x, "ids": np.array([[0, 5], [2, 3]], np.int32)}, wrt="x")
+    assert raised.value.reason == "INPUT_OUT_OF_RANGE" and raised.value.field == "x[ids]"
+
+    two_tables = _two_tables_model()
+    two_tables.export(tmp_path / "two_tables", verbose=False)
+    probed = hs.load_model(tmp_path / "two_tables")
+    assert probed.input_ranges == {"ids": (0, 6)}, "the smaller table bounds the input; count indexes nothing"
+    inputs = {"x": x, "ids": np.array([[5, 0], [1, 2]], np.int64), "count": np.array([[100_000], [3]], np.int32)}
+    np.testing.assert_allclose(
+        hs.hessian(probed, inputs, wrt="x"), hs.hessian(two_tables, inputs, wrt="x"), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(errors.InvalidArgumentError, match=r"holds 6, outside \[0, 6\)"):
+        hs.gradient(probed, {**inputs, "ids": np.array([[6, 0], [1, 2]], np.int64)}, wrt="x")
+
+
 def test_probe_varies_integer_inputs() -> None:
     model = hs.load_model(refs.integer_mixing_model())
     x = {"x": RNG.normal(size=(3, 3)).astype(np.float32), "ids": np.array([[1], [2], [7]], np.int32)}

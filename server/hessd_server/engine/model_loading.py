@@ -16,6 +16,7 @@ from hessd.errors import ModelLoadError, PrecisionError
 
 from .config import EngineConfig
 from .keras_call import KerasCall
+from .lookup_ranges import keras_lookup_ranges, probed_lookup_ranges
 from .model import Model, TensorInfo
 from .runtime import configure_tensorflow
 from .warmup import warmup
@@ -171,29 +172,8 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         float64_factory=lambda: KerasCall(*_float64_copy(model), names),
         warm_up=warmup,
         keep_alive=model,
-        input_ranges=_lookup_ranges(model, dict(zip(names, leaves))),
+        input_ranges=keras_lookup_ranges(model, dict(zip(names, leaves))),
     )
-
-
-def _lookup_ranges(model: keras.Model, inputs: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """Integer inputs fed straight into an ``Embedding``: name -> [0, input_dim).
-
-    Out-of-range ids would be clamped under XLA (silently wrong numbers) and
-    fail in graph mode, so requests are checked against these ranges first.
-    """
-    ranges: dict[str, tuple[int, int]] = {}
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.Embedding):
-            continue
-        try:
-            fed = layer.input
-        except (AttributeError, ValueError):
-            continue
-        for name, tensor in inputs.items():
-            if fed is tensor:
-                low, high = ranges.get(name, (0, layer.input_dim))
-                ranges[name] = (low, min(high, layer.input_dim))
-    return ranges
 
 
 def _input_structure(model: keras.Model) -> Any:
@@ -263,4 +243,5 @@ def _from_saved_model(path: str, *, name: str | None, config: EngineConfig) -> M
         float64_factory=None,
         warm_up=warmup,
         keep_alive=loaded,
+        input_ranges=probed_lookup_ranges(call, inputs),
     )
