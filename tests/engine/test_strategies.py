@@ -365,6 +365,24 @@ def test_structural_blocks_and_constant_jacobians_match_pfor_and_finite_differen
     np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dim", [6, 130], ids=["one_block", "row_blocks"])
+@pytest.mark.parametrize("name", ["structural", "pfor"])
+def test_new_weights_are_used_by_every_strategy_without_a_new_compile(name: str, dim: int) -> None:
+    """The structural path makes its first layer's row-pair products when it
+    traces; after set_weights it must not answer with the old ones."""
+    keras_model = wide_model(dim)
+    model = _forced(keras_model, name)
+    x = RNG.normal(size=(2, dim)).astype(np.float32)
+    before = hs.hessian(model, x)
+    assert model.metadata().strategy == name
+    keras_model.set_weights([w * 1.5 for w in keras_model.get_weights()])
+    after = hs.hessian(model, x)
+    assert model.metadata().compile_count == 1
+    expected = hs.hessian(_forced(keras_model, "pfor"), x)
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(after, before, rtol=1e-3)
+
+
 def test_warmup_tunes_the_largest_bucket_and_small_buckets_take_its_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(max_batch_size=8))
     hs.warmup(model, [1, 2, 8])

@@ -106,6 +106,24 @@ class _Term:
     output: tf.Tensor
 
 
+@dataclass(frozen=True)
+class _KernelRead:
+    """A Dense kernel whose value went into a constant Jacobian when tracing,
+    with that value (captured, in the kernel's dtype)."""
+
+    kernel: Any
+    traced: tf.Tensor
+
+
+def _unchanged(reads: list[_KernelRead]) -> tf.Tensor | None:
+    """A scalar bool: every kernel read when tracing still holds its traced
+    value; None when no kernel was read."""
+    if not reads:
+        return None
+    same = [tf.reduce_all(tf.equal(tf.cast(read.kernel, read.traced.dtype), read.traced)) for read in reads]
+    return tf.reduce_all(tf.stack(same))
+
+
 def refusal(call: Any, wrt: str) -> str | None:
     """Why the closed form does not apply to ``call`` differentiated at input
     ``wrt``, or None when it does. Only Keras models whose every operation is
@@ -131,8 +149,10 @@ def per_example_hessian(
     """Values (B,), gradient (B, D) and Hessian blocks (B, D, D) of
     f_b = Σ_k w[b, k] y[b, k] for x (B, D), in closed form.
 
-    The model's weights are read when this is traced (like the float64 copy,
-    the compiled function assumes a loaded model's weights do not change).
+    The products of a constant Jacobian's row pairs (see :func:`_assemble`)
+    are made from the kernels' values when this is traced; each call checks
+    those kernels against their traced values and, should the model's weights
+    have changed since, makes the products from the kernels as they are now.
 
     Raises :class:`StructuralRefusal` for a model :func:`refusal` would refuse.
     """
@@ -141,6 +161,7 @@ def per_example_hessian(
         raise StructuralRefusal(reason)
     graph = _graph(call.model)
     terms: list[_Term] = []
+    reads: list[_KernelRead] = []
     dim = x.shape[-1]
     rows = _row_ranges(dim)
     identity = np.eye(dim, dtype=x.dtype.as_numpy_dtype)
@@ -152,14 +173,16 @@ def per_example_hessian(
     }
     with tf.GradientTape() as tape:
         tape.watch(x)
-        outputs = _walk(graph, [jets[n] for n in call.names], lambda op, *a, **k: _apply(op, terms, rows, *a, **k))
+        outputs = _walk(
+            graph, [jets[n] for n in call.names], lambda op, *a, **k: _apply(op, terms, reads, rows, *a, **k)
+        )
         flat = [jet.value for jet in keras.tree.flatten(outputs)]
         y = flat[0] if len(flat) == 1 else tf.concat([tf.reshape(v, [tf.shape(v)[0], -1]) for v in flat], axis=1)
         values = tf.reduce_sum(tf.reshape(tf.cast(y, x.dtype), [tf.shape(x)[0], -1]) * weights, axis=1)
         total = tf.reduce_sum(values)
     adjoints = tape.gradient(total, [x, *(t.output for t in terms)], unconnected_gradients=_ZERO)
     gradient, adjoints = adjoints[0], adjoints[1:]
-    return values, gradient, _assemble(terms, adjoints, rows, x)
+    return values, gradient, _assemble(terms, adjoints, rows, x, _unchanged(reads))
 
 
 def _row_ranges(dim: int) -> list[tuple[int, int]]:
@@ -169,12 +192,20 @@ def _row_ranges(dim: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _assemble(terms: list[_Term], adjoints: list[tf.Tensor], rows: list[tuple[int, int]], x: tf.Tensor) -> tf.Tensor:
+def _assemble(
+    terms: list[_Term],
+    adjoints: list[tf.Tensor],
+    rows: list[tuple[int, int]],
+    x: tf.Tensor,
+    unchanged: tf.Tensor | None,
+) -> tf.Tensor:
     """H_b = Σ_terms J diag(∂f/∂y ⊙ σ''(z)) Jᵀ, (B, D, D).
 
     A term with a constant Jacobian J (D, n) small enough is one matrix
     product, (B, n) · (n, D(D+1)/2), with the products of J's row pairs
-    computed once, then spread over both triangles. The others are batched
+    computed once, then spread over both triangles; where ``unchanged`` is
+    false (the kernels behind J changed after tracing) the products are made
+    from J as it is now, in the call. The others are batched
     Gram products, per pair of row blocks i <= j, the blocks below the
     diagonal being the transposes of those above.
     """
@@ -185,7 +216,15 @@ def _assemble(terms: list[_Term], adjoints: list[tf.Tensor], rows: list[tuple[in
         weight = adjoint * term.second
         pairs = _row_pairs(term.constant, x.dtype)
         if pairs is not None:
-            product = tf.matmul(weight, pairs)
+            if unchanged is None:
+                product = tf.matmul(weight, pairs)
+            else:
+                traced, jacobian, scale = pairs, term.jacobian, weight
+                product = tf.cond(
+                    unchanged,
+                    lambda: tf.matmul(scale, traced),
+                    lambda: tf.matmul(scale, _live_row_pairs(jacobian)),
+                )
             triangle = product if triangle is None else triangle + product
             continue
         scaled = [block * weight[:, None, :] for block in term.jacobian]
@@ -236,6 +275,13 @@ def _row_pairs(constant: np.ndarray | None, dtype: tf.DType) -> tf.Tensor | None
             pairs = tf.constant((constant[upper] * constant[lower]).T.astype(dtype.as_numpy_dtype))
         _PAIRS[key] = pairs
     return pairs
+
+
+def _live_row_pairs(jacobian: Blocks) -> tf.Tensor:
+    """:func:`_row_pairs` of the constant Jacobian given as (s, n) row blocks, computed in the call."""
+    full = tf.concat(list(jacobian), axis=0) if len(jacobian) > 1 else jacobian[0]
+    upper, lower = np.triu_indices(full.shape[0])
+    return tf.transpose(tf.gather(full, upper) * tf.gather(full, lower))
 
 
 def _triangle_index(dim: int) -> np.ndarray:
@@ -303,7 +349,9 @@ def _layer_refusal(op: Any) -> str | None:
     return f"layer {described} has no closed form here"
 
 
-def _apply(op: Any, terms: list[_Term], rows: list[tuple[int, int]], *args: Any, **kwargs: Any) -> _Jet:
+def _apply(
+    op: Any, terms: list[_Term], reads: list[_KernelRead], rows: list[tuple[int, int]], *args: Any, **kwargs: Any
+) -> _Jet:
     """One graph node on jets."""
     jets = [a for a in keras.tree.flatten(args) if isinstance(a, _Jet)]
     for jet in jets:
@@ -316,7 +364,7 @@ def _apply(op: Any, terms: list[_Term], rows: list[tuple[int, int]], *args: Any,
         z = tf.matmul(jets[0].value, kernel)
         if op.use_bias:
             z += tf.cast(op.bias, z.dtype)
-        return _activate(op.activation, _times_kernel(jets[0], z, op, kernel, rows), terms)
+        return _activate(op.activation, _times_kernel(jets[0], z, op, kernel, rows, reads), terms)
     if isinstance(op, keras.layers.Activation):
         return _activate(op.activation, jets[0], terms)
     if isinstance(op, keras.layers.Add):
@@ -328,16 +376,25 @@ def _apply(op: Any, terms: list[_Term], rows: list[tuple[int, int]], *args: Any,
     raise StructuralRefusal(f"layer {op.name!r} ({type(op).__name__}) has no closed form here")
 
 
-def _times_kernel(jet: _Jet, z: tf.Tensor, layer: keras.layers.Dense, kernel: tf.Tensor, rows: list[tuple[int, int]]) -> _Jet:
+def _times_kernel(
+    jet: _Jet,
+    z: tf.Tensor,
+    layer: keras.layers.Dense,
+    kernel: tf.Tensor,
+    rows: list[tuple[int, int]],
+    reads: list[_KernelRead],
+) -> _Jet:
     """z = x W + c with its Jacobian J W, for J (s, n) or (B, s, n) blocks and
-    W (n, m), each block one 2-D matrix product (W's rows when J = I)."""
+    W (n, m), each block one 2-D matrix product (W's rows when J = I). A
+    constant J takes W's value now into its constant, noted in ``reads``."""
     if jet.jacobian is None:
         return _Jet(z, None)
     constant = None
     if jet.constant is not None:
         with tf.init_scope():  # the kernel's value now, read outside the traced function
-            value = np.asarray(layer.kernel.numpy(), np.float64)
-        constant = (jet.constant.astype(np.float64) @ value).astype(jet.constant.dtype)
+            now = layer.kernel.numpy()
+            reads.append(_KernelRead(layer.kernel, tf.constant(now)))
+        constant = (jet.constant.astype(np.float64) @ np.asarray(now, np.float64)).astype(jet.constant.dtype)
     if jet.is_identity:
         return _Jet(z, tuple(kernel[a:b] for a, b in rows), constant)
     blocks = []
