@@ -227,6 +227,7 @@ def result_encoding(packing: str, result_dtype: str | None) -> ResultEncoding:
         raise InvalidArgumentError(
             f"packing is {packing!r}; use 'none' or 'upper' (half the bytes of a Hessian).",
             field="packing",
+            reason="RESULT_ENCODING_INVALID",
         )
     encoding = ResultEncoding(
         packing=Packing.PACKING_UPPER if packing == "upper" else Packing.PACKING_NONE

@@ -14,7 +14,7 @@ import pytest
 
 import hessd
 import hessd_server as hs
-from hessd import errors, tensor_codec
+from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import DataType, Packing, ResultChunk, ResultEncoding
@@ -171,11 +171,14 @@ def test_unknown_result_encodings_are_invalid_arguments(
         hessian_service_pb2_grpc.HessianServiceStub(channel).Hessian(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in raised.value.details()
+    error = status_codes.from_rpc_error(raised.value)
+    assert (error.reason, error.field) == ("RESULT_ENCODING_INVALID", field)
 
 
 def test_sdk_refuses_unknown_packing_and_dtypes_before_calling() -> None:
     with hessd.Client("127.0.0.1:1") as client:
-        with pytest.raises(errors.InvalidArgumentError, match="packing"):
+        with pytest.raises(errors.InvalidArgumentError, match="packing") as refused:
             client.hessian("wide", X, packing="lower")
+        assert refused.value.reason == "RESULT_ENCODING_INVALID"
         with pytest.raises(errors.DtypeError, match="result_dtype"):
             client.hessian("wide", X, result_dtype="int8")

@@ -25,8 +25,9 @@ import pytest
 import hessd
 from hessd import cli
 from hessd.v1 import model_admin_pb2, model_admin_pb2_grpc
+from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from hessd_server.serving.server_process import ServerProcess
-from wire_fixtures import linear_model, write_version
+from wire_fixtures import RunningServer, linear_model, write_version
 
 WAIT_S = 120.0
 POLL_SECONDS = "0.1"
@@ -417,3 +418,32 @@ def scrape_metrics(server: ServerProcess) -> str:
     assert match, server.output()
     with urllib.request.urlopen(match.group(1), timeout=WAIT_S) as page:
         return page.read().decode()
+
+
+@pytest.mark.parametrize("with_repository", [True, False], ids=["fixed_model", "no_repository"])
+def test_admin_refusals_name_their_reason(tmp_path: Path, with_repository: bool) -> None:
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(ADMIN_TOKEN + "\n")
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    config = ServerConfig(
+        models=(ModelSpec("demo", "hessd_server.engine.demo_model:build_demo_model"),),
+        listen="127.0.0.1:0",
+        warmup_batch_sizes=(1,),
+        admin_token_file=str(tokens),
+        model_repository=str(repository) if with_repository else None,
+    )
+    running = RunningServer(config)
+    try:
+        running.wait_until_serving()
+        with hessd.ModelAdminClient(running.target, token=ADMIN_TOKEN, timeout=WAIT_S) as admin:
+            with pytest.raises(hessd.InvalidArgumentError) as refused:
+                admin.unload_model("demo")
+            expected = "MODEL_NOT_ADMINISTERED" if with_repository else "MODEL_REPOSITORY_NOT_CONFIGURED"
+            assert (refused.value.reason, refused.value.field) == (expected, "model_name")
+            if with_repository:
+                with pytest.raises(hessd.InvalidArgumentError) as named:
+                    admin.load_model("../demo")
+                assert named.value.reason == "MODEL_NAME_INVALID"
+    finally:
+        running.stop()

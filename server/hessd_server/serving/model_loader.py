@@ -159,12 +159,14 @@ class ModelLoader:
             raise InvalidArgumentError(
                 "the server has no model repository (--model-repository) to load models from",
                 field="model_name",
+                reason="MODEL_REPOSITORY_NOT_CONFIGURED",
             )
         if self._registry.is_fixed(name):
             raise InvalidArgumentError(
                 f"model {name!r} is served with --model, which is not reloaded or unloaded; "
                 "serve it from the model repository instead",
                 field="model_name",
+                reason="MODEL_NOT_ADMINISTERED",
             )
 
     def _folder(self, name: str) -> ModelFolder:
@@ -172,7 +174,7 @@ class ModelLoader:
         try:
             folder = scan_model(self._repository, name)
         except ValueError as error:
-            raise InvalidArgumentError(str(error), field="model_name") from error
+            raise InvalidArgumentError(str(error), field="model_name", reason="MODEL_NAME_INVALID") from error
         if folder is None:
             raise ModelNotFoundError(
                 f"the model repository has no model folder {clipped(name)}", field="model_name"

@@ -63,6 +63,7 @@ def encoding_of(result_encoding: ResultEncoding, precision: int, *, chunked: boo
             f"result_encoding.packing is {result_encoding.packing}; use PACKING_NONE or "
             "PACKING_UPPER.",
             field="result_encoding.packing",
+            reason="RESULT_ENCODING_INVALID",
         )
     data_type: int | None = result_encoding.dtype
     if data_type in (DataType.DATA_TYPE_UNSPECIFIED, precision or DataType.DATA_TYPE_FLOAT32):
@@ -72,6 +73,7 @@ def encoding_of(result_encoding: ResultEncoding, precision: int, *, chunked: boo
             f"result_encoding.dtype is {data_type}; use DATA_TYPE_FLOAT16, DATA_TYPE_BFLOAT16 "
             "or DATA_TYPE_UNSPECIFIED (the precision).",
             field="result_encoding.dtype",
+            reason="RESULT_ENCODING_INVALID",
         )
     location = None
     if result_encoding.HasField("shared_memory"):
