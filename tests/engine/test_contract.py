@@ -332,6 +332,28 @@ def test_a_saved_models_lookup_ranges_are_found_by_probing(tmp_path) -> None:
         hs.gradient(probed, {**inputs, "ids": np.array([[6, 0], [1, 2]], np.int64)}, wrt="x")
 
 
+class _CountingModule(tf.Module):
+    """A SavedModel whose integer input ``n`` is a count (a range's length), not an id."""
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, 3), tf.float32, name="x"), tf.TensorSpec((None, 1), tf.int32, name="n")]
+    )
+    def serve(self, x: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+        steps = tf.cast(tf.size(tf.range(tf.reduce_max(n))), tf.float32)
+        return tf.reduce_sum(tf.tanh(x), axis=1, keepdims=True) * (1.0 + 0.0 * steps)
+
+
+def test_an_integer_input_that_indexes_nothing_gets_no_range(tmp_path) -> None:
+    """The probe starts at the dtype's smallest value: a count allocates nothing."""
+    tf.saved_model.save(_CountingModule(), str(tmp_path / "counting"))
+    model = hs.load_model(tmp_path / "counting")
+    assert model.input_ranges == {}
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    blocks = hs.hessian(model, {"x": x, "n": np.array([[4], [9]], np.int32)}, wrt="x")
+    t = np.tanh(x)
+    np.testing.assert_allclose(blocks, np.stack([np.diag(-2 * r * (1 - r * r)) for r in t]), rtol=1e-5, atol=1e-7)
+
+
 def test_probe_varies_integer_inputs() -> None:
     model = hs.load_model(refs.integer_mixing_model())
     x = {"x": RNG.normal(size=(3, 3)).astype(np.float32), "ids": np.array([[1], [2], [7]], np.int32)}

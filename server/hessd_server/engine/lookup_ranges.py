@@ -6,11 +6,13 @@ graph mode, so requests are checked against these ranges before any work
 
 A Keras model shows its lookups: an ``Embedding`` fed straight by an input.
 A SavedModel shows only a function, so each integer input is probed once at
-load: called (outside XLA) with that input at its dtype's largest value and
-the others at zero, a gather it feeds fails with "indices[...] = v is not in
-[0, N)"; the smallest such N over repeated probes is the input's range. A
-function exported with XLA inside clamps instead of failing, and then no range
-is found.
+load: called (outside XLA) with that input at its dtype's smallest value (the
+largest for unsigned dtypes) and the others at zero, a gather it feeds fails
+with "indices[...] = v is not in [0, N)". Probing again at N - 1 finds a
+smaller table fed by the same input, and the smallest N is the input's range.
+A negative first probe is also safe for an input the model uses as a size or
+count: it allocates nothing. A function exported with XLA inside clamps
+instead of failing, and then no range is found.
 """
 
 from __future__ import annotations
@@ -63,12 +65,15 @@ def probed_lookup_ranges(
     for probed in inputs:
         if not np.issubdtype(np.dtype(probed.dtype), np.integer):
             continue
-        high = int(np.iinfo(probed.dtype).max) + 1
+        limits = np.iinfo(probed.dtype)
+        high = int(limits.max) + 1
+        value = int(limits.min) if limits.min < 0 else int(limits.max)
         for _ in range(MAX_PROBES):
-            table = _table_size(call, inputs, probed, high - 1)
+            table = _table_size(call, inputs, probed, value)
             if table is None or table >= high:
                 break
             high = table
+            value = high - 1
         else:
             _log.warning("input %r feeds more than %d lookup tables; its range may be too wide", probed.name, MAX_PROBES)
         if high <= np.iinfo(probed.dtype).max:
