@@ -107,7 +107,7 @@ class Client:
             )
             for method, request_type in _protocol.CHUNKED_METHODS.items()
         }
-        self._result_memory = ResultMemory(self._channel) if shared_memory else None
+        self._result_memory = ResultMemory(self._channel, self._metadata) if shared_memory else None
 
     @classmethod
     def secure(

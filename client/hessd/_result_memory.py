@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 
 from hessd import status_codes, tensor_codec
+from hessd._protocol import CallMetadata
 from hessd.errors import (
     HessdError,
     InternalError,
@@ -51,7 +52,12 @@ _RETIRED: list[shared_memory.SharedMemory] = []
 class _Region:
     """One registered region and its slots in use, as (start, end) byte ranges."""
 
-    def __init__(self, stub: shared_memory_pb2_grpc.SharedMemoryServiceStub, size: int) -> None:
+    def __init__(
+        self,
+        stub: shared_memory_pb2_grpc.SharedMemoryServiceStub,
+        size: int,
+        metadata: CallMetadata,
+    ) -> None:
         self.memory = shared_memory.SharedMemory(
             name=f"hessd_{secrets.token_hex(12)}", create=True, size=size
         )
@@ -63,7 +69,8 @@ class _Region:
         assert self.memory.buf is not None
         self.memory.buf[:_KEY_BYTES] = self.key
         request = pb.RegisterSharedMemoryRequest(name=self.name, size=size, key=self.key)
-        self.registration = stub.RegisterSharedMemory(request)
+        self._metadata = metadata
+        self.registration = stub.RegisterSharedMemory(request, metadata=metadata)
         failure: HessdError
         try:
             next(self.registration)
@@ -106,7 +113,7 @@ class _Region:
         self.closing = True
         request = pb.UnregisterSharedMemoryRequest(name=self.name, key=self.key)
         try:
-            stub.UnregisterSharedMemory(request, timeout=5)
+            stub.UnregisterSharedMemory(request, timeout=5, metadata=self._metadata)
         except grpc.RpcError:
             _log.debug("unregistering %s failed; ending its registration call", self.name)
         self.registration.cancel()
@@ -185,10 +192,12 @@ class ResultMemory:
 
     Args:
         channel: the client's channel to the server.
+        metadata: what every call carries (the client's bearer token).
     """
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, metadata: CallMetadata) -> None:
         self._stub = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel)
+        self._metadata = metadata
         self._regions: list[_Region] = []
         self._lock = threading.Lock()
         self.refused: HessdError | None = None
@@ -223,11 +232,11 @@ class ResultMemory:
         """A new registered region for at least ``nbytes``: :data:`MIN_REGION_BYTES`, or
         just ``nbytes`` when the server allows no region that large."""
         try:
-            return _Region(self._stub, max(nbytes, MIN_REGION_BYTES))
+            return _Region(self._stub, max(nbytes, MIN_REGION_BYTES), self._metadata)
         except InvalidSharedMemoryError:
             if nbytes >= MIN_REGION_BYTES:
                 raise
-            return _Region(self._stub, max(nbytes, 1))
+            return _Region(self._stub, max(nbytes, 1), self._metadata)
 
     def reset(self) -> None:
         """Drop every region, e.g. after the server lost them by restarting; new ones

@@ -276,8 +276,9 @@ def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client)
     before = states(client, "price")
     for token in ("wrong", ADMIN_TOKEN + "x", f" {ADMIN_TOKEN}x"):
         with hessd.ModelAdminClient(server.target, token=token, timeout=WAIT_S) as intruder:
-            with pytest.raises(hessd.UnauthenticatedError, match="admin-token-file"):
+            with pytest.raises(hessd.UnauthenticatedError, match="admin-token-file") as refused:
                 intruder.unload_model("price")
+            assert refused.value.reason == "TOKEN_INVALID"
             with pytest.raises(hessd.UnauthenticatedError):
                 intruder.reload_repository()
     with grpc.insecure_channel(server.target) as channel:
@@ -285,6 +286,7 @@ def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client)
         with pytest.raises(grpc.RpcError) as missing:
             stub.UnloadModel(model_admin_pb2.UnloadModelRequest(model_name="price"))
     assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "--admin-token-file" in missing.value.details()
     assert states(client, "price") == before and "price" in client.models()
     with hessd.ModelAdminClient(server.target, token="another-admin", timeout=WAIT_S) as second:
         assert {status.name for status in second.reload_repository()} >= {"price"}

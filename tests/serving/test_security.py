@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import hessd
 import hessd_server as hs
 from hessd import cli
+from hessd.v1 import shared_memory_pb2, shared_memory_pb2_grpc
 from hessd_server.serving.main import serve
 from hessd_server.serving.server_config import ServerConfig
 from tls_certificates import CertificateAuthority, Pem
@@ -118,6 +119,26 @@ def test_the_token_is_checked_on_every_call_of_a_method(tls_server: RunningServe
             with pytest.raises(hessd.UnauthenticatedError):
                 stranger.hessian("demo", X)
     assert (counted("OK") - served, counted("UNAUTHENTICATED") - refused) == (3, 3)
+
+
+def test_shared_memory_needs_the_token_and_the_sdk_sends_it(tls_server: RunningServer, pki: dict) -> None:
+    """Without a token no region can be registered or unregistered; the SDK's own
+    registration carries its token, so its results still come through shared memory."""
+    credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
+    with grpc.secure_channel(tls_server.target, credentials) as channel:
+        stub = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as unregistering:
+            stub.UnregisterSharedMemory(shared_memory_pb2.UnregisterSharedMemoryRequest(name="x", key=b"k"), timeout=60)
+        with pytest.raises(grpc.RpcError) as registering:
+            next(stub.RegisterSharedMemory(shared_memory_pb2.RegisterSharedMemoryRequest(name="x", size=64, key=b"k")))
+    assert unregistering.value.code() == registering.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "--auth-token-file" in registering.value.details()
+    with hessd.Client.secure(tls_server.target, ca=pki["ca"], token=TOKEN, shared_memory=True, timeout=60) as client:
+        hessian = client.hessian("demo", X)
+        through_memory = not hessian.flags.writeable and len(tls_server.server.shared_memory.names) == 1
+        same = np.array_equal(hessian, _expected(tls_server))
+        del hessian
+    assert same and through_memory, client._result_memory.refused
 
 
 def test_reflection_needs_the_token_too(tls_server: RunningServer, pki: dict) -> None:

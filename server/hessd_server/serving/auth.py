@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from hessd.errors import UnauthenticatedError
 
@@ -66,10 +67,6 @@ class BearerTokens:
             matched |= hmac.compare_digest(offered, accepted)
         return matched
 
-    def accepts_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-        """Whether call ``metadata`` carries ``authorization: Bearer <accepted token>``."""
-        return self.accepts(bearer_token(metadata))
-
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The token of the first ``authorization: Bearer ...`` entry of ``metadata``, or None."""
@@ -79,6 +76,13 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
         if value.startswith(BEARER_PREFIX):
             return value[len(BEARER_PREFIX) :].strip()
     return None
+
+
+class AcceptedTokens(NamedTuple):
+    """The tokens a service accepts, and the server flag naming their file (for messages)."""
+
+    tokens: BearerTokens
+    flag: str
 
 
 class ServiceTokens:
@@ -92,7 +96,7 @@ class ServiceTokens:
             the tokens it accepts.
     """
 
-    def __init__(self, tokens_by_service: Mapping[str, BearerTokens]) -> None:
+    def __init__(self, tokens_by_service: Mapping[str, AcceptedTokens]) -> None:
         self._tokens_by_service = dict(tokens_by_service)
 
     def check(self, service: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> None:
@@ -102,17 +106,18 @@ class ServiceTokens:
             UnauthenticatedError: ``service`` needs a token and ``metadata``
                 carries none it accepts.
         """
-        tokens = self._tokens_by_service.get(service)
-        if tokens is None:
+        accepted = self._tokens_by_service.get(service)
+        if accepted is None:
             return
         offered = bearer_token(metadata)
         if offered is None:
             raise UnauthenticatedError(
-                f"{service} needs a bearer token: send 'authorization: Bearer <token>' metadata "
-                "(hessd.Client(..., token=...))",
+                f"{service} needs a bearer token of the server's {accepted.flag}: send "
+                "'authorization: Bearer <token>' metadata (hessd.Client(..., token=...))",
                 reason="TOKEN_MISSING",
             )
-        if not tokens.accepts(offered):
+        if not accepted.tokens.accepts(offered):
             raise UnauthenticatedError(
-                f"the bearer token sent is not accepted by {service}", reason="TOKEN_INVALID"
+                f"the bearer token sent is not one of the server's {accepted.flag}, which {service} needs",
+                reason="TOKEN_INVALID",
             )

@@ -2,8 +2,9 @@
 
 Served only when the server has ``--admin-token-file``. Every call must carry
 ``authorization: Bearer <token>`` with a token of that file; without it, or with
-a wrong one, the call fails UNAUTHENTICATED and changes nothing. Errors map to
-statuses as HessianService's do.
+a wrong one, the call fails UNAUTHENTICATED and changes nothing. The token check
+and the errors' statuses are the error layer's, as for every ``hessd.v1``
+service (:mod:`~hessd_server.serving.status_interceptor`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc.aio
-from grpc_status import rpc_status
 
-from hessd.errors import UnauthenticatedError
 from hessd.v1 import model_admin_pb2 as admin_pb
 from hessd.v1 import model_admin_pb2_grpc
 
-from .auth import BearerTokens
 from .model_loader import ModelLoader
 from .model_registry import ModelRegistry
 from .servicer import model_versions
-from .status_interceptor import status_of
 
 T = TypeVar("T")
 
@@ -33,32 +30,11 @@ ADMIN_SERVICE_NAME: str = admin_pb.DESCRIPTOR.services_by_name["ModelAdmin"].ful
 Administer = Callable[[Callable[[], T]], Awaitable[T]]
 """Runs a blocking loader action on the loading thread, one at a time, and updates health."""
 
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
-def _guarded(handler: Handler) -> Handler:
-    """``handler`` behind the token check, with errors turned into statuses."""
-
-    @functools.wraps(handler)
-    async def guarded(self: ModelAdminServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            if not self.tokens.accepts_metadata(context.invocation_metadata()):
-                raise UnauthenticatedError(
-                    "ModelAdmin calls need the metadata 'authorization: Bearer <token>' "
-                    "with a token of the server's --admin-token-file"
-                )
-            return await handler(self, request, context)
-        except Exception as error:
-            await context.abort_with_status(rpc_status.to_status(status_of(error)))
-
-    return guarded
-
 
 class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServicer):
     """Administers the models of ``loader``'s repository.
 
     Args:
-        tokens: the accepted admin tokens.
         loader: loads and unloads repository models.
         registry: the served models, for the replies.
         administer: runs a loader action (see :data:`Administer`).
@@ -66,17 +42,14 @@ class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServicer):
 
     def __init__(
         self,
-        tokens: BearerTokens,
         loader: ModelLoader,
         registry: ModelRegistry,
         administer: Administer[Any],
     ) -> None:
-        self.tokens = tokens
         self._loader = loader
         self._registry = registry
         self._administer = administer
 
-    @_guarded
     async def LoadModel(
         self, request: admin_pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb.LoadModelResponse:
@@ -84,14 +57,12 @@ class ModelAdminServicer(model_admin_pb2_grpc.ModelAdminServicer):
         status = self._registry.describe(request.model_name)
         return admin_pb.LoadModelResponse(model=model_versions(status))
 
-    @_guarded
     async def UnloadModel(
         self, request: admin_pb.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb.UnloadModelResponse:
         await self._administer(functools.partial(self._loader.unload_model, request.model_name))
         return admin_pb.UnloadModelResponse()
 
-    @_guarded
     async def ReloadRepository(
         self, request: admin_pb.ReloadRepositoryRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb.ReloadRepositoryResponse:

@@ -41,7 +41,7 @@ from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc, shared_memo
 
 from ..engine.runtime import set_thread_pools
 from .admission import Admission
-from .auth import BearerTokens, ServiceTokens
+from .auth import AcceptedTokens, BearerTokens, ServiceTokens
 from .batching import Batcher, BatchingSettings
 from .engine_executor import EngineExecutor
 from .engine_pool import EngineThreadPool
@@ -173,7 +173,6 @@ class HessdServer:
         if config.admin_token_file is not None:
             model_admin_pb2_grpc.add_ModelAdminServicer_to_server(
                 ModelAdminServicer(
-                    BearerTokens.from_file(config.admin_token_file),
                     self.loader,
                     self.models,
                     self.administer,
@@ -362,11 +361,15 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
 
 
 def _service_tokens(config: ServerConfig) -> ServiceTokens | None:
-    """Caller tokens for HessianService and reflection; health is never listed, so it stays open."""
-    if config.auth_token_file is None:
-        return None
-    tokens = BearerTokens.from_file(config.auth_token_file)
-    return ServiceTokens({SERVICE_NAME: tokens, reflection.SERVICE_NAME: tokens})
+    """Caller tokens for HessianService, SharedMemoryService and reflection, admin tokens
+    for ModelAdmin; health is never listed, so it stays open."""
+    accepted: dict[str, AcceptedTokens] = {}
+    if config.auth_token_file is not None:
+        callers = AcceptedTokens(BearerTokens.from_file(config.auth_token_file), "--auth-token-file")
+        accepted.update(dict.fromkeys((SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, reflection.SERVICE_NAME), callers))
+    if config.admin_token_file is not None:
+        accepted[ADMIN_SERVICE_NAME] = AcceptedTokens(BearerTokens.from_file(config.admin_token_file), "--admin-token-file")
+    return ServiceTokens(accepted) if accepted else None
 
 
 def _read(path: str) -> bytes:
