@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hessd_server.serving.auth import BearerTokens, bearer_token
+from hessd.errors import UnauthenticatedError
+from hessd_server.serving.auth import AcceptedTokens, BearerTokens, ServiceTokens, bearer_token
 
 
 def test_a_token_file_is_read_line_by_line_with_whitespace_stripped(tmp_path: Path) -> None:
@@ -40,7 +41,21 @@ def test_the_token_is_read_from_bearer_metadata() -> None:
     assert bearer_token([("authorization", "Basic s3cret")]) is None
     assert bearer_token([("authorization-bin", b"Bearer s3cret")]) is None
     assert bearer_token(None) is None
-    tokens = BearerTokens(["s3cret"])
-    assert tokens.accepts_metadata([("authorization", "Bearer s3cret")])
-    assert not tokens.accepts_metadata([("authorization", "Bearer s3cre")])
-    assert not tokens.accepts_metadata([])
+
+
+def test_each_listed_service_takes_its_own_tokens_and_names_their_flag() -> None:
+    services = ServiceTokens(
+        {
+            "hessd.v1.HessianService": AcceptedTokens(BearerTokens(["caller"]), "--auth-token-file"),
+            "hessd.v1.ModelAdmin": AcceptedTokens(BearerTokens(["admin"]), "--admin-token-file"),
+        }
+    )
+    services.check("hessd.v1.HessianService", [("authorization", "Bearer caller")])
+    services.check("hessd.v1.ModelAdmin", [("authorization", "Bearer admin")])
+    services.check("grpc.health.v1.Health", None)
+    with pytest.raises(UnauthenticatedError, match="--admin-token-file") as wrong:
+        services.check("hessd.v1.ModelAdmin", [("authorization", "Bearer caller")])
+    assert wrong.value.reason == "TOKEN_INVALID"
+    with pytest.raises(UnauthenticatedError, match="--auth-token-file") as missing:
+        services.check("hessd.v1.HessianService", [("authorization", "Basic caller")])
+    assert missing.value.reason == "TOKEN_MISSING"
