@@ -2,12 +2,13 @@
 
 Everything here is standard gRPC: a target naming one server or several, and a
 service config (``grpc.service_config``) with the load-balancing policy, a retry
-policy for ``UNAVAILABLE`` with retry throttling, and client-side health checking. A target that names
-several servers (``dns:///name:port``, ``ipv4:a:p,b:p``, or a list of addresses)
-is balanced with ``round_robin``, which sends each call to the next healthy
-server; health checking takes a server out of the rotation as soon as it
-reports ``NOT_SERVING`` (warming up or draining), and a call that meets a
-server that just started draining is retried on another.
+policy for ``UNAVAILABLE`` with retry throttling, and client-side health
+checking. A target that names several servers (``dns:///name:port``,
+``ipv4:a:p,b:p``, or a list of addresses) is balanced with ``round_robin``,
+which sends each call to the next healthy server; health checking takes a
+server out of the rotation as soon as it reports ``NOT_SERVING`` (warming up or
+draining), and a call that meets a server that just started draining is
+retried on another.
 """
 
 from __future__ import annotations

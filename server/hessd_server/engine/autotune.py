@@ -38,6 +38,7 @@ from . import strategies
 from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
+from .padding import pad_rows
 
 _log = logging.getLogger(__name__)
 
@@ -154,16 +155,13 @@ def _inherit(
 
 
 def _padded(args: tuple[Any, ...], batch: int) -> tuple[Any, ...]:
-    """(x, fixed inputs by name, weights) with ``batch`` rows: the inputs' last
-    example repeated, the weights' padded with zeros."""
+    """(x, fixed inputs by name, weights) with ``batch`` rows, padded as the engine pads a bucket."""
     x, fixed, weights = args
-
-    def pad(array: Any, edge: bool) -> np.ndarray:
-        array = np.asarray(array)
-        widths = [(0, batch - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-        return np.pad(array, widths, mode="edge" if edge else "constant")
-
-    return pad(x, True), {n: pad(a, True) for n, a in fixed.items()}, pad(weights, False)
+    return (
+        pad_rows(x, batch, edge=True),
+        {n: pad_rows(a, batch, edge=True) for n, a in fixed.items()},
+        pad_rows(weights, batch, edge=False),
+    )
 
 
 def _keep(model: Model, key: FunctionKey, name: str, timings: tuple[StrategyTiming, ...]) -> None:

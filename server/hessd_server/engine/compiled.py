@@ -16,9 +16,9 @@ raised, and the next call builds the function afresh.
 
 Locking: each function has its own build lock (:mod:`.build_locks`), so a
 function is built once, even when it is evicted while calls wait for it, and
-different functions (buckets, kinds, precisions) build at the same time. ``model.lock`` only guards the model's records for an instant, never
-across a trace, a compile or a run, so :meth:`Model.metadata` never waits on a
-compile.
+different functions (buckets, kinds, precisions) build at the same time.
+``model.lock`` only guards the model's records for an instant, never across a
+trace, a compile or a run, so :meth:`Model.metadata` never waits on a compile.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from . import compiled
 from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
+from .padding import pad_rows
 from .probes import is_batch_independent
 from .validation import (
     PreparedInputs,
@@ -306,12 +307,12 @@ def _run_bucket(
     batch = inputs.batch
     padded = _padded_batch(model, kind, inputs, padded_batch)
     key = function_key(model, kind, inputs, weights.shape[1], padded, options)
-    fixed = {n: _pad(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
+    fixed = {n: pad_rows(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
     args = (
-        _pad(inputs.x, padded, edge=True),
+        pad_rows(inputs.x, padded, edge=True),
         fixed,
-        _pad(weights, padded, edge=False),
-        *(_pad(t, padded, edge=False) for t in tangent),
+        pad_rows(weights, padded, edge=False),
+        *(pad_rows(t, padded, edge=False) for t in tangent),
         *constants,
     )
     results = tuple(_unpad(np.asarray(t), batch) for t in compiled.run(model, key, args))
@@ -347,16 +348,6 @@ def example_result_bytes(kind: str, inputs: PreparedInputs) -> int:
     dim = inputs.event_size
     per_example = 1 + dim + dim * dim if kind == "hessian" else dim
     return per_example * np.dtype(inputs.precision).itemsize
-
-
-def _pad(array: np.ndarray, size: int, *, edge: bool) -> np.ndarray:
-    """Rows up to ``size``: copies of the last example (valid inputs), or zeros
-    (weights and tangents, so padded rows contribute nothing)."""
-    extra = size - array.shape[0]
-    if extra == 0:
-        return array
-    widths = [(0, extra)] + [(0, 0)] * (array.ndim - 1)
-    return np.pad(array, widths, mode="edge") if edge else np.pad(array, widths)
 
 
 def _unpad(result: np.ndarray, batch: int) -> np.ndarray:

@@ -76,7 +76,7 @@ def probed_lookup_ranges(
             value = high - 1
         else:
             _log.warning("input %r feeds more than %d lookup tables; its range may be too wide", probed.name, MAX_PROBES)
-        if high <= np.iinfo(probed.dtype).max:
+        if high <= limits.max:
             ranges[probed.name] = (0, high)
     return ranges
 

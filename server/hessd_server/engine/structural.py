@@ -218,12 +218,11 @@ def _assemble(
         if pairs is not None:
             if unchanged is None:
                 product = tf.matmul(weight, pairs)
-            else:
-                traced, jacobian, scale = pairs, term.jacobian, weight
+            else:  # tf.cond calls both branches now, while tracing, so they may use the loop's names
                 product = tf.cond(
                     unchanged,
-                    lambda: tf.matmul(scale, traced),
-                    lambda: tf.matmul(scale, _live_row_pairs(jacobian)),
+                    lambda: tf.matmul(weight, pairs),
+                    lambda: tf.matmul(weight, _live_row_pairs(term.jacobian)),
                 )
             triangle = product if triangle is None else triangle + product
             continue

@@ -366,9 +366,11 @@ def _service_tokens(config: ServerConfig) -> ServiceTokens | None:
     accepted: dict[str, AcceptedTokens] = {}
     if config.auth_token_file is not None:
         callers = AcceptedTokens(BearerTokens.from_file(config.auth_token_file), "--auth-token-file")
-        accepted.update(dict.fromkeys((SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, reflection.SERVICE_NAME), callers))
+        for service in (SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, reflection.SERVICE_NAME):
+            accepted[service] = callers
     if config.admin_token_file is not None:
-        accepted[ADMIN_SERVICE_NAME] = AcceptedTokens(BearerTokens.from_file(config.admin_token_file), "--admin-token-file")
+        admins = BearerTokens.from_file(config.admin_token_file)
+        accepted[ADMIN_SERVICE_NAME] = AcceptedTokens(admins, "--admin-token-file")
     return ServiceTokens(accepted) if accepted else None
 
 
