@@ -365,21 +365,24 @@ def test_structural_blocks_and_constant_jacobians_match_pfor_and_finite_differen
     np.testing.assert_allclose(blocks, np.swapaxes(blocks, 1, 2), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("precision", ["float32", "float64"])
 @pytest.mark.parametrize("dim", [6, 130], ids=["one_block", "row_blocks"])
 @pytest.mark.parametrize("name", ["structural", "pfor"])
-def test_new_weights_are_used_by_every_strategy_without_a_new_compile(name: str, dim: int) -> None:
+def test_new_weights_are_used_by_every_strategy_without_a_new_compile(name: str, dim: int, precision: str) -> None:
     """The structural path makes its first layer's row-pair products when it
-    traces; after set_weights it must not answer with the old ones."""
+    traces, and the float64 copy is made at the first float64 call; after
+    set_weights neither may answer with the old weights."""
     keras_model = wide_model(dim)
     model = _forced(keras_model, name)
     x = RNG.normal(size=(2, dim)).astype(np.float32)
-    before = hs.hessian(model, x)
+    before = hs.hessian(model, x, precision=precision)
     assert model.metadata().strategy == name
     keras_model.set_weights([w * 1.5 for w in keras_model.get_weights()])
-    after = hs.hessian(model, x)
+    after = hs.hessian(model, x, precision=precision)
     assert model.metadata().compile_count == 1
-    expected = hs.hessian(_forced(keras_model, "pfor"), x)
-    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+    expected = hs.hessian(_forced(keras_model, "pfor"), x, precision=precision)
+    assert after.dtype == np.dtype(precision)
+    np.testing.assert_allclose(after, expected, rtol=1e-5 if precision == "float32" else 1e-10, atol=1e-6 if precision == "float32" else 1e-12)
     assert not np.allclose(after, before, rtol=1e-3)
 
 

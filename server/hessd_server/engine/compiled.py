@@ -33,6 +33,7 @@ from hessd.errors import CancelledError, DeadlineExceededError, InternalError, O
 from . import autotune, curvature_bodies, derivatives, strategies
 from .cancellation import check_cancelled
 from .function_key import FunctionKey
+from .keras_call import KerasCall
 from .model import Model
 
 _log = logging.getLogger(__name__)
@@ -251,6 +252,9 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
+        if isinstance(call, KerasCall):
+            call.refresh_weights()
+
         def forward(inputs: tf.Tensor) -> tf.Tensor:
             copies = tf.shape(inputs)[0] // key.batch
             held = {name: _tile_batch(t, copies) for name, t in fixed.items()}

@@ -19,11 +19,25 @@ class KerasCall:
         structure: the nest of the model's input tensors, which the named
             inputs are packed into.
         names: the input names, in the order of ``keras.tree.flatten(structure)``.
+        weights_of: for a copy of another model (the float64 copy), that model:
+            :meth:`refresh_weights` gives the copy its weights as they are now.
     """
 
     model: keras.Model
     structure: Any
     names: tuple[str, ...]
+    weights_of: keras.Model | None = None
+
+    def refresh_weights(self) -> None:
+        """Assign ``weights_of``'s weights, cast to the copy's dtypes, to the copy; nothing
+        for a model that is not a copy. Called first in a traced function, these
+        assignments run at each of its calls, before anything reads the weights, so a
+        copy computes with the weights of the moment (after ``set_weights`` or a
+        training step) at the cost of one cast of every weight per call."""
+        if self.weights_of is None:
+            return
+        for mine, theirs in zip(self.model.weights, self.weights_of.weights, strict=True):
+            mine.assign(tf.cast(theirs, mine.dtype))
 
     def __call__(self, inputs: Mapping[str, tf.Tensor]) -> Any:
         """Named (B, *S_i) tensors -> the model's outputs, any nest of (B, ...) tensors."""

@@ -28,7 +28,8 @@ class Model:
     """A model ready for differentiation; build it with :func:`hessd_server.load_model`.
 
     Calls are thread-safe. The model's float64 copy, when a float64 precision
-    is asked for, is built once on first use.
+    is asked for, is built once on first use, and takes the model's weights as
+    they are at the start of each float64 call.
 
     ``lock`` guards the records below for an instant at a time; it is never
     held across a trace, a compile, a model call or the batch-independence

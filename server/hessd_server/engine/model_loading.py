@@ -169,7 +169,7 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         inputs=inputs,
         outputs=output_infos,
         config=config,
-        float64_factory=lambda: KerasCall(*_float64_copy(model), names),
+        float64_factory=lambda: KerasCall(*_float64_copy(model), names, weights_of=model),
         warm_up=warmup,
         keep_alive=model,
         input_ranges=keras_lookup_ranges(model, dict(zip(names, leaves))),
