@@ -258,6 +258,10 @@ class RunningServer:
 
     def stop(self, grace: float = 0.0) -> None:
         self.run(self.server.stop(grace))
+        self.close()
+
+    def close(self) -> None:
+        """End the server's event loop thread, once its server has stopped."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import queue
@@ -29,6 +30,7 @@ from hessd import tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.serving.main import parse_config
+from hessd_server.serving.server import DRAIN_QUIET_S
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from wire_fixtures import LOAD_GATE, TRACE_GATE, RunningServer, rng_array, serving
 
@@ -370,3 +372,30 @@ def test_failed_calls_leave_nothing_in_flight(server: RunningServer) -> None:
         with pytest.raises(hessd.ShapeError):
             list(client.stream("demo", [rng_array((1, 10)), rng_array((1, 3))]))
     _eventually(lambda: server.server.admission.in_flight == 0)
+
+
+def test_a_draining_server_refuses_callers_until_they_stop_then_closes() -> None:
+    """Callers that have not seen NOT_SERVING yet keep getting UNAVAILABLE (retried by
+    the SDK elsewhere) for as long as they keep calling; the transport closes only once
+    none has called for DRAIN_QUIET_S, so none is cut off with CANCELLED."""
+    config = ServerConfig(models=(ModelSpec("demo", hs.DEMO_MODEL_SOURCE),), listen="127.0.0.1:0", warmup_batch_sizes=(1,))
+    running = RunningServer(config)
+    running.wait_until_serving()
+    request = pb.GradientRequest(model_name="demo", x={"x": tensor_codec.encode(rng_array((1, 10)), field="x")})
+    with grpc.insecure_channel(running.target, options=[("grpc.enable_retries", 0)]) as channel:
+        stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
+        stub.Gradient(request, timeout=WAIT_S)
+        stopping = asyncio.run_coroutine_threadsafe(running.server.stop(WAIT_S), running.loop)
+        refusals: list[str] = []
+        calling_until = time.monotonic() + 8 * DRAIN_QUIET_S
+        while time.monotonic() < calling_until:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Gradient(request, timeout=WAIT_S)
+            refusals.append(f"{refused.value.code().name}: {refused.value.details()}")
+            time.sleep(DRAIN_QUIET_S / 5)
+        assert not stopping.done(), "the transport closed while callers were still calling"
+        last_call = time.monotonic()
+        stopping.result(WAIT_S)
+        assert time.monotonic() - last_call >= DRAIN_QUIET_S / 2
+    running.close()
+    assert len(refusals) >= 8 and all(r.startswith("UNAVAILABLE: the server is shutting down") for r in refusals), refusals

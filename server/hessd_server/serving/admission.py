@@ -1,4 +1,5 @@
-"""Admission of HessianService calls: open until draining starts, with calls in flight counted.
+"""Admission of HessianService calls: open until draining starts, with calls in flight counted
+and the arrival of the latest call noted.
 
 An open stream is one call in flight for as long as it lasts; :meth:`Admission.until_draining`
 ends it with UNAVAILABLE as soon as draining starts, even while it waits for its caller's
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import TypeVar
 
@@ -28,6 +31,7 @@ class Admission:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_arrival = -math.inf
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -57,6 +61,7 @@ class Admission:
         Raises:
             UnavailableError: the server is draining and takes no new work.
         """
+        self._last_arrival = time.monotonic()
         if self._draining.is_set():
             raise UnavailableError(
                 "the server is shutting down; retry on another instance", reason="SERVER_DRAINING"
@@ -95,3 +100,9 @@ class Admission:
     async def drained(self) -> None:
         """Return once no admitted call is in flight."""
         await self._idle.wait()
+
+    async def quiet(self, period: float) -> None:
+        """Return once no call (or stream item) has arrived, admitted or refused, for
+        ``period`` seconds."""
+        while (waited := time.monotonic() - self._last_arrival) < period:
+            await asyncio.sleep(period - waited)

@@ -24,6 +24,7 @@ UNAVAILABLE, lets in-flight calls finish within the grace period, then stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -62,6 +63,12 @@ T = TypeVar("T")
 
 UNIX_SCHEMES = ("unix:", "unix-abstract:")
 """How a ``listen`` address that is a unix socket starts: ``unix:///path``, ``unix-abstract:name``."""
+
+DRAIN_QUIET_S = 0.25
+"""Once admitted calls have drained, the server waits (within the grace) until no call has
+arrived for this long before it closes the transport. Callers that have not yet seen the
+health NOT_SERVING keep being refused with UNAVAILABLE, which the SDK retries on another
+replica; a call arriving as the transport closes would instead be cut off with CANCELLED."""
 
 REFUSAL_GRACE_S = 1.0
 """Once admitted calls have drained, how long calls still being answered (refusals on their
@@ -237,10 +244,12 @@ class HessdServer:
     async def stop(self, grace: float | None) -> None:
         """Drain and stop: health NOT_SERVING, new calls (and new stream items) UNAVAILABLE,
         in-flight calls get ``grace`` seconds (``None``: unlimited) to finish, then are
-        cancelled. Refusals still on their way out get up to :data:`REFUSAL_GRACE_S` of
-        what is left of ``grace`` before the transport closes, so that a caller refused
-        at the last moment sees UNAVAILABLE (which the SDK retries), not CANCELLED. Engine work still running then is abandoned, not waited for: the engine
-        threads are daemons, so the process can exit at once."""
+        cancelled. While calls keep arriving, the transport stays open (within ``grace``)
+        until none has for :data:`DRAIN_QUIET_S`. Refusals still on their way out then get
+        up to :data:`REFUSAL_GRACE_S` of what is left of ``grace`` before the transport
+        closes, so that a caller refused at the last moment sees UNAVAILABLE (which the SDK
+        retries), not CANCELLED. Engine work still running then is abandoned, not waited
+        for: the engine threads are daemons, so the process can exit at once."""
         self._stopping = True
         if self._polling is not None:
             self._polling.cancel()
@@ -253,6 +262,9 @@ class HessdServer:
             await asyncio.wait_for(self.admission.drained(), grace)
         except asyncio.TimeoutError:
             _log.warning("grace period of %gs over; cancelling the calls still running", grace)
+        with contextlib.suppress(asyncio.TimeoutError):
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            await asyncio.wait_for(self.admission.quiet(DRAIN_QUIET_S), remaining)
         left = REFUSAL_GRACE_S if deadline is None else min(REFUSAL_GRACE_S, max(deadline - loop.time(), 0.0))
         await self.grpc_server.stop(left)
         self.engine_pool.shutdown(wait=False, cancel_futures=True)
