@@ -17,6 +17,10 @@
   call to a server whose TensorFlow runs each operation on one thread
   (``--intra-op-threads 1``). Beside them, 1 and 32 raw ``grpc.aio`` callers of
   the bare echo server: what gRPC alone sustains here with the same bytes.
+* **Where the time went.** For each load, the mean time of a call as its callers
+  saw it, in the server's handler, queued in the batcher, and per engine call on
+  its thread (from the server's own histograms), beside the same engine calls
+  (B=1, 8 and 32) timed in-process with nothing else running.
 * **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
   floor for a call of that size (a ``jit_compile`` function returning a
   (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
@@ -52,6 +56,7 @@ import hessd_server as hs
 from hessd import tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd_server.serving.server_process import ServerProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench_hessian import machine_description
 from bench_methods import MID_DIM, Workload, build_mid, build_mlp, jax_method
@@ -65,6 +70,22 @@ SINGLE_THREADED = "on, 1 intra-op thread"
 """The row label of the server run with ``--intra-op-threads 1``."""
 ECHO = "bare gRPC echo, raw gRPC callers"
 """The row label of the echo server's concurrency rows."""
+
+
+@dataclass(frozen=True)
+class ServerTimes:
+    """Mean seconds of one load's calls as the server's own metrics saw them.
+
+    Attributes:
+        request: a Hessian RPC in the server's handler (``hessd_request_duration_seconds``).
+        queued: a request in the batcher's queue (``hessd_queue_duration_seconds``).
+        engine_call: an engine call, a batch or a request alone, on its engine thread
+            (``hessd_engine_call_duration_seconds``).
+    """
+
+    request: float
+    queued: float
+    engine_call: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,8 @@ class Load:
     server_cpu_s: float
     event_loop_cpu_s: float
     client_cpu_s: float
+    in_server: ServerTimes | None = None
+    examples_per_call: int = 1
 
     @property
     def throughput(self) -> float:
@@ -201,16 +224,33 @@ def small_call(server: ServerProcess, seconds: float) -> tuple[dict[str, float],
     return {name: statistics.median(times) * 1e3 for name, times in runs.items()}, cpu
 
 
-def _batch_histogram(server: ServerProcess) -> tuple[float, float]:
-    """(sum, count) of the server's ``hessd_batch_size`` histogram."""
+SERVER_SAMPLES = {
+    "batch": ("hessd_batch_size", {}),
+    "request": ("hessd_request_duration_seconds", {"method": "Hessian", "code": "OK"}),
+    "queued": ("hessd_queue_duration_seconds", {}),
+    "engine_call": ("hessd_engine_call_duration_seconds", {}),
+}
+"""The server histograms a load reads, by the name it reads them under, with their labels."""
+
+
+def _server_histograms(server: ServerProcess) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each histogram of :data:`SERVER_SAMPLES`, from the server's ``/metrics``."""
     with urllib.request.urlopen(server.metrics_url(), timeout=30) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        for name in ("hessd_batch_size_sum", "hessd_batch_size_count"):
-            if line.startswith(name + " "):
-                values[name] = float(line.split()[1])
-    return values["hessd_batch_size_sum"], values["hessd_batch_size_count"]
+        families = {family.name: family for family in text_string_to_metric_families(response.read().decode())}
+    totals = {}
+    for key, (name, labels) in SERVER_SAMPLES.items():
+        found = {
+            sample.name.removeprefix(name): sample.value
+            for sample in families[name].samples
+            if labels.items() <= sample.labels.items() and sample.name in (name + "_sum", name + "_count")
+        }
+        totals[key] = (found.get("_sum", 0.0), found.get("_count", 0.0))
+    return totals
+
+
+def _mean(before: tuple[float, float], after: tuple[float, float]) -> float:
+    count = after[1] - before[1]
+    return (after[0] - before[0]) / count if count else float("nan")
 
 
 async def _back_to_back(
@@ -242,13 +282,16 @@ async def _callers(target: str, callers: int, seconds: float, batch: int) -> tup
 
 def load(server: ServerProcess, batching: str, callers: int, seconds: float, batch: int = 1) -> Load:
     """Measure ``callers`` concurrent callers of B=``batch`` Hessians."""
-    before, cpu_before = _batch_histogram(server), _cpu(server)
+    before, cpu_before = _server_histograms(server), _cpu(server)
     calls, latencies, elapsed = asyncio.run(_callers(server.target, callers, seconds, batch))
-    after, cpu_after = _batch_histogram(server), _cpu(server)
-    engine_calls = after[1] - before[1]
-    mean_batch = (after[0] - before[0]) / engine_calls if engine_calls else float("nan")
+    after, cpu_after = _server_histograms(server), _cpu(server)
+    means = {key: _mean(before[key], after[key]) for key in SERVER_SAMPLES}
     cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
-    return Load(batching, callers, calls, elapsed, tuple(latencies), mean_batch, *cpu)
+    in_server = ServerTimes(means["request"], means["queued"], means["engine_call"])
+    return Load(
+        batching, callers, calls, elapsed, tuple(latencies), means["batch"], *cpu,
+        in_server=in_server, examples_per_call=batch,
+    )
 
 
 def small_request_and_reply_bytes() -> tuple[bytes, int]:
@@ -275,6 +318,26 @@ def echo_load(echo: EchoProcess, request: bytes, callers: int, seconds: float) -
     cpu_after = cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
     cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
     return Load(ECHO, callers, calls, elapsed, tuple(latencies), float("nan"), *cpu)
+
+
+ALONE_BATCHES = (1, 8, 32)
+"""Batch sizes whose engine call is timed in-process, alone, beside the loads."""
+
+
+def engine_alone(seconds: float) -> dict[int, float]:
+    """Median ms of ``hs.hessian`` on the ``mid`` MLP in this process, with nothing else
+    running, at each of :data:`ALONE_BATCHES`: what an engine call of that size costs
+    when it has the machine to itself."""
+    model = hs.load_model(build_mid())
+    rng = np.random.default_rng(3)
+    inputs = {batch: rng.standard_normal((batch, MID_DIM)).astype(np.float32) for batch in ALONE_BATCHES}
+    methods: dict[str, Callable[[], object]] = {
+        str(batch): (lambda x=x: hs.hessian(model, x)) for batch, x in inputs.items()
+    }
+    for method in methods.values():
+        method()
+    runs = take_turns(methods, seconds)
+    return {int(batch): statistics.median(times) * 1e3 for batch, times in runs.items()}
 
 
 def in_process_floor(seconds: float) -> dict[str, float]:
@@ -308,6 +371,7 @@ def render(
     loads: Sequence[Load],
     whole_batches: Sequence[Load],
     floor: dict[str, float],
+    alone: dict[int, float],
 ) -> list[str]:
     """The markdown tables and target lines; ``whole_batches`` are one caller's B=32 calls,
     the default server's ("on") first."""
@@ -346,6 +410,25 @@ def render(
         f"{_cpu_columns(row)} |"
         for row in whole_batches
     ]
+    timed = [(row, row.in_server) for row in [*loads, *whole_batches] if row.in_server is not None]
+    lines += [
+        "",
+        "Where the time of those calls went (means, ms): seen by the callers, in the server's "
+        "handler, queued in the batcher, and per engine call on its thread (a batch counts once):",
+        "",
+        "| batching | callers | mean examples per engine call | callers' mean | server handler | queued | engine call |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {row.batching} | {_callers_label(row)} | {row.mean_batch:.1f} | "
+            f"{statistics.fmean(row.latencies_s) * 1e3:.2f} | {times.request * 1e3:.2f} | "
+            f"{times.queued * 1e3:.2f} | {times.engine_call * 1e3:.2f} |"
+            for row, times in timed
+        ),
+        "",
+        "The same engine calls alone, in-process (`hs.hessian` on the `mid` MLP, medians): "
+        + ", ".join(f"B={batch} {ms:.2f} ms" for batch, ms in alone.items())
+        + ".",
+    ]
     lines += [
         "",
         f"### In-process floor (D={FLOOR_DIM}, B=1)",
@@ -379,6 +462,10 @@ def render(
         ),
     ]
     return lines
+
+
+def _callers_label(row: Load) -> str:
+    return f"{row.callers}" if row.examples_per_call == 1 else f"{row.callers} (B={row.examples_per_call} in one call)"
 
 
 def _cpu_columns(row: Load) -> str:
@@ -427,8 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for callers in (1, CALLERS[-1]):
             print(f"bare gRPC echo, {callers} callers ...", flush=True)
             loads.append(echo_load(echo, request, callers, seconds))
-    print("in-process floor ...", flush=True)
+    print("in-process floor and engine calls alone ...", flush=True)
     floor = in_process_floor(seconds)
+    alone = engine_alone(seconds)
     command = " ".join(["python benchmarks/bench_wire.py", *(sys.argv[1:] if argv is None else argv)])
     report = "\n".join(
         [
@@ -440,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "one batch in flight per model and key, max queue delay 20 ms), warmed for "
             "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
             "",
-            *render(small, small_cpu, loads, whole_batches, floor),
+            *render(small, small_cpu, loads, whole_batches, floor, alone),
             f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
             "",
         ]

@@ -379,3 +379,15 @@ def test_a_request_past_the_queue_delay_takes_a_free_thread_beside_its_keys_batc
 
 def _arrays(result: Any) -> tuple[np.ndarray, ...]:
     return tuple(result) if isinstance(result, tuple) else (result,)
+
+
+def test_every_engine_call_is_timed_once(server: RunningServer, client: hessd.Client) -> None:
+    """The engine held (a call run alone) and the batch of three that follows: two engine calls."""
+    count, total = "hessd_engine_call_duration_seconds_count", "hessd_engine_call_duration_seconds_sum"
+    before = _metric(server, count), _metric(server, total)
+    x = rng_array((1, 10), seed=9)
+    results, records = _run_while_held(server, [lambda: client.gradient("demo", x)] * 3, queued=3)
+    assert [len(record.methods) for record in records] == [3]
+    assert all(isinstance(result, np.ndarray) for result in results)
+    assert _metric(server, count) - before[0] == 2
+    assert _metric(server, total) > before[1]

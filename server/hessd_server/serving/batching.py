@@ -35,7 +35,8 @@ measured on the batcher's clock.
 Every batch that starts is recorded (:attr:`Batcher.records`, and the
 ``hessd_batches_total{reason}`` counter) with why it started: ``idle`` (a
 thread was free on arrival), ``engine_free`` (a thread freed),
-``full`` (a thread freed and the batch reached the limit) or ``delay``.
+``full`` (a thread freed and the batch reached the limit) or ``delay``. Every
+engine call's time on its thread goes to ``hessd_engine_call_duration_seconds``.
 """
 
 from __future__ import annotations
@@ -282,10 +283,22 @@ class Batcher:
             function = work
         try:
             if context is None:
-                return await self._executor.run_started(function)
-            return await self._executor.run(context, function)
+                return await self._executor.run_started(self._timed(function))
+            return await self._executor.run(context, self._timed(function))
         finally:
             self._release(slot)
+
+    def _timed(self, function: Callable[[], T]) -> Callable[[], T]:
+        """``function``, its run on the engine thread observed as one engine call."""
+
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return function()
+            finally:
+                self._metrics.observe_engine_call(time.perf_counter() - started)
+
+        return timed
 
     def _may_start(self, group: Hashable | None) -> bool:
         """Whether a batch of ``group`` may start now on a free thread (not only after the delay)."""
@@ -373,7 +386,7 @@ class Batcher:
         model = batch[0].work[0]
         calls = [request.work[1] for request in batch]
         try:
-            outcomes = await self._executor.run_started(lambda: _run_or_retry(model, calls))
+            outcomes = await self._executor.run_started(self._timed(lambda: _run_or_retry(model, calls)))
         except Exception as error:  # the pool refused the work (shutting down)
             outcomes = [error] * len(batch)
         finally:

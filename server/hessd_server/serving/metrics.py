@@ -1,7 +1,7 @@
 """Prometheus metrics of one server: requests by method and status, latency,
-engine calls waiting, dropped and abandoned, the batcher's batches, queue and
-refusals, compiled and evicted functions per model, and the state, load and
-warm-up time of each model version and the versions that failed."""
+engine calls waiting, dropped, abandoned and their durations, the batcher's
+batches, queue and refusals, compiled and evicted functions per model, and the
+state, load and warm-up time of each model version and the versions that failed."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ class Metrics:
             "Engine calls whose RPC expired or was cancelled while they ran; each stops at its "
             "next step, or finishes its running computation and discards the result.",
             ["reason"],
+            registry=self.registry,
+        )
+        self._engine_time = Histogram(
+            "hessd_engine_call_duration_seconds",
+            "Time each engine call (a batch, or a request run alone) took on its engine thread.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=self.registry,
         )
         self._waiting = Gauge(
@@ -142,6 +148,10 @@ class Metrics:
     def call_dequeued(self) -> None:
         """One engine call stopped waiting: it started, or was dropped while queued."""
         self._waiting.dec()
+
+    def observe_engine_call(self, seconds: float) -> None:
+        """One engine call ran ``seconds`` on its engine thread; called from that thread."""
+        self._engine_time.observe(seconds)
 
     def count_dropped(self, reason: str) -> None:
         """Count one engine call dropped for ``reason``: ``"deadline"`` or ``"cancelled"``."""
