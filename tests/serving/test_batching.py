@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,7 +30,8 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.engine import Model
 from hessd_server.engine.execution import prepare_gradient, prepare_hvp
-from hessd_server.serving.batching import Batcher, BatchingSettings, BatchRecord
+from hessd_server.serving.admission import Admission
+from hessd_server.serving.batching import LONE_WINDOW_S, Batcher, BatchingSettings, BatchRecord
 from hessd_server.serving.engine_executor import EngineExecutor
 from hessd_server.serving.engine_pool import EngineThreadPool
 from hessd_server.serving.metrics import Metrics
@@ -48,6 +50,7 @@ def server() -> Iterator[RunningServer]:
         warmup_batch_sizes=(1, 4, 32),
         max_queue_delay_ms=600_000,
         max_queued_requests=QUEUE_LIMIT,
+        max_inline_ms=600_000,
     ) as running:
         yield running
 
@@ -203,13 +206,72 @@ def test_a_batch_never_holds_more_results_than_max_result_bytes(
 
 
 def test_a_lone_caller_never_waits_for_the_queue_delay(server: RunningServer, client: hessd.Client) -> None:
+    """Each kind runs on an engine thread at once the first time, then on the event loop."""
+    time.sleep(LONE_WINDOW_S)
     held = len(server.server.batcher.records)
-    x = rng_array((2, 10))
+    x = rng_array((2, 10), seed=10)
     for _ in range(5):
         client.hessian("demo", x)
         client.hvp("demo", x, x)
     records = list(server.server.batcher.records)[held:]
-    assert [record.reason for record in records] == ["idle"] * 10
+    assert [record.reason for record in records] == ["idle"] * 2 + ["inline"] * 8
+
+
+def test_a_lone_call_on_the_event_loop_answers_as_the_engine_thread_does(
+    server: RunningServer, client: hessd.Client
+) -> None:
+    time.sleep(LONE_WINDOW_S)
+    model = server.model("demo")
+    held = len(server.server.batcher.records)
+    x = rng_array((3, 10), seed=11)
+    compiled = model.metadata().compile_count
+    answers = [client.evaluate("demo", x) for _ in range(3)]
+    assert [record.reason for record in list(server.server.batcher.records)[held:]] == ["idle", "inline", "inline"]
+    assert model.metadata().compile_count == compiled
+    reference = hs.evaluate(model, x)
+    for answer in answers:
+        for got, want in zip(answer, reference):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_no_call_runs_on_the_event_loop_while_engine_work_runs(server: RunningServer, client: hessd.Client) -> None:
+    x = rng_array((1, 10), seed=12)
+    time.sleep(LONE_WINDOW_S)
+    client.gradient("demo", x)
+    client.gradient("demo", x)
+    assert server.server.batcher.records[-1].reason == "inline"
+    _, records = _run_while_held(server, [lambda: client.gradient("demo", x)] * 3, queued=3)
+    assert [(record.reason, len(record.methods)) for record in records] == [("engine_free", 3)]
+
+
+def test_a_call_runs_on_the_event_loop_only_after_a_while_alone() -> None:
+    admission = Admission()
+    assert admission.alone_for(60.0)
+    with admission.admitted():
+        assert admission.alone_for(0.0)
+        with admission.admitted():
+            assert not admission.alone_for(0.0)
+        assert not admission.alone_for(60.0)
+    assert admission.alone_for(0.0) and not admission.alone_for(60.0)
+
+
+def test_a_call_whose_function_was_evicted_compiles_on_an_engine_thread() -> None:
+    """One compiled function kept: hessian and gradient evict each other, and each call
+    finds its function gone; it must not be built on the event loop."""
+    with serving(
+        [("demo", hs.DEMO_MODEL_SOURCE)], warmup_batch_sizes=(1, 2), max_compiled_functions=1, max_inline_ms=600_000
+    ) as running, hessd.Client(running.target, timeout=TIMEOUT_S) as sdk:
+        model = running.model("demo")
+        x = rng_array((1, 10), seed=13)
+        sdk.hessian("demo", x)
+        sdk.gradient("demo", x)
+        time.sleep(LONE_WINDOW_S)
+        held, compiled = len(running.server.batcher.records), model.metadata().compile_count
+        for _ in range(2):
+            sdk.hessian("demo", x)
+            sdk.gradient("demo", x)
+        assert [record.reason for record in list(running.server.batcher.records)[held:]] == ["idle"] * 4
+        assert model.metadata().compile_count == compiled + 4
 
 
 def test_stream_items_batch_with_unary_calls(server: RunningServer, client: hessd.Client) -> None:
@@ -269,6 +331,10 @@ def test_batching_flags_build_the_config() -> None:
         parse_config(["--max-batches-in-flight", "0"])
     with pytest.raises(SystemExit):
         parse_config(["--max-queued-requests", "-1"])
+    assert defaults.max_inline_ms == 0.0
+    assert parse_config(["--max-inline-ms", "2"]).max_inline_ms == 2.0
+    with pytest.raises(SystemExit):
+        parse_config(["--max-inline-ms", "-1"])
 
 
 class _GatedPool(EngineThreadPool):

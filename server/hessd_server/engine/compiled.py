@@ -23,7 +23,10 @@ trace, a compile or a run, so :meth:`Model.metadata` never waits on a compile.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -52,6 +55,25 @@ tracing (plain Python exceptions) rule it out as well."""
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedError, MemoryError)
 
 
+_BUILDS_REFUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("hessd_builds_refused", default=False)
+
+
+class NotCompiled(Exception):
+    """The function a call needs is not compiled, inside :func:`compiled_only`."""
+
+
+@contextlib.contextmanager
+def compiled_only() -> Iterator[None]:
+    """Inside this block, :func:`run` raises :class:`NotCompiled` where it would
+    trace and compile a function: for callers that must not be held up by a
+    compile (the server's event loop)."""
+    token = _BUILDS_REFUSED.set(True)
+    try:
+        yield
+    finally:
+        _BUILDS_REFUSED.reset(token)
+
+
 def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tensor, ...]:
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
@@ -62,6 +84,7 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
     for "gradient" and "hvp".
 
     Raises:
+        NotCompiled: the function is not compiled, inside :func:`compiled_only`.
         OutOfMemoryError: TensorFlow ran out of memory.
         InternalError: no candidate could build the function (the log has why).
         CancelledError, DeadlineExceededError: the caller gave up before the
@@ -69,6 +92,8 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
     """
     function = model.functions.get(key)
     if function is None:
+        if _BUILDS_REFUSED.get():
+            raise NotCompiled(f"{key.kind} at batch {key.batch} is not compiled")
         with model.build_locks.building(key):
             check_cancelled()
             function = model.functions.get(key)

@@ -1,5 +1,5 @@
-"""Admission of HessianService calls: open until draining starts, with calls in flight counted
-and the arrival of the latest call noted.
+"""Admission of HessianService calls: open until draining starts, with calls in flight counted,
+and the arrival of the latest call and the latest moment two were in flight noted.
 
 An open stream is one call in flight for as long as it lasts; :meth:`Admission.until_draining`
 ends it with UNAVAILABLE as soon as draining starts, even while it waits for its caller's
@@ -32,6 +32,7 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_arrival = -math.inf
+        self._last_concurrent = -math.inf
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -42,6 +43,8 @@ class Admission:
         """
         self.refuse_if_draining()
         self._in_flight += 1
+        if self._in_flight > 1:
+            self._last_concurrent = time.monotonic()
         self._idle.clear()
         try:
             yield
@@ -54,6 +57,10 @@ class Admission:
     def in_flight(self) -> int:
         """Admitted calls not yet finished."""
         return self._in_flight
+
+    def alone_for(self, seconds: float) -> bool:
+        """Whether at most one call is in flight now and no two have been for ``seconds``."""
+        return self._in_flight <= 1 and time.monotonic() - self._last_concurrent >= seconds
 
     def refuse_if_draining(self) -> None:
         """Raise once draining has started; an open stream calls it before each new item.

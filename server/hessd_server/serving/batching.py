@@ -1,6 +1,19 @@
 """The dynamic batcher: concurrent requests for one model and one batch key
 become one engine call, and every engine call waits in one bounded queue.
 
+Lone calls (``max_inline``, off unless set). A request that finds the server
+idle (no engine work running or queued, and no other call in flight for
+:data:`LONE_WINDOW_S`) and whose kind of call last ran alone in less than
+``max_inline`` runs on the event loop itself, saving the two hand-offs to an
+engine thread and back. Before it does, it lets the event loop take a few
+turns, so that a call which arrived meanwhile is seen first and both go to the
+engine threads. While the event loop computes, though, it accepts no new call,
+so callers that keep several calls outstanding can be served one after another
+on the loop, each seeing the server idle, instead of batching: hence off by
+default, for servers with one caller at a time. A call whose compiled function
+is missing (evicted) is never built on the event loop: it goes to an engine
+thread.
+
 Scheduling. Up to ``engine_threads`` batches run at once, and at most
 ``max_batches_in_flight`` of them for one model and
 :func:`~hessd_server.engine.stacking.stack_key` (a *key*). A request that
@@ -33,10 +46,11 @@ before its batch runs, and is counted in ``hessd_dropped_engine_calls_total``
 measured on the batcher's clock.
 
 Every batch that starts is recorded (:attr:`Batcher.records`, and the
-``hessd_batches_total{reason}`` counter) with why it started: ``idle`` (a
-thread was free on arrival), ``engine_free`` (a thread freed),
-``full`` (a thread freed and the batch reached the limit) or ``delay``. Every
-engine call's time on its thread goes to ``hessd_engine_call_duration_seconds``.
+``hessd_batches_total{reason}`` counter) with why it started: ``inline`` (a
+lone call run on the event loop), ``idle`` (a thread was free on arrival),
+``engine_free`` (a thread freed), ``full`` (a thread freed and the batch
+reached the limit) or ``delay``. Every engine call's time on its thread goes
+to ``hessd_engine_call_duration_seconds``.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ import asyncio
 import collections
 import logging
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
@@ -54,6 +69,7 @@ import grpc.aio
 from hessd.errors import DeadlineExceededError, UnavailableError
 
 from ..engine import Model
+from ..engine.compiled import NotCompiled, compiled_only
 from ..engine.execution import PreparedCall
 from ..engine.stacking import can_stack, run_stacked, stack_key, stack_limit
 from .engine_executor import EngineExecutor
@@ -66,6 +82,17 @@ T = TypeVar("T")
 RECORDS_KEPT = 1000
 """How many of the latest batches :attr:`Batcher.records` keeps."""
 
+INLINE_PROBE_TURNS = 4
+"""Turns of the event loop a lone call lets pass before it runs on the loop, so
+that calls which have arrived meanwhile are seen in flight first."""
+
+LONE_WINDOW_S = 0.1
+"""A call runs on the event loop only if no two calls have been in flight for this long."""
+
+LONE_TIMINGS_KEPT = 1024
+"""Kinds of call per model whose last lone time is kept; past this they are forgotten
+(and measured again, on an engine thread)."""
+
 LOOP_CHECK_BYTES = 1 << 20
 """Requests with more input bytes than this are checked on an engine thread,
 not on the event loop, and run alone."""
@@ -75,7 +102,7 @@ class BatchRecord(NamedTuple):
     """One batch that started.
 
     Attributes:
-        reason: why it started then: "idle", "engine_free", "full" or "delay".
+        reason: why it started then: "inline", "idle", "engine_free", "full" or "delay".
         methods: the RPC method of each request in it, in batch order.
         examples: the examples of all its requests together.
     """
@@ -98,6 +125,8 @@ class BatchingSettings:
         batch_limit: most examples per batch; requests of this size or more run alone.
         max_queue_delay_s: after this long queued, a request's batch starts on a spare thread.
         max_queued_requests: requests that may wait; more fail UNAVAILABLE.
+        max_inline_s: a lone call whose kind last ran alone in less than this runs
+            on the event loop; 0 runs every call on an engine thread.
     """
 
     enabled: bool
@@ -106,6 +135,7 @@ class BatchingSettings:
     max_queue_delay_s: float
     max_queued_requests: int
     max_batches_in_flight: int = 1
+    max_inline_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -145,6 +175,9 @@ class Batcher:
         clock: the monotonic clock, in seconds, that deadlines and queue times are
             measured on (``time.monotonic``); tests pass their own to expire
             deadlines without waiting.
+        alone_for: whether the server has had at most one call in flight for the
+            given seconds (:meth:`Admission.alone_for`); without it, no call runs
+            on the event loop.
     """
 
     def __init__(
@@ -154,9 +187,15 @@ class Batcher:
         settings: BatchingSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        alone_for: Callable[[float], bool] | None = None,
     ) -> None:
         self._executor = executor
         self.clock = clock
+        self._alone_for = alone_for
+        self._lone_seconds: weakref.WeakKeyDictionary[Model, dict[tuple[Hashable, int], float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Per model, by (stack key, batch size): seconds its last lone engine call took."""
         self._metrics = metrics
         self.settings = settings
         self._queue: collections.deque[_Request] = collections.deque()
@@ -227,6 +266,10 @@ class Batcher:
         examples: int,
         work: Callable[[], Any] | tuple[Model, PreparedCall],
     ) -> Any:
+        if isinstance(work, tuple) and group is not None and self._may_run_inline(*work):
+            ran, result = await self._run_inline(context, method, *work)
+            if ran:
+                return result
         if self._running < self.settings.engine_threads and self._may_start(group):
             slot = self._take_slot(spare=False, group=group)
             self._record("idle", (method,), examples)
@@ -256,6 +299,56 @@ class Batcher:
             return await self._run_alone(context, work, outcome)
         return outcome
 
+    def _idle(self) -> bool:
+        """Whether no engine work runs or waits."""
+        return self._running == 0 and self._spare_running == 0 and not self._queue
+
+    def _may_run_inline(self, model: Model, call: PreparedCall) -> bool:
+        """Whether ``call`` may run on the event loop, as far as can be told before
+        the loop takes its turns: the server is alone with it, the batcher is idle,
+        and a lone call of its kind last took less than ``max_inline_s``."""
+        if self._alone_for is None or not self._idle() or not self._alone_for(LONE_WINDOW_S):
+            return False
+        took = self._lone_seconds.get(model, {}).get((stack_key(call), call.batch))
+        return took is not None and took < self.settings.max_inline_s
+
+    async def _run_inline(
+        self, context: grpc.aio.ServicerContext | None, method: str, model: Model, call: PreparedCall
+    ) -> tuple[bool, Any]:
+        """Run ``call`` on the event loop if, after :data:`INLINE_PROBE_TURNS` turns of
+        the loop, the server is still alone with it, nothing else runs, its
+        deadline has not passed and its function is compiled; return whether it
+        ran, and its result."""
+        for _ in range(INLINE_PROBE_TURNS):
+            await asyncio.sleep(0)
+        if self._alone_for is None or not self._alone_for(LONE_WINDOW_S) or not self._idle():
+            return False, None
+        remaining = None if context is None else context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return False, None
+        started = time.perf_counter()
+        try:
+            with compiled_only():
+                result = run_stacked(model, [call])[0]
+        except NotCompiled:
+            return False, None
+        except Exception:
+            self._metrics.observe_engine_call(time.perf_counter() - started)
+            raise
+        seconds = time.perf_counter() - started
+        self._metrics.observe_engine_call(seconds)
+        self._note_lone_call(model, call, seconds)
+        self._record("inline", (method,), call.batch)
+        self._metrics.observe_queue_time(0.0)
+        return True, result
+
+    def _note_lone_call(self, model: Model, call: PreparedCall, seconds: float) -> None:
+        """Remember that ``call`` alone took ``seconds`` on the engine."""
+        timings = self._lone_seconds.setdefault(model, {})
+        if len(timings) >= LONE_TIMINGS_KEPT:
+            timings.clear()
+        timings[(stack_key(call), call.batch)] = seconds
+
     def _give_up(self, request: _Request) -> None:
         """The RPC of ``request`` ended: leave the queue, or hand back a thread it was given."""
         if request in self._queue:
@@ -276,27 +369,36 @@ class Batcher:
         slot: _Slot,
     ) -> Any:
         """Run one request's work on the engine thread it holds, then release the thread."""
+        took: list[float] = []
         if isinstance(work, tuple):
             model, call = work
-            function: Callable[[], Any] = lambda: run_stacked(model, [call])[0]  # noqa: E731
+            function = self._timed(lambda: run_stacked(model, [call])[0], took)
         else:
-            function = work
+            function = self._timed(work)
         try:
             if context is None:
-                return await self._executor.run_started(self._timed(function))
-            return await self._executor.run(context, self._timed(function))
+                result = await self._executor.run_started(function)
+            else:
+                result = await self._executor.run(context, function)
         finally:
             self._release(slot)
+        if isinstance(work, tuple):
+            self._note_lone_call(*work, took[0])
+        return result
 
-    def _timed(self, function: Callable[[], T]) -> Callable[[], T]:
-        """``function``, its run on the engine thread observed as one engine call."""
+    def _timed(self, function: Callable[[], T], took: list[float] | None = None) -> Callable[[], T]:
+        """``function``, its run on the engine thread observed as one engine call
+        and its seconds appended to ``took``."""
 
         def timed() -> T:
             started = time.perf_counter()
             try:
                 return function()
             finally:
-                self._metrics.observe_engine_call(time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                self._metrics.observe_engine_call(seconds)
+                if took is not None:
+                    took.append(seconds)
 
         return timed
 

@@ -74,6 +74,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             batching=args.batching,
             max_queue_delay_ms=args.max_queue_delay_ms,
             max_batches_in_flight=args.max_batches_in_flight,
+            max_inline_ms=args.max_inline_ms,
             max_queued_requests=args.max_queued_requests,
             grace_seconds=args.grace_seconds,
             max_connection_age_seconds=args.max_connection_age_seconds,
@@ -197,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
             "batches of one model and batch key running at once; its other requests queue for the next",
         ),
         ("--max-queued-requests", int, "requests that may wait; more fail UNAVAILABLE at once"),
+        (
+            "--max-inline-ms",
+            float,
+            "a call finding the server idle, whose kind last took less than this, runs on the event loop "
+            "(for one caller at a time); 0: never",
+        ),
         ("--grace-seconds", float, "how long in-flight calls may drain on SIGTERM/SIGINT"),
         ("--max-compiled-functions", int, "compiled functions kept per model, LRU evicted"),
     ):

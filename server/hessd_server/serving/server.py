@@ -122,6 +122,7 @@ class HessdServer:
         self._loaded = False
         self._missing: list[str] = []
         self.engine_pool = EngineThreadPool(2 * config.engine_threads)
+        self.admission = Admission()
         self.batcher = Batcher(
             EngineExecutor(self.engine_pool, self.metrics),
             self.metrics,
@@ -132,9 +133,10 @@ class HessdServer:
                 max_queue_delay_s=config.max_queue_delay_ms / 1000,
                 max_queued_requests=config.max_queued_requests,
                 max_batches_in_flight=config.max_batches_in_flight,
+                max_inline_s=config.max_inline_ms / 1000,
             ),
+            alone_for=self.admission.alone_for,
         )
-        self.admission = Admission()
         self.shared_memory = SharedMemoryRegistry(
             max_region_bytes=config.max_shared_memory_bytes,
             max_regions=config.max_shared_memory_regions,

@@ -94,6 +94,10 @@ class ServerConfig:
             once; while they run, that key's requests queue for the next batch.
         max_queued_requests: requests that may wait for an engine thread; past
             this, new requests fail UNAVAILABLE at once.
+        max_inline_ms: a call that finds the server idle, and whose kind last ran
+            alone in less than this, runs on the event loop instead of an engine
+            thread; 0 (the default) runs every call on an engine thread. For
+            servers with one caller at a time (see :mod:`hessd_server.serving.batching`).
         grace_seconds: how long in-flight calls may take to finish on shutdown.
         max_connection_age_seconds: close each client connection (gracefully,
             with ``grace_seconds`` for its calls) after about this long, so that
@@ -140,6 +144,7 @@ class ServerConfig:
     max_queue_delay_ms: float = 20.0
     max_batches_in_flight: int = 1
     max_queued_requests: int = 256
+    max_inline_ms: float = 0.0
     grace_seconds: float = 30.0
     max_connection_age_seconds: float | None = None
     metrics_port: int | None = None
@@ -192,6 +197,8 @@ class ServerConfig:
             raise ValueError(f"max_batches_in_flight must be >= 1, got {self.max_batches_in_flight}")
         if self.max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.max_inline_ms < 0:
+            raise ValueError(f"max_inline_ms must be >= 0, got {self.max_inline_ms}")
         if self.max_queued_requests < 0:
             raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests}")
         if self.grace_seconds < 0:
