@@ -405,7 +405,8 @@ def render(
             f"{'–' if math.isnan(row.mean_batch) else f'{row.mean_batch:.1f}'} | {_cpu_columns(row)} |"
         )
     lines += [
-        f"| {row.batching} | 1 (B=32 in one call) | {row.throughput:,.0f} calls/s, {32 * row.throughput:,.0f} examples/s | | "
+        f"| {row.batching} | {_callers_label(row)} | {row.throughput:,.0f} calls/s, "
+        f"{row.examples_per_call * row.throughput:,.0f} examples/s | | "
         f"{row.percentile_ms(50):.2f} | {row.percentile_ms(99):.2f} | {row.mean_batch:.1f} | "
         f"{_cpu_columns(row)} |"
         for row in whole_batches

@@ -195,7 +195,7 @@ class Batcher:
         self._lone_seconds: weakref.WeakKeyDictionary[Model, dict[tuple[Hashable, int], float]] = (
             weakref.WeakKeyDictionary()
         )
-        """Per model, by (stack key, batch size): seconds its last lone engine call took."""
+        """Per model, by (batch key, batch size): seconds its last lone engine call took."""
         self._metrics = metrics
         self.settings = settings
         self._queue: collections.deque[_Request] = collections.deque()
@@ -266,8 +266,8 @@ class Batcher:
         examples: int,
         work: Callable[[], Any] | tuple[Model, PreparedCall],
     ) -> Any:
-        if isinstance(work, tuple) and group is not None and self._may_run_inline(*work):
-            ran, result = await self._run_inline(context, method, *work)
+        if isinstance(work, tuple) and group is not None and self._may_run_inline(group, *work):
+            ran, result = await self._run_inline(context, method, group, *work)
             if ran:
                 return result
         if self._running < self.settings.engine_threads and self._may_start(group):
@@ -303,17 +303,31 @@ class Batcher:
         """Whether no engine work runs or waits."""
         return self._running == 0 and self._spare_running == 0 and not self._queue
 
-    def _may_run_inline(self, model: Model, call: PreparedCall) -> bool:
-        """Whether ``call`` may run on the event loop, as far as can be told before
-        the loop takes its turns: the server is alone with it, the batcher is idle,
-        and a lone call of its kind last took less than ``max_inline_s``."""
-        if self._alone_for is None or not self._idle() or not self._alone_for(LONE_WINDOW_S):
+    def _inlining(self) -> bool:
+        """Whether lone calls may run on the event loop at all."""
+        return self._alone_for is not None and self.settings.max_inline_s > 0
+
+    def _alone_and_idle(self) -> bool:
+        """Whether the server has been alone with one call for :data:`LONE_WINDOW_S` and no
+        engine work runs or waits."""
+        return self._alone_for is not None and self._alone_for(LONE_WINDOW_S) and self._idle()
+
+    def _may_run_inline(self, group: Hashable, model: Model, call: PreparedCall) -> bool:
+        """Whether ``call`` (of batch key ``group``) may run on the event loop, as far as
+        can be told before the loop takes its turns: the server is alone with it, the
+        batcher is idle, and a lone call of its kind last took less than ``max_inline_s``."""
+        if not self._inlining() or not self._alone_and_idle():
             return False
-        took = self._lone_seconds.get(model, {}).get((stack_key(call), call.batch))
+        took = self._lone_seconds.get(model, {}).get((group, call.batch))
         return took is not None and took < self.settings.max_inline_s
 
     async def _run_inline(
-        self, context: grpc.aio.ServicerContext | None, method: str, model: Model, call: PreparedCall
+        self,
+        context: grpc.aio.ServicerContext | None,
+        method: str,
+        group: Hashable,
+        model: Model,
+        call: PreparedCall,
     ) -> tuple[bool, Any]:
         """Run ``call`` on the event loop if, after :data:`INLINE_PROBE_TURNS` turns of
         the loop, the server is still alone with it, nothing else runs, its
@@ -321,7 +335,7 @@ class Batcher:
         ran, and its result."""
         for _ in range(INLINE_PROBE_TURNS):
             await asyncio.sleep(0)
-        if self._alone_for is None or not self._alone_for(LONE_WINDOW_S) or not self._idle():
+        if not self._alone_and_idle():
             return False, None
         remaining = None if context is None else context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -337,17 +351,17 @@ class Batcher:
             raise
         seconds = time.perf_counter() - started
         self._metrics.observe_engine_call(seconds)
-        self._note_lone_call(model, call, seconds)
+        self._note_lone_call(group, model, call, seconds)
         self._record("inline", (method,), call.batch)
         self._metrics.observe_queue_time(0.0)
         return True, result
 
-    def _note_lone_call(self, model: Model, call: PreparedCall, seconds: float) -> None:
-        """Remember that ``call`` alone took ``seconds`` on the engine."""
+    def _note_lone_call(self, group: Hashable, model: Model, call: PreparedCall, seconds: float) -> None:
+        """Remember that ``call`` (of batch key ``group``) alone took ``seconds`` on the engine."""
         timings = self._lone_seconds.setdefault(model, {})
         if len(timings) >= LONE_TIMINGS_KEPT:
             timings.clear()
-        timings[(stack_key(call), call.batch)] = seconds
+        timings[(group, call.batch)] = seconds
 
     def _give_up(self, request: _Request) -> None:
         """The RPC of ``request`` ended: leave the queue, or hand back a thread it was given."""
@@ -382,8 +396,8 @@ class Batcher:
                 result = await self._executor.run(context, function)
         finally:
             self._release(slot)
-        if isinstance(work, tuple):
-            self._note_lone_call(*work, took[0])
+        if isinstance(work, tuple) and slot.group is not None and self._inlining():
+            self._note_lone_call(slot.group, *work, took[0])
         return result
 
     def _timed(self, function: Callable[[], T], took: list[float] | None = None) -> Callable[[], T]:
