@@ -24,6 +24,12 @@
 * **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
   floor for a call of that size (a ``jit_compile`` function returning a
   (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
+* **What the targets ask of this machine.** From the rows above: the most calls
+  per second 32 callers could get on this machine's cores if hessd's own code
+  cost nothing (gRPC's CPU per call from the echo rows, the engine's per example
+  from its cheapest measured run), the CPU per call that leaves to hessd if the
+  scaling and small-call targets are both to hold, and the throughput the tail
+  target needs.
 
 Usage: ``python benchmarks/bench_wire.py [--quick] [--seconds S] [--markdown PATH]``
 """
@@ -324,10 +330,24 @@ ALONE_BATCHES = (1, 8, 32)
 """Batch sizes whose engine call is timed in-process, alone, beside the loads."""
 
 
-def engine_alone(seconds: float) -> dict[int, float]:
-    """Median ms of ``hs.hessian`` on the ``mid`` MLP in this process, with nothing else
-    running, at each of :data:`ALONE_BATCHES`: what an engine call of that size costs
-    when it has the machine to itself."""
+@dataclass(frozen=True)
+class EngineAlone:
+    """An engine call of one batch size in-process, with nothing else running.
+
+    Attributes:
+        p50_ms: median milliseconds of the call.
+        cpu_ms_per_example: CPU milliseconds of the whole process (TensorFlow's
+            threads included) per example, calls back to back.
+    """
+
+    p50_ms: float
+    cpu_ms_per_example: float
+
+
+def engine_alone(seconds: float) -> dict[int, EngineAlone]:
+    """``hs.hessian`` on the ``mid`` MLP in this process, with nothing else running, at
+    each of :data:`ALONE_BATCHES`: what an engine call of that size costs when it has
+    the machine to itself."""
     model = hs.load_model(build_mid())
     rng = np.random.default_rng(3)
     inputs = {batch: rng.standard_normal((batch, MID_DIM)).astype(np.float32) for batch in ALONE_BATCHES}
@@ -337,7 +357,17 @@ def engine_alone(seconds: float) -> dict[int, float]:
     for method in methods.values():
         method()
     runs = take_turns(methods, seconds)
-    return {int(batch): statistics.median(times) * 1e3 for batch, times in runs.items()}
+    cpu = {batch: _process_cpu_ms(methods[str(batch)], seconds / 2) / batch for batch in ALONE_BATCHES}
+    return {int(batch): EngineAlone(statistics.median(times) * 1e3, cpu[int(batch)]) for batch, times in runs.items()}
+
+
+def _process_cpu_ms(call: Callable[[], object], seconds: float) -> float:
+    """CPU milliseconds of this process per ``call()``, calls back to back for ``seconds``."""
+    before, calls, stop = sum(os.times()[:2]), 0, time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        call()
+        calls += 1
+    return (sum(os.times()[:2]) - before) / calls * 1e3
 
 
 def in_process_floor(seconds: float) -> dict[str, float]:
@@ -371,7 +401,7 @@ def render(
     loads: Sequence[Load],
     whole_batches: Sequence[Load],
     floor: dict[str, float],
-    alone: dict[int, float],
+    alone: dict[int, EngineAlone],
 ) -> list[str]:
     """The markdown tables and target lines; ``whole_batches`` are one caller's B=32 calls,
     the default server's ("on") first."""
@@ -427,7 +457,9 @@ def render(
         ),
         "",
         "The same engine calls alone, in-process (`hs.hessian` on the `mid` MLP, medians): "
-        + ", ".join(f"B={batch} {ms:.2f} ms" for batch, ms in alone.items())
+        + ", ".join(f"B={batch} {engine.p50_ms:.2f} ms" for batch, engine in alone.items())
+        + "; CPU per example, calls back to back: "
+        + ", ".join(f"B={batch} {engine.cpu_ms_per_example:.2f} ms" for batch, engine in alone.items())
         + ".",
     ]
     lines += [
@@ -463,6 +495,61 @@ def render(
         ),
     ]
     return lines
+
+
+def what_the_targets_ask(
+    small: dict[str, float], loads: Sequence[Load], whole_batches: Sequence[Load], alone: dict[int, EngineAlone]
+) -> list[str]:
+    """What the scaling, tail and small-call targets require on this machine, from this
+    run's own rows: the most calls per second 32 callers could get if hessd's own code
+    cost nothing, and the CPU per call left to hessd if the scaling and small-call
+    targets are both to hold."""
+    cores = os.cpu_count() or 1
+    echo = next(row for row in loads if row.batching == ECHO and row.callers == CALLERS[-1])
+    grpc_ms = echo.cpu_ms_per_call(echo.server_cpu_s + echo.client_cpu_s)
+    engines = {
+        f"in-process, B={max(alone)}": alone[max(alone)].cpu_ms_per_example,
+        **{
+            f"server CPU of the '{row.batching}' B={row.examples_per_call} call": row.cpu_ms_per_call(row.server_cpu_s)
+            / row.examples_per_call
+            for row in whole_batches
+        },
+    }
+    cheapest = min(engines, key=engines.__getitem__)
+    floor_ms = grpc_ms + engines[cheapest]
+    ceiling = cores / floor_ms * 1e3
+    _, echo_ms, inproc_ms = small.values()
+    one = next(row for row in loads if row.batching == "on" and row.callers == 1)
+    busy = next(row for row in loads if row.batching == "on" and row.callers == CALLERS[-1])
+    needed_ms = TARGET_SCALING / ceiling * 1e3
+    allowed_ms = TARGET_SMALL_CALL * (echo_ms + inproc_ms)
+    hessd_allowed_ms = cores * allowed_ms / TARGET_SCALING - floor_ms
+    hessd_ms = busy.cpu_ms_per_call(busy.server_cpu_s + busy.client_cpu_s) - floor_ms
+    whole_ms = whole_batches[0].percentile_ms(50)
+    tail_needs = CALLERS[-1] / (TARGET_TAIL * whole_ms) * 1e3
+    return [
+        "",
+        "### What the targets ask of this machine",
+        "",
+        f"- **Ceiling.** With {cores} cores, gRPC alone costs {grpc_ms:.2f} ms of CPU per call at "
+        f"{CALLERS[-1]} callers (the bare echo rows, server and raw callers together), and the engine "
+        f"at least {engines[cheapest]:.2f} ms per example (the cheapest measured: {cheapest}). Even if "
+        f"hessd's own code, server and SDK, cost nothing and every core worked for the benchmark, "
+        f"{CALLERS[-1]} callers would get at most {cores} / {floor_ms:.2f} ms = {ceiling:,.0f} calls/s.",
+        f"- **Scaling and small call together.** ≥ {TARGET_SCALING:g}× one caller's throughput needs one "
+        f"caller to take at least {TARGET_SCALING:g} / {ceiling:,.0f} calls/s = {needed_ms:.2f} ms per call; "
+        f"the small-call target lets it take at most {TARGET_SMALL_CALL:g} × ({echo_ms:.3f} + {inproc_ms:.3f}) "
+        f"= {allowed_ms:.2f} ms (reading one caller's mean as its p50; here "
+        f"{statistics.fmean(one.latencies_s) * 1e3:.2f} and {one.percentile_ms(50):.2f} ms). Both hold only "
+        f"if hessd's own CPU per call at {CALLERS[-1]} callers, server and SDK together, is at most "
+        f"{cores} × {allowed_ms:.2f} / {TARGET_SCALING:g} − {floor_ms:.2f} = {hessd_allowed_ms:.3f} ms; "
+        f"measured: {hessd_ms:.2f} ms (all CPU per call of the server and the callers, less the ceiling's "
+        f"{floor_ms:.2f} ms; smaller batches than B={max(alone)} are in it too).",
+        f"- **Tail.** {CALLERS[-1]} callers calling back to back wait {CALLERS[-1]} / throughput on average "
+        f"(Little's law), so a p99 ≤ {TARGET_TAIL:g} × {whole_ms:.2f} ms needs at least "
+        f"{tail_needs:,.0f} calls/s: {tail_needs / ceiling:.0%} of the ceiling, with no spread at all "
+        f"(measured: {busy.throughput:,.0f} calls/s).",
+    ]
 
 
 def _callers_label(row: Load) -> str:
@@ -530,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
             "",
             *render(small, small_cpu, loads, whole_batches, floor, alone),
+            *what_the_targets_ask(small, loads, whole_batches, alone),
             f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
             "",
         ]
