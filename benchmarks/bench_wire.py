@@ -24,6 +24,10 @@
 * **In-process floor.** At D=16, B=1, ``hs.hessian`` against TensorFlow's own
   floor for a call of that size (a ``jit_compile`` function returning a
   (1, 16, 16) array, and ``.numpy()``), and JAX ``jit(vmap(hessian))`` when installed.
+* **Garbage collection.** 32 callers of the default server, which freezes its
+  long-lived objects out of the garbage collector's way, and of one with
+  ``--no-freeze-heap``, taking turns: latency percentiles to the maximum, and the
+  full collections each server timed and how long they paused it.
 * **What the targets ask of this machine.** From the rows above: the most calls
   per second 32 callers could get on this machine's cores if hessd's own code
   cost nothing (gRPC's CPU per call from the echo rows, the engine's per example
@@ -113,6 +117,8 @@ class Load:
     client_cpu_s: float
     in_server: ServerTimes | None = None
     examples_per_call: int = 1
+    full_collections: float = 0.0
+    paused_s: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -235,6 +241,7 @@ SERVER_SAMPLES = {
     "request": ("hessd_request_duration_seconds", {"method": "Hessian", "code": "OK"}),
     "queued": ("hessd_queue_duration_seconds", {}),
     "engine_call": ("hessd_engine_call_duration_seconds", {}),
+    "full_collection": ("hessd_gc_pause_seconds", {"generation": "2"}),
 }
 """The server histograms a load reads, by the name it reads them under, with their labels."""
 
@@ -294,10 +301,65 @@ def load(server: ServerProcess, batching: str, callers: int, seconds: float, bat
     means = {key: _mean(before[key], after[key]) for key in SERVER_SAMPLES}
     cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
     in_server = ServerTimes(means["request"], means["queued"], means["engine_call"])
+    (paused_before, collections_before), (paused_after, collections_after) = (
+        before["full_collection"], after["full_collection"]
+    )
     return Load(
         batching, callers, calls, elapsed, tuple(latencies), means["batch"], *cpu,
         in_server=in_server, examples_per_call=batch,
+        full_collections=collections_after - collections_before, paused_s=paused_after - paused_before,
     )
+
+
+GC_ROUNDS = 3
+"""Turns each of the two servers of the garbage-collection comparison gets."""
+
+
+@dataclass(frozen=True)
+class CollectorRun:
+    """One server's share of the garbage-collection comparison, its turns together.
+
+    Attributes:
+        label: which server: "frozen" (the default) or "not frozen" (``--no-freeze-heap``).
+        latencies_s: every call's seconds.
+        full_collections: full collections (generation 2) during the turns.
+        paused_s: seconds those collections took.
+    """
+
+    label: str
+    calls: int
+    seconds: float
+    latencies_s: tuple[float, ...]
+    full_collections: int
+    paused_s: float
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) * 1e3
+
+
+def collector_comparison(seconds: float) -> list[CollectorRun]:
+    """32 callers of the default server and of one with ``--no-freeze-heap``, taking
+    :data:`GC_ROUNDS` turns of ``seconds`` each; each server's full collections from
+    its ``hessd_gc_pause_seconds`` histogram."""
+    runs: dict[str, list[Load]] = {"frozen": [], "not frozen": []}
+    with hessd_server() as frozen, hessd_server("--no-freeze-heap") as thawed:
+        servers = {"frozen": frozen, "not frozen": thawed}
+        for server in servers.values():
+            load(server, "on", CALLERS[-1], seconds / 5)
+        for _ in range(GC_ROUNDS):
+            for label, server in servers.items():
+                runs[label].append(load(server, label, CALLERS[-1], seconds))
+    return [
+        CollectorRun(
+            label,
+            sum(row.calls for row in rows),
+            sum(row.seconds for row in rows),
+            tuple(latency for row in rows for latency in row.latencies_s),
+            round(sum(row.full_collections for row in rows)),
+            sum(row.paused_s for row in rows),
+        )
+        for label, rows in runs.items()
+    ]
 
 
 def small_request_and_reply_bytes() -> tuple[bytes, int]:
@@ -497,6 +559,23 @@ def render(
     return lines
 
 
+def render_collector(runs: Sequence[CollectorRun], seconds: float) -> list[str]:
+    """The garbage-collection comparison as a markdown table."""
+    return [
+        "",
+        f"### Garbage collection ({CALLERS[-1]} callers, B=1, {GC_ROUNDS} turns of {seconds:g} s per server)",
+        "",
+        "| heap | calls/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | full collections | their pauses (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {run.label} | {run.calls / run.seconds:,.0f} | {run.percentile_ms(50):.1f} | "
+            f"{run.percentile_ms(99):.1f} | {run.percentile_ms(99.9):.1f} | {max(run.latencies_s) * 1e3:.1f} | "
+            f"{run.full_collections} | {run.paused_s * 1e3:,.1f} |"
+            for run in runs
+        ),
+    ]
+
+
 def what_the_targets_ask(
     small: dict[str, float], loads: Sequence[Load], whole_batches: Sequence[Load], alone: dict[int, EngineAlone]
 ) -> list[str]:
@@ -602,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for callers in (1, CALLERS[-1]):
             print(f"bare gRPC echo, {callers} callers ...", flush=True)
             loads.append(echo_load(echo, request, callers, seconds))
+    print("garbage collection, frozen and not ...", flush=True)
+    collector = collector_comparison(seconds)
     print("in-process floor and engine calls alone ...", flush=True)
     floor = in_process_floor(seconds)
     alone = engine_alone(seconds)
@@ -618,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             *render(small, small_cpu, loads, whole_batches, floor, alone),
             *what_the_targets_ask(small, loads, whole_batches, alone),
+            *render_collector(collector, seconds),
             f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
             "",
         ]

@@ -75,6 +75,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             max_queue_delay_ms=args.max_queue_delay_ms,
             max_batches_in_flight=args.max_batches_in_flight,
             max_inline_ms=args.max_inline_ms,
+            freeze_heap=args.freeze_heap,
             max_queued_requests=args.max_queued_requests,
             grace_seconds=args.grace_seconds,
             max_connection_age_seconds=args.max_connection_age_seconds,
@@ -251,6 +252,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="batching",
         action="store_false",
         help="run every request as its own engine call (the queue bound still holds)",
+    )
+    parser.add_argument(
+        "--no-freeze-heap",
+        dest="freeze_heap",
+        action="store_false",
+        help="leave every object to the garbage collector's full collections, which then walk "
+        "TensorFlow's and the models' objects and pause calls (see the README)",
     )
     parser.add_argument(
         "--no-jit-compile", dest="jit_compile", action="store_false", help="do not use XLA"

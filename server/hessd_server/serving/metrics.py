@@ -1,11 +1,13 @@
 """Prometheus metrics of one server: requests by method and status, latency,
 engine calls waiting, dropped, abandoned and their durations, the batcher's
-batches, queue and refusals, compiled and evicted functions per model, and the
-state, load and warm-up time of each model version and the versions that failed."""
+batches, queue and refusals, compiled and evicted functions per model, the
+state, load and warm-up time of each model version and the versions that failed,
+and the process's garbage-collection pauses and frozen objects."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -120,6 +122,21 @@ class Metrics:
             "Requests refused UNAVAILABLE because the batcher's queue was full.",
             registry=self.registry,
         )
+        gc_pauses = Histogram(
+            "hessd_gc_pause_seconds",
+            "Time each garbage collection in the server's process took, by generation (2: a full "
+            "collection); calls in flight wait meanwhile.",
+            ["generation"],
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self._gc_pause_children = tuple(gc_pauses.labels(generation=str(g)) for g in range(3))
+        Gauge(
+            "hessd_gc_frozen_objects",
+            "Objects in the garbage collector's permanent generation, which collections skip "
+            "(frozen once the models are loaded).",
+            registry=self.registry,
+        ).set_function(gc.get_freeze_count)
         self._request_children: dict[tuple[str, grpc.StatusCode], tuple[Counter, Histogram]] = {}
         """The request counter's and latency histogram's child of each (method, code),
         resolved once: labelled children are never removed from these two."""
@@ -152,6 +169,10 @@ class Metrics:
     def observe_engine_call(self, seconds: float) -> None:
         """One engine call ran ``seconds`` on its engine thread; called from that thread."""
         self._engine_time.observe(seconds)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        """One garbage collection of ``generation`` (0, 1 or 2) took ``seconds``."""
+        self._gc_pause_children[generation].observe(seconds)
 
     def count_dropped(self, reason: str) -> None:
         """Count one engine call dropped for ``reason``: ``"deadline"`` or ``"cancelled"``."""
@@ -207,6 +228,7 @@ class Metrics:
     def count_load_failure(self, model: str) -> None:
         """Count one version of ``model`` that failed to load or warm."""
         self._load_failures.labels(model=model).inc()
+
     def track_evictions(self, model: str, evictions: Callable[[], int]) -> None:
         """Report ``evictions()`` as model ``model``'s evicted compiled functions at each scrape."""
         self._evictions.sources[model] = evictions

@@ -100,6 +100,13 @@ class ModelRegistry:
         self._lock = threading.Condition()
         self._entries: dict[str, _Entry] = {}
         self._ready = False
+        self._revision = 0
+
+    @property
+    def revision(self) -> int:
+        """A count that grows whenever a version becomes AVAILABLE, fails or is unloaded."""
+        with self._lock:
+            return self._revision
 
     @property
     def names(self) -> list[str]:
@@ -168,6 +175,7 @@ class ModelRegistry:
                 precisions=precisions,
             )
             entry.ever_available = True
+            self._revision += 1
         self._metrics.set_model_state(name, str(version), ModelState.AVAILABLE.value)
 
     def set_failed(self, name: str, version: int, error: str, fingerprint: object) -> None:
@@ -176,6 +184,7 @@ class ModelRegistry:
             self._entries[name].versions[version] = ServedVersion(
                 name, version, ModelState.FAILED, error=error, fingerprint=fingerprint
             )
+            self._revision += 1
         self._metrics.set_model_state(name, str(version), ModelState.FAILED.value)
 
     def drain(self, name: str, version: int) -> None:
@@ -194,6 +203,7 @@ class ModelRegistry:
             self._lock.wait_for(lambda: served.in_flight == 0)
             del self._entries[name].versions[version]
             served.model = None
+            self._revision += 1
         self._metrics.set_model_state(name, str(version), None)
 
     def forget(self, name: str, version: int) -> None:

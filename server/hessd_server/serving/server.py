@@ -55,6 +55,7 @@ from .server_config import ServerConfig
 from .servicer import HessianServicer
 from .shared_memory import SharedMemoryRegistry
 from .shared_memory_service import SharedMemoryServicer
+from .garbage_collection import HeapFreeze, PauseTimer
 from .status_interceptor import SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, StatusInterceptor
 
 _log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class HessdServer:
         intra_op, inter_op = set_thread_pools(config.intra_op_threads, config.inter_op_threads)
         _log.info("TensorFlow threads: intra-op %d, inter-op %d (0: one per core)", intra_op, inter_op)
         self.metrics = Metrics()
+        self._heap = HeapFreeze()
+        self._gc_pauses = PauseTimer(self.metrics.observe_gc_pause)
         self.models = ModelRegistry(self.metrics)
         self.loader = ModelLoader(
             self.models,
@@ -199,6 +202,7 @@ class HessdServer:
         """Start answering calls (health NOT_SERVING) and begin loading and warming models."""
         for service in (health.OVERALL_HEALTH, SERVICE_NAME):
             await self._health.set(service, _NOT_SERVING)
+        self._gc_pauses.start()
         await self.grpc_server.start()
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(
@@ -236,11 +240,14 @@ class HessdServer:
 
     async def administer(self, action: Callable[[], T]) -> T:
         """Run the blocking loader ``action`` off the event loop, one at a time, then
-        update health."""
+        refreeze the heap if the served versions changed, and update health."""
         async with self._reload_lock:
+            revision = self.models.revision
             try:
                 return await _in_daemon_thread(action)
             finally:
+                if self.models.revision != revision:
+                    await self._settle_heap()
                 await self._update_health()
 
     async def stop(self, grace: float | None) -> None:
@@ -270,6 +277,8 @@ class HessdServer:
         left = REFUSAL_GRACE_S if deadline is None else min(REFUSAL_GRACE_S, max(deadline - loop.time(), 0.0))
         await self.grpc_server.stop(left)
         self.engine_pool.shutdown(wait=False, cancel_futures=True)
+        self._gc_pauses.stop()
+        self._heap.lift()
         self.metrics.close()
 
     async def _load(self) -> None:
@@ -277,12 +286,20 @@ class HessdServer:
         await _in_daemon_thread(lambda: self.loader.load_fixed(self.config.served_models))
         async with self._reload_lock:
             await _in_daemon_thread(lambda: self.loader.reload(explicit=True))
+        await self._settle_heap()
         self.models.mark_ready()
         self._loaded = True
         await self._update_health()
         _log.info("serving models %s", self.models.names)
         if self.config.model_repository is not None and self.config.repository_poll_seconds > 0:
             self._polling = asyncio.ensure_future(self._poll())
+
+    async def _settle_heap(self) -> None:
+        """With ``freeze_heap``, collect and freeze the objects alive now (off the event loop)."""
+        if not self.config.freeze_heap or self._stopping:
+            return
+        frozen, seconds = await _in_daemon_thread(self._heap.settle)
+        _log.info("froze %d long-lived objects out of the garbage collector's way in %.0f ms", frozen, seconds * 1e3)
 
     async def _poll(self) -> None:
         while True:

@@ -98,6 +98,11 @@ class ServerConfig:
             alone in less than this, runs on the event loop instead of an engine
             thread; 0 (the default) runs every call on an engine thread. For
             servers with one caller at a time (see :mod:`hessd_server.serving.batching`).
+        freeze_heap: once the models are loaded, and whenever the served versions
+            change, collect and then freeze the objects alive (``gc.freeze``), so that
+            the garbage collector's full collections skip TensorFlow's and the models'
+            long-lived objects instead of pausing every call while they walk them
+            (see :mod:`hessd_server.serving.garbage_collection`). Process-wide.
         grace_seconds: how long in-flight calls may take to finish on shutdown.
         max_connection_age_seconds: close each client connection (gracefully,
             with ``grace_seconds`` for its calls) after about this long, so that
@@ -145,6 +150,7 @@ class ServerConfig:
     max_batches_in_flight: int = 1
     max_queued_requests: int = 256
     max_inline_ms: float = 0.0
+    freeze_heap: bool = True
     grace_seconds: float = 30.0
     max_connection_age_seconds: float | None = None
     metrics_port: int | None = None
