@@ -610,8 +610,8 @@ def what_the_targets_ask(
         "",
         "### What the targets ask of this machine",
         "",
-        f"- **Ceiling.** With {cores} cores, gRPC alone costs {grpc_ms:.2f} ms of CPU per call at "
-        f"{CALLERS[-1]} callers (the bare echo rows, server and raw callers together), and the engine "
+        f"- **Ceiling.** With {cores} cores, Python gRPC (grpcio) alone costs {grpc_ms:.2f} ms of CPU per "
+        f"call at {CALLERS[-1]} callers (the bare echo rows, server and raw callers together), and the engine "
         f"at least {engines[cheapest]:.2f} ms per example (the cheapest measured: {cheapest}). Even if "
         f"hessd's own code, server and SDK, cost nothing and every core worked for the benchmark, "
         f"{CALLERS[-1]} callers would get at most {cores} / {floor_ms:.2f} ms = {ceiling:,.0f} calls/s.",
