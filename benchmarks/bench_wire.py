@@ -16,7 +16,10 @@
   threads that the default of one replaces), and 1 and 32 callers and the B=32
   call to a server whose TensorFlow runs each operation on one thread
   (``--intra-op-threads 1``). Beside them, 1 and 32 raw ``grpc.aio`` callers of
-  the bare echo server: what gRPC alone sustains here with the same bytes.
+  the bare echo server: what gRPC alone sustains here with the same bytes. Every
+  server runs from the start, and those compared at one load take turns (five
+  turns of a fifth of the row's seconds, the order reversed every other turn), so
+  that the shared machine's changing load falls on all of them alike.
 * **Where the time went.** For each load, the mean time of a call as its callers
   saw it, in the server's handler, queued in the batcher, and per engine call on
   its thread (from the server's own histograms), beside the same engine calls
@@ -46,6 +49,8 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import math
 import statistics
 import subprocess
@@ -54,8 +59,9 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -80,6 +86,23 @@ SINGLE_THREADED = "on, 1 intra-op thread"
 """The row label of the server run with ``--intra-op-threads 1``."""
 ECHO = "bare gRPC echo, raw gRPC callers"
 """The row label of the echo server's concurrency rows."""
+NOT_FROZEN = "on, heap not frozen"
+"""The row label of the server run with ``--no-freeze-heap``."""
+VARIANTS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "on": ((), CALLERS),
+    SINGLE_THREADED: (("--intra-op-threads", "1"), (1, CALLERS[-1])),
+    "on, 2 in flight": (("--max-batches-in-flight", "2"), CALLERS[1:]),
+    "off": (("--no-batching",), CALLERS),
+}
+"""The hessd servers whose rows are compared, by row label: their flags, and the callers
+they are measured with."""
+ECHO_CALLERS = (1, CALLERS[-1])
+WHOLE_BATCH_SERVERS = ("on", SINGLE_THREADED)
+"""The servers one caller sends the whole B=32 batch to, the default first."""
+TURNS = 5
+"""Turns the servers compared at one load take, each of a fifth of the row's seconds."""
+GC_TURNS = 3
+"""Turns of the garbage-collection comparison, each of a row's seconds."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +123,14 @@ class ServerTimes:
 
 @dataclass(frozen=True)
 class Load:
-    """One concurrency measurement.
+    """One concurrency measurement: one run of back-to-back calls, or several merged.
 
     Attributes:
-        batching: "on", "off", or "on, 2 in flight" (``--max-batches-in-flight 2``).
+        batching: which server: "on" (the defaults), "off", "on, 2 in flight"
+            (``--max-batches-in-flight 2``), :data:`SINGLE_THREADED`, :data:`NOT_FROZEN`
+            or :data:`ECHO`.
+        histograms: (sum, count) of each histogram of :data:`SERVER_SAMPLES` over the
+            run, from the server's ``/metrics``; empty for the echo server.
     """
 
     batching: str
@@ -111,14 +138,11 @@ class Load:
     calls: int
     seconds: float
     latencies_s: tuple[float, ...]
-    mean_batch: float
     server_cpu_s: float
     event_loop_cpu_s: float
     client_cpu_s: float
-    in_server: ServerTimes | None = None
+    histograms: dict[str, tuple[float, float]] = field(default_factory=dict)
     examples_per_call: int = 1
-    full_collections: float = 0.0
-    paused_s: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -129,6 +153,47 @@ class Load:
 
     def cpu_ms_per_call(self, seconds: float) -> float:
         return seconds / self.calls * 1e3
+
+    def mean(self, sample: str) -> float:
+        """The mean of histogram ``sample`` (a key of :data:`SERVER_SAMPLES`); NaN without one."""
+        total, count = self.histograms.get(sample, (0.0, 0.0))
+        return total / count if count else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return self.mean("batch")
+
+    @property
+    def in_server(self) -> ServerTimes | None:
+        if not self.histograms:
+            return None
+        return ServerTimes(self.mean("request"), self.mean("queued"), self.mean("engine_call"))
+
+    @property
+    def full_collections(self) -> int:
+        return round(self.histograms.get("full_collection", (0.0, 0.0))[1])
+
+    @property
+    def paused_s(self) -> float:
+        return self.histograms.get("full_collection", (0.0, 0.0))[0]
+
+
+def merged(runs: Sequence[Load]) -> Load:
+    """The runs of one server, callers and batch size as one measurement."""
+    first = runs[0]
+    keys = first.histograms.keys()
+    return Load(
+        first.batching,
+        first.callers,
+        sum(run.calls for run in runs),
+        sum(run.seconds for run in runs),
+        tuple(latency for run in runs for latency in run.latencies_s),
+        sum(run.server_cpu_s for run in runs),
+        sum(run.event_loop_cpu_s for run in runs),
+        sum(run.client_cpu_s for run in runs),
+        {key: tuple(map(sum, zip(*(run.histograms[key] for run in runs)))) for key in keys},
+        first.examples_per_call,
+    )
 
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
@@ -209,7 +274,9 @@ def serving_cpu(pid: int, call: Callable[[], object], seconds: float) -> tuple[f
     return (after[0] - before[0]) / calls * 1e3, (after[1] - before[1]) / calls * 1e3
 
 
-def small_call(server: ServerProcess, seconds: float) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+def small_call(
+    server: ServerProcess, echo: EchoProcess, seconds: float
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Median ms of a B=1 Hessian over the wire, the echo of its bytes, and in-process;
     and the CPU ms per call of hessd-server and of the echo server (all threads, event loop)."""
     x = np.random.default_rng(0).standard_normal((1, MID_DIM)).astype(np.float32)
@@ -218,7 +285,7 @@ def small_call(server: ServerProcess, seconds: float) -> tuple[dict[str, float],
     with hessd.Client(server.target, timeout=60) as client:
         reply = pb.HessianResponse(hessian=tensor_codec.encode(client.hessian(MODEL, x), field="hessian"))
         np.testing.assert_allclose(client.hessian(MODEL, x), hs.hessian(model, x), rtol=1e-5, atol=1e-6)
-        with EchoProcess(reply.ByteSize()) as echo, grpc.insecure_channel(echo.target) as channel:
+        with grpc.insecure_channel(echo.target) as channel:
             call = channel.unary_unary("/bench.Echo/Echo")
             assert len(call(request)) == reply.ByteSize()
             runs = take_turns(
@@ -261,18 +328,19 @@ def _server_histograms(server: ServerProcess) -> dict[str, tuple[float, float]]:
     return totals
 
 
-def _mean(before: tuple[float, float], after: tuple[float, float]) -> float:
-    count = after[1] - before[1]
-    return (after[0] - before[0]) / count if count else float("nan")
-
-
 async def _back_to_back(
-    call: Callable[[], Awaitable[object]], callers: int, seconds: float
-) -> tuple[int, list[float], float]:
+    call: Callable[[], Awaitable[object]],
+    callers: int,
+    seconds: float,
+    started: Callable[[], Any],
+    finished: Callable[[], Any],
+) -> tuple[int, list[float], float, Any, Any]:
     """``callers`` tasks each awaiting ``call()`` back to back for ``seconds``, after one
-    call each to warm up: calls, latencies, elapsed seconds."""
+    call each to warm up: calls, latencies, elapsed seconds, and what ``started()``
+    read once the warm-up was over and ``finished()`` read once the last call was."""
     await asyncio.gather(*(call() for _ in range(callers)))
     latencies: list[float] = []
+    first = started()
     stop = time.perf_counter() + seconds
 
     async def caller() -> None:
@@ -283,83 +351,49 @@ async def _back_to_back(
 
     start = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(callers)))
-    return len(latencies), latencies, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return len(latencies), latencies, elapsed, first, finished()
 
 
-async def _callers(target: str, callers: int, seconds: float, batch: int) -> tuple[int, list[float], float]:
-    """``callers`` tasks calling back to back for ``seconds``: calls, latencies, elapsed seconds."""
+async def _callers(
+    target: str, callers: int, seconds: float, batch: int, started: Callable[[], Any], finished: Callable[[], Any]
+) -> tuple[int, list[float], float, Any, Any]:
+    """``callers`` tasks of one ``hessd.AsyncClient`` calling back to back for ``seconds``."""
     x = np.random.default_rng(1).standard_normal((batch, MID_DIM)).astype(np.float32)
     async with hessd.AsyncClient(target, timeout=60) as client:
-        return await _back_to_back(lambda: client.hessian(MODEL, x), callers, seconds)
+        return await _back_to_back(lambda: client.hessian(MODEL, x), callers, seconds, started, finished)
 
 
 def load(server: ServerProcess, batching: str, callers: int, seconds: float, batch: int = 1) -> Load:
-    """Measure ``callers`` concurrent callers of B=``batch`` Hessians."""
-    before, cpu_before = _server_histograms(server), _cpu(server)
-    calls, latencies, elapsed = asyncio.run(_callers(server.target, callers, seconds, batch))
-    after, cpu_after = _server_histograms(server), _cpu(server)
-    means = {key: _mean(before[key], after[key]) for key in SERVER_SAMPLES}
-    cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
-    in_server = ServerTimes(means["request"], means["queued"], means["engine_call"])
-    (paused_before, collections_before), (paused_after, collections_after) = (
-        before["full_collection"], after["full_collection"]
-    )
-    return Load(
-        batching, callers, calls, elapsed, tuple(latencies), means["batch"], *cpu,
-        in_server=in_server, examples_per_call=batch,
-        full_collections=collections_after - collections_before, paused_s=paused_after - paused_before,
-    )
-
-
-GC_ROUNDS = 3
-"""Turns each of the two servers of the garbage-collection comparison gets."""
-
-
-@dataclass(frozen=True)
-class CollectorRun:
-    """One server's share of the garbage-collection comparison, its turns together.
-
-    Attributes:
-        label: which server: "frozen" (the default) or "not frozen" (``--no-freeze-heap``).
-        latencies_s: every call's seconds.
-        full_collections: full collections (generation 2) during the turns.
-        paused_s: seconds those collections took.
-    """
-
-    label: str
-    calls: int
-    seconds: float
-    latencies_s: tuple[float, ...]
-    full_collections: int
-    paused_s: float
-
-    def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies_s, q)) * 1e3
-
-
-def collector_comparison(seconds: float) -> list[CollectorRun]:
-    """32 callers of the default server and of one with ``--no-freeze-heap``, taking
-    :data:`GC_ROUNDS` turns of ``seconds`` each; each server's full collections from
-    its ``hessd_gc_pause_seconds`` histogram."""
-    runs: dict[str, list[Load]] = {"frozen": [], "not frozen": []}
-    with hessd_server() as frozen, hessd_server("--no-freeze-heap") as thawed:
-        servers = {"frozen": frozen, "not frozen": thawed}
-        for server in servers.values():
-            load(server, "on", CALLERS[-1], seconds / 5)
-        for _ in range(GC_ROUNDS):
-            for label, server in servers.items():
-                runs[label].append(load(server, label, CALLERS[-1], seconds))
-    return [
-        CollectorRun(
-            label,
-            sum(row.calls for row in rows),
-            sum(row.seconds for row in rows),
-            tuple(latency for row in rows for latency in row.latencies_s),
-            round(sum(row.full_collections for row in rows)),
-            sum(row.paused_s for row in rows),
+    """Measure ``callers`` concurrent callers of B=``batch`` Hessians. The server's
+    histograms are read outside the CPU window, so that reading them is not counted."""
+    calls, latencies, elapsed, (before, cpu_before), (cpu_after, after) = asyncio.run(
+        _callers(
+            server.target,
+            callers,
+            seconds,
+            batch,
+            lambda: (_server_histograms(server), _cpu(server)),
+            lambda: (_cpu(server), _server_histograms(server)),
         )
-        for label, rows in runs.items()
-    ]
+    )
+    cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
+    histograms = {
+        key: (after[key][0] - before[key][0], after[key][1] - before[key][1]) for key in SERVER_SAMPLES
+    }
+    return Load(batching, callers, calls, elapsed, tuple(latencies), *cpu, histograms, batch)
+
+
+def in_turns(measures: dict[str, Callable[[float], Load]], seconds: float, turns: int = TURNS) -> list[Load]:
+    """Each measurement of ``measures`` (by row label, given the seconds to run), taking
+    ``turns`` turns of ``seconds / turns`` each, the order reversed every other turn so
+    that a change in the machine's load falls on all of them alike; each merged."""
+    runs: dict[str, list[Load]] = {label: [] for label in measures}
+    for turn in range(turns):
+        order = list(measures) if turn % 2 == 0 else list(reversed(measures))
+        for label in order:
+            runs[label].append(measures[label](seconds / turns))
+    return [merged(runs[label]) for label in measures]
 
 
 def small_request_and_reply_bytes() -> tuple[bytes, int]:
@@ -371,21 +405,27 @@ def small_request_and_reply_bytes() -> tuple[bytes, int]:
     return request.SerializeToString(), reply.ByteSize()
 
 
-async def _echo_callers(target: str, request: bytes, callers: int, seconds: float) -> tuple[int, list[float], float]:
+async def _echo_callers(
+    target: str, request: bytes, callers: int, seconds: float, read: Callable[[], Any]
+) -> tuple[int, list[float], float, Any, Any]:
     """``callers`` tasks echoing ``request`` back to back over one raw ``grpc.aio`` channel."""
     async with grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary("/bench.Echo/Echo")
-        return await _back_to_back(lambda: call(request), callers, seconds)
+        return await _back_to_back(lambda: call(request), callers, seconds, read, read)
 
 
 def echo_load(echo: EchoProcess, request: bytes, callers: int, seconds: float) -> Load:
     """``callers`` concurrent raw gRPC callers of the bare echo server: what gRPC alone
     sustains on this machine with the same bytes, the ceiling of any server here."""
-    cpu_before = cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
-    calls, latencies, elapsed = asyncio.run(_echo_callers(echo.target, request, callers, seconds))
-    cpu_after = cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
+
+    def read() -> tuple[float, float, float]:
+        return cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
+
+    calls, latencies, elapsed, cpu_before, cpu_after = asyncio.run(
+        _echo_callers(echo.target, request, callers, seconds, read)
+    )
     cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
-    return Load(ECHO, callers, calls, elapsed, tuple(latencies), float("nan"), *cpu)
+    return Load(ECHO, callers, calls, elapsed, tuple(latencies), *cpu)
 
 
 ALONE_BATCHES = (1, 8, 32)
@@ -559,16 +599,19 @@ def render(
     return lines
 
 
-def render_collector(runs: Sequence[CollectorRun], seconds: float) -> list[str]:
+COLLECTOR_LABELS = {"on": "frozen (the default)", NOT_FROZEN: "not frozen (`--no-freeze-heap`)"}
+
+
+def render_collector(runs: Sequence[Load], seconds: float) -> list[str]:
     """The garbage-collection comparison as a markdown table."""
     return [
         "",
-        f"### Garbage collection ({CALLERS[-1]} callers, B=1, {GC_ROUNDS} turns of {seconds:g} s per server)",
+        f"### Garbage collection ({CALLERS[-1]} callers, B=1, {GC_TURNS} turns of {seconds:g} s per server)",
         "",
         "| heap | calls/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | full collections | their pauses (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {run.label} | {run.calls / run.seconds:,.0f} | {run.percentile_ms(50):.1f} | "
+            f"| {COLLECTOR_LABELS[run.batching]} | {run.throughput:,.0f} | {run.percentile_ms(50):.1f} | "
             f"{run.percentile_ms(99):.1f} | {run.percentile_ms(99.9):.1f} | {max(run.latencies_s) * 1e3:.1f} | "
             f"{run.full_collections} | {run.paused_s * 1e3:,.1f} |"
             for run in runs
@@ -654,35 +697,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = 0.3 if args.quick else args.seconds
     header = machine_description()
     print("\n".join(header), flush=True)
-    loads: list[Load] = []
-    with hessd_server() as batched:
-        print("small call ...", flush=True)
-        small, small_cpu = small_call(batched, seconds)
-        for callers in CALLERS:
-            print(f"batching on, {callers} callers ...", flush=True)
-            loads.append(load(batched, "on", callers, seconds))
-        print("one caller, B=32 ...", flush=True)
-        whole_batches = [load(batched, "on", 1, seconds, batch=32)]
-    with hessd_server("--intra-op-threads", "1") as single_threaded:
-        for callers in (1, CALLERS[-1]):
-            print(f"batching on, one intra-op thread, {callers} callers ...", flush=True)
-            loads.append(load(single_threaded, SINGLE_THREADED, callers, seconds))
-        whole_batches.append(load(single_threaded, SINGLE_THREADED, 1, seconds, batch=32))
-    with hessd_server("--max-batches-in-flight", "2") as spread:
-        for callers in CALLERS[1:]:
-            print(f"batching on, 2 batches in flight, {callers} callers ...", flush=True)
-            loads.append(load(spread, "on, 2 in flight", callers, seconds))
-    with hessd_server("--no-batching") as unbatched:
-        for callers in CALLERS:
-            print(f"batching off, {callers} callers ...", flush=True)
-            loads.append(load(unbatched, "off", callers, seconds))
     request, reply_bytes = small_request_and_reply_bytes()
-    with EchoProcess(reply_bytes) as echo:
-        for callers in (1, CALLERS[-1]):
-            print(f"bare gRPC echo, {callers} callers ...", flush=True)
-            loads.append(echo_load(echo, request, callers, seconds))
-    print("garbage collection, frozen and not ...", flush=True)
-    collector = collector_comparison(seconds)
+    with contextlib.ExitStack() as stack:
+        print("starting the servers ...", flush=True)
+        servers = {label: stack.enter_context(hessd_server(*flags)) for label, (flags, _) in VARIANTS.items()}
+        servers[NOT_FROZEN] = stack.enter_context(hessd_server("--no-freeze-heap"))
+        echo = stack.enter_context(EchoProcess(reply_bytes))
+        print("small call ...", flush=True)
+        small, small_cpu = small_call(servers["on"], echo, seconds)
+        loads: list[Load] = []
+        for callers in CALLERS:
+            print(f"{callers} callers, the servers taking turns ...", flush=True)
+            measures = {
+                label: functools.partial(load, servers[label], label, callers)
+                for label, (_, levels) in VARIANTS.items()
+                if callers in levels
+            }
+            if callers in ECHO_CALLERS:
+                measures[ECHO] = functools.partial(echo_load, echo, request, callers)
+            loads += in_turns(measures, seconds)
+        print("one caller, B=32, the servers taking turns ...", flush=True)
+        whole_batches = in_turns(
+            {label: functools.partial(load, servers[label], label, 1, batch=32) for label in WHOLE_BATCH_SERVERS},
+            seconds,
+        )
+        print("garbage collection, frozen and not ...", flush=True)
+        collector = in_turns(
+            {label: functools.partial(load, servers[label], label, CALLERS[-1]) for label in ("on", NOT_FROZEN)},
+            seconds * GC_TURNS,
+            turns=GC_TURNS,
+        )
+    rows = [*VARIANTS, ECHO]
+    loads.sort(key=lambda row: (rows.index(row.batching), row.callers))
     print("in-process floor and engine calls alone ...", flush=True)
     floor = in_process_floor(seconds)
     alone = engine_alone(seconds)
@@ -696,6 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "- server: `hessd-server` in its own process on a unix socket, default flags (engine threads 2, "
             "one batch in flight per model and key, max queue delay 20 ms), warmed for "
             "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
+            f"- every server runs from the start; the servers compared at one load take {TURNS} turns "
+            f"of a fifth of the {seconds:g} s each, the order reversed every other turn",
             "",
             *render(small, small_cpu, loads, whole_batches, floor, alone),
             *what_the_targets_ask(small, loads, whole_batches, alone),
