@@ -17,6 +17,7 @@ thawed first: one full collection then frees the unloaded version's cycles.
 Compiled functions that were frozen and are later evicted from a model's cache
 (``max_compiled_functions``) stay until the next refreeze: memory that was in
 use when the freeze was made, so it never grows past that.
+
 The freeze is process-wide; servers in one process share it, and it is lifted
 when the last of them stops.
 

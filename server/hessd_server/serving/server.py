@@ -47,6 +47,7 @@ from .batching import Batcher, BatchingSettings
 from .engine_executor import EngineExecutor
 from .engine_pool import EngineThreadPool
 from .failure_log import FailureLog
+from .garbage_collection import HeapFreeze, PauseTimer
 from .metrics import Metrics
 from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from .model_loader import ModelLoader
@@ -55,7 +56,6 @@ from .server_config import ServerConfig
 from .servicer import HessianServicer
 from .shared_memory import SharedMemoryRegistry
 from .shared_memory_service import SharedMemoryServicer
-from .garbage_collection import HeapFreeze, PauseTimer
 from .status_interceptor import SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, StatusInterceptor
 
 _log = logging.getLogger(__name__)
