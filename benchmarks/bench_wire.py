@@ -123,11 +123,22 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu(server: ServerProcess) -> tuple[float, float, float]:
-    """CPU seconds so far: the server process, its main (event loop) thread, this process."""
-    pid = server.process.pid
+def _cpu(pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far: the serving process ``pid``, its main (event loop) thread, this process."""
     usage = os.times()
     return cpu_seconds(pid), cpu_seconds(pid, pid), usage.user + usage.system
+
+
+def cpu_ms_per_call(
+    read: Callable[[], tuple[float, ...]], call: Callable[[], object], seconds: float
+) -> tuple[float, ...]:
+    """CPU milliseconds per ``call()`` of each CPU-seconds count ``read()`` returns, while
+    ``call`` runs back to back for ``seconds``."""
+    before, calls, stop = read(), 0, time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        call()
+        calls += 1
+    return tuple((after - first) / calls * 1e3 for first, after in zip(before, read()))
 
 
 def take_turns(methods: dict[str, Callable[[], object]], seconds: float, slice_s: float = 0.1) -> dict[str, list[float]]:
@@ -178,21 +189,9 @@ class EchoProcess:
         self._directory.cleanup()
 
 
-def serving_cpu(pid: int, call: Callable[[], object], seconds: float) -> tuple[float, float]:
-    """CPU ms per call of process ``pid`` while ``call`` runs back to back for ``seconds``:
-    all its threads, and its main (event loop) thread."""
-    before = cpu_seconds(pid), cpu_seconds(pid, pid)
-    calls, stop = 0, time.perf_counter() + seconds
-    while time.perf_counter() < stop:
-        call()
-        calls += 1
-    after = cpu_seconds(pid), cpu_seconds(pid, pid)
-    return (after[0] - before[0]) / calls * 1e3, (after[1] - before[1]) / calls * 1e3
-
-
 def small_call(
     server: ServerProcess, echo: EchoProcess, seconds: float
-) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
     """Median ms of a B=1 Hessian over the wire, the echo of its bytes, and in-process;
     and the CPU ms per call of hessd-server and of the echo server (all threads, event loop)."""
     x = np.random.default_rng(0).standard_normal((1, MID_DIM)).astype(np.float32)
@@ -212,8 +211,10 @@ def small_call(
             }
             runs = take_turns(methods, seconds)
             cpu = {
-                "hessd-server": serving_cpu(server.process.pid, lambda: client.hessian(MODEL, x), seconds),
-                "bare gRPC echo server": serving_cpu(echo.pid, lambda: call(request), seconds),
+                "hessd-server": cpu_ms_per_call(
+                    lambda: _cpu(server.process.pid)[:2], lambda: client.hessian(MODEL, x), seconds
+                ),
+                "bare gRPC echo server": cpu_ms_per_call(lambda: _cpu(echo.pid)[:2], lambda: call(request), seconds),
             }
     medians = {name: statistics.median(times) * 1e3 for name, times in runs.items()}
     idle_ms = medians[wire] - medians[in_process]
@@ -297,8 +298,8 @@ def load(server: ServerProcess, batching: str, callers: int, seconds: float, bat
             callers,
             seconds,
             batch,
-            lambda: (_server_histograms(server), _cpu(server)),
-            lambda: (_cpu(server), _server_histograms(server)),
+            lambda: (_server_histograms(server), _cpu(server.process.pid)),
+            lambda: (_cpu(server.process.pid), _server_histograms(server)),
         )
     )
     cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
@@ -341,12 +342,8 @@ async def _echo_callers(
 def echo_load(echo: EchoProcess, request: bytes, callers: int, seconds: float) -> Load:
     """``callers`` concurrent raw gRPC callers of the bare echo server: what gRPC alone
     sustains on this machine with the same bytes, the ceiling of any server here."""
-
-    def read() -> tuple[float, float, float]:
-        return cpu_seconds(echo.pid), cpu_seconds(echo.pid, echo.pid), sum(os.times()[:2])
-
     calls, latencies, elapsed, cpu_before, cpu_after = asyncio.run(
-        _echo_callers(echo.target, request, callers, seconds, read)
+        _echo_callers(echo.target, request, callers, seconds, lambda: _cpu(echo.pid))
     )
     cpu = [later - earlier for earlier, later in zip(cpu_before, cpu_after)]
     return Load(ECHO, callers, calls, elapsed, tuple(latencies), *cpu)
@@ -369,17 +366,11 @@ def engine_alone(seconds: float) -> dict[int, EngineAlone]:
     for method in methods.values():
         method()
     runs = take_turns(methods, seconds)
-    cpu = {batch: _process_cpu_ms(methods[str(batch)], seconds / 2) / batch for batch in ALONE_BATCHES}
+    cpu = {
+        batch: cpu_ms_per_call(lambda: (sum(os.times()[:2]),), methods[str(batch)], seconds / 2)[0] / batch
+        for batch in ALONE_BATCHES
+    }
     return {int(batch): EngineAlone(statistics.median(times) * 1e3, cpu[int(batch)]) for batch, times in runs.items()}
-
-
-def _process_cpu_ms(call: Callable[[], object], seconds: float) -> float:
-    """CPU milliseconds of this process per ``call()``, calls back to back for ``seconds``."""
-    before, calls, stop = sum(os.times()[:2]), 0, time.perf_counter() + seconds
-    while time.perf_counter() < stop:
-        call()
-        calls += 1
-    return (sum(os.times()[:2]) - before) / calls * 1e3
 
 
 def in_process_floor(seconds: float) -> dict[str, float]:

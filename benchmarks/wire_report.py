@@ -147,7 +147,7 @@ class EngineAlone:
 
 def render(
     small: dict[str, float],
-    small_cpu: dict[str, tuple[float, float]],
+    small_cpu: dict[str, tuple[float, ...]],
     loads: Sequence[Load],
     whole_batches: Sequence[Load],
     floor: dict[str, float],
