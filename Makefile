@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/hessd/v1/*.proto)
 
-.PHONY: setup run test proto bench bench-wire clean
+.PHONY: setup run test proto bench bench-wire docs docs-serve docs-reference clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,22 @@ bench: setup
 # The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
 bench-wire: setup
 	$(PY) benchmarks/bench_wire.py
+
+# The docs site (mkdocs-material, mkdocstrings): the docs extra is installed into $(VENV) the
+# first time. The reference pages under docs/reference/ are generated from the code and
+# committed; docs-reference regenerates them, tests/docs/test_reference.py fails when stale.
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs serve
+
+docs-reference: setup
+	$(PY) scripts/generate_reference.py
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[server,dev,plot,docs]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info client/*.egg-info server/*.egg-info .pytest_cache

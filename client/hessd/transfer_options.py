@@ -4,7 +4,7 @@ gRPC's defaults (16 KiB frames, a 64 KiB initial flow-control window that BDP
 probing grows over time) cut a 16 MB result into about a thousand frames and
 stall the stream on window updates. A receiver's window and frame size are
 what bound its sender, so both ends set these. The values come from
-``benchmarks/bench_transfer.py --sweep`` (see the README's transfer table).
+``benchmarks/bench_transfer.py --sweep`` (see docs/benchmarks/transfer.md).
 """
 
 from __future__ import annotations

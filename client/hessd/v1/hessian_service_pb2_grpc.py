@@ -37,7 +37,7 @@ class HessianServiceStub:
     the hessd exception class) and, when the error concerns one request field,
     a BadRequest field violation whose field is a path into the request:
     model_name, x, x[key], x[key].dtype, x[key].shape, x[key].data, v,
-    output_weights, wrt, precision or full. README.md lists every reason.
+    output_weights, wrt, precision or full. docs/reference/errors.md lists every reason.
     Bytes that are no valid request message are INVALID_ARGUMENT
     (MALFORMED_REQUEST) on every method. With --auth-token-file, calls need
     "authorization: Bearer <token>" metadata (UNAUTHENTICATED otherwise).
@@ -127,7 +127,7 @@ class HessianServiceServicer:
     the hessd exception class) and, when the error concerns one request field,
     a BadRequest field violation whose field is a path into the request:
     model_name, x, x[key], x[key].dtype, x[key].shape, x[key].data, v,
-    output_weights, wrt, precision or full. README.md lists every reason.
+    output_weights, wrt, precision or full. docs/reference/errors.md lists every reason.
     Bytes that are no valid request message are INVALID_ARGUMENT
     (MALFORMED_REQUEST) on every method. With --auth-token-file, calls need
     "authorization: Bearer <token>" metadata (UNAUTHENTICATED otherwise).
@@ -323,7 +323,7 @@ class HessianService:
     the hessd exception class) and, when the error concerns one request field,
     a BadRequest field violation whose field is a path into the request:
     model_name, x, x[key], x[key].dtype, x[key].shape, x[key].data, v,
-    output_weights, wrt, precision or full. README.md lists every reason.
+    output_weights, wrt, precision or full. docs/reference/errors.md lists every reason.
     Bytes that are no valid request message are INVALID_ARGUMENT
     (MALFORMED_REQUEST) on every method. With --auth-token-file, calls need
     "authorization: Bearer <token>" metadata (UNAUTHENTICATED otherwise).

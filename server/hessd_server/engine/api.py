@@ -86,8 +86,8 @@ def evaluate(
 
     >>> import numpy as np, hessd_server as hs
     >>> m = hs.load_model("hessd_server.engine.demo_model:build_demo_model")
-    >>> [a.shape for a in hs.evaluate(m, np.ones((2, 10), np.float32))]
-    [(2,), (2, 10), (2, 10, 10)]
+    >>> tuple(a.shape for a in hs.evaluate(m, np.ones((2, 10), np.float32)))
+    ((2,), (2, 10), (2, 10, 10))
     """
     options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
     return evaluation_of(as_model(model), x, full=full, **options)

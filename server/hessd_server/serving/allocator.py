@@ -6,7 +6,7 @@ malloc hands buffers this large back to the kernel when they are freed: it
 maps them afresh (``mmap``), deletes the heaps of worker-thread arenas once
 empty, and trims the main heap. The next call then faults every page in
 again, and the kernel zeroes each one first; for a 16.8 MB Hessian this
-page zeroing cost more than the copies themselves (see the README's
+page zeroing cost more than the copies themselves (see docs/benchmarks/transfer.md's
 breakdown of large results).
 
 :func:`retain_freed_memory` asks glibc to keep such memory: one arena for all

@@ -5,7 +5,7 @@ Python objects: TensorFlow and Keras themselves, the models, their traced and
 compiled functions. CPython's full collection walks every one of them while it
 holds the interpreter lock, so each stalls every call in flight, event loop
 and engine threads alike: about 0.2 s, about every 10 s under load, on the
-reference machine (see the README's throughput section).
+reference machine (see docs/benchmarks/wire.md).
 
 :class:`HeapFreeze` moves the objects alive once the models are loaded into
 CPython's permanent generation (``gc.freeze``), which collections skip, so

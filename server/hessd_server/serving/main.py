@@ -258,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="freeze_heap",
         action="store_false",
         help="leave every object to the garbage collector's full collections, which then walk "
-        "TensorFlow's and the models' objects and pause calls (see the README)",
+        "TensorFlow's and the models' objects and pause calls",
     )
     parser.add_argument(
         "--no-jit-compile", dest="jit_compile", action="store_false", help="do not use XLA"

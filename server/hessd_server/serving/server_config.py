@@ -21,7 +21,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's own default message size limit."""
 
 DEFAULT_CHUNK_BYTES = 1024 * 1024
-"""Data bytes per ResultChunk; chosen by ``benchmarks/bench_transfer.py`` (see the README)."""
+"""Data bytes per ResultChunk; chosen by ``benchmarks/bench_transfer.py`` (see docs/benchmarks/transfer.md)."""
 
 SHARED_MEMORY_ACCESS = ("off", "local", "any")
 """Values of ``ServerConfig.shared_memory``."""
