@@ -136,13 +136,13 @@ def test_the_top_package_is_thin() -> None:
     assert {path.name for path in PACKAGE_ROOT.iterdir() if (path / "__init__.py").exists()} == {"engine", "serving"}
 
 
-README = PACKAGE_ROOT.parents[1] / "README.md"
+LAYOUT_PAGE = PACKAGE_ROOT.parents[1] / "docs" / "layout.md"
 
 
 @pytest.mark.parametrize("subpackage", ["engine", "serving"])
-def test_the_readme_layout_table_names_every_module(subpackage: str) -> None:
-    rows = [line for line in README.read_text().splitlines() if line.startswith(f"| `server/hessd_server/{subpackage}/`")]
-    assert len(rows) == 1, f"README's Layout table needs one row for server/hessd_server/{subpackage}/"
+def test_the_layout_page_names_every_module(subpackage: str) -> None:
+    rows = [line for line in LAYOUT_PAGE.read_text().splitlines() if line.startswith(f"| `server/hessd_server/{subpackage}/`")]
+    assert len(rows) == 1, f"docs/layout.md needs one row for server/hessd_server/{subpackage}/"
     modules = sorted(path.stem for path in (PACKAGE_ROOT / subpackage).glob("*.py") if path.stem != "__init__")
     missing = [name for name in modules if f"`{name}`" not in rows[0]]
-    assert missing == [], f"README's Layout row for {subpackage}/ does not name {missing}"
+    assert missing == [], f"docs/layout.md's row for {subpackage}/ does not name {missing}"

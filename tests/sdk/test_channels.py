@@ -97,9 +97,8 @@ def test_an_unknown_load_balancing_policy_is_refused(client_class: type) -> None
         client_class("dns:///hessd:50051", load_balancing="least_request")
 
 
-def test_the_readme_shows_the_service_config_the_sdk_uses() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Deploying") :]
+def test_the_deployment_guide_shows_the_service_config_the_sdk_uses() -> None:
+    section = (Path(__file__).resolve().parents[2] / "docs" / "guides" / "deployment.md").read_text()
     start = section.index("```json") + len("```json")
     shown = section[start : section.index("```", start)]
     assert json.loads(shown) == json.loads(_channels.service_config("round_robin"))

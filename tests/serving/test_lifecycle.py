@@ -34,7 +34,7 @@ from hessd_server.serving.server import DRAIN_QUIET_S
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from wire_fixtures import LOAD_GATE, TRACE_GATE, RunningServer, rng_array, serving
 
-DOCS = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "guides" / "other-languages.md"
 WAIT_S = 60.0
 
 
@@ -99,7 +99,7 @@ def test_health_goes_not_serving_then_serving_then_not_serving() -> None:
 
 def _doc_request_json() -> str:
     match = re.search(r"```json\n(.*?)```", DOCS.read_text(), re.S)
-    assert match, "README.md has no JSON request body"
+    assert match, f"{DOCS.name} has no JSON request body"
     return match.group(1)
 
 
