@@ -21,7 +21,7 @@ import hessd
 import hessd_server
 from hessd import cli
 from hessd.errors import ERROR_TYPES
-from hessd.v1 import hessian_service_pb2, model_admin_pb2, shared_memory_pb2
+from hessd.v1 import hessian_service_pb2, model_admin_pb2, shared_memory_pb2, tensor_pb2
 from hessd_server.serving import main as server_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,15 +94,20 @@ def test_every_error_reason_and_exception_is_in_the_reference() -> None:
 def test_every_rpc_message_and_field_is_in_the_reference() -> None:
     page = _page("proto.md")
     missing = []
-    for module in (hessian_service_pb2, model_admin_pb2, shared_memory_pb2):
+    for module in (hessian_service_pb2, model_admin_pb2, shared_memory_pb2, tensor_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             if f"service `{service.full_name}`" not in page:
                 missing.append(service.full_name)
             missing += [f"{service.name}.{m.name}" for m in service.methods if f"| `{m.name}` |" not in page]
-        for message in module.DESCRIPTOR.message_types_by_name.values():
-            if f"`{message.name}`" not in page:
-                missing.append(message.name)
+        messages = list(module.DESCRIPTOR.message_types_by_name.values())
+        while messages:
+            message = messages.pop()
+            messages += [m for m in message.nested_types if not m.GetOptions().map_entry]
+            if f"`{message.full_name.removeprefix('hessd.v1.')}`" not in page:
+                missing.append(message.full_name)
             missing += [f"{message.name}.{f.name}" for f in message.fields if f"| `{f.name}` |" not in page]
+        for enum in module.DESCRIPTOR.enum_types_by_name.values():
+            missing += [value.name for value in enum.values if f"| `{value.name}` |" not in page]
     assert missing == []
 
 
