@@ -7,8 +7,8 @@ the site) says what the block needs:
 - ``<!-- docs-test: server FLAGS -->``: a ``hessd-server`` started with FLAGS (parsed by its
   own parser) in the page's folder, on 127.0.0.1:0 instead of its default address; the
   block's ``127.0.0.1:50051`` is replaced by the address it got. Shell blocks marked so
-  run too (bash, ``set -e``), with ``HESSD_TARGET`` pointing the ``hessd`` command line at
-  that server.
+  run too (bash, ``set -e``, the venv's scripts and ``python`` first on ``PATH``), with
+  ``HESSD_TARGET`` pointing the ``hessd`` command line at that server.
 - ``<!-- docs-test: skip (WHY) -->``: the block needs what a test machine lacks (a cluster,
   certificates); WHY must name it.
 
@@ -138,8 +138,8 @@ def test_the_page_s_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pyt
                 continue
             where = f"{_page_id(page)}:{block.line}"
             target = servers.target(block.argument) if block.directive == "server" else DOCUMENTED_TARGET
-            if block.language == "sh":
-                _run_shell(block.code, target, tmp_path)
-                continue
             code = block.code.replace(DOCUMENTED_TARGET, target)
+            if block.language == "sh":
+                _run_shell(code, target, tmp_path)
+                continue
             exec(compile(code, where, "exec"), namespace)  # noqa: S102 - the docs' own examples
