@@ -22,6 +22,7 @@ import ast
 import contextlib
 import importlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -56,8 +57,16 @@ def python_api_page(package: str, title: str, intro: str) -> str:
 # -- argument parsers ------------------------------------------------------------------------
 
 
+def _text(text: object) -> str:
+    """Free text for Markdown: a ``<`` outside code spans (as in ``Bearer <token>``) would
+    open an HTML tag."""
+    parts = re.split(r"(`+[^`]*`+)", str(text))
+    return "".join(part if part.startswith("`") else part.replace("<", "&lt;") for part in parts)
+
+
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Free text for one table cell: one line, ``|`` escaped."""
+    return _text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _default(action: argparse.Action) -> str:
@@ -263,7 +272,7 @@ def _comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...],
     for location in file.source_code_info.location:
         text = (location.leading_comments + location.trailing_comments).strip()
         if text:
-            comments[tuple(location.path)] = " ".join(line.strip() for line in text.splitlines() if line.strip())
+            comments[tuple(location.path)] = _text(" ".join(line.strip() for line in text.splitlines() if line.strip()))
     return comments
 
 
