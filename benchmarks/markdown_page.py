@@ -17,7 +17,9 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-HAND_WRITTEN_MARKER = "<!-- Hand-written below this line; the benchmark keeps it when it rewrites the page. -->"
+HAND_WRITTEN_MARKER = (
+    "<!-- Hand-written below this line; the benchmark keeps it when it rewrites the page. -->"
+)
 LIBRARIES = ("tensorflow", "keras", "jax", "jaxlib", "torch", "numpy", "grpcio")
 
 

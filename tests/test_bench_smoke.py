@@ -83,10 +83,11 @@ def test_markdown_writes_the_page_and_keeps_its_hand_written_part(
 
 def test_write_page_replaces_only_the_generated_part(markdown_page: ModuleType, tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    first = markdown_page.render_page("T", ["- date: then"], "python benchmarks/x.py", ["| a |", "|---|", "| 1 |"])
+    command = "python benchmarks/x.py"
+    first = markdown_page.render_page("T", ["- date: then"], command, ["| a |", "|---|", "| 1 |"])
     markdown_page.write_page(page, first)
     page.write_text(page.read_text() + "Hand-written.\n")
-    second = markdown_page.render_page("T", ["- date: now"], "python benchmarks/x.py", ["| a |", "|---|", "| 2 |"])
+    second = markdown_page.render_page("T", ["- date: now"], command, ["| a |", "|---|", "| 2 |"])
     markdown_page.write_page(page, second)
     text = page.read_text()
     assert "| 2 |" in text and "| 1 |" not in text and "- date: then" not in text

@@ -48,7 +48,8 @@ def test_the_build_reads_the_same_version() -> None:
 
 
 def test_latest_release_skips_unreleased_and_refuses_a_changelog_without_release() -> None:
-    assert latest_release("## [Unreleased]\n\n- x\n\n## [2.3.4] - 2027-01-02\n\n## [2.3.3] - 2026-01-01\n") == "2.3.4"
+    changelog = "## [Unreleased]\n\n- x\n\n## [2.3.4] - 2027-01-02\n\n## [2.3.3] - 2026-01-01\n"
+    assert latest_release(changelog) == "2.3.4"
     with pytest.raises(AssertionError, match="no release"):
         latest_release("## [Unreleased]\n\n- x\n")
     with pytest.raises(AssertionError, match="above"):
