@@ -454,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *render(small, small_cpu, loads, whole_batches, floor, alone),
         *what_the_targets_ask(small, loads, whole_batches, alone),
         *render_collector(collector, seconds),
+        "",
         f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
     ]
     page = render_page(TITLE, header, command, body)
