@@ -37,7 +37,7 @@ import numpy as np
 
 import hessd_server as hs
 from bench_hessian import FULL, QUICK, Budget
-from bench_methods import HIDDEN, build_mlp, layer_weights
+from bench_methods import HIDDEN, build_mlp
 from markdown_page import command_line, machine_description, render_page, write_page
 
 TOP_K = 5
@@ -225,7 +225,8 @@ def _jax_methods(
         import jax.numpy as jnp
     except ImportError:
         return []
-    params = [(jnp.asarray(kernel), jnp.asarray(bias)) for kernel, bias in layer_weights(model)]
+    weights = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
+    params = [(jnp.asarray(kernel), jnp.asarray(bias)) for kernel, bias in zip(weights[::2], weights[1::2])]
 
     def mlp(point: jax.Array) -> jax.Array:
         for kernel, bias in params[:-1]:
