@@ -31,15 +31,15 @@ proto: setup
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[server,bench]'
-	$(PY) benchmarks/bench_hessian.py
-	$(PY) benchmarks/bench_transfer.py
-	$(PY) benchmarks/bench_wire.py
-	$(PY) benchmarks/bench_curvature.py
-	$(PY) benchmarks/bench_cold_start.py
+	$(PY) benchmarks/bench_hessian.py --markdown docs/benchmarks/hessian.md
+	$(PY) benchmarks/bench_transfer.py --markdown docs/benchmarks/transfer.md
+	$(PY) benchmarks/bench_wire.py --markdown docs/benchmarks/wire.md
+	$(PY) benchmarks/bench_curvature.py --markdown docs/benchmarks/curvature.md
+	$(PY) benchmarks/bench_cold_start.py --markdown docs/benchmarks/cold-start.md
 
 # The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
 bench-wire: setup
-	$(PY) benchmarks/bench_wire.py
+	$(PY) benchmarks/bench_wire.py --markdown docs/benchmarks/wire.md
 
 # The docs site (mkdocs-material, mkdocstrings): the docs extra is installed into $(VENV) the
 # first time. The reference pages under docs/reference/ are generated from the code and

@@ -27,13 +27,14 @@ from pathlib import Path
 
 from hessd_server.serving.server_process import ServerProcess
 
-from bench_hessian import machine_description
+from markdown_page import command_line, machine_description, render_page, write_page
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "autotuned (default)": (),
     "`--strategy pfor`": ("--strategy", "pfor"),
 }
 TARGET_S = 10.0
+TITLE = "Cold start to SERVING"
 
 
 def start_seconds(flags: Sequence[str]) -> tuple[float, float]:
@@ -48,7 +49,7 @@ def start_seconds(flags: Sequence[str]) -> tuple[float, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="starts of each variant (default %(default)s)")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report to PATH")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report as a page to PATH")
     args = parser.parse_args(argv)
     header = machine_description()
     print("\n".join(header), flush=True)
@@ -57,13 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, flags in VARIANTS.items():
             times[name].append(start_seconds(flags))
             print(f"run {run + 1}, {name}: {times[name][-1][0]:.2f} s", flush=True)
-    command = " ".join(["python benchmarks/bench_cold_start.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("bench_cold_start.py", sys.argv[1:] if argv is None else argv)
     lines = [
-        "### Cold start to SERVING",
-        "",
-        *header,
-        f"- command: `{command}`",
-        "",
         "| strategy | starts | median to SERVING (s) | range (s) | median warm-up (s) |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -81,10 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{slowest:.2f} s, {'met' if slowest <= TARGET_S else 'NOT met'}.",
         f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
     ]
-    report = "\n".join(lines)
-    print(report)
+    page = render_page(TITLE, header, command, lines)
+    print(page)
     if args.markdown:
-        args.markdown.write_text(report + "\n", encoding="utf-8")
+        write_page(args.markdown, page)
     return 0
 
 

@@ -36,8 +36,9 @@ import keras
 import numpy as np
 
 import hessd_server as hs
-from bench_hessian import FULL, QUICK, Budget, machine_description
-from bench_methods import HIDDEN, build_mlp, layer_weights
+from bench_hessian import FULL, QUICK, Budget
+from bench_methods import HIDDEN, build_mlp
+from markdown_page import command_line, machine_description, render_page, write_page
 
 TOP_K = 5
 PROBES = 64
@@ -224,7 +225,8 @@ def _jax_methods(
         import jax.numpy as jnp
     except ImportError:
         return []
-    params = [(jnp.asarray(kernel), jnp.asarray(bias)) for kernel, bias in layer_weights(model)]
+    weights = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
+    params = [(jnp.asarray(kernel), jnp.asarray(bias)) for kernel, bias in zip(weights[::2], weights[1::2])]
 
     def mlp(point: jax.Array) -> jax.Array:
         for kernel, bias in params[:-1]:
@@ -325,13 +327,13 @@ def _ms(seconds: float) -> str:
     return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
-def render_report(rows: Sequence[Row], header: Sequence[str], command: str) -> str:
+TITLE = "Curvature without the matrix"
+
+
+def render_body(rows: Sequence[Row]) -> list[str]:
+    """The page's body: the setup, the table and the target, as markdown lines."""
     widths = " → ".join(str(w) for w in HIDDEN)
     lines = [
-        "## Curvature without the matrix",
-        "",
-        *header,
-        f"- command: `{command}`",
         f"- models: MLP D → {widths} → 1 (tanh); CNN 64×64×3 → Conv2D(8, 3, /2, softplus) → Conv2D(8, 3, /2, tanh) → Dense(1); "
         "float32, B = 1",
         "- error: trace |t − tr H| / Σ|λ|; diagonal ‖d − diag H‖ / ‖diag H‖; eigenvalues max_i |λ_i − λ_i*| / |λ_1*| "
@@ -343,13 +345,13 @@ def render_report(rows: Sequence[Row], header: Sequence[str], command: str) -> s
     ]
     target = target_line(rows)
     extra = [*([target] if target else []), f"1-minute load average at end {os.getloadavg()[0]:.2f}"]
-    return "\n".join([*lines, "", *(f"- {note}" for note in extra)]) + "\n"
+    return [*lines, "", *(f"- {note}" for note in extra)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few runs per method: a smoke test, not a measurement")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report to PATH")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report as a page to PATH")
     parser.add_argument("--cases", default=",".join(CASES), help="cases to run (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -357,16 +359,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     header = machine_description()
-    command = " ".join(["python benchmarks/bench_curvature.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("bench_curvature.py", sys.argv[1:] if argv is None else argv)
     print("\n".join(header), flush=True)
     rows: list[Row] = []
     for key in args.cases.split(","):
         print(f"{key} ...", flush=True)
         rows += run_case(CASES[key], QUICK if args.quick else FULL)
-    report = render_report(rows, header, command)
-    print(report)
+    page = render_page(TITLE, header, command, render_body(rows))
+    print(page)
     if args.markdown:
-        args.markdown.write_text(report, encoding="utf-8")
+        write_page(args.markdown, page)
     return 0
 
 

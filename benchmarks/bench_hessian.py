@@ -26,9 +26,6 @@ import os
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 import argparse
-import datetime
-import importlib.metadata
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_methods import BUILDERS, HIDDEN, IMAGE, LSTM_FEATURES, LSTM_STEPS, LSTM_UNITS, Method, NotExpressible, build_workload
+from markdown_page import command_line, machine_description, render_page, write_page
 
 RTOL = 1e-4
 """Agreement required with hessd: |H - H_hessd| <= RTOL * (|H_hessd| + max |H_hessd|), float32."""
@@ -268,57 +266,13 @@ def _times(ratio: float) -> str:
     return f"{ratio:.2f}×" if ratio < 10 else f"{ratio:.1f}×" if ratio < 100 else f"{ratio:,.0f}×"
 
 
-def machine_description() -> list[str]:
-    """Markdown bullet lines: date, CPU, memory, load, and library versions."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return [
-        f"- date: {now:%Y-%m-%d %H:%M} UTC",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} logical cores ({_usable_cores()} usable by this process), "
-        f"{_memory_gib()} RAM; 1-minute load average at start {os.getloadavg()[0]:.2f}",
-        f"- OS: {platform.platform()}; Python {platform.python_version()}",
-        "- libraries: " + ", ".join(f"{name} {_version(name)}" for name in ("tensorflow", "keras", "jax", "jaxlib", "torch", "numpy")),
-    ]
+TITLE = "Per-example input Hessians"
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _usable_cores() -> int | str:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-
-
-def _memory_gib() -> str:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as meminfo:
-            kib = int(meminfo.readline().split()[1])
-        return f"{kib / 2**20:.0f} GiB"
-    except (OSError, IndexError, ValueError):
-        return "unknown"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def render_report(rows: Sequence[Row], notes: Sequence[str], header: Sequence[str], command: str) -> str:
-    """The whole markdown report: setup, table and notes."""
+def render_body(rows: Sequence[Row], notes: Sequence[str]) -> list[str]:
+    """The page's body: the setup, the table and the notes, as markdown lines."""
     widths = " → ".join(str(w) for w in HIDDEN)
     lines = [
-        "## Per-example input Hessians",
-        "",
-        *header,
-        f"- command: `{command}`",
         f"- models: MLP D → {widths} → 1, tanh, float32 (and the same in float64); LSTM: "
         f"{LSTM_STEPS} steps × {LSTM_FEATURES} features → LSTM({LSTM_UNITS}) → Dense(1); CNN: "
         f"{'×'.join(map(str, IMAGE))} images → Conv2D(4, 3×3, tanh) → Flatten → Dense(1); "
@@ -333,14 +287,14 @@ def render_report(rows: Sequence[Row], notes: Sequence[str], header: Sequence[st
     ]
     target = target_line(rows)
     extra = [*notes, *([target] if target else []), f"1-minute load average at end {os.getloadavg()[0]:.2f}"]
-    return "\n".join([*lines, "", *(f"- {note}" for note in extra)]) + "\n"
+    return [*lines, "", *(f"- {note}" for note in extra)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few runs per method: a smoke test, not a measurement")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report to PATH")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report as a page to PATH")
     parser.add_argument(
         "--cases",
         type=lambda text: tuple(Case.parse(c) for c in text.split(",")),
@@ -370,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the report, and write it with ``--markdown``."""
     args = parse_args(argv)
     header = machine_description()
-    command = " ".join(["python benchmarks/bench_hessian.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("bench_hessian.py", sys.argv[1:] if argv is None else argv)
     print("\n".join(header), flush=True)
     rows: list[Row] = []
     notes: list[str] = []
@@ -383,10 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         rows += case_rows
         notes += case_notes
-    report = render_report(rows, list(dict.fromkeys(notes)), header, command)
-    print(report)
+    page = render_page(TITLE, header, command, render_body(rows, list(dict.fromkeys(notes))))
+    print(page)
     if args.markdown:
-        args.markdown.write_text(report, encoding="utf-8")
+        write_page(args.markdown, page)
     return 0
 
 

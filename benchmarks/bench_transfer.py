@@ -52,6 +52,11 @@ import numpy as np
 import hessd
 from hessd.transfer_options import TRANSFER_OPTIONS
 
+from markdown_page import command_line, machine_description, render_page, write_page
+
+TITLE = "Large results: TCP, unix socket and shared memory"
+SWEEP_TITLE = "Bare gRPC stream of 16.8 MB over loopback TCP, by HTTP/2 settings and chunk size"
+
 SIZES_MB = {1: 512, 16: 2048, 64: 4096}
 """Result size in MB (10^6 bytes, rounded) -> input dimension D of the per-example Hessian."""
 
@@ -361,28 +366,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 runs each: a smoke test")
     parser.add_argument("--sizes", default="1,16,64", help="result sizes in MB, of 1, 16, 64")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report here")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report as a page to PATH")
     parser.add_argument("--sweep", action="store_true", help="only the HTTP/2 settings sweep")
     parser.add_argument("--runs", type=int, default=15, help="calls of each method (default 15)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_hessian import machine_description
-
     header = machine_description()
     print("\n".join(header), flush=True)
     runs = 3 if args.quick else args.runs
     if args.sweep:
         table = sweep(runs)
-        title = "## Bare gRPC stream of 16.8 MB over loopback TCP, by HTTP/2 settings and chunk size"
+        title = SWEEP_TITLE
     else:
         sizes = [int(size) for size in args.sizes.split(",")]
         rows = measure(sizes, runs)
         table = "\n".join([render_table(rows), "", *target_lines(rows)])
-        title = "## Large results: TCP, unix socket and shared memory"
-    report = "\n".join([title, "", *header, "", table]) + "\n"
-    print(report)
+        title = TITLE
+    page = render_page(title, header, command_line("bench_transfer.py", sys.argv[1:] if argv is None else argv), [table])
+    print(page)
     if args.markdown:
-        args.markdown.write_text(report, encoding="utf-8")
+        write_page(args.markdown, page)
     return 0
 
 

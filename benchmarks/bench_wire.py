@@ -76,8 +76,8 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd_server.serving.server_process import ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench_hessian import machine_description
 from bench_methods import MID_DIM, Workload, build_mid, build_mlp, jax_method
+from markdown_page import command_line, machine_description, render_page, write_page
 from wire_report import (
     CALLERS,
     ECHO,
@@ -110,6 +110,7 @@ WHOLE_BATCH_SERVERS = ("on", SINGLE_THREADED)
 """The servers one caller sends the whole B=32 batch to, the default first."""
 TURNS = 5
 """Turns the servers compared at one load take, each of a fifth of the row's seconds."""
+TITLE = "Throughput on the wire"
 
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default %(default)s)")
-    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report to PATH")
+    parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report as a page to PATH")
     args = parser.parse_args(argv)
     seconds = 0.3 if args.quick else args.seconds
     header = machine_description()
@@ -442,29 +443,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("in-process floor and engine calls alone ...", flush=True)
     floor = in_process_floor(seconds)
     alone = engine_alone(seconds)
-    command = " ".join(["python benchmarks/bench_wire.py", *(sys.argv[1:] if argv is None else argv)])
-    report = "\n".join(
-        [
-            "## Throughput on the wire",
-            "",
-            *header,
-            f"- command: `{command}`",
-            "- server: `hessd-server` in its own process on a unix socket, default flags (engine threads 2, "
-            "one batch in flight per model and key, max queue delay 20 ms), warmed for "
-            "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
-            f"- every server runs from the start; the servers compared at one load take {TURNS} turns "
-            f"of a fifth of the {seconds:g} s each, the order reversed every other turn",
-            "",
-            *render(small, small_cpu, loads, whole_batches, floor, alone),
-            *what_the_targets_ask(small, loads, whole_batches, alone),
-            *render_collector(collector, seconds),
-            f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
-            "",
-        ]
-    )
-    print(report)
+    command = command_line("bench_wire.py", sys.argv[1:] if argv is None else argv)
+    body = [
+        "- server: `hessd-server` in its own process on a unix socket, default flags (engine threads 2, "
+        "one batch in flight per model and key, max queue delay 20 ms), warmed for "
+        "buckets 1–32; the echo server likewise on a unix socket; clients in the benchmark process",
+        f"- every server runs from the start; the servers compared at one load take {TURNS} turns "
+        f"of a fifth of the {seconds:g} s each, the order reversed every other turn",
+        "",
+        *render(small, small_cpu, loads, whole_batches, floor, alone),
+        *what_the_targets_ask(small, loads, whole_batches, alone),
+        *render_collector(collector, seconds),
+        "",
+        f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
+    ]
+    page = render_page(TITLE, header, command, body)
+    print(page)
     if args.markdown:
-        args.markdown.write_text(report, encoding="utf-8")
+        write_page(args.markdown, page)
     return 0
 
 

@@ -158,7 +158,7 @@ def render(
     whole_batch = whole_batches[0]
     wire, echo, inproc = (small[name] for name in SMALL_CALL_BASE)
     lines = [
-        "### A small call (the `mid` MLP, B=1, per-example Hessian, one caller)",
+        "## A small call (the `mid` MLP, B=1, per-example Hessian, one caller)",
         "",
         "| call | p50 (ms) |",
         "|---|---:|",
@@ -170,7 +170,7 @@ def render(
         "|---|---:|---:|",
         *(f"| {name} | {total:.2f} | {loop:.2f} |" for name, (total, loop) in small_cpu.items()),
         "",
-        "### Concurrent callers (B=1 each, the `mid` MLP)",
+        "## Concurrent callers (B=1 each, the `mid` MLP)",
         "",
         "| batching | callers | calls/s | × one caller | p50 (ms) | p99 (ms) | mean examples per engine call "
         "| server CPU per call (ms) | of it, event loop (ms) | callers' CPU per call (ms) |",
@@ -214,7 +214,7 @@ def render(
     ]
     lines += [
         "",
-        f"### In-process floor (D={FLOOR_DIM}, B=1)",
+        f"## In-process floor (D={FLOOR_DIM}, B=1)",
         "",
         "| call | p50 (ms) |",
         "|---|---:|",
@@ -254,7 +254,7 @@ def render_collector(runs: Sequence[Load], seconds: float) -> list[str]:
     """The garbage-collection comparison as a markdown table."""
     return [
         "",
-        f"### Garbage collection ({CALLERS[-1]} callers, B=1, {GC_TURNS} turns of {seconds:g} s per server)",
+        f"## Garbage collection ({CALLERS[-1]} callers, B=1, {GC_TURNS} turns of {seconds:g} s per server)",
         "",
         "| heap | calls/s | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | full collections | their pauses (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -300,7 +300,7 @@ def what_the_targets_ask(
     tail_needs = CALLERS[-1] / (TARGET_TAIL * whole_ms) * 1e3
     return [
         "",
-        "### What the targets ask of this machine",
+        "## What the targets ask of this machine",
         "",
         f"- **Ceiling.** With {cores} cores, Python gRPC (grpcio) alone costs {grpc_ms:.2f} ms of CPU per "
         f"call at {CALLERS[-1]} callers (the bare echo rows, server and raw callers together), and the engine "

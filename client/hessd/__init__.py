@@ -11,6 +11,7 @@ grpcio, protobuf and numpy only (never TensorFlow)::
 from hessd._admin_client import ModelAdminClient
 from hessd._async_client import AsyncClient
 from hessd._client import Client
+from hessd._version import __version__
 from hessd.errors import (
     BatchDependenceError,
     CancelledError,
@@ -52,6 +53,7 @@ from hessd.results import (
 )
 
 __all__ = [
+    "__version__",
     "AsyncClient",
     "BatchDependenceError",
     "CancelledError",

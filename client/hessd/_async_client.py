@@ -454,6 +454,11 @@ class AsyncClient:
         reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
         return [_protocol.model_status_from(model) for model in reply.models]
 
+    async def server_version(self) -> str:
+        """The hessd release the server runs; as :meth:`hessd.Client.server_version`."""
+        reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return reply.server_version
+
     async def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
         """Metadata of model ``name``; as :meth:`hessd.Client.metadata`."""
         request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")

@@ -546,6 +546,11 @@ class Client:
         reply = self._call(self._stub.ListModels, pb.ListModelsRequest())
         return [_protocol.model_status_from(model) for model in reply.models]
 
+    def server_version(self) -> str:
+        """The hessd release the server runs, e.g. ``"0.1.0"`` (compare ``hessd.__version__``);
+        ``""`` from a server too old to say."""
+        return self._call(self._stub.ListModels, pb.ListModelsRequest()).server_version
+
     def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
         """Inputs, outputs, strategy, batch independence, buckets, the version described
         and every version's state, of model ``name`` (at ``model_version``; ``None``:

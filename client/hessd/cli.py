@@ -5,6 +5,8 @@ Examples::
     hessd models
     hessd models --versions                               # model, version, state[, error]
     hessd metadata demo
+    hessd server-version                                  # the release the server runs
+    hessd --version                                       # this SDK's release
     hessd hessian demo --input x.npy --out h.npy          # (B, *S, *S)
     hessd gradient demo --input x.npy --out g.npy         # (B, *S)
     hessd hvp demo --input x.npy --vector v.npy --out hv.npy
@@ -42,6 +44,7 @@ import numpy as np
 from hessd import curvature_options
 from hessd._client import Client
 from hessd._protocol import Inputs
+from hessd._version import __version__
 from hessd.errors import HessdError
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -85,6 +88,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hessd", description="Call a hessd server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--target",
         default=os.environ.get("HESSD_TARGET", DEFAULT_TARGET),
@@ -108,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     metadata = commands.add_parser("metadata", help="show a model's metadata as JSON")
     metadata.add_argument("model")
     metadata.set_defaults(run=_metadata)
+    server_version = commands.add_parser(
+        "server-version", help="show the hessd release the server runs"
+    )
+    server_version.set_defaults(run=_server_version)
     health = commands.add_parser("health", help="show the server's health status")
     health.add_argument("--service", default="", help="service name; empty for the server")
     health.set_defaults(run=_health)
@@ -209,6 +217,10 @@ def _one_line(text: str) -> str:
 
 def _metadata(client: Client, args: argparse.Namespace) -> None:
     print(json.dumps(dataclasses.asdict(client.metadata(args.model)), indent=2))
+
+
+def _server_version(client: Client, args: argparse.Namespace) -> None:
+    print(client.server_version())
 
 
 def _health(client: Client, args: argparse.Namespace) -> None:

@@ -21,6 +21,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hessd._version import __version__
 
 from .engine import (
     DEMO_MODEL_SOURCE,
@@ -46,6 +47,7 @@ from .engine import (
 )
 
 __all__ = [
+    "__version__",
     "DEMO_MODEL_SOURCE",
     "Diagonal",
     "Eigen",

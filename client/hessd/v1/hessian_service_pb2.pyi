@@ -341,10 +341,12 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "server_version")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelVersions]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ...) -> None: ...
+    server_version: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
     __slots__ = ("name", "versions", "version_status", "error")

@@ -26,6 +26,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from hessd._version import __version__
+
 from .allocator import retain_freed_memory
 from .server import create_server
 from ..engine.strategies import STRATEGIES
@@ -137,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hessd-server",
         description="Serve Hessians, gradients and Hessian-vector products of models over gRPC.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--model",
         action="append",

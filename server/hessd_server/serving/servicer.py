@@ -21,6 +21,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import tensor_codec
+from hessd._version import __version__
 from hessd.errors import MalformedRequestError, ResultTooLargeError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
@@ -240,7 +241,8 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[model_versions(status) for status in self._models.statuses()]
+            models=[model_versions(status) for status in self._models.statuses()],
+            server_version=__version__,
         )
 
     async def GetModelMetadata(
