@@ -209,9 +209,9 @@ HOSTILE_CHUNKS: dict[str, tuple[type[Exception], list[ResultChunk]]] = {
         _chunk("hessian", (B, D, D), b"\0" * 8, offset=(1 << 63) - 1),
     ]),
     "more bytes than declared": (hessd.TensorEncodingError, [_chunk("hessian", (B, D, D), b"\0" * (HESSIAN.nbytes + 4))]),
-    "empty chunks after the first": (hessd.TensorEncodingError, [
-        _chunk("hessian", (B, D, D), b"\0" * 8),
-        *[_chunk("hessian", (B, D, D), b"", offset=8)] * 3,
+    "empty chunks after the last": (hessd.TensorEncodingError, [
+        _chunk("hessian", (B, D, D), HESSIAN.tobytes()),
+        *[_chunk("hessian", (B, D, D), b"", offset=HESSIAN.nbytes)] * 3,
     ]),
 }  # fmt: skip
 
