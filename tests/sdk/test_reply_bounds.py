@@ -60,7 +60,9 @@ class CannedServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     def EvaluateChunked(self, request: pb.EvaluateRequest, context: grpc.ServicerContext) -> Iterator[Any]:
         yield from self.replies["EvaluateChunked"]
 
-    def StreamHessian(self, requests: Iterator[pb.HessianRequest], context: grpc.ServicerContext) -> Iterator[Any]:
+    def StreamHessian(
+        self, requests: Iterator[pb.HessianRequest], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
         replies = iter(self.replies["StreamHessian"])
         for _ in requests:
             yield next(replies)
@@ -193,7 +195,9 @@ def test_curvature_replies_beyond_their_options_are_refused(
     with pytest.raises(hessd.InvalidReplyError, match="eigenvalues"):
         _call(flavour, target, "hessian_eigen", "demo", X, k=1)
     longer = np.ones((B, 4, D + 1), np.float32)  # more Krylov steps than D
-    servicer.replies["HessianSpectrum"] = pb.HessianSpectrumResponse(nodes=_tensor(longer), weights=_tensor(longer))
+    servicer.replies["HessianSpectrum"] = pb.HessianSpectrumResponse(
+        nodes=_tensor(longer), weights=_tensor(longer)
+    )
     with pytest.raises(hessd.InvalidReplyError, match="nodes"):
         _call(flavour, target, "hessian_spectrum", "demo", X, probes=4, iterations=10)
 
@@ -230,7 +234,9 @@ def test_a_chunked_reply_out_of_bounds_is_refused_before_its_buffer_is_allocated
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_an_evaluation_with_an_extra_result_is_refused(fake: tuple[str, CannedServicer], flavour: str) -> None:
+def test_an_evaluation_with_an_extra_result_is_refused(
+    fake: tuple[str, CannedServicer], flavour: str
+) -> None:
     target, servicer = fake
     honest = [
         _chunk("value", (B,), np.ones(B, np.float32).tobytes()),
