@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hessd import _channels, _protocol, curvature_options
+from hessd import _channels, _protocol, curvature_options, reply_bounds
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs, PemSource
 from hessd.chunks import Reassembler
@@ -420,7 +420,7 @@ class AsyncClient:
                     except HessdError as error:
                         order.put_nowait(error)
                         continue
-                    order.put_nowait(_SENT)
+                    order.put_nowait(reply_bounds.bound_of(request))
                     await call.write(request)
                 await call.done_writing()
             finally:
@@ -429,11 +429,14 @@ class AsyncClient:
         sender = asyncio.create_task(send())
         try:
             while (entry := await _next_entry(order, call)) is not _END:
-                if entry is _SENT:
+                if entry is _SENT or isinstance(entry, reply_bounds.ReplyBound):
                     with _protocol.translated_errors():
                         reply = await call.read()
                     entry = _protocol.stream_item_from(
-                        None if reply is grpc.aio.EOF else reply, precision, with_version
+                        None if reply is grpc.aio.EOF else reply,
+                        entry if isinstance(entry, reply_bounds.ReplyBound) else None,
+                        precision,
+                        with_version,
                     )
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
@@ -486,15 +489,17 @@ class AsyncClient:
         await self.close()
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable, request: Any) -> Any:
+        """``method``'s reply to ``request``, once its results are what ``request`` can get back."""
         with _protocol.translated_errors():
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+            reply = await method(request, timeout=self._timeout, metadata=self._metadata)
+        return reply_bounds.checked(request, reply)
 
     async def _chunked(
         self, method: str, request: Any, names: tuple[str, ...], precision: str | None
     ) -> tuple[list[np.ndarray], str]:
         """The reassembled result arrays ``names`` in ``precision``, and the model
         version that computed them."""
-        reassembler = Reassembler()
+        reassembler = Reassembler(reply_bounds.bound_of(request))
         with _protocol.translated_errors():
             async for chunk in self._chunked_calls[method](
                 request, timeout=self._timeout, metadata=self._metadata
@@ -505,8 +510,9 @@ class AsyncClient:
 
 
 async def _next_entry(order: asyncio.Queue[object], call: grpc.aio.Call) -> object:
-    """The next entry of ``order``; ``_SENT`` if the call ended while none was coming,
-    so that reading its reply raises the call's error instead of waiting forever."""
+    """The next entry of ``order`` (the bound of a sent request's reply, an item's error
+    or ``_END``); ``_SENT`` if the call ended while none was coming, so that reading
+    its reply raises the call's error instead of waiting forever."""
     while True:
         try:
             return await asyncio.wait_for(order.get(), _protocol.STREAM_POLL_S)

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hessd import _channels, _protocol, curvature_options
+from hessd import _channels, _protocol, curvature_options, reply_bounds
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs, PemSource
 from hessd._result_memory import ResultMemory
@@ -515,7 +515,7 @@ class Client:
                     except HessdError as error:
                         order.put(error)
                         continue
-                    order.put(_SENT)
+                    order.put(reply_bounds.bound_of(request))
                     yield request
             finally:
                 order.put(_END)
@@ -525,11 +525,15 @@ class Client:
         )
         try:
             while (entry := _next_entry(order, replies)) is not _END:
-                if entry is _SENT:
+                if entry is _SENT or isinstance(entry, reply_bounds.ReplyBound):
                     with _protocol.translated_errors():
-                        entry = _protocol.stream_item_from(
-                            next(replies, None), precision, with_version
-                        )
+                        reply = next(replies, None)
+                    entry = _protocol.stream_item_from(
+                        reply,
+                        entry if isinstance(entry, reply_bounds.ReplyBound) else None,
+                        precision,
+                        with_version,
+                    )
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
                 yield entry
@@ -586,15 +590,17 @@ class Client:
         self.close()
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
+        """``method``'s reply to ``request``, once its results are what ``request`` can get back."""
         with _protocol.translated_errors():
-            return method(request, timeout=self._timeout, metadata=self._metadata)
+            reply = method(request, timeout=self._timeout, metadata=self._metadata)
+        return reply_bounds.checked(request, reply)
 
     def _chunked(
         self, method: str, request: Any, names: tuple[str, ...], precision: str | None
     ) -> tuple[list[np.ndarray], str]:
         """The reassembled result arrays ``names`` in ``precision``, and the model
         version that computed them."""
-        reassembler = Reassembler()
+        reassembler = Reassembler(reply_bounds.bound_of(request))
         with _protocol.translated_errors():
             for chunk in self._chunked_calls[method](
                 request, timeout=self._timeout, metadata=self._metadata
@@ -630,8 +636,9 @@ class Client:
 
 
 def _next_entry(order: queue.SimpleQueue[object], replies: grpc.Future) -> object:
-    """The next entry of ``order``; ``_SENT`` if the call ended while none was coming,
-    so that reading its reply raises the call's error instead of waiting forever."""
+    """The next entry of ``order`` (the bound of a sent request's reply, an item's error
+    or ``_END``); ``_SENT`` if the call ended while none was coming, so that reading
+    its reply raises the call's error instead of waiting forever."""
     while True:
         try:
             return order.get(timeout=_protocol.STREAM_POLL_S)

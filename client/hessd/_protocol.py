@@ -18,8 +18,14 @@ import numpy as np
 import numpy.typing as npt
 
 from hessd import packing as packing_layout
-from hessd import curvature_options, status_codes, tensor_codec
-from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError
+from hessd import curvature_options, reply_bounds, status_codes, tensor_codec
+from hessd.errors import (
+    DtypeError,
+    HessdError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidReplyError,
+)
 from hessd.results import (
     Diagonal,
     Eigen,
@@ -443,17 +449,29 @@ def curvature_from(
 
 
 def stream_item_from(
-    reply: pb.StreamHessianResponse | None, precision: str | None, with_version: bool = False
+    reply: pb.StreamHessianResponse | None,
+    bound: reply_bounds.ReplyBound | None,
+    precision: str | None,
+    with_version: bool = False,
 ) -> np.ndarray | Versioned | HessdError:
     """The Hessian array of one StreamHessian reply, in ``precision`` (``Versioned``
-    with ``with_version``), or the exception it carries.
+    with ``with_version``), or the exception the reply carries.
 
-    ``None`` stands for a stream that ended before this reply, a server fault.
+    ``reply`` ``None`` stands for a stream that ended before this reply, a server
+    fault. ``bound`` is what the reply may hold (from its request), ``None`` when
+    no request was waiting for a reply.
+
+    Raises:
+        InvalidReplyError: a Hessian that the request cannot get back, or a Hessian
+            when no request was waiting.
     """
     if reply is None:
         return InternalError("the server ended StreamHessian before answering every request.")
     if reply.WhichOneof("result") == "error":
         return status_codes.from_status(reply.error)
+    if bound is None:
+        raise InvalidReplyError("the server sent a StreamHessian result when no request was waiting.")
+    bound.check_tensors(reply)
     hessian = tensor_codec.decode(reply.hessian, field="hessian")
     return versioned(packing_layout.widened(hessian, precision), reply.model_version, with_version)
 

@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from hessd import tensor_codec
 from hessd._wire_format import cut_field, field_prefix
 from hessd.errors import TensorEncodingError
+from hessd.reply_bounds import ReplyBound
 from hessd.v1.tensor_pb2 import ResultChunk
 
 _DATA_FIELD = ResultChunk.DESCRIPTOR.fields_by_name["data"].number
@@ -76,18 +77,27 @@ class _Partial:
 
 
 class Reassembler:
-    """Collects the chunks of one chunked reply into whole arrays."""
+    """Collects the chunks of one chunked reply into whole arrays.
 
-    def __init__(self) -> None:
+    Args:
+        bound: what the reply may hold (see :mod:`hessd.reply_bounds`); each
+            tensor's first chunk is checked against it before the tensor's
+            buffer is allocated. ``None`` admits any tensor within the codec's limits.
+    """
+
+    def __init__(self, bound: ReplyBound | None = None) -> None:
+        self._bound = bound
         self._partials: dict[str, _Partial] = {}
         self._current: str | None = None
         self.model_version = ""
         """The model version the chunks name (the last chunk's)."""
 
     def add(self, chunk: ResultChunk) -> None:
-        """Append one chunk; chunks of a tensor must come consecutively and in offset order.
+        """Append one chunk; chunks of a tensor must come consecutively and in offset order,
+        each with at least one byte (only an empty tensor's one chunk has none).
 
         Raises:
+            InvalidReplyError: the chunk begins a tensor the bound does not admit.
             TensorEncodingError: the chunk does not continue its tensor.
         """
         self._add(chunk, chunk.data)
@@ -96,6 +106,7 @@ class Reassembler:
         """:meth:`add` for a chunk's wire bytes, copying its data only into the tensor's buffer.
 
         Raises:
+            InvalidReplyError: as for :meth:`add`.
             TensorEncodingError: ``raw`` is no ResultChunk, or does not continue its tensor.
         """
         rest, data = cut_field(raw, _DATA_FIELD)
@@ -111,6 +122,8 @@ class Reassembler:
             if self._current is not None:
                 self._check_complete(self._current)
             shape = tuple(chunk.shape)
+            if self._bound is not None:
+                self._bound.check(chunk.name, chunk.dtype, shape, chunk.packing)
             size = tensor_codec.nbytes(chunk.dtype, shape, field=chunk.name, packing=chunk.packing)
             # np.empty, not bytearray: no zero-filling pass, and numpy asks for huge pages
             partial = _Partial(chunk.dtype, shape, chunk.packing, np.empty(size, np.uint8))
@@ -119,6 +132,10 @@ class Reassembler:
         elif chunk.name != self._current:
             raise TensorEncodingError(
                 f"chunks of {chunk.name} resumed after another tensor began.", field=chunk.name
+            )
+        elif not data:
+            raise TensorEncodingError(
+                f"a chunk of {chunk.name} after its first carries no bytes.", field=chunk.name
             )
         if (chunk.dtype, tuple(chunk.shape), chunk.packing) != (
             partial.dtype,

@@ -189,6 +189,15 @@ class InternalError(HessdError):
     default_reason = "INTERNAL"
 
 
+class InvalidReplyError(HessdError):
+    """A reply the request cannot get back: a result of another name, dtype, packing or
+    shape than the request asked for. Raised by the SDK before it allocates anything
+    for the reply; the server (or something between it and the client) is at fault,
+    not the request."""
+
+    default_reason = "REPLY_INVALID"
+
+
 class SharedMemoryError(HessdError):
     """Shared memory cannot be used: it is off on the server, or the server holds
     as many regions as it allows. The SDK then sends results over the wire."""
@@ -242,6 +251,7 @@ ERROR_TYPES: dict[str, type[HessdError]] = {
         DeadlineExceededError,
         CancelledError,
         InternalError,
+        InvalidReplyError,
         SharedMemoryError,
         InvalidSharedMemoryError,
         SharedMemoryNotFoundError,

@@ -158,6 +158,20 @@ def test_chunks_out_of_order_or_missing_are_refused() -> None:
     reassembler.add(pieces[1])
     with pytest.raises(errors.TensorEncodingError, match="ended after"):
         reassembler.arrays(("hessian",))
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "offset", "length"),
+    [(None, 0, 36), (8, 8, 28), (8, 2**64 - 8, 16), (32, 32, 4)],
+    ids=["past the end at once", "past the end later", "offset plus length wraps", "after the last byte"],
+)
+def test_a_chunk_that_overflows_its_tensor_is_refused(first_bytes: int | None, offset: int, length: int) -> None:
+    declared = dict(name="hessian", dtype=F32, shape=[8])
+    reassembler = chunks.Reassembler()
+    if first_bytes is not None:
+        reassembler.add(ResultChunk(**declared, offset=0, data=b"\1" * first_bytes))
+    with pytest.raises(errors.TensorEncodingError, match="covers bytes"):
+        reassembler.add(ResultChunk(**declared, offset=offset, data=b"\2" * length))
     with pytest.raises(errors.TensorEncodingError, match="held"):
         chunks.Reassembler().arrays(("hessian",))
 
@@ -181,6 +195,7 @@ EXPECTED_CODES = {
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.CancelledError: grpc.StatusCode.CANCELLED,
     errors.InternalError: grpc.StatusCode.INTERNAL,
+    errors.InvalidReplyError: grpc.StatusCode.DATA_LOSS,
     errors.SharedMemoryError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidSharedMemoryError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.SharedMemoryNotFoundError: grpc.StatusCode.NOT_FOUND,

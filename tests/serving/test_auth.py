@@ -43,6 +43,16 @@ def test_the_token_is_read_from_bearer_metadata() -> None:
     assert bearer_token(None) is None
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_read_in_any_case(scheme: str) -> None:
+    assert bearer_token([("authorization", f"{scheme} s3cret")]) == "s3cret"
+
+
+@pytest.mark.parametrize("value", ["Bearers3cret", "Bearer", "Bear s3cret", "Bearerx s3cret", " Bearer s3cret"])
+def test_values_of_another_scheme_carry_no_token(value: str) -> None:
+    assert bearer_token([("authorization", value)]) is None
+
+
 def test_each_listed_service_takes_its_own_tokens_and_names_their_flag() -> None:
     services = ServiceTokens(
         {

@@ -31,7 +31,13 @@ from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.engine import Model
 from hessd_server.engine.execution import prepare_gradient, prepare_hvp
 from hessd_server.serving.admission import Admission
-from hessd_server.serving.batching import LONE_WINDOW_S, Batcher, BatchingSettings, BatchRecord
+from hessd_server.serving.batching import (
+    DEADLINE_SLACK_S,
+    LONE_WINDOW_S,
+    Batcher,
+    BatchingSettings,
+    BatchRecord,
+)
 from hessd_server.serving.engine_executor import EngineExecutor
 from hessd_server.serving.engine_pool import EngineThreadPool
 from hessd_server.serving.metrics import Metrics
@@ -186,6 +192,80 @@ def test_expired_and_cancelled_queued_requests_are_dropped_under_their_own_reaso
     assert client.gradient("demo", rng_array((1, 10))).shape == (1, 10)
     records = list(server.server.batcher.records)[held:]
     assert [record.methods for record in records] == [("Gradient",)]
+
+
+@pytest.mark.parametrize("timeout_s", [0.5, 2.0])
+def test_a_queued_call_whose_callers_deadline_passes_is_dropped_as_deadline(
+    server: RunningServer, timeout_s: float
+) -> None:
+    """The real path: the caller's own deadline ends the call, a moment before the server's."""
+    dropped = {r: _metric(server, "hessd_dropped_engine_calls_total", reason=r) for r in ("deadline", "cancelled")}
+
+    def drops() -> float:
+        return sum(_metric(server, "hessd_dropped_engine_calls_total", reason=r) for r in dropped)
+
+    release = threading.Event()
+    server.hold_engine(release)
+    held = len(server.server.batcher.records)
+    try:
+        with hessd.Client(server.target, timeout=timeout_s) as hurried, pytest.raises(hessd.DeadlineExceededError):
+            hurried.gradient("demo", rng_array((1, 10)))
+        eventually(lambda: drops() == sum(dropped.values()) + 1)
+    finally:
+        release.set()
+    assert _metric(server, "hessd_dropped_engine_calls_total", reason="deadline") == dropped["deadline"] + 1
+    assert _metric(server, "hessd_dropped_engine_calls_total", reason="cancelled") == dropped["cancelled"]
+    assert [record.methods for record in list(server.server.batcher.records)[held:]] == []
+
+
+@pytest.mark.parametrize(
+    ("before_deadline_s", "reason"), [(DEADLINE_SLACK_S / 2, "deadline"), (20 * DEADLINE_SLACK_S, "cancelled")]
+)
+def test_a_call_ending_just_before_its_deadline_is_dropped_as_deadline(
+    server: RunningServer, before_deadline_s: float, reason: str
+) -> None:
+    """The caller's deadline ends its call a moment before the server's copy of it
+    passes; the batcher's clock stands at that moment when the call ends."""
+    dropped = _metric(server, "hessd_dropped_engine_calls_total", reason=reason)
+    release = threading.Event()
+    server.hold_engine(release)
+    request = pb.GradientRequest(model_name="demo", x={"x": tensor_codec.encode(rng_array((1, 10)), field="x")})
+    try:
+        with server.batcher_clock() as clock, grpc.insecure_channel(server.target) as channel:
+            call = hessian_service_pb2_grpc.HessianServiceStub(channel).Gradient.future(request, timeout=TIMEOUT_S)
+            eventually(_queued(server, 1))
+            clock.advance(TIMEOUT_S - before_deadline_s)
+            call.cancel()
+            eventually(lambda: _metric(server, "hessd_dropped_engine_calls_total", reason=reason) == dropped + 1)
+            assert server.server.batcher.queued == 0
+    finally:
+        release.set()
+
+
+def test_an_expired_request_queued_behind_a_live_one_never_joins_its_batch(server: RunningServer) -> None:
+    """Both wait behind a held engine; when it frees, the live one's batch starts and
+    the expired one, of the same batch key, is dropped instead of computed with it."""
+    dropped = _metric(server, "hessd_dropped_engine_calls_total", reason="deadline")
+    release = threading.Event()
+    server.hold_engine(release)
+    held = len(server.server.batcher.records)
+    request = pb.GradientRequest(model_name="demo", x={"x": tensor_codec.encode(rng_array((1, 10)), field="x")})
+    try:
+        with server.batcher_clock() as clock, grpc.insecure_channel(server.target) as channel:
+            stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
+            live = stub.Gradient.future(request, timeout=TIMEOUT_S)
+            eventually(_queued(server, 1))
+            expiring = stub.Gradient.future(request, timeout=TIMEOUT_S / 2)
+            eventually(_queued(server, 2))
+            clock.advance(3 * TIMEOUT_S / 4)  # past the second call's deadline, not the first's
+            release.set()
+            reply, error = live.result(), expiring.exception()
+    finally:
+        release.set()
+    assert tensor_codec.decode(reply.gradient, field="gradient").shape == (1, 10)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "queued" in error.details()
+    assert [record.methods for record in list(server.server.batcher.records)[held:]] == [("Gradient",)]
+    assert _metric(server, "hessd_dropped_engine_calls_total", reason="deadline") == dropped + 1
 
 
 def test_a_batch_never_holds_more_results_than_max_result_bytes(

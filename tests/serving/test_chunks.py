@@ -129,6 +129,43 @@ def test_server_limit_holds_when_the_client_allows_more(server: RunningServer) -
         client.hessian("wide", X)
 
 
+GENEROUS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+"""Lets the SDK call the unary RPC for a result above the server's message size."""
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [{}, {"packing": "upper"}, {"result_dtype": "float16"}, {"packing": "upper", "result_dtype": "bfloat16"}],
+    ids=["plain", "packed", "float16", "packed bfloat16 of a full Hessian"],
+)
+def test_an_sdk_request_over_the_message_size_is_refused_before_computing(
+    server: RunningServer, encoding: dict[str, str]
+) -> None:
+    """The SDK always sends a result_encoding; its reply size is still judged before computing."""
+    full = "bfloat16" in encoding.values()  # packed and rounded, only the full Hessian is too big
+    assert HESSIAN_BYTES // 4 < MAX_MESSAGE_BYTES < HESSIAN_BYTES // 2
+    batcher = server.server.batcher
+    compiled, batches = server.model("wide").metadata().compile_count, len(batcher.records)
+    with hessd.Client(server.target, timeout=120, options=GENEROUS) as client:
+        with pytest.raises(errors.ResultTooLargeError) as raised:
+            client.hessian("wide", X, full=full, **encoding)
+        with pytest.raises(errors.ResultTooLargeError, match="EvaluateChunked"):
+            client.evaluate("wide", X, full=full, **encoding)
+    assert raised.value.reason == "REPLY_EXCEEDS_MESSAGE_SIZE"
+    assert raised.value.metadata["retry_rpc"] == "HessianChunked"
+    assert (server.model("wide").metadata().compile_count, len(batcher.records)) == (compiled, batches)
+
+
+def test_an_sdk_request_packed_and_rounded_to_fit_the_message_size_is_computed(
+    server: RunningServer, expected: hessd.Evaluation
+) -> None:
+    with hessd.Client(server.target, timeout=120, options=GENEROUS) as client:
+        hessian = client.hessian("wide", X, packing="upper", result_dtype="float16")
+    upper = np.triu_indices(WIDE_INPUT_SIZE)
+    rounded = expected.hessian.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(hessian[:, upper[0], upper[1]], rounded[:, upper[0], upper[1]])
+
+
 def test_chunking_is_chosen_from_the_input_shapes() -> None:
     def request(batch: int, **fields: object) -> pb.HessianRequest:
         x = tensor_codec.encode(np.zeros((batch, 1000), np.float32), field="x")

@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import hessd
 import hessd_server as hs
-from hessd import cli
-from hessd.v1 import shared_memory_pb2, shared_memory_pb2_grpc
+from hessd import cli, tensor_codec
+from hessd.v1 import hessian_service_pb2 as pb
+from hessd.v1 import hessian_service_pb2_grpc, shared_memory_pb2, shared_memory_pb2_grpc
 from hessd_server.serving.main import serve
 from hessd_server.serving.server_config import ServerConfig
 from tls_certificates import CertificateAuthority, Pem
@@ -100,6 +101,17 @@ def test_calls_without_an_accepted_token_are_unauthenticated(
             assert raised.value.reason == reason and TOKEN not in raised.value.message
         assert client.health() == "SERVING"
         assert client.health("hessd.v1.HessianService") == "SERVING"
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_bearer_scheme_is_accepted_in_any_case(tls_server: RunningServer, pki: dict, scheme: str) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(pki["ca"]).read_bytes())
+    request = pb.GradientRequest(model_name="demo", x={"x": tensor_codec.encode(X, field="x")})
+    with grpc.secure_channel(tls_server.target, credentials) as channel:
+        reply = hessian_service_pb2_grpc.HessianServiceStub(channel).Gradient(
+            request, timeout=60, metadata=[("authorization", f"{scheme} {TOKEN}")]
+        )
+    assert np.array_equal(tensor_codec.decode(reply.gradient, field="gradient"), hs.gradient(tls_server.model("demo"), X))
 
 
 def test_the_token_is_checked_on_every_call_of_a_method(tls_server: RunningServer, pki: dict) -> None:

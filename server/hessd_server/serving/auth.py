@@ -3,7 +3,8 @@
 
 A token file holds one token per line; surrounding whitespace is stripped and
 blank lines are skipped. A caller sends ``authorization: Bearer <token>`` as
-call metadata (the SDK's ``token=`` does that).
+call metadata (the SDK's ``token=`` does that); the scheme's case does not
+matter (``bearer``, ``BEARER``), as RFC 7235 has it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from hessd.errors import UnauthenticatedError
 AUTHORIZATION_KEY = "authorization"
 """The metadata key carrying the token (gRPC metadata keys are lower case)."""
 
-BEARER_PREFIX = "Bearer "
-"""What precedes the token in the ``authorization`` value."""
+BEARER_SCHEME = "bearer"
+"""The authentication scheme that precedes the token in the ``authorization`` value,
+compared without regard to case."""
 
 
 class BearerTokens:
@@ -69,12 +71,14 @@ class BearerTokens:
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    """The token of the first ``authorization: Bearer ...`` entry of ``metadata``, or None."""
+    """The token of the first ``authorization: Bearer ...`` entry of ``metadata`` (the
+    scheme in any case, then a space), or None."""
     for key, value in metadata or ():
         if key.lower() != AUTHORIZATION_KEY or not isinstance(value, str):
             continue
-        if value.startswith(BEARER_PREFIX):
-            return value[len(BEARER_PREFIX) :].strip()
+        scheme, separator, token = value.partition(" ")
+        if separator and scheme.lower() == BEARER_SCHEME:
+            return token.strip()
     return None
 
 

@@ -42,8 +42,9 @@ Admission. At most ``max_queued_requests`` requests wait; past that a new
 request fails at once with ``UnavailableError`` (UNAVAILABLE). A queued
 request whose RPC is cancelled or whose deadline passes leaves the queue
 before its batch runs, and is counted in ``hessd_dropped_engine_calls_total``
-(``reason="deadline"`` or ``"cancelled"``). Deadlines and queue times are
-measured on the batcher's clock.
+(``reason="deadline"`` when it ended at most :data:`DEADLINE_SLACK_S` before
+its deadline, else ``"cancelled"``). Deadlines and queue times are measured on
+the batcher's clock.
 
 Every batch that starts is recorded (:attr:`Batcher.records`, and the
 ``hessd_batches_total{reason}`` counter) with why it started: ``inline`` (a
@@ -92,6 +93,12 @@ LONE_WINDOW_S = 0.1
 LONE_TIMINGS_KEPT = 1024
 """Kinds of call per model whose last lone time is kept; past this they are forgotten
 (and measured again, on an engine thread)."""
+
+DEADLINE_SLACK_S = 0.25
+"""A queued call that ends within this many seconds of its deadline is counted as
+dropped for its deadline, not as cancelled: the caller's own deadline ends the call
+a moment before the server's copy of it passes (that copy starts when the request
+arrives), so which one fires first tells nothing."""
 
 LOOP_CHECK_BYTES = 1 << 20
 """Requests with more input bytes than this are checked on an engine thread,
@@ -368,7 +375,7 @@ class Batcher:
         if request in self._queue:
             self._queue.remove(request)
             self._metrics.set_queued(len(self._queue))
-            expired = request.deadline is not None and self.clock() >= request.deadline
+            expired = request.deadline is not None and self.clock() >= request.deadline - DEADLINE_SLACK_S
             self._metrics.count_dropped("deadline" if expired else "cancelled")
             request.outcome.cancel()
         elif request.outcome.done() and not request.outcome.cancelled() and request.outcome.exception() is None:

@@ -32,7 +32,8 @@ from .shared_memory import SharedMemoryRegistry
 ALIGNMENT = 64
 """Byte alignment of each result after the first in a shared-memory region."""
 
-_NARROW_TYPES = (DataType.DATA_TYPE_FLOAT16, DataType.DATA_TYPE_BFLOAT16)
+NARROW_TYPES = (DataType.DATA_TYPE_FLOAT16, DataType.DATA_TYPE_BFLOAT16)
+"""The ``DataType`` values a ``result_encoding`` may round results to."""
 _PACKED_RESULT = "hessian"
 _TENSOR_DATA_FIELD = Tensor.DESCRIPTOR.fields_by_name["data"].number
 
@@ -68,7 +69,7 @@ def encoding_of(result_encoding: ResultEncoding, precision: int, *, chunked: boo
     data_type: int | None = result_encoding.dtype
     if data_type in (DataType.DATA_TYPE_UNSPECIFIED, precision or DataType.DATA_TYPE_FLOAT32):
         data_type = None
-    elif data_type not in _NARROW_TYPES:
+    elif data_type not in NARROW_TYPES:
         raise InvalidArgumentError(
             f"result_encoding.dtype is {data_type}; use DATA_TYPE_FLOAT16, DATA_TYPE_BFLOAT16 "
             "or DATA_TYPE_UNSPECIFIED (the precision).",
@@ -205,4 +206,4 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
-__all__ = ["ALIGNMENT", "Encoding", "ReplyEncoder", "encoding_of"]
+__all__ = ["ALIGNMENT", "NARROW_TYPES", "Encoding", "ReplyEncoder", "encoding_of"]

@@ -26,7 +26,7 @@ from hessd.errors import MalformedRequestError, ResultTooLargeError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd.v1.tensor_pb2 import Packing
+from hessd.v1.tensor_pb2 import Packing, ResultEncoding
 
 from .. import engine
 from ..engine import Model
@@ -36,7 +36,7 @@ from .batching import Batcher
 from .admission import Admission
 from .failure_log import FailureLog
 from .model_registry import ModelRegistry
-from .replies import Encoding, ReplyEncoder, encoding_of
+from .replies import NARROW_TYPES, Encoding, ReplyEncoder, encoding_of
 from .shared_memory import SharedMemoryRegistry, read_tensor
 from .status_interceptor import status_of
 
@@ -374,14 +374,18 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         """Refuse, before computing, a ``result`` ("hessian", "evaluation" or
         "gradient") whose reply cannot fit one message.
 
-        The size follows from the differentiated input's shape (B, *S), ``full``
-        and ``precision``; a request whose inputs the engine would refuse anyway
-        is left to it, and so is one that asks for a ``result_encoding`` (packed,
-        rounded or in shared memory), whose reply is measured once encoded.
+        The size follows from the differentiated input's shape (B, *S), ``full``,
+        ``precision`` and the ``result_encoding`` (a packed Hessian, results
+        rounded to 16 bits); a request whose inputs the engine would refuse
+        anyway is left to it, and so is one whose results go to shared memory,
+        whose reply holds no result bytes.
         """
-        if "result_encoding" in request.DESCRIPTOR.fields_by_name and request.HasField(
-            "result_encoding"
-        ):
+        encoding = (
+            request.result_encoding
+            if "result_encoding" in request.DESCRIPTOR.fields_by_name
+            else ResultEncoding()
+        )
+        if encoding.HasField("shared_memory"):
             return
         wrt = request.wrt if request.wrt in x else next(iter(x)) if len(x) == 1 else None
         if wrt is None or x[wrt].ndim < 1:
@@ -389,10 +393,15 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         batch, size = x[wrt].shape[0], math.prod(x[wrt].shape[1:])
         elements = batch * size
         if result != "gradient":
-            elements = elements * elements if getattr(request, "full", False) else elements * size
+            count, n = (1, elements) if getattr(request, "full", False) else (batch, size)
+            packed = encoding.packing == Packing.PACKING_UPPER
+            elements = count * (n * (n + 1) // 2 if packed else n * n)
         if result == "evaluation":
             elements += batch + batch * size
-        itemsize = 8 if tensor_codec.decode_precision(request.precision) == "float64" else 4
+        if encoding.dtype in NARROW_TYPES:
+            itemsize = 2
+        else:
+            itemsize = 8 if tensor_codec.decode_precision(request.precision) == "float64" else 4
         reply_bytes = elements * itemsize + REPLY_OVERHEAD_BYTES
         if reply_bytes <= self._max_message_bytes:
             return
