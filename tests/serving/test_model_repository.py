@@ -173,9 +173,9 @@ def test_a_corrupt_version_fails_with_its_error_and_the_previous_one_keeps_servi
     assert gradient_scale(client, "curve") == 3.0
 
 
-def replace_file(path: Path, write: Callable[[Path], None]) -> None:
-    """Replace ``path`` whole: ``write`` a hidden file beside it, then rename it over."""
-    staged = path.with_name(f".staged-{path.name}")
+def replace_file(repository: Path, path: Path, write: Callable[[Path], None]) -> None:
+    """Replace ``path`` whole: ``write`` a hidden file of ``repository``, then rename it over."""
+    staged = repository / f".staged-{path.name}"
     write(staged)
     staged.rename(path)
 
@@ -206,7 +206,7 @@ def test_an_edited_version_is_loaded_anew_while_calls_run_and_none_fails(
         caller.start()
     wait_until(lambda: bool(failures) or all(seen), "every caller has been answered")
     model = repository / "edited" / "1" / "model.keras"
-    replace_file(model, lambda staged: linear_model(3.0).save(staged))
+    replace_file(repository, model, lambda staged: linear_model(3.0).save(staged))
     admin.reload_repository()
     assert gradient_scale(client, "edited", "1") == 3.0
     wait_until(
@@ -227,7 +227,7 @@ def test_an_edited_version_is_loaded_anew_while_calls_run_and_none_fails(
     with pytest.raises(hessd.PrecisionError, match="allows precision \\['float32'\\] only"):
         client.gradient("edited", X, precision="float64")
 
-    replace_file(model, lambda staged: staged.write_bytes(b"half a keras file"))
+    replace_file(repository, model, lambda staged: staged.write_bytes(b"half a keras file"))
     for _ in range(2):
         admin.reload_repository()
     (status,) = [s for s in client.model_status() if s.name == "edited"]
@@ -551,7 +551,7 @@ def test_a_repository_with_no_servable_model_is_not_serving_and_says_why_once(
         assert sorted(listed) == ["deep", "flat.keras", "pricing", "rates", "tuned"]
         problems = {name: status.layout_errors for name, status in listed.items()}
         assert problems["flat.keras"][0].endswith("move it to flat/1/flat.keras")
-        assert problems["pricing"][0].startswith("pricing/model.keras lies directly in the model folder")
+        assert problems["pricing"][0].startswith("pricing/model.keras lies directly in the model")
         assert [problem.split(" ")[0] for problem in problems["rates"]] == ["rates/01", "rates/v1"]
         for name in ("flat.keras", "pricing", "rates"):
             assert not listed[name].versions and listed[name].error is None
@@ -582,7 +582,7 @@ def test_a_repository_with_no_servable_model_is_not_serving_and_says_why_once(
         assert client.health() == "NOT_SERVING"
 
         (repository / "pricing" / "1").mkdir()
-        (repository / "pricing" / "model.keras").rename(repository / "pricing" / "1" / "model.keras")
+        (repository / "pricing" / "model.keras").rename(repository / "pricing" / "1" / "a.keras")
         admin.reload_repository()
         assert client.health() == "SERVING"
         assert gradient_scale(client, "pricing") == 1.0

@@ -173,7 +173,8 @@ def test_scanning_finds_versions_and_says_what_is_wrong_with_a_folder(tmp_path: 
     assert "2 .keras files" in price.versions[4].error
     assert "neither a .keras file nor a SavedModel" in price.versions[5].error
     assert "unknown keys ['colour']" in folders["broken"].error
-    assert [problem.split(" ")[0] for problem in price.layout_errors] == ["price/07", "price/latest"]
+    misplaced = [problem.split(" ")[0] for problem in price.layout_errors]
+    assert misplaced == ["price/07", "price/latest"]
     assert all(" is not a version folder; " in problem for problem in price.layout_errors)
     assert scan_model(tmp_path, "absent") is None
     for name in ("..", "../price", "/etc", "a/b", ".hidden"):
@@ -188,7 +189,10 @@ def test_scanning_finds_versions_and_says_what_is_wrong_with_a_folder(tmp_path: 
         (("pricing/saved_model.pb",), "pricing/saved_model.pb lies directly in the model folder"),
         (("pricing/v1/model.keras",), "pricing/v1 is not a version folder"),
         (("pricing/01/model.keras",), "pricing/01 is not a version folder"),
-        (("pricing/0/saved_model.pb", "pricing/0/variables/v.index"), "pricing/0 is not a version folder"),
+        (
+            ("pricing/0/saved_model.pb", "pricing/0/variables/v.index"),
+            "pricing/0 is not a version folder",
+        ),
     ],
 )
 def test_model_files_out_of_layout_are_layout_errors_naming_the_layout(
@@ -222,7 +226,9 @@ def test_a_version_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) ->
     os.mkfifo(tmp_path / "price" / "1" / "model.keras")
     (version,) = scan(tmp_path)["price"].versions.values()
     assert version.source is None
-    assert version.error == "price/1/model.keras is not a regular file (a FIFO, socket or device); remove it"
+    assert version.error == (
+        "price/1/model.keras is not a regular file (a FIFO, socket or device); remove it"
+    )
 
 
 def test_a_fingerprint_sees_a_replaced_file_and_a_changed_setting_only(tmp_path: Path) -> None:
@@ -293,7 +299,9 @@ def test_a_request_for_a_version_that_does_not_serve_is_not_found_with_its_state
     assert registry.missing_models() == []
 
 
-@pytest.mark.parametrize("version", ["01", "007", "+1", " 1", "1.0", "v1", "0", "1" * 19, "x" * 10_000])
+@pytest.mark.parametrize(
+    "version", ["01", "007", "+1", " 1", "1.0", "v1", "0", "1" * 19, "x" * 10_000]
+)
 def test_a_version_is_named_as_its_folder_is(registry: ModelRegistry, version: str) -> None:
     registry.set_available("price", 1, object())  # type: ignore[arg-type]
     with pytest.raises(hessd.InvalidArgumentError, match="is not a version number") as refused:
@@ -308,11 +316,14 @@ def test_a_model_without_versions_names_the_layout_and_what_was_found(
 ) -> None:
     with pytest.raises(hessd.ModelNotFoundError, match="has no AVAILABLE version") as bare:
         registry.get("price")
-    assert bare.value.message.endswith(f"it has no versions; a repository model is laid out as {EXPECTED_LAYOUT}")
-    registry.set_folder_problems("price", error=None, layout_errors=("price/v1 is not a version folder",))
+    assert bare.value.message.endswith(
+        f"it has no versions; a repository model is laid out as {EXPECTED_LAYOUT}"
+    )
+    problem = "price/v1 is not a version folder"
+    registry.set_folder_problems("price", error=None, layout_errors=(problem,))
     with pytest.raises(hessd.ModelNotFoundError, match="\\(price/v1 is not a version folder\\)"):
         registry.get("price")
-    assert registry.describe("price").layout_errors == ("price/v1 is not a version folder",)
+    assert registry.describe("price").layout_errors == (problem,)
     assert not registry.any_available() and registry.available_models() == []
     registry.set_available("price", 3, object())  # type: ignore[arg-type]
     assert registry.any_available() and registry.available_models() == ["price"]

@@ -331,9 +331,8 @@ class ModelLoader:
         self._registry.set_available(
             name, number, model, fingerprint=folder.fingerprint, precisions=config.precisions
         )
-        _log.info(
-            "model %s: version %d AVAILABLE%s", name, number, " from its changed files" if replacing else ""
-        )
+        changed = " from its changed files" if replacing else ""
+        _log.info("model %s: version %d AVAILABLE%s", name, number, changed)
 
     def _loaded(
         self,

@@ -5,8 +5,8 @@ AVAILABLE versions answer requests; a request without a version gets the
 newest AVAILABLE one, and a request names a version as its folder is named (a
 positive decimal integer without leading zeros). An AVAILABLE version whose
 files changed is replaced in one step once its new load is warm; if that load
-fails, the version keeps serving what it had and carries the failure as its error. Each call holds its version (:meth:`ModelRegistry.acquired`)
-while it computes, so a version taken out of service (UNLOADING) is unloaded
+fails, the version keeps serving what it had and carries the failure as its
+error. Each call holds its version (:meth:`ModelRegistry.acquired`) while it computes, so a version taken out of service (UNLOADING) is unloaded
 only once the calls already running on it have finished (:meth:`ModelRegistry.drain`).
 
 The registry is shared by the event loop (lookups) and the loading thread

@@ -200,9 +200,8 @@ def _model_folder(folder: Path, real_root: Path) -> ModelFolder:
 def _version_folder(folder: Path, real_root: Path, settings: ModelConfig) -> VersionFolder | None:
     version = int(folder.name)
     if not inside(folder, real_root):
-        return VersionFolder(
-            version, None, Fingerprint((), settings), "the version folder leads outside the repository"
-        )
+        problem = "the version folder leads outside the repository"
+        return VersionFolder(version, None, Fingerprint((), settings), problem)
     files, problem = _files(folder, real_root)
     if problem is not None:
         return VersionFolder(version, None, Fingerprint((), settings), problem)
@@ -222,8 +221,9 @@ def _version_folder(folder: Path, real_root: Path, settings: ModelConfig) -> Ver
         nested = sorted(path for path in paths if "/" in path and _is_model_file(Path(path)))
         if nested:
             problem += (
-                f"; {nested[0]} lies in a sub-folder, which is not loaded: a model is laid "
-                f"out as {EXPECTED_LAYOUT}, so move its files up into {folder.parent.name}/{version}/"
+                f"; {nested[0]} lies in a sub-folder, which is not loaded: a model is laid out "
+                f"as {EXPECTED_LAYOUT}, so move its files up into "
+                f"{folder.parent.name}/{version}/"
             )
     return VersionFolder(version, None, fingerprint, f"version folder {folder.name} {problem}")
 

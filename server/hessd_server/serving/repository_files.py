@@ -51,7 +51,9 @@ def read_small_file(path: Path, real_root: Path, max_bytes: int) -> bytes | None
                 "make it a plain text file"
             )
         if status.st_size > max_bytes:
-            raise ValueError(f"{path.name} holds {status.st_size:,} bytes, more than the {max_bytes:,} allowed")
+            raise ValueError(
+                f"{path.name} holds {status.st_size:,} bytes, more than the {max_bytes:,} allowed"
+            )
         content = _read_at_most(descriptor, max_bytes + 1)
     except OSError as error:
         raise ValueError(f"cannot read {path.name}: {error.strerror}") from None
