@@ -478,6 +478,11 @@ def test_sighup_reloads_model_flags_serve_version_1_and_metrics_follow_versions(
         assert states(client, "demo") == {"1": "AVAILABLE"}
         assert client.hessian("demo", np.ones((1, 10), np.float32), with_version=True)[1] == "1"
         assert "repository folder demo is ignored" in server.output()
+        edited = tmp_path / "price" / "2" / "model.keras"
+        replace_file(tmp_path, edited, lambda staged: linear_model(5.0).save(staged))
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: gradient_scale(client, "price") == 5.0, "SIGHUP reloaded price 2")
+        assert "model price: version 2 AVAILABLE from its changed files" in server.output()
         with pytest.raises(hessd.HessdError, match="UNIMPLEMENTED"):
             with hessd.ModelAdminClient(server.target, token=ADMIN_TOKEN) as admin:
                 admin.reload_repository()
