@@ -521,6 +521,7 @@ def model_status_from(reply: pb.ModelVersions) -> ModelStatus:
         name=reply.name,
         versions=_version_statuses(reply.version_status),
         error=reply.error or None,
+        layout_errors=tuple(reply.layout_errors),
     )
 
 

@@ -106,7 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--versions",
         action="store_true",
-        help="a tab-separated line per version: model, version, state, and a failed one's error",
+        help=(
+            "a tab-separated line per version: model, version, state (LOADING, AVAILABLE, "
+            "FAILED, UNLOADING) and its error; and per model folder problem: model, -, "
+            "FOLDER_ERROR or LAYOUT_ERROR, what is wrong"
+        ),
     )
     models.set_defaults(run=_models)
     metadata = commands.add_parser("metadata", help="show a model's metadata as JSON")
@@ -206,6 +210,8 @@ def _models(client: Client, args: argparse.Namespace) -> None:
     for status in client.model_status():
         if status.error is not None:
             print("\t".join((status.name, "-", "FOLDER_ERROR", _one_line(status.error))))
+        for layout_error in status.layout_errors:
+            print("\t".join((status.name, "-", "LAYOUT_ERROR", _one_line(layout_error))))
         for version in status.versions:
             error = () if version.error is None else (_one_line(version.error),)
             print("\t".join((status.name, version.version, version.state, *error)))

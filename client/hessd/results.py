@@ -62,12 +62,17 @@ class ModelStatus:
         name: the model's name.
         versions: its versions in ascending order, each with its state.
         error: a problem with the model's repository folder as a whole (e.g.
-            a broken config.toml); ``None`` when there is none.
+            a broken config.toml) that stops its versions from loading;
+            ``None`` when there is none.
+        layout_errors: model files or folders not laid out as
+            ``NAME/VERSION/model.keras`` (or a SavedModel in ``NAME/VERSION/``),
+            so not served, each saying where to move it.
     """
 
     name: str
     versions: tuple[VersionStatus, ...]
     error: str | None = None
+    layout_errors: tuple[str, ...] = ()
 
     @property
     def available(self) -> tuple[str, ...]:

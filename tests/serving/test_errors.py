@@ -220,6 +220,12 @@ RAW_BAD_REQUESTS: dict[str, tuple[pb.HessianRequest, grpc.StatusCode, Reason, st
         ("ModelNotFoundError", "MODEL_NOT_FOUND"),
         "model_name",
     ),
+    "version-with-a-leading-zero": (
+        _request(model_version="01"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ("InvalidArgumentError", "MODEL_VERSION_INVALID"),
+        "model_version",
+    ),
     "too-large": (
         _request(x={"x": tensor_codec.encode(rng_array((100, 10)), field="x")}, full=True),
         grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -1,6 +1,7 @@
 """The model repository, against real ``hessd-server`` processes and temporary repositories:
-versions, hot reload under load, failed versions, policies, removal, SIGHUP, path
-escapes, the ModelAdmin service and its token, and the SDK's version reporting.
+versions, hot reload under load, edits to a served version, failed versions, policies,
+removal, SIGHUP, path escapes, layout errors, a confined config.toml, the ModelAdmin
+service and its token, and the SDK's version reporting.
 
 Versions are linear models f(x) = scale * sum(x) on 3 inputs, so a gradient of
 ``scale`` everywhere tells which version answered. Tests wait on the server's
@@ -10,6 +11,8 @@ own reports (ListModels states), never on timers.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import re
 import signal
 import threading
@@ -27,7 +30,7 @@ from hessd import cli
 from hessd.v1 import model_admin_pb2, model_admin_pb2_grpc
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from hessd_server.serving.server_process import ServerProcess
-from wire_fixtures import RunningServer, linear_model, write_version
+from wire_fixtures import RunningServer, linear_model, serving, write_version
 
 WAIT_S = 120.0
 POLL_SECONDS = "0.1"
@@ -170,6 +173,70 @@ def test_a_corrupt_version_fails_with_its_error_and_the_previous_one_keeps_servi
     assert gradient_scale(client, "curve") == 3.0
 
 
+def replace_file(repository: Path, path: Path, write: Callable[[Path], None]) -> None:
+    """Replace ``path`` whole: ``write`` a hidden file of ``repository``, then rename it over."""
+    staged = repository / f".staged-{path.name}"
+    write(staged)
+    staged.rename(path)
+
+
+def test_an_edited_version_is_loaded_anew_while_calls_run_and_none_fails(
+    repository: Path, server: ServerProcess, client: hessd.Client, admin: hessd.ModelAdminClient
+) -> None:
+    write_version(repository, "edited", 1, scale=1.0)
+    wait_until(lambda: states(client, "edited") == {"1": "AVAILABLE"}, "edited 1 serves")
+    assert client.gradient("edited", X, precision="float64").dtype == np.float64
+    seen: list[list[float]] = [[] for _ in range(3)]
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def call(record: list[float]) -> None:
+        with hessd.Client(server.target, timeout=WAIT_S) as own:
+            while not stop.is_set():
+                try:
+                    gradient, version = own.gradient("edited", X, with_version=True)
+                except BaseException as error:  # every failure is a finding
+                    failures.append(error)
+                    return
+                assert version == "1"
+                record.append(float(gradient[0, 0]))
+
+    callers = [threading.Thread(target=call, args=(record,)) for record in seen]
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: bool(failures) or all(seen), "every caller has been answered")
+    model = repository / "edited" / "1" / "model.keras"
+    replace_file(repository, model, lambda staged: linear_model(3.0).save(staged))
+    admin.reload_repository()
+    assert gradient_scale(client, "edited", "1") == 3.0
+    wait_until(
+        lambda: bool(failures) or all(record.count(3.0) >= 3 for record in seen),
+        "every caller got the edited version",
+    )
+    stop.set()
+    for caller in callers:
+        caller.join(WAIT_S)
+    assert not failures
+    for record in seen:
+        first_new = record.index(3.0)
+        assert set(record[:first_new]) == {1.0} and set(record[first_new:]) == {3.0}, record
+    assert states(client, "edited") == {"1": "AVAILABLE"}
+
+    (repository / "edited" / "config.toml").write_text('precisions = ["float32"]\n')
+    admin.reload_repository()
+    with pytest.raises(hessd.PrecisionError, match="allows precision \\['float32'\\] only"):
+        client.gradient("edited", X, precision="float64")
+
+    replace_file(repository, model, lambda staged: staged.write_bytes(b"half a keras file"))
+    for _ in range(2):
+        admin.reload_repository()
+    (status,) = [s for s in client.model_status() if s.name == "edited"]
+    (version,) = status.versions
+    assert version.state == "AVAILABLE" and "its changed files failed to load" in version.error
+    assert gradient_scale(client, "edited") == 3.0
+    assert server.output().count("model edited: version 1: its changed files FAILED to load") == 1
+
+
 def test_the_all_policy_serves_every_version_and_a_request_can_pin_one(
     repository: Path, client: hessd.Client
 ) -> None:
@@ -194,8 +261,11 @@ def test_the_all_policy_serves_every_version_and_a_request_can_pin_one(
         client.gradient("ledger", X, precision="float64")
     with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
         client.gradient("ledger", X, model_version="7")
-    with pytest.raises(hessd.ModelNotFoundError, match="is not served"):
+    with pytest.raises(hessd.InvalidArgumentError, match="is not a version number") as named:
         client.gradient("ledger", X, model_version="../1")
+    assert named.value.reason == "MODEL_VERSION_INVALID"
+    with pytest.raises(hessd.InvalidArgumentError, match="'1', not '01'"):
+        client.gradient("ledger", X, model_version="01")
 
     # Removing a version folder unloads that version; the others go on.
     for path in sorted((repository / "ledger" / "2").iterdir()):
@@ -408,6 +478,11 @@ def test_sighup_reloads_model_flags_serve_version_1_and_metrics_follow_versions(
         assert states(client, "demo") == {"1": "AVAILABLE"}
         assert client.hessian("demo", np.ones((1, 10), np.float32), with_version=True)[1] == "1"
         assert "repository folder demo is ignored" in server.output()
+        edited = tmp_path / "price" / "2" / "model.keras"
+        replace_file(tmp_path, edited, lambda staged: linear_model(5.0).save(staged))
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: gradient_scale(client, "price") == 5.0, "SIGHUP reloaded price 2")
+        assert "model price: version 2 AVAILABLE from its changed files" in server.output()
         with pytest.raises(hessd.HessdError, match="UNIMPLEMENTED"):
             with hessd.ModelAdminClient(server.target, token=ADMIN_TOKEN) as admin:
                 admin.reload_repository()
@@ -449,3 +524,104 @@ def test_admin_refusals_name_their_reason(tmp_path: Path, with_repository: bool)
                 assert named.value.reason == "MODEL_NAME_INVALID"
     finally:
         running.stop()
+
+
+def _save_model(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    linear_model(1.0).save(path)
+
+
+def test_a_repository_with_no_servable_model_is_not_serving_and_says_why_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hessd_server")
+    repository = tmp_path / "repository"
+    _save_model(repository / "flat.keras")
+    _save_model(repository / "pricing" / "model.keras")
+    _save_model(repository / "rates" / "v1" / "model.keras")
+    _save_model(repository / "rates" / "01" / "model.keras")
+    _save_model(repository / "deep" / "1" / "sub" / "model.keras")
+    (repository / "tuned").mkdir()
+    (repository / "tuned" / "config.toml").write_text("colour = 'red'\n")
+    write_version(repository, "tuned", 1)
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(ADMIN_TOKEN)
+    with serving(
+        model_repository=str(repository), repository_poll_seconds=0, admin_token_file=str(tokens)
+    ) as running, hessd.Client(running.target, timeout=WAIT_S) as client, hessd.ModelAdminClient(
+        running.target, token=ADMIN_TOKEN, timeout=WAIT_S
+    ) as admin:
+        assert client.health() == "NOT_SERVING"
+        listed = {status.name: status for status in client.model_status()}
+        assert sorted(listed) == ["deep", "flat.keras", "pricing", "rates", "tuned"]
+        problems = {name: status.layout_errors for name, status in listed.items()}
+        assert problems["flat.keras"][0].endswith("move it to flat/1/flat.keras")
+        assert problems["pricing"][0].startswith("pricing/model.keras lies directly in the model")
+        assert [problem.split(" ")[0] for problem in problems["rates"]] == ["rates/01", "rates/v1"]
+        for name in ("flat.keras", "pricing", "rates"):
+            assert not listed[name].versions and listed[name].error is None
+            assert all("NAME/VERSION/model.keras" in problem for problem in problems[name])
+        (deep,) = listed["deep"].versions
+        assert deep.state == "FAILED" and "sub/model.keras lies in a sub-folder" in deep.error
+        assert "unknown keys ['colour']" in listed["tuned"].error and not listed["tuned"].versions
+        with pytest.raises(hessd.ModelNotFoundError) as refused:
+            client.gradient("pricing", X)
+        assert "it has no versions (pricing/model.keras lies directly" in refused.value.message
+        assert "a repository model is laid out as NAME/VERSION/model.keras" in refused.value.message
+        assert cli.main(["--target", running.target, "models", "--versions"]) == 0
+        printed = [line.split("\t")[:3] for line in capsys.readouterr().out.splitlines()]
+        assert printed.count(["rates", "-", "LAYOUT_ERROR"]) == 2
+        assert ["tuned", "-", "FOLDER_ERROR"] in printed and ["deep", "1", "FAILED"] in printed
+
+        for _ in range(3):
+            admin.reload_repository()
+        (repository / "tuned" / "config.toml").write_text("colour = 'blue'\n")  # still wrong
+        for _ in range(2):
+            admin.reload_repository()
+        logged = [record.getMessage() for record in caplog.records]
+        for name, found in problems.items():
+            for problem in found:
+                assert logged.count(f"model {name}: layout error: {problem}") == 1, logged
+        assert sum("model tuned: config.toml: unknown keys" in line for line in logged) == 2
+        assert sum("yields no servable model" in line for line in logged) == 1
+        assert client.health() == "NOT_SERVING"
+
+        (repository / "pricing" / "1").mkdir()
+        (repository / "pricing" / "model.keras").rename(repository / "pricing" / "1" / "a.keras")
+        admin.reload_repository()
+        assert client.health() == "SERVING"
+        assert gradient_scale(client, "pricing") == 1.0
+        assert not {s.name: s for s in client.model_status()}["pricing"].layout_errors
+
+
+def test_a_config_leading_outside_or_not_a_file_is_refused_without_its_content(
+    tmp_path: Path,
+) -> None:
+    repository = tmp_path / "repository"
+    secret = tmp_path / "secret.toml"
+    secret.write_text("token = 'hunter2-do-not-echo'\n")
+    repository.mkdir()
+    for name in ("leaky", "piped", "served"):
+        write_version(repository, name, 1)
+    (repository / "leaky" / "config.toml").symlink_to(secret)
+    os.mkfifo(repository / "piped" / "config.toml")
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(ADMIN_TOKEN)
+    with serving(
+        model_repository=str(repository), repository_poll_seconds=0, admin_token_file=str(tokens)
+    ) as running, hessd.Client(running.target, timeout=WAIT_S) as client, hessd.ModelAdminClient(
+        running.target, token=ADMIN_TOKEN, timeout=WAIT_S
+    ) as admin:
+        reloaded = {status.name: status for status in admin.reload_repository()}
+        listed = {status.name: status for status in client.model_status()}
+        assert reloaded == listed
+        assert listed["leaky"].error == (
+            "config.toml leads outside the repository; symlinks must stay inside it"
+        )
+        assert listed["piped"].error.startswith("config.toml is not a regular file")
+        for name in ("leaky", "piped"):
+            assert not listed[name].versions
+            with pytest.raises(hessd.ModelNotFoundError):
+                client.gradient(name, X)
+        assert "hunter2" not in repr(listed)
+        assert client.health() == "SERVING" and gradient_scale(client, "served") == 1.0

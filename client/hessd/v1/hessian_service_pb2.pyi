@@ -349,16 +349,18 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelVersions, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class ModelVersions(_message.Message):
-    __slots__ = ("name", "versions", "version_status", "error")
+    __slots__ = ("name", "versions", "version_status", "error", "layout_errors")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VERSION_STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_ERRORS_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[str]
     version_status: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
     error: str
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+    layout_errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., error: _Optional[str] = ..., layout_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelVersionStatus(_message.Message):
     __slots__ = ("version", "state", "error")

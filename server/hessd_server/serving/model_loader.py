@@ -9,7 +9,16 @@ A reload compares the repository on disk with the registry, model by model:
   ones finish) and unloaded.
 - A version that fails to load or warm is FAILED with its error and the policy
   falls back to the next newest versions, so the previous version keeps
-  serving. It is retried once its files (or the model's config.toml) change.
+  serving. It is retried once its files (or the model's config.toml settings) change.
+- An AVAILABLE version whose files or whose model's config.toml settings
+  changed (see :class:`~.model_repository.Fingerprint`) is loaded and warmed
+  again while it goes on answering, and the new load replaces it in one step.
+  If the new load fails, the version serves on as it was, with the failure as
+  its error (in ListModels and the log); those files are not tried again until
+  they change again.
+- A model folder's problems (a broken config.toml, model files not laid out
+  as the repository needs) are logged once each, when they appear or change,
+  not on every poll.
 - A version whose folder is removed is drained and unloaded; a model whose
   folder is removed goes entirely.
 - Polling (``explicit=False``) loads a new or changed version only once two
@@ -32,7 +41,7 @@ from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundErro
 
 from ..engine import EngineConfig, Model, load_model, warmup
 from .metrics import Metrics
-from .model_registry import FIXED_VERSION, ModelRegistry, ModelState
+from .model_registry import FIXED_VERSION, ModelRegistry, ModelState, ServedVersion
 from .model_repository import ModelFolder, VersionFolder, scan, scan_model
 from .repository_config import ModelConfig
 from .server_config import ModelSpec
@@ -71,6 +80,7 @@ class ModelLoader:
         self._safe_mode = safe_mode
         self._repository = repository
         self._previous_scan: dict[tuple[str, int], object] = {}
+        self._reported: dict[str, tuple[object, ...]] = {}
         self._unloaded_by_admin: set[str] = set()
         self._lock = threading.Lock()
 
@@ -182,6 +192,7 @@ class ModelLoader:
         return folder
 
     def _remove(self, name: str) -> None:
+        self._reported.pop(name, None)
         for number, served in sorted(self._registry.versions(name).items()):
             if served.state is ModelState.FAILED:
                 self._registry.forget(name, number)
@@ -193,9 +204,11 @@ class ModelLoader:
         name = folder.name
         self._registry.add_model(name, fixed=False)
         self._track(name)
-        self._registry.set_model_error(name, folder.error)
+        self._registry.set_folder_problems(
+            name, error=folder.error, layout_errors=folder.layout_errors
+        )
+        self._report_problems(folder)
         if folder.error is not None:
-            _log.error("model %s: %s; its loaded versions go on serving", name, folder.error)
             return
         for number, served in self._registry.versions(name).items():
             on_disk = folder.versions.get(number)
@@ -216,12 +229,21 @@ class ModelLoader:
             eligible = {n for n in candidates if n not in served or served[n].state is not ModelState.FAILED}
             selected = policy.select(eligible)
             pending = sorted(
-                (n for n in selected if n not in served or served[n].state is not ModelState.AVAILABLE),
+                (
+                    n
+                    for n in selected
+                    if n not in served
+                    or served[n].state is not ModelState.AVAILABLE
+                    or self._changed(served[n], folder.versions[n], explicit=explicit)
+                ),
                 reverse=True,
             )
             if not pending:
                 break
-            self._load_version(name, folder.versions[pending[0]], folder.config)
+            replacing = pending[0] in served and served[pending[0]].state is ModelState.AVAILABLE
+            self._load_version(
+                name, folder.versions[pending[0]], folder.config, replacing=replacing
+            )
         served = self._registry.versions(name)
         selected_available = any(served[n].state is ModelState.AVAILABLE for n in selected)
         for number, version in sorted(served.items()):
@@ -231,9 +253,48 @@ class ModelLoader:
                 _log.info("model %s: unloading version %d (policy %s)", name, number, policy)
                 self._unload(name, number)
 
-    def _load_version(self, name: str, folder: VersionFolder, config: ModelConfig) -> None:
+    def _changed(self, served: ServedVersion, on_disk: VersionFolder, *, explicit: bool) -> bool:
+        """Whether AVAILABLE ``served`` is to be loaded anew from ``on_disk``: its
+        files changed, not to ones that failed already, and (when polling) two
+        scans in a row saw them."""
+        return (
+            on_disk.fingerprint != served.fingerprint
+            and on_disk.fingerprint != served.rejected_fingerprint
+            and (
+                explicit
+                or self._previous_scan.get((served.name, served.version)) == on_disk.fingerprint
+            )
+        )
+
+    def _report_problems(self, folder: ModelFolder) -> None:
+        """Log ``folder``'s problems that were not logged before: a folder error once
+        per content of config.toml, each layout error once."""
+        name = folder.name
+        reported = self._reported.get(name, (None, None, ()))
+        if folder.error is not None and (folder.error, folder.config_stamp) != reported[:2]:
+            _log.error("model %s: %s; its loaded versions go on serving", name, folder.error)
+        for problem in folder.layout_errors:
+            if problem not in reported[2]:
+                _log.error("model %s: layout error: %s", name, problem)
+        self._reported[name] = (folder.error, folder.config_stamp, folder.layout_errors)
+
+    def _load_version(
+        self, name: str, folder: VersionFolder, config: ModelConfig, *, replacing: bool = False
+    ) -> None:
+        """Load and warm version ``folder``; once warm it is AVAILABLE in one step.
+
+        ``replacing``: the version is AVAILABLE and its files changed; it goes
+        on serving while the new load runs, and if that fails.
+        """
         number = folder.version
-        self._registry.set_loading(name, number, folder.fingerprint)
+        if replacing:
+            _log.info(
+                "model %s: version %d changed; loading it again while the loaded one serves",
+                name,
+                number,
+            )
+        else:
+            self._registry.set_loading(name, number, folder.fingerprint)
         try:
             if folder.error is not None:
                 raise InvalidArgumentError(folder.error)
@@ -247,14 +308,31 @@ class ModelLoader:
             )
         except Exception as error:
             reason = _reason(error)
-            _log.error("model %s: version %d FAILED: %s", name, number, reason)
             self._metrics.count_load_failure(name)
+            if replacing:
+                _log.error(
+                    "model %s: version %d: its changed files FAILED to load: %s; it goes on "
+                    "serving what it was loaded from",
+                    name,
+                    number,
+                    reason,
+                )
+                self._registry.set_reload_failed(
+                    name,
+                    number,
+                    f"its changed files failed to load ({reason}); it serves the files "
+                    "loaded before",
+                    folder.fingerprint,
+                )
+                return
+            _log.error("model %s: version %d FAILED: %s", name, number, reason)
             self._registry.set_failed(name, number, reason, folder.fingerprint)
             return
         self._registry.set_available(
             name, number, model, fingerprint=folder.fingerprint, precisions=config.precisions
         )
-        _log.info("model %s: version %d AVAILABLE", name, number)
+        changed = " from its changed files" if replacing else ""
+        _log.info("model %s: version %d AVAILABLE%s", name, number, changed)
 
     def _loaded(
         self,

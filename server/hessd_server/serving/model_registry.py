@@ -2,8 +2,11 @@
 
 A version is LOADING, AVAILABLE, FAILED (with its error) or UNLOADING. Only
 AVAILABLE versions answer requests; a request without a version gets the
-newest AVAILABLE one. Each call holds its version (:meth:`ModelRegistry.acquired`)
-while it computes, so a version taken out of service (UNLOADING) is unloaded
+newest AVAILABLE one, and a request names a version as its folder is named (a
+positive decimal integer without leading zeros). An AVAILABLE version whose
+files changed is replaced in one step once its new load is warm; if that load
+fails, the version keeps serving what it had and carries the failure as its
+error. Each call holds its version (:meth:`ModelRegistry.acquired`) while it computes, so a version taken out of service (UNLOADING) is unloaded
 only once the calls already running on it have finished (:meth:`ModelRegistry.drain`).
 
 The registry is shared by the event loop (lookups) and the loading thread
@@ -18,11 +21,18 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hessd.errors import ModelNotFoundError, PrecisionError, UnavailableError, clipped
+from hessd.errors import (
+    InvalidArgumentError,
+    ModelNotFoundError,
+    PrecisionError,
+    UnavailableError,
+    clipped,
+)
 from hessd.results import ModelStatus, VersionStatus
 
 from ..engine import Model
 from .metrics import Metrics
+from .model_repository import EXPECTED_LAYOUT, VERSION_NAME
 
 FIXED_VERSION = 1
 """The version of a model given with ``--model``."""
@@ -46,8 +56,11 @@ class ServedVersion:
         version: the version number.
         state: its state.
         model: the loaded model, once AVAILABLE.
-        error: why it FAILED.
+        error: why it FAILED; for an AVAILABLE version, why loading its
+            changed files failed (it serves what it had).
         fingerprint: the files it was loaded (or failed to load) from.
+        rejected_fingerprint: changed files of an AVAILABLE version that
+            failed to load, not retried until they change again.
         precisions: the precisions requests may ask for; ``None``: all.
         in_flight: calls computing on it now.
     """
@@ -58,6 +71,7 @@ class ServedVersion:
     model: Model | None = None
     error: str | None = None
     fingerprint: object = None
+    rejected_fingerprint: object = None
     precisions: tuple[str, ...] | None = None
     in_flight: int = 0
 
@@ -85,6 +99,7 @@ class _Entry:
     fixed: bool
     versions: dict[int, ServedVersion] = field(default_factory=dict)
     error: str | None = None
+    layout_errors: tuple[str, ...] = ()
     ever_available: bool = False
 
 
@@ -135,10 +150,34 @@ class ModelRegistry:
         with self._lock:
             self._entries.pop(name, None)
 
-    def set_model_error(self, name: str, error: str | None) -> None:
-        """Record (or clear, with ``None``) a problem of model ``name``'s folder."""
+    def set_folder_problems(
+        self, name: str, *, error: str | None, layout_errors: tuple[str, ...]
+    ) -> None:
+        """Record model ``name``'s folder problems: ``error`` makes the folder as a
+        whole unusable (``None``: none); ``layout_errors`` are model files not laid
+        out as a repository needs."""
         with self._lock:
-            self._entries[name].error = error
+            entry = self._entries[name]
+            entry.error = error
+            entry.layout_errors = layout_errors
+
+    def any_available(self) -> bool:
+        """Whether some version of some model is AVAILABLE."""
+        with self._lock:
+            return any(
+                served.state is ModelState.AVAILABLE
+                for entry in self._entries.values()
+                for served in entry.versions.values()
+            )
+
+    def available_models(self) -> list[str]:
+        """The models with an AVAILABLE version, sorted."""
+        with self._lock:
+            return [
+                name
+                for name, entry in sorted(self._entries.items())
+                if any(v.state is ModelState.AVAILABLE for v in entry.versions.values())
+            ]
 
     def versions(self, name: str) -> dict[int, ServedVersion]:
         """Model ``name``'s versions by number (a copy of the mapping)."""
@@ -177,6 +216,14 @@ class ModelRegistry:
             entry.ever_available = True
             self._revision += 1
         self._metrics.set_model_state(name, str(version), ModelState.AVAILABLE.value)
+
+    def set_reload_failed(self, name: str, version: int, error: str, fingerprint: object) -> None:
+        """Loading the changed files ``fingerprint`` of AVAILABLE version ``version``
+        of ``name`` failed, for ``error``: it keeps serving what it had."""
+        with self._lock:
+            served = self._entries[name].versions[version]
+            served.error = error
+            served.rejected_fingerprint = fingerprint
 
     def set_failed(self, name: str, version: int, error: str, fingerprint: object) -> None:
         """Version ``version`` of ``name`` could not be loaded or warmed, for ``error``."""
@@ -220,6 +267,8 @@ class ModelRegistry:
         version is not unloaded.
 
         Raises:
+            InvalidArgumentError: ``version`` is not a version number as
+                folders name them (``"01"``, ``"v1"``).
             ModelNotFoundError: no such model, or the version is not
                 AVAILABLE (the message says its state).
             UnavailableError: the server is still loading its models.
@@ -239,7 +288,7 @@ class ModelRegistry:
         """The model that a request for ``name`` at ``version`` would compute with.
 
         Raises:
-            ModelNotFoundError, UnavailableError: as :meth:`acquired`.
+            InvalidArgumentError, ModelNotFoundError, UnavailableError: as :meth:`acquired`.
         """
         with self.acquired(name, version) as served:
             assert served.model is not None
@@ -312,7 +361,15 @@ class ModelRegistry:
                     reason="MODEL_VERSION_NOT_AVAILABLE",
                 )
             return entry.versions[available[-1]]
-        served = entry.versions.get(int(version)) if _is_version_number(version) else None
+        if not VERSION_NAME.fullmatch(version):
+            raise InvalidArgumentError(
+                f"model_version {clipped(version)} is not a version number: name a version as "
+                "its folder is named, a positive decimal integer without leading zeros or "
+                "signs (e.g. '1', not '01'), or leave it empty for the newest",
+                field="model_version",
+                reason="MODEL_VERSION_INVALID",
+            )
+        served = entry.versions.get(int(version))
         if served is None or served.state is not ModelState.AVAILABLE:
             state = "is not served" if served is None else f"is {served.state.value}"
             if served is not None and served.error:
@@ -330,7 +387,9 @@ class ModelRegistry:
     @staticmethod
     def _states_text(entry: _Entry) -> str:
         if not entry.versions:
-            return "it has no versions"
+            problems = [entry.error] if entry.error else list(entry.layout_errors)
+            found = f" ({'; '.join(problems)})" if problems else ""
+            return f"it has no versions{found}; a repository model is laid out as {EXPECTED_LAYOUT}"
         return ", ".join(
             f"version {number} is {v.state.value}" for number, v in sorted(entry.versions.items())
         )
@@ -344,9 +403,5 @@ class ModelRegistry:
                 for number, v in sorted(entry.versions.items())
             ),
             error=entry.error,
+            layout_errors=entry.layout_errors,
         )
-
-
-def _is_version_number(version: str) -> bool:
-    """Whether ``version`` is a decimal version number."""
-    return version.isascii() and version.isdigit() and len(version) <= 18

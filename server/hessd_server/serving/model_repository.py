@@ -12,20 +12,24 @@
 :func:`scan` reads what is there, without loading anything. Everything it
 returns lies inside the repository: a model or version folder, or any file in
 a version folder, that leads outside it (through a symlink) is refused with an
-error, and names that are not plain folder names are never looked up.
+error, as is a version file that is not a regular file (a FIFO, a device); names
+that are not plain folder names are never looked up. Model files that are not
+laid out as above (``flat.keras`` in the repository itself, ``price/model.keras``
+without a version folder, ``price/v1/`` or ``price/01/``) are reported as
+*layout errors* of the model they would belong to, each naming the expected layout.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .repository_config import CONFIG_FILE_NAME, ModelConfig, read_model_config
-
-_log = logging.getLogger(__name__)
+from .repository_config import CONFIG_FILE_NAME, ModelConfig, VersionPolicy, read_model_config
+from .repository_files import inside
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """A model folder's name: letters, digits, ``_``, ``.`` and ``-``, not starting with a dot."""
@@ -34,9 +38,31 @@ VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
 """A version folder's name: a positive decimal integer without leading zeros."""
 
 SAVED_MODEL_FILE = "saved_model.pb"
+KERAS_SUFFIX = ".keras"
 
-Fingerprint = tuple[tuple[str, int, int], ...]
-"""(relative path, size, modification time in ns) of every file, sorted."""
+EXPECTED_LAYOUT = (
+    "NAME/VERSION/model.keras or a SavedModel in NAME/VERSION/ (saved_model.pb and "
+    "variables/), VERSION a positive integer without leading zeros"
+)
+"""The repository's layout, as layout errors and lookups of version-less models state it."""
+
+FileStamp = tuple[str, int, int, int, int]
+"""(relative path, size, modification time in ns, status-change time in ns, inode) of one
+file: a rewrite changes the size or a time, a replacement (rename over it) the inode."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a version is loaded from; a version whose fingerprint changes is loaded anew.
+
+    Attributes:
+        files: the stamp of every file in the version folder, sorted.
+        settings: its model's config.toml settings, the version policy left out
+            (which versions are served does not change what one computes).
+    """
+
+    files: tuple[FileStamp, ...]
+    settings: ModelConfig
 
 
 @dataclass(frozen=True)
@@ -47,8 +73,9 @@ class VersionFolder:
         version: the folder's integer name.
         source: what to load: the ``.keras`` file or the SavedModel folder;
             ``None`` when ``error`` says why there is nothing to load.
-        fingerprint: the folder's files (and the model's config.toml), so
-            that a change to any of them is noticed.
+        fingerprint: the folder's files and the model's settings, so that a
+            change to any of them is noticed (no files when the folder is not
+            confined to the repository).
         error: why the folder cannot be loaded, or ``None``.
     """
 
@@ -60,7 +87,7 @@ class VersionFolder:
 
 @dataclass(frozen=True)
 class ModelFolder:
-    """One model folder.
+    """One model folder (or a model file misplaced in the repository itself).
 
     Attributes:
         name: the folder's name, which is the model's name.
@@ -68,12 +95,18 @@ class ModelFolder:
         error: why the folder as a whole is unusable (a broken config.toml,
             a folder leading outside the repository), or ``None``.
         versions: its non-empty version folders by version.
+        layout_errors: model files or folders that are not laid out as
+            :data:`EXPECTED_LAYOUT`, each with what to do about it.
+        config_stamp: config.toml's stamp, ``None`` without one; tells an
+            edited config.toml from an unchanged one.
     """
 
     name: str
     config: ModelConfig = ModelConfig()
     error: str | None = None
     versions: dict[int, VersionFolder] = field(default_factory=dict)
+    layout_errors: tuple[str, ...] = ()
+    config_stamp: FileStamp | None = None
 
 
 def is_model_name(name: str) -> bool:
@@ -84,8 +117,10 @@ def is_model_name(name: str) -> bool:
 def scan(root: Path) -> dict[str, ModelFolder]:
     """The model folders of repository ``root`` by name.
 
-    Entries whose names are not model names (hidden files, stray files) are
-    skipped, as are empty version folders (a version being created).
+    Hidden entries (a version being staged) and files that are no model are
+    skipped, as are empty version folders (a version being created). A model
+    file in ``root`` itself is returned as a model of its file name with a
+    layout error and no versions.
 
     Raises:
         OSError: ``root`` cannot be listed.
@@ -93,9 +128,19 @@ def scan(root: Path) -> dict[str, ModelFolder]:
     real_root = root.resolve(strict=True)
     models: dict[str, ModelFolder] = {}
     for entry in sorted(root.iterdir()):
-        if not entry.is_dir() or not is_model_name(entry.name):
+        if entry.name.startswith("."):
             continue
-        models[entry.name] = _model_folder(entry, real_root)
+        if entry.is_dir():
+            if is_model_name(entry.name):
+                models[entry.name] = _model_folder(entry, real_root)
+        elif _is_model_file(entry):
+            models[entry.name] = ModelFolder(
+                entry.name,
+                layout_errors=(
+                    f"{entry.name} lies in the repository itself; a model is laid out as "
+                    f"{EXPECTED_LAYOUT}: move it to {_stem(entry.name)}/1/{entry.name}",
+                ),
+            )
     return models
 
 
@@ -117,84 +162,125 @@ def scan_model(root: Path, name: str) -> ModelFolder | None:
 
 
 def _model_folder(folder: Path, real_root: Path) -> ModelFolder:
-    if not _inside(folder, real_root):
+    if not inside(folder, real_root):
         return ModelFolder(folder.name, error="the model folder leads outside the repository")
+    config_path = folder / CONFIG_FILE_NAME
+    config_stamp = _stamp(config_path, CONFIG_FILE_NAME)
     try:
-        config = read_model_config(folder / CONFIG_FILE_NAME)
+        config = read_model_config(config_path, real_root)
     except ValueError as error:
-        return ModelFolder(folder.name, error=str(error))
-    config_stamp = _config_stamp(folder / CONFIG_FILE_NAME)
+        return ModelFolder(folder.name, error=str(error), config_stamp=config_stamp)
+    settings = dataclasses.replace(config, version_policy=VersionPolicy())
     versions = {}
-    for entry in folder.iterdir():
+    layout_errors = []
+    for entry in sorted(folder.iterdir()):
+        where = f"{folder.name}/{entry.name}"
+        if entry.name.startswith("."):
+            continue
         if entry.is_dir() and VERSION_NAME.fullmatch(entry.name):
-            version = _version_folder(entry, real_root, config_stamp)
+            version = _version_folder(entry, real_root, settings)
             if version is not None:
                 versions[version.version] = version
-    return ModelFolder(folder.name, config, None, versions)
+        elif entry.is_dir():
+            if inside(entry, real_root) and _holds_model_file(entry):
+                layout_errors.append(
+                    f"{where} is not a version folder; a model is laid out as "
+                    f"{EXPECTED_LAYOUT}: rename it to {folder.name}/1 (or the next free version)"
+                )
+        elif _is_model_file(entry):
+            layout_errors.append(
+                f"{where} lies directly in the model folder; a model is laid out as "
+                f"{EXPECTED_LAYOUT}: move it to {folder.name}/1/{entry.name}"
+            )
+    return ModelFolder(
+        folder.name, config, None, versions, tuple(layout_errors), config_stamp
+    )
 
 
-def _version_folder(
-    folder: Path, real_root: Path, config_stamp: Fingerprint
-) -> VersionFolder | None:
+def _version_folder(folder: Path, real_root: Path, settings: ModelConfig) -> VersionFolder | None:
     version = int(folder.name)
-    if not _inside(folder, real_root):
-        return VersionFolder(version, None, (), "the version folder leads outside the repository")
-    files, escaping = _files(folder, real_root)
-    if escaping:
-        return VersionFolder(
-            version,
-            None,
-            (),
-            f"{escaping} leads outside the repository; symlinks must stay inside it",
-        )
+    if not inside(folder, real_root):
+        problem = "the version folder leads outside the repository"
+        return VersionFolder(version, None, Fingerprint((), settings), problem)
+    files, problem = _files(folder, real_root)
+    if problem is not None:
+        return VersionFolder(version, None, Fingerprint((), settings), problem)
     if not files:
         return None
-    fingerprint = tuple(sorted(files)) + config_stamp
+    fingerprint = Fingerprint(tuple(sorted(files)), settings)
     if (folder / SAVED_MODEL_FILE).is_file():
         return VersionFolder(version, folder, fingerprint)
-    keras_files = sorted(path for path, _, _ in files if path.endswith(".keras") and "/" not in path)
+    paths = [stamp[0] for stamp in files]
+    keras_files = sorted(path for path in paths if path.endswith(KERAS_SUFFIX) and "/" not in path)
     if len(keras_files) == 1:
         return VersionFolder(version, folder / keras_files[0], fingerprint)
-    problem = (
-        f"holds {len(keras_files)} .keras files {keras_files}; keep one"
-        if keras_files
-        else f"holds neither a .keras file nor a SavedModel ({SAVED_MODEL_FILE})"
-    )
+    if keras_files:
+        problem = f"holds {len(keras_files)} .keras files {keras_files}; keep one"
+    else:
+        problem = f"holds neither a .keras file nor a SavedModel ({SAVED_MODEL_FILE})"
+        nested = sorted(path for path in paths if "/" in path and _is_model_file(Path(path)))
+        if nested:
+            problem += (
+                f"; {nested[0]} lies in a sub-folder, which is not loaded: a model is laid out "
+                f"as {EXPECTED_LAYOUT}, so move its files up into "
+                f"{folder.parent.name}/{version}/"
+            )
     return VersionFolder(version, None, fingerprint, f"version folder {folder.name} {problem}")
 
 
-def _files(folder: Path, real_root: Path) -> tuple[list[tuple[str, int, int]], str | None]:
-    """Every file under ``folder`` as (relative path, size, mtime), and the first
-    entry that leads outside the repository, if any."""
+def _files(folder: Path, real_root: Path) -> tuple[list[FileStamp], str | None]:
+    """The stamp of every file under ``folder``, or why the folder cannot be
+    loaded: an entry leads outside the repository or is not a regular file."""
     files = []
     visited = {folder.resolve()}
     for directory, subdirectories, names in os.walk(folder, followlinks=True):
         base = Path(directory)
         for name in (*subdirectories, *names):
             path = base / name
-            if not _inside(path, real_root):
-                return [], str(path.relative_to(folder.parent.parent))
+            if not inside(path, real_root):
+                where = path.relative_to(folder.parent.parent)
+                return [], f"{where} leads outside the repository; symlinks must stay inside it"
         unseen = [name for name in subdirectories if (base / name).resolve() not in visited]
         visited.update((base / name).resolve() for name in unseen)
         subdirectories[:] = unseen  # a symlink back up the tree is walked once
         for name in names:
             path = base / name
             try:
-                stat = path.stat()
+                status = path.stat()
             except OSError:
                 continue  # removed while scanning; the next scan sees the result
-            files.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
+            if not stat.S_ISREG(status.st_mode):
+                where = path.relative_to(folder.parent.parent)
+                return [], f"{where} is not a regular file (a FIFO, socket or device); remove it"
+            files.append(_stamp_of(path.relative_to(folder).as_posix(), status))
     return files, None
 
 
-def _config_stamp(path: Path) -> Fingerprint:
+def _stamp(path: Path, name: str) -> FileStamp | None:
+    """The stamp of ``path`` (symlinks followed) under ``name``; ``None`` if it is missing."""
     try:
-        stat = path.stat()
+        return _stamp_of(name, path.stat())
     except OSError:
-        return ()
-    return ((CONFIG_FILE_NAME, stat.st_size, stat.st_mtime_ns),)
+        return None
 
 
-def _inside(path: Path, real_root: Path) -> bool:
-    """Whether ``path``, with every symlink followed, lies within ``real_root``."""
-    return path.resolve().is_relative_to(real_root)
+def _stamp_of(name: str, status: os.stat_result) -> FileStamp:
+    return (name, status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+
+
+def _holds_model_file(folder: Path) -> bool:
+    """Whether ``folder`` holds a model file directly (``False`` if it cannot be listed)."""
+    try:
+        return any(map(_is_model_file, folder.iterdir()))
+    except OSError:
+        return False
+
+
+def _is_model_file(path: Path) -> bool:
+    """Whether ``path`` is named as a model file is (``*.keras``, ``saved_model.pb``)."""
+    return path.name.endswith(KERAS_SUFFIX) or path.name == SAVED_MODEL_FILE
+
+
+def _stem(name: str) -> str:
+    stem = name.removesuffix(KERAS_SUFFIX)
+    return "NAME" if name == SAVED_MODEL_FILE or not is_model_name(stem) else stem

@@ -30,6 +30,7 @@ from typing import Any
 from ..engine import EngineConfig
 from ..engine.model import PRECISIONS
 from ..engine.strategies import STRATEGIES
+from .repository_files import read_small_file
 from .server_config import AUTO_STRATEGY
 
 if sys.version_info >= (3, 11):
@@ -39,6 +40,9 @@ else:  # pragma: no cover - Python 3.10
 
 CONFIG_FILE_NAME = "config.toml"
 """The name of a model's configuration file, beside its version folders."""
+
+CONFIG_MAX_BYTES = 65_536
+"""The largest ``config.toml`` read, in bytes."""
 
 POLICY_KINDS = ("latest", "all", "specific")
 
@@ -113,19 +117,27 @@ class ModelConfig:
         return dataclasses.replace(server, **overrides)
 
 
-def read_model_config(path: Path) -> ModelConfig:
+def read_model_config(path: Path, real_root: Path) -> ModelConfig:
     """The configuration in ``path``, or the defaults when there is no such file.
 
+    The file is confined to the repository ``real_root`` (a resolved path) as
+    :func:`~.repository_files.read_small_file` says, and holds at most
+    :data:`CONFIG_MAX_BYTES`.
+
     Raises:
-        ValueError: the file cannot be read or parsed, or holds an unknown key
-            or a bad value; the message names the file and the key.
+        ValueError: the file leads outside the repository, is not a regular
+            file, is too large, cannot be read or parsed, or holds an unknown
+            key or a bad value; the message names the file and the key.
     """
-    if not path.exists():
+    content = read_small_file(path, real_root, CONFIG_MAX_BYTES)
+    if content is None:
         return ModelConfig()
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise ValueError(f"cannot read {path.name}: {error}") from error
+        table = tomllib.loads(content.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path.name}: it is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"cannot read {path.name}: {error}") from None
     try:
         return parse_model_config(table)
     except ValueError as error:

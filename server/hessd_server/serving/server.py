@@ -9,8 +9,12 @@ Lifecycle: :func:`create_server` builds and binds; :meth:`HessdServer.start`
 starts answering (health NOT_SERVING) and loads and warms every model in the
 background; once all are warm, health turns SERVING. The repository is then
 reloaded every ``repository_poll_seconds`` and on :meth:`HessdServer.reload_repository`
-(SIGHUP, ReloadRepository); health stays SERVING while every ``--model`` model,
-and every repository model that has been AVAILABLE, has an AVAILABLE version.
+(SIGHUP, ReloadRepository); health is SERVING while some model has an AVAILABLE
+version and every ``--model`` model, and every repository model that has been
+AVAILABLE, has one. A repository that yields no servable model (a wrong layout,
+every version FAILED) leaves health NOT_SERVING, with the reason in the log and
+ListModels, until a reload finds one: the server keeps running and polling, so
+that a model copied in later is picked up.
 :meth:`HessdServer.stop` turns health NOT_SERVING, refuses new calls with
 UNAVAILABLE, lets in-flight calls finish within the grace period, then stops.
 
@@ -52,6 +56,7 @@ from .metrics import Metrics
 from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from .model_loader import ModelLoader
 from .model_registry import ModelRegistry
+from .model_repository import EXPECTED_LAYOUT
 from .server_config import ServerConfig
 from .servicer import HessianServicer
 from .shared_memory import SharedMemoryRegistry
@@ -123,7 +128,7 @@ class HessdServer:
         self._reloads: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._loaded = False
-        self._missing: list[str] = []
+        self._missing: tuple[list[str], bool] = ([], False)
         self.engine_pool = EngineThreadPool(2 * config.engine_threads)
         self.admission = Admission()
         self.batcher = Batcher(
@@ -290,7 +295,7 @@ class HessdServer:
         self.models.mark_ready()
         self._loaded = True
         await self._update_health()
-        _log.info("serving models %s", self.models.names)
+        _log.info("serving models %s", self.models.available_models())
         if self.config.model_repository is not None and self.config.repository_poll_seconds > 0:
             self._polling = asyncio.ensure_future(self._poll())
 
@@ -310,17 +315,27 @@ class HessdServer:
                 _log.exception("reloading the model repository failed; polling goes on")
 
     async def _update_health(self) -> None:
-        """SERVING while no model that should be served lacks an AVAILABLE version."""
+        """SERVING while some model is served and none that should be lacks an AVAILABLE
+        version."""
         if self._stopping or not self._loaded:
             return
         missing = self.models.missing_models()
-        if missing != self._missing:
-            self._missing = missing
+        none_served = not self.models.any_available()
+        if (missing, none_served) != self._missing:
+            self._missing = (missing, none_served)
             if missing:
                 _log.warning("health NOT_SERVING: no AVAILABLE version of models %s", missing)
+            elif none_served:
+                _log.warning(
+                    "health NOT_SERVING: the model repository %s yields no servable model; "
+                    "a model is laid out as %s (ListModels and the lines above say what was "
+                    "found)",
+                    self.config.model_repository,
+                    EXPECTED_LAYOUT,
+                )
             else:
                 _log.info("health SERVING")
-        status = _NOT_SERVING if missing else _SERVING
+        status = _NOT_SERVING if missing or none_served else _SERVING
         for service in (health.OVERALL_HEALTH, SERVICE_NAME):
             await self._health.set(service, status)
 

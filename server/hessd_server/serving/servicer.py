@@ -474,6 +474,7 @@ def model_versions(status: ModelStatus) -> pb.ModelVersions:
             for v in status.versions
         ],
         error=status.error or "",
+        layout_errors=status.layout_errors,
     )
 
 
