@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import grpc.aio
@@ -100,13 +101,21 @@ class SharedMemoryServicer(shared_memory_pb2_grpc.SharedMemoryServiceServicer):
 
 
 def is_local_peer(peer: str) -> bool:
-    """Whether a gRPC peer string (``ipv4:127.0.0.1:5000``, ``unix:...``) is on this host."""
+    """Whether a gRPC peer string is on this host: a unix socket or a loopback address.
+
+    gRPC writes IPv6 peers percent-encoded (``ipv6:%5B::1%5D:5000``); link-local
+    addresses (``169.254.0.0/16``, ``fe80::/10``) are other hosts on the link.
+    """
     kind, _, address = peer.partition(":")
     if kind == "unix":
         return True
     if kind not in ("ipv4", "ipv6"):
         return False
-    host = address.rpartition(":")[0].strip("[]")
+    host = urllib.parse.unquote(address).rpartition(":")[0]
+    if kind == "ipv6":
+        if not (host.startswith("[") and host.endswith("]")):
+            return False
+        host = host[1:-1]
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
