@@ -376,3 +376,26 @@ def test_callers_on_other_hosts_are_refused_and_get_the_wire() -> None:
 )
 def test_local_peers_are_loopback_and_unix_sockets(peer: str, local: bool) -> None:
     assert is_local_peer(peer) is local
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this host has no IPv6 loopback")
+def test_callers_on_ipv6_loopback_may_register(region: shared_memory.SharedMemory) -> None:
+    running = RunningServer(ServerConfig(listen="[::1]:0", warmup_batch_sizes=(2,)))
+    try:
+        running.wait_until_serving()
+        registration = Registration(f"[::1]:{running.port}", region)
+        try:
+            assert running.server.shared_memory.names == [registration.name]
+        finally:
+            registration.close()
+    finally:
+        running.stop()

@@ -36,8 +36,7 @@ from .admission import Admission
 from .failure_log import FailureLog
 from .model_registry import ModelRegistry
 from .replies import Encoding, ReplyEncoder, encoding_of
-from .request_tensors import read_tensors
-from .shared_memory import SharedMemoryRegistry
+from .shared_memory import SharedMemoryRegistry, read_tensors
 from .status_interceptor import status_of
 
 CurvatureRequest = (

@@ -15,6 +15,11 @@ a caller that shrinks its region gets an error, not a server killed by SIGBUS.
 A region stays open while calls borrow it, even when it is unregistered
 meanwhile; the last borrower closes it.
 
+A request's tensor in shared memory is sized from its header (dtype, shape,
+packing) against the server's input limit and the region's registered size
+before anything is allocated or read; :func:`read_tensors` reads it on a worker
+thread, so that the event loop keeps serving meanwhile.
+
 >>> regions = SharedMemoryRegistry(max_region_bytes=1 << 20, max_regions=4)
 >>> regions.register("no-such-region", 64, b"k" * 16)
 Traceback (most recent call last):
@@ -24,6 +29,7 @@ hessd.errors.SharedMemoryNotFoundError: no shared-memory region 'no-such-region'
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
@@ -31,18 +37,22 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from hessd import tensor_codec
 from hessd.errors import (
     InvalidSharedMemoryError,
     SharedMemoryError,
     SharedMemoryExistsError,
     SharedMemoryNotFoundError,
     SharedMemoryPermissionError,
+    TensorEncodingError,
 )
+from hessd.v1.tensor_pb2 import Tensor
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 """Region names (after an optional leading "/"); "." and ".." are refused too."""
@@ -60,6 +70,8 @@ SHARED_MEMORY_DIR = "/dev/shm"
 """Where POSIX shared-memory regions live (Linux: shm_open opens files here)."""
 
 _SHARED_WRITE_BITS = stat.S_IWGRP | stat.S_IWOTH
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -302,6 +314,66 @@ class SharedMemoryRegistry:
         self._emptied.notify_all()
 
 
+def read_tensor(
+    regions: SharedMemoryRegistry, tensor: Tensor, *, field: str, max_bytes: int
+) -> np.ndarray:
+    """``tensor`` as a read-only array; read (a copy) from shared memory when it lies there.
+
+    Blocks while it reads: call it off the event loop for a tensor in shared memory.
+
+    Raises:
+        TensorEncodingError: as :func:`hessd.tensor_codec.decode` (a header over
+            ``max_bytes`` included); also when both ``data`` and ``shared_memory`` are set.
+        SharedMemoryError: as :meth:`SharedMemoryRegistry.read`.
+    """
+    if not tensor.HasField("shared_memory"):
+        return tensor_codec.decode(tensor, field=field, max_bytes=max_bytes)
+    size = shared_memory_bytes(tensor, field=field, max_bytes=max_bytes)
+    location = tensor.shared_memory
+    data = regions.read(location.region, location.key, location.offset, size)
+    return tensor_codec.from_bytes(
+        tensor.dtype, tensor.shape, memoryview(data), field=field, packing=tensor.packing
+    )
+
+
+def shared_memory_bytes(tensor: Tensor, *, field: str, max_bytes: int) -> int:
+    """Bytes a tensor in shared memory takes, from its header alone.
+
+    Raises:
+        TensorEncodingError: the header is malformed or over ``max_bytes``, or the
+            tensor also carries ``data``.
+    """
+    if tensor.data:
+        raise TensorEncodingError(
+            f"{field} has both data and shared_memory; send its bytes in one of them.", field=field
+        )
+    return tensor_codec.nbytes(
+        tensor.dtype, tensor.shape, field=field, packing=tensor.packing, max_bytes=max_bytes
+    )
+
+
+async def read_tensors(
+    regions: SharedMemoryRegistry, tensors: Mapping[K, tuple[str, Tensor]], *, max_bytes: int
+) -> dict[K, np.ndarray]:
+    """:func:`read_tensor` of each (field path, tensor) by key: headers checked on the
+    event loop, then the tensors in shared memory read together on a worker thread."""
+    for field, tensor in tensors.values():
+        if tensor.HasField("shared_memory"):
+            shared_memory_bytes(tensor, field=field, max_bytes=max_bytes)
+    if not any(tensor.HasField("shared_memory") for _, tensor in tensors.values()):
+        return _read_all(regions, tensors, max_bytes)
+    return await asyncio.to_thread(_read_all, regions, tensors, max_bytes)
+
+
+def _read_all(
+    regions: SharedMemoryRegistry, tensors: Mapping[K, tuple[str, Tensor]], max_bytes: int
+) -> dict[K, np.ndarray]:
+    return {
+        key: read_tensor(regions, tensor, field=field, max_bytes=max_bytes)
+        for key, (field, tensor) in tensors.items()
+    }
+
+
 def _stripped(name: str) -> str:
     return name[1:] if name.startswith("/") else name
 
@@ -411,4 +483,13 @@ def _pwrite_all(descriptor: int, data: memoryview, offset: int) -> None:
         done += os.pwrite(descriptor, data[done:], offset + done)
 
 
-__all__ = ["KEY_BYTES", "NAME_PATTERN", "PROOF_BYTES", "PROOF_OFFSET", "SharedMemoryRegistry"]
+__all__ = [
+    "KEY_BYTES",
+    "NAME_PATTERN",
+    "PROOF_BYTES",
+    "PROOF_OFFSET",
+    "SharedMemoryRegistry",
+    "read_tensor",
+    "read_tensors",
+    "shared_memory_bytes",
+]
