@@ -32,7 +32,7 @@ from hessd.v1 import hessian_service_pb2_grpc, shared_memory_pb2, shared_memory_
 from hessd.v1.tensor_pb2 import ResultEncoding, SharedMemoryLocation, Tensor
 from hessd_server.serving.server_config import ServerConfig
 from hessd_server.serving.shared_memory import PROOF_BYTES
-from test_shared_memory import CANARY, HESSIAN_BYTES, X, Registration, _register
+from test_shared_memory import CANARY, X, Registration
 from wire_fixtures import RunningServer, eventually, rng_array, serving
 
 WAIT_S = 60.0
@@ -223,10 +223,39 @@ def test_a_fresh_zeroed_region_is_not_usable_with_a_zero_key(server: RunningServ
 def test_a_region_that_group_or_others_may_write_is_refused(
     server: RunningServer, region: shared_memory.SharedMemory
 ) -> None:
-    os.chmod(f"/dev/shm/{region.name.removeprefix('/')}", 0o620)
-    with pytest.raises(hessd.SharedMemoryPermissionError) as refused:
-        _register(server.target, region.name, 4096, secrets.token_bytes(32))
-    assert refused.value.reason == "SHARED_MEMORY_SHARED_WRITE"
+    path = f"/dev/shm/{region.name.removeprefix('/')}"
+    os.chmod(path, 0o620)
+    name, key = region.name.removeprefix("/"), secrets.token_bytes(32)
+    with grpc.insecure_channel(server.target) as channel:
+        call = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel).RegisterSharedMemory(
+            shared_memory_pb2.RegisterSharedMemoryRequest(name=name, size=4096, key=key)
+        )
+        with pytest.raises(grpc.RpcError) as registering:
+            next(call)
+    refused = status_codes.from_rpc_error(registering.value)
+    assert isinstance(refused, hessd.SharedMemoryPermissionError)
+    assert refused.reason == "SHARED_MEMORY_SHARED_WRITE"
+    assert server.server.shared_memory.wait_closed(WAIT_S)
+
+
+def test_a_region_opened_to_group_or_others_before_its_proof_is_not_confirmed(
+    server: RunningServer, region: shared_memory.SharedMemory
+) -> None:
+    name, key = region.name.removeprefix("/"), secrets.token_bytes(32)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel)
+        call = stub.RegisterSharedMemory(
+            shared_memory_pb2.RegisterSharedMemoryRequest(name=name, size=4096, key=key)
+        )
+        reply = next(call)
+        os.chmod(f"/dev/shm/{name}", 0o606)
+        assert region.buf is not None
+        region.buf[reply.proof_offset : reply.proof_offset + len(reply.proof)] = reply.proof
+        with pytest.raises(grpc.RpcError) as confirming:
+            stub.ConfirmSharedMemory(shared_memory_pb2.ConfirmSharedMemoryRequest(name=name, key=key))
+        call.cancel()
+    refused = status_codes.from_rpc_error(confirming.value)
+    assert refused.reason == "SHARED_MEMORY_SHARED_WRITE"
     assert server.server.shared_memory.wait_closed(WAIT_S)
 
 
