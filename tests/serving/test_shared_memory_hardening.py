@@ -333,6 +333,23 @@ def test_a_shared_memory_input_is_read_off_the_event_loop_while_health_answers(
     assert np.array_equal(hessian, hs.hessian(server.model("demo"), X))
 
 
+def test_shared_memory_inputs_are_bounded_together_from_their_headers(
+    server: RunningServer, region: shared_memory.SharedMemory
+) -> None:
+    registration = Registration(server.target, region)
+    try:
+        part = np.zeros((1, MAX_MESSAGE_BYTES // 4 * 3 // 4), np.float32)  # 3/4 of the limit
+        request = pb.HessianRequest(model_name="demo")
+        for name in ("x", "y"):
+            request.x[name].CopyFrom(_in_shared_memory(part, registration.location(offset=64)))
+        with pytest.raises(hessd.TensorEncodingError) as refused:
+            _call(server.target, "Hessian", request)
+        assert refused.value.reason == "TENSOR_SHAPE_EXCEEDS_LIMIT"
+        assert "together" in refused.value.message
+    finally:
+        registration.close()
+
+
 async def _loop_thread() -> int:
     return threading.get_ident()
 

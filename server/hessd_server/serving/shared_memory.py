@@ -356,12 +356,28 @@ async def read_tensors(
     regions: SharedMemoryRegistry, tensors: Mapping[K, tuple[str, Tensor]], *, max_bytes: int
 ) -> dict[K, np.ndarray]:
     """:func:`read_tensor` of each (field path, tensor) by key: headers checked on the
-    event loop, then the tensors in shared memory read together on a worker thread."""
-    for field, tensor in tensors.values():
-        if tensor.HasField("shared_memory"):
-            shared_memory_bytes(tensor, field=field, max_bytes=max_bytes)
-    if not any(tensor.HasField("shared_memory") for _, tensor in tensors.values()):
+    event loop, then the tensors in shared memory read together on a worker thread.
+
+    Raises:
+        TensorEncodingError: as :func:`read_tensor`; also when the tensors in shared
+            memory take more than ``max_bytes`` together (as they could not over the wire).
+    """
+    shared = {
+        field: shared_memory_bytes(tensor, field=field, max_bytes=max_bytes)
+        for field, tensor in tensors.values()
+        if tensor.HasField("shared_memory")
+    }
+    if not shared:
         return _read_all(regions, tensors, max_bytes)
+    if sum(shared.values()) > max_bytes:
+        raise TensorEncodingError(
+            f"the request's tensors in shared memory ({', '.join(shared)}) take "
+            f"{sum(shared.values()):,} bytes together, over the {max_bytes:,} bytes a request "
+            "may carry; send smaller tensors.",
+            field=next(iter(shared)),
+            reason="TENSOR_SHAPE_EXCEEDS_LIMIT",
+            metadata={"max_bytes": max_bytes},
+        )
     return await asyncio.to_thread(_read_all, regions, tensors, max_bytes)
 
 
