@@ -1,8 +1,10 @@
 """Shared-memory regions a blocking :class:`hessd.Client` has results written into.
 
-The client creates POSIX regions (``multiprocessing.shared_memory``), writes a
-random access key at the start of each and registers it with the server over
-a RegisterSharedMemory call that stays open for the region's life. Each
+The client creates POSIX regions (``multiprocessing.shared_memory``, writable
+by their owner only) and registers each under a random access key over a
+RegisterSharedMemory call that stays open for the region's life; it writes the
+proof the server replies with into the region and confirms it, which shows the
+server that this caller may write there. Each
 result gets its own slot in a region; the arrays returned to the caller are
 read-only views of the slot, which is freed for reuse once every one of them
 is garbage. A server that refuses shared memory (another host, switched off)
@@ -40,6 +42,9 @@ _log = logging.getLogger(__name__)
 MIN_REGION_BYTES = 64 << 20
 """Smallest region created; a larger result gets a region of its own size."""
 
+PROOF_BYTES = 32
+"""Bytes of the server's proof, which a region must hold room for."""
+
 ALIGNMENT = 64
 """Slots start at multiples of this many bytes (the server's alignment of Evaluate's results)."""
 
@@ -66,20 +71,25 @@ class _Region:
         self.size = size
         self.used: list[tuple[int, int]] = []
         self.closing = False
-        assert self.memory.buf is not None
-        self.memory.buf[:_KEY_BYTES] = self.key
         request = pb.RegisterSharedMemoryRequest(name=self.name, size=size, key=self.key)
         self._metadata = metadata
         self.registration = stub.RegisterSharedMemory(request, metadata=metadata)
         failure: HessdError
         try:
-            next(self.registration)
+            self._prove(next(self.registration))
+            stub.ConfirmSharedMemory(
+                pb.ConfirmSharedMemoryRequest(name=self.name, key=self.key), metadata=metadata
+            )
             return
         except grpc.RpcError as error:
             failure = status_codes.from_rpc_error(error)
             error.__traceback__ = None  # gRPC keeps the failed call, which must not keep our frames
         except StopIteration:
             failure = InternalError("the server ended RegisterSharedMemory without a reply")
+        except InvalidSharedMemoryError as error:
+            failure = error
+            error.__traceback__ = None
+        self.registration.cancel()
         # Raised outside the handler, with the call dropped and the local cleared, so
         # that no reference cycle through this frame keeps the caller's frames (and the
         # arrays they hold) alive until a garbage collection.
@@ -89,6 +99,29 @@ class _Region:
             raise failure
         finally:
             del failure
+
+    def _prove(self, reply: pb.RegisterSharedMemoryResponse) -> None:
+        """Write the server's proof where it asks, inside the region.
+
+        Raises:
+            InvalidSharedMemoryError: the reply asks for a write outside the region.
+        """
+        if not reply.proof:
+            raise InvalidSharedMemoryError(
+                "the server sent no proof to write into the region (it predates proven "
+                "registrations); results come over the wire.",
+                field="proof",
+            )
+        end = reply.proof_offset + len(reply.proof)
+        if end > self.size:
+            raise InvalidSharedMemoryError(
+                f"the server asked for a proof of {len(reply.proof)} bytes at byte "
+                f"{reply.proof_offset:,}, outside this {self.size:,}-byte region; nothing was "
+                "written.",
+                field="proof",
+            )
+        assert self.memory.buf is not None
+        self.memory.buf[reply.proof_offset : end] = reply.proof
 
     def allocate(self, nbytes: int) -> int | None:
         """Start of a free slot of ``nbytes``, now in use; ``None`` if none is free."""
@@ -236,7 +269,7 @@ class ResultMemory:
         except InvalidSharedMemoryError:
             if nbytes >= MIN_REGION_BYTES:
                 raise
-            return _Region(self._stub, max(nbytes, 1), self._metadata)
+            return _Region(self._stub, max(nbytes, PROOF_BYTES), self._metadata)
 
     def reset(self) -> None:
         """Drop every region, e.g. after the server lost them by restarting; new ones

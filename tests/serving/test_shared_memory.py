@@ -26,6 +26,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc, shared_memory_pb2, shared_memory_pb2_grpc
 from hessd.v1.tensor_pb2 import ResultEncoding, SharedMemoryLocation
 from hessd_server.serving.server_config import ServerConfig
+from hessd_server.serving.shared_memory import PROOF_BYTES
 from hessd_server.serving.shared_memory_service import is_local_peer
 from wire_fixtures import RunningServer, rng_array, serving
 
@@ -57,19 +58,24 @@ def region() -> Iterator[shared_memory.SharedMemory]:
 
 
 class Registration:
-    """One RegisterSharedMemory call over its own channel, with the region's key written."""
+    """One RegisterSharedMemory call over its own channel, proven and confirmed
+    (the proof overwrites the first :data:`PROOF_BYTES` bytes of the region)."""
 
     def __init__(self, target: str, memory: shared_memory.SharedMemory, size: int = 4096) -> None:
         self.key = secrets.token_bytes(32)
         self.name = memory.name.removeprefix("/")
-        assert memory.buf is not None
-        memory.buf[: len(self.key)] = self.key
         self.channel = grpc.insecure_channel(target)
         self.stub = shared_memory_pb2_grpc.SharedMemoryServiceStub(self.channel)
         self.call = self.stub.RegisterSharedMemory(
             shared_memory_pb2.RegisterSharedMemoryRequest(name=self.name, size=size, key=self.key)
         )
         self.reply = next(self.call)
+        assert memory.buf is not None
+        start = self.reply.proof_offset
+        memory.buf[start : start + len(self.reply.proof)] = self.reply.proof
+        self.stub.ConfirmSharedMemory(
+            shared_memory_pb2.ConfirmSharedMemoryRequest(name=self.name, key=self.key)
+        )
 
     def location(self, offset: int = 0, key: bytes | None = None) -> SharedMemoryLocation:
         return SharedMemoryLocation(region=self.name, key=self.key if key is None else key, offset=offset)
@@ -84,12 +90,16 @@ class Registration:
 
 
 def _register(target: str, name: str, size: int, key: bytes) -> None:
+    """Register and confirm ``name`` without writing the proof into it (as a caller
+    that knows the name but cannot write the region would)."""
     with grpc.insecure_channel(target) as channel:
-        call = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel).RegisterSharedMemory(
+        stub = shared_memory_pb2_grpc.SharedMemoryServiceStub(channel)
+        call = stub.RegisterSharedMemory(
             shared_memory_pb2.RegisterSharedMemoryRequest(name=name, size=size, key=key)
         )
         try:
             next(call)
+            stub.ConfirmSharedMemory(shared_memory_pb2.ConfirmSharedMemoryRequest(name=name, key=key))
         except grpc.RpcError as error:
             raise status_codes.from_rpc_error(error) from error
 
@@ -108,10 +118,10 @@ def _hessian_into(target: str, location: SharedMemoryLocation) -> pb.HessianResp
 
 
 def _canary_intact(memory: shared_memory.SharedMemory, start: int, end: int) -> bool:
-    """Whether every byte outside [start, end) still holds the canary (the key aside)."""
+    """Whether every byte outside [start, end) still holds the canary (the proof aside)."""
     assert memory.buf is not None
     data = np.frombuffer(memory.buf, np.uint8)
-    intact = bool(np.all(data[32:start] == CANARY) and np.all(data[end:] == CANARY))
+    intact = bool(np.all(data[PROOF_BYTES:start] == CANARY) and np.all(data[end:] == CANARY))
     del data
     return intact
 
@@ -194,7 +204,7 @@ def test_bad_registrations_fail_cleanly(
 ) -> None:
     with pytest.raises(error):
         _register(server.target, name.replace("REGION", region.name.removeprefix("/")), size, key)
-    assert server.server.shared_memory.wait_unmapped(UNMAP_TIMEOUT_S)
+    assert server.server.shared_memory.wait_closed(UNMAP_TIMEOUT_S)
     assert _canary_intact(region, 0, 0)
 
 
@@ -229,7 +239,7 @@ def test_unregistering_unmaps_and_ends_the_registration_call(
             )
         )
         assert list(registration.call) == []
-        assert server.server.shared_memory.mapped == 0
+        assert server.server.shared_memory.open == 0
         with pytest.raises(hessd.SharedMemoryNotFoundError):
             _hessian_into(server.target, registration.location())
     finally:
@@ -240,7 +250,7 @@ def test_a_closed_channel_ends_its_registrations(
     server: RunningServer, region: shared_memory.SharedMemory
 ) -> None:
     Registration(server.target, region).close(unregister=False)
-    assert server.server.shared_memory.wait_unmapped(UNMAP_TIMEOUT_S)
+    assert server.server.shared_memory.wait_closed(UNMAP_TIMEOUT_S)
     assert server.server.shared_memory.names == []
 
 
@@ -270,7 +280,7 @@ def test_a_client_that_dies_leaves_nothing_behind(server: RunningServer) -> None
         child.wait(UNMAP_TIMEOUT_S)
     finally:
         child.kill()
-    assert server.server.shared_memory.wait_unmapped(UNMAP_TIMEOUT_S)
+    assert server.server.shared_memory.wait_closed(UNMAP_TIMEOUT_S)
     with open("/proc/self/maps", encoding="utf-8") as maps:
         assert name not in maps.read()
     assert _removed_within(f"/dev/shm/{name}", UNMAP_TIMEOUT_S)
@@ -298,7 +308,7 @@ def test_sdk_uses_shared_memory_and_reuses_its_region(server: RunningServer) -> 
             assert same
             names = names or server.server.shared_memory.names
             assert server.server.shared_memory.names == names and len(names) == 1
-    assert server.server.shared_memory.wait_unmapped(UNMAP_TIMEOUT_S)
+    assert server.server.shared_memory.wait_closed(UNMAP_TIMEOUT_S)
     assert not os.path.exists(f"/dev/shm/{names[0]}")
 
 
@@ -348,10 +358,44 @@ def test_callers_on_other_hosts_are_refused_and_get_the_wire() -> None:
         ("ipv6:[::ffff:127.0.0.1]:5000", True),
         ("unix:/run/hessd.sock", True),
         ("unix:", True),
+        ("ipv6:%5B::1%5D:5000", True),
+        ("ipv6:%5B::ffff:127.0.0.1%5D:5000", True),
         ("ipv4:10.1.2.3:5000", False),
         ("ipv6:[2001:db8::1]:5000", False),
+        ("ipv4:169.254.1.2:5000", False),
+        ("ipv6:[fe80::1]:5000", False),
+        ("ipv6:%5Bfe80::1%5D:5000", False),
+        ("ipv6:%5Bfe80::1%25eth0%5D:5000", False),
+        ("ipv6:[::ffff:169.254.1.2]:5000", False),
+        ("ipv4:0.0.0.0:5000", False),
+        ("ipv6:[::]:5000", False),
+        ("ipv6:::1:5000", False),
+        ("ipv4:[127.0.0.1]:5000", False),
         ("garbage", False),
     ],
 )
 def test_local_peers_are_loopback_and_unix_sockets(peer: str, local: bool) -> None:
     assert is_local_peer(peer) is local
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this host has no IPv6 loopback")
+def test_callers_on_ipv6_loopback_may_register(region: shared_memory.SharedMemory) -> None:
+    running = RunningServer(ServerConfig(listen="[::1]:0", warmup_batch_sizes=(2,)))
+    try:
+        running.wait_until_serving()
+        registration = Registration(f"[::1]:{running.port}", region)
+        try:
+            assert running.server.shared_memory.names == [registration.name]
+        finally:
+            registration.close()
+    finally:
+        running.stop()

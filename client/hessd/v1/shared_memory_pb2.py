@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chessd/v1/shared_memory.proto\x12\x08hessd.v1\"F\n\x1bRegisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0b\n\x03key\x18\x03 \x01(\x0c\":\n\x1cRegisterSharedMemoryResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\":\n\x1dUnregisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\" \n\x1eUnregisterSharedMemoryResponse2\xeb\x01\n\x13SharedMemoryService\x12g\n\x14RegisterSharedMemory\x12%.hessd.v1.RegisterSharedMemoryRequest\x1a&.hessd.v1.RegisterSharedMemoryResponse0\x01\x12k\n\x16UnregisterSharedMemory\x12\'.hessd.v1.UnregisterSharedMemoryRequest\x1a(.hessd.v1.UnregisterSharedMemoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chessd/v1/shared_memory.proto\x12\x08hessd.v1\"F\n\x1bRegisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0b\n\x03key\x18\x03 \x01(\x0c\"_\n\x1cRegisterSharedMemoryResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05proof\x18\x03 \x01(\x0c\x12\x14\n\x0cproof_offset\x18\x04 \x01(\x04\"7\n\x1a\x43onfirmSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\"\x1d\n\x1b\x43onfirmSharedMemoryResponse\":\n\x1dUnregisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\" \n\x1eUnregisterSharedMemoryResponse2\xcf\x02\n\x13SharedMemoryService\x12g\n\x14RegisterSharedMemory\x12%.hessd.v1.RegisterSharedMemoryRequest\x1a&.hessd.v1.RegisterSharedMemoryResponse0\x01\x12\x62\n\x13\x43onfirmSharedMemory\x12$.hessd.v1.ConfirmSharedMemoryRequest\x1a%.hessd.v1.ConfirmSharedMemoryResponse\x12k\n\x16UnregisterSharedMemory\x12\'.hessd.v1.UnregisterSharedMemoryRequest\x1a(.hessd.v1.UnregisterSharedMemoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERSHAREDMEMORYREQUEST']._serialized_start=42
   _globals['_REGISTERSHAREDMEMORYREQUEST']._serialized_end=112
   _globals['_REGISTERSHAREDMEMORYRESPONSE']._serialized_start=114
-  _globals['_REGISTERSHAREDMEMORYRESPONSE']._serialized_end=172
-  _globals['_UNREGISTERSHAREDMEMORYREQUEST']._serialized_start=174
-  _globals['_UNREGISTERSHAREDMEMORYREQUEST']._serialized_end=232
-  _globals['_UNREGISTERSHAREDMEMORYRESPONSE']._serialized_start=234
-  _globals['_UNREGISTERSHAREDMEMORYRESPONSE']._serialized_end=266
-  _globals['_SHAREDMEMORYSERVICE']._serialized_start=269
-  _globals['_SHAREDMEMORYSERVICE']._serialized_end=504
+  _globals['_REGISTERSHAREDMEMORYRESPONSE']._serialized_end=209
+  _globals['_CONFIRMSHAREDMEMORYREQUEST']._serialized_start=211
+  _globals['_CONFIRMSHAREDMEMORYREQUEST']._serialized_end=266
+  _globals['_CONFIRMSHAREDMEMORYRESPONSE']._serialized_start=268
+  _globals['_CONFIRMSHAREDMEMORYRESPONSE']._serialized_end=297
+  _globals['_UNREGISTERSHAREDMEMORYREQUEST']._serialized_start=299
+  _globals['_UNREGISTERSHAREDMEMORYREQUEST']._serialized_end=357
+  _globals['_UNREGISTERSHAREDMEMORYRESPONSE']._serialized_start=359
+  _globals['_UNREGISTERSHAREDMEMORYRESPONSE']._serialized_end=391
+  _globals['_SHAREDMEMORYSERVICE']._serialized_start=394
+  _globals['_SHAREDMEMORYSERVICE']._serialized_end=729
 # @@protoc_insertion_point(module_scope)

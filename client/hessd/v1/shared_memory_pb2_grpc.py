@@ -42,6 +42,11 @@ class SharedMemoryServiceStub:
                 request_serializer=hessd_dot_v1_dot_shared__memory__pb2.RegisterSharedMemoryRequest.SerializeToString,
                 response_deserializer=hessd_dot_v1_dot_shared__memory__pb2.RegisterSharedMemoryResponse.FromString,
                 _registered_method=True)
+        self.ConfirmSharedMemory = channel.unary_unary(
+                '/hessd.v1.SharedMemoryService/ConfirmSharedMemory',
+                request_serializer=hessd_dot_v1_dot_shared__memory__pb2.ConfirmSharedMemoryRequest.SerializeToString,
+                response_deserializer=hessd_dot_v1_dot_shared__memory__pb2.ConfirmSharedMemoryResponse.FromString,
+                _registered_method=True)
         self.UnregisterSharedMemory = channel.unary_unary(
                 '/hessd.v1.SharedMemoryService/UnregisterSharedMemory',
                 request_serializer=hessd_dot_v1_dot_shared__memory__pb2.UnregisterSharedMemoryRequest.SerializeToString,
@@ -56,16 +61,30 @@ class SharedMemoryServiceServicer:
     """
 
     def RegisterSharedMemory(self, request, context):
-        """Map the region for this caller. The server sends one reply once the
-        region is mapped and keeps the call open: the registration lasts as long
+        """Open the region for this caller. The server sends one reply, with the
+        proof to write, once the region is open, and keeps the call open; the
+        region is usable after ConfirmSharedMemory. The registration lasts as long
         as the call, and ends with UnregisterSharedMemory, when the caller cancels
         the call, or when its connection closes (a caller that dies leaves
-        nothing mapped). Errors: INVALID_ARGUMENT (a bad name or key length, a
-        size beyond the region or the server's limit), NOT_FOUND (no such region
-        on the server's host), PERMISSION_DENIED (the region does not start with
-        the key, or the peer is not on the server's host), ALREADY_EXISTS (the
-        name is registered), FAILED_PRECONDITION (shared memory is off, or the
-        server holds as many regions as it allows).
+        nothing open). Errors: INVALID_ARGUMENT (a bad name or key length, a
+        size below 32 bytes or beyond the region or the server's limit),
+        NOT_FOUND (no such region on the server's host), PERMISSION_DENIED (the
+        server cannot open it, group or others may write it, or the peer is not
+        on the server's host), ALREADY_EXISTS (the name is registered),
+        FAILED_PRECONDITION (shared memory is off, or the server holds as many
+        regions as it allows), UNAVAILABLE (the server is shutting down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmSharedMemory(self, request, context):
+        """Make a registered region usable once it holds the proof its registration
+        replied with. PERMISSION_DENIED (SHARED_MEMORY_PROOF_MISMATCH) when it
+        does not (the region stays registered and unconfirmed until confirmed or
+        unregistered), NOT_FOUND or PERMISSION_DENIED for an unknown name or a
+        wrong key, FAILED_PRECONDITION (SHARED_MEMORY_TOO_SMALL) when the region
+        shrank below the proof. Confirming a confirmed region does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +106,11 @@ def add_SharedMemoryServiceServicer_to_server(servicer, server):
                     servicer.RegisterSharedMemory,
                     request_deserializer=hessd_dot_v1_dot_shared__memory__pb2.RegisterSharedMemoryRequest.FromString,
                     response_serializer=hessd_dot_v1_dot_shared__memory__pb2.RegisterSharedMemoryResponse.SerializeToString,
+            ),
+            'ConfirmSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmSharedMemory,
+                    request_deserializer=hessd_dot_v1_dot_shared__memory__pb2.ConfirmSharedMemoryRequest.FromString,
+                    response_serializer=hessd_dot_v1_dot_shared__memory__pb2.ConfirmSharedMemoryResponse.SerializeToString,
             ),
             'UnregisterSharedMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.UnregisterSharedMemory,
@@ -124,6 +148,33 @@ class SharedMemoryService:
             '/hessd.v1.SharedMemoryService/RegisterSharedMemory',
             hessd_dot_v1_dot_shared__memory__pb2.RegisterSharedMemoryRequest.SerializeToString,
             hessd_dot_v1_dot_shared__memory__pb2.RegisterSharedMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hessd.v1.SharedMemoryService/ConfirmSharedMemory',
+            hessd_dot_v1_dot_shared__memory__pb2.ConfirmSharedMemoryRequest.SerializeToString,
+            hessd_dot_v1_dot_shared__memory__pb2.ConfirmSharedMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

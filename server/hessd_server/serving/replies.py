@@ -176,14 +176,12 @@ class ReplyEncoder:
     def _write_to_shared_memory(
         self, reply: Message, payloads: Mapping[str, _Payload], location: SharedMemoryLocation
     ) -> None:
-        offsets, end, used = {}, 0, 0
+        offsets, end = {}, 0
         for name, payload in payloads.items():
             offsets[name] = end
-            used = end + len(payload.data)
-            end = _aligned(used)
-        with self._regions.borrowed(location.region, location.key, location.offset, used) as view:
-            for name, payload in payloads.items():
-                view[offsets[name] : offsets[name] + len(payload.data)] = payload.data
+            end = _aligned(end + len(payload.data))
+        pieces = [(offsets[name], payload.data) for name, payload in payloads.items()]
+        self._regions.write(location.region, location.key, location.offset, pieces)
         for name, payload in payloads.items():
             tensor = payload.header()
             tensor.shared_memory.region = location.region.removeprefix("/")

@@ -262,20 +262,23 @@ class HessdServer:
         until none has for :data:`DRAIN_QUIET_S`. Refusals still on their way out then get
         up to :data:`REFUSAL_GRACE_S` of what is left of ``grace`` before the transport
         closes, so that a caller refused at the last moment sees UNAVAILABLE (which the SDK
-        retries), not CANCELLED. Engine work still running then is abandoned, not waited
+        retries), not CANCELLED. Shared-memory registrations are refused from the start and
+        end once the admitted calls are done (or ``grace`` is over), so that those calls
+        still write their results. Engine work still running then is abandoned, not waited
         for: the engine threads are daemons, so the process can exit at once."""
         self._stopping = True
         if self._polling is not None:
             self._polling.cancel()
         self.admission.start_draining()
+        self._shared_memory_service.start_draining()
         await self._health.enter_graceful_shutdown()
-        self._shared_memory_service.close()
         loop = asyncio.get_running_loop()
         deadline = None if grace is None else loop.time() + grace
         try:
             await asyncio.wait_for(self.admission.drained(), grace)
         except asyncio.TimeoutError:
             _log.warning("grace period of %gs over; cancelling the calls still running", grace)
+        self._shared_memory_service.close()
         with contextlib.suppress(asyncio.TimeoutError):
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
             await asyncio.wait_for(self.admission.quiet(DRAIN_QUIET_S), remaining)

@@ -26,7 +26,7 @@ from hessd.errors import MalformedRequestError, ResultTooLargeError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd.v1.tensor_pb2 import Packing, ResultEncoding
+from hessd.v1.tensor_pb2 import Packing, ResultEncoding, Tensor
 
 from .. import engine
 from ..engine import Model
@@ -37,7 +37,7 @@ from .admission import Admission
 from .failure_log import FailureLog
 from .model_registry import ModelRegistry
 from .replies import NARROW_TYPES, Encoding, ReplyEncoder, encoding_of
-from .shared_memory import SharedMemoryRegistry, read_tensor
+from .shared_memory import SharedMemoryRegistry, read_tensors
 from .status_interceptor import status_of
 
 CurvatureRequest = (
@@ -149,7 +149,8 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     async def HessianVectorProduct(
         self, request: pb.HessianVectorProductRequest, context: grpc.aio.ServicerContext
     ) -> pb.HessianVectorProductResponse:
-        v = tensor_codec.decode(request.v, field="v", max_bytes=self._max_message_bytes)
+        tensors = {"v": ("v", request.v)}
+        v = (await read_tensors(self._regions, tensors, max_bytes=self._max_message_bytes))["v"]
         hvp, version = await self._computed(
             request,
             context,
@@ -316,7 +317,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             if name in request.DESCRIPTOR.fields_by_name and request.HasField(name)
         }
         with self._models.acquired(request.model_name, request.model_version) as served:
-            x, options = self._decoded(request)
+            x, options = await self._decoded(request)
             served.check_precision(options["precision"])
             model = served.model
             assert model is not None
@@ -336,7 +337,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         through the batcher, and that version. The version is held until the
         engine is done with it, so that a reload never unloads it mid-call."""
         with self._models.acquired(request.model_name, request.model_version) as served:
-            x, options = self._decoded(request)
+            x, options = await self._decoded(request)
             served.check_precision(options["precision"])
             if method in ONE_MESSAGE_REPLIES:
                 self._check_reply_size(request, x, *ONE_MESSAGE_REPLIES[method])
@@ -349,20 +350,20 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             )
         return result, served.label
 
-    def _decoded(self, request: DerivativeRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``."""
-        limit = self._max_message_bytes
-        x = {
-            name: read_tensor(self._regions, tensor, field=input_path(name), max_bytes=limit)
-            for name, tensor in request.x.items()
+    async def _decoded(
+        self, request: DerivativeRequest
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``; tensors
+        in shared memory are read off the event loop."""
+        tensors: dict[str | None, tuple[str, Tensor]] = {
+            name: (input_path(name), tensor) for name, tensor in request.x.items()
         }
-        output_weights = (
-            tensor_codec.decode(request.output_weights, field="output_weights", max_bytes=limit)
-            if request.HasField("output_weights")
-            else None
-        )
+        if request.HasField("output_weights"):
+            tensors[None] = ("output_weights", request.output_weights)
+        arrays = await read_tensors(self._regions, tensors, max_bytes=self._max_message_bytes)
+        x = {name: array for name, array in arrays.items() if name is not None}
         options = {
-            "output_weights": output_weights,
+            "output_weights": arrays.get(None),
             "wrt": request.wrt or None,
             "precision": tensor_codec.decode_precision(request.precision),
         }

@@ -10,7 +10,8 @@ escaping a handler ends the call with the status that :mod:`hessd.status_codes`
 maps it to, details included; any other exception ends it INTERNAL with a
 generic message. :class:`~hessd_server.serving.failure_log.FailureLog` logs
 both. Calls to a service that needs a bearer token are refused
-UNAUTHENTICATED without one, before anything is decoded; calls pass
+UNAUTHENTICATED without one, before anything is decoded; calls (but
+SharedMemoryService's, which the servicer refuses itself while draining) pass
 :class:`~hessd_server.serving.admission.Admission`, so a draining server
 answers new calls UNAVAILABLE. A handler may return (or yield) a reply already
 serialized, as ``bytes``; it goes to gRPC as it is.
@@ -19,6 +20,7 @@ serialized, as ``bytes``; it goes to gRPC as it is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -148,22 +150,33 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if not service.startswith(PACKAGE_PREFIX):
             return handler
         parse = handler.request_deserializer
+        # Shared-memory registrations are no work to drain: they last until the admitted
+        # calls that may use them are done (see HessdServer.stop).
+        admission = None if service == SHARED_MEMORY_SERVICE_NAME else self._admission
         if handler.unary_unary is not None:
-            return _same_kind(handler, self._unary(method, handler.unary_unary, parse))
+            return _same_kind(handler, self._unary(method, handler.unary_unary, parse, admission))
         if handler.unary_stream is not None:
-            return _same_kind(handler, self._streaming(method, handler.unary_stream, parse))
+            return _same_kind(
+                handler, self._streaming(method, handler.unary_stream, admission, parse)
+            )
         if handler.stream_stream is not None:
             return _same_kind(
-                handler, self._streaming(method, handler.stream_stream, None, parse)
+                handler, self._streaming(method, handler.stream_stream, admission, None, parse)
             )
         return handler
 
-    def _unary(self, method: str, behavior: UnaryBehavior, parse: Deserializer) -> UnaryBehavior:
+    def _unary(
+        self,
+        method: str,
+        behavior: UnaryBehavior,
+        parse: Deserializer,
+        admission: Admission | None,
+    ) -> UnaryBehavior:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                with self._admission.admitted():
+                with _admitted(admission):
                     return await behavior(decoded(parse, request), context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -184,6 +197,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self,
         method: str,
         behavior: StreamingBehavior,
+        admission: Admission | None,
         parse: Deserializer | None,
         parse_items: Deserializer | None = None,
     ) -> StreamingBehavior:
@@ -191,7 +205,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                with self._admission.admitted():
+                with _admitted(admission):
                     if parse_items is not None:
                         request = decoded_items(parse_items, request)
                     elif parse is not None:
@@ -225,6 +239,11 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         """Log ``error`` and return the status its call ends with."""
         self._failures.record(method, error)
         return rpc_status.to_status(status_of(error))
+
+
+def _admitted(admission: Admission | None) -> contextlib.AbstractContextManager[None]:
+    """The call held as admitted by ``admission``, or not counted when it is ``None``."""
+    return contextlib.nullcontext() if admission is None else admission.admitted()
 
 
 def _same_kind(
