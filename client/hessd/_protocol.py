@@ -39,7 +39,6 @@ from hessd.results import (
     Versioned,
     VersionStatus,
 )
-from hessd.transfer_options import TRANSFER_OPTIONS
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Packing, ResultEncoding, Tensor
 
@@ -58,7 +57,6 @@ CurvatureResult = TypeVar("CurvatureResult", Diagonal, Trace, Eigen, Spectrum)
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's default message size limit, which the SDK sets explicitly unless ``options`` do."""
 
-_MAX_SEND = "grpc.max_send_message_length"
 _MAX_RECEIVE = "grpc.max_receive_message_length"
 _ENVELOPE_BYTES = 64 * 1024
 _SINGLE_INPUT_KEY = "x"
@@ -87,20 +85,8 @@ def method_path(method: str) -> str:
     return f"/{pb.DESCRIPTOR.services_by_name['HessianService'].full_name}/{method}"
 
 
-def channel_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:
-    """``options`` with both message size limits set (to 4 MiB unless given) and the
-    HTTP/2 settings of :mod:`hessd.transfer_options` (unless given)."""
-    merged: dict[str, Any] = {
-        _MAX_SEND: DEFAULT_MAX_MESSAGE_BYTES,
-        _MAX_RECEIVE: DEFAULT_MAX_MESSAGE_BYTES,
-        **dict(TRANSFER_OPTIONS),
-    }
-    merged.update(options or ())
-    return list(merged.items())
-
-
 def max_receive_bytes(options: ChannelOptions) -> int:
-    """The receive limit in channel options made by :func:`channel_options`; -1 is unlimited."""
+    """The receive limit in options made by :func:`hessd._channels.channel_options`; -1 is unlimited."""
     return int(dict(options)[_MAX_RECEIVE])
 
 

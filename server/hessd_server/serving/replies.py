@@ -17,7 +17,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import chunks, packing, tensor_codec
-from hessd._wire_format import field_prefix
+from hessd.wire_format import field_prefix
 from hessd.errors import InvalidArgumentError, InvalidSharedMemoryError, ResultTooLargeError
 from hessd.v1.tensor_pb2 import (
     DataType,
