@@ -56,6 +56,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             repository_poll_seconds=args.repository_poll_seconds,
             admin_token_file=args.admin_token_file,
             listen=tuple(args.listen) or (DEFAULT_LISTEN,),
+            reuse_port=args.reuse_port,
             warmup_batch_sizes=args.warmup_batch_sizes,
             max_batch_size=args.max_batch_size,
             max_result_bytes=args.max_result_bytes,
@@ -173,6 +174,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="host:port or unix:///path; repeatable, e.g. a unix socket and a TCP port in "
         f"one process (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share TCP ports with other processes already listening on them (SO_REUSEPORT: "
+        "the kernel splits new connections between them); without it, a port in use fails "
+        "the start",
     )
     parser.add_argument(
         "--warmup-batch-sizes",

@@ -59,6 +59,9 @@ class ServerConfig:
             free one) or ``unix:///path``; one process may serve several, e.g. a
             unix socket for a pod neighbour and a TCP port for the kubelet's
             gRPC probe. A single string is taken as a one-address tuple.
+        reuse_port: let this server bind TCP ports that another socket already
+            listens on (``SO_REUSEPORT``), the kernel then splitting new
+            connections between them; off, binding a port in use fails at start.
         warmup_batch_sizes: batch sizes whose buckets are compiled before the
             server reports SERVING; ``None`` uses the engine's default.
         max_batch_size: largest power-of-two batch bucket (engine setting).
@@ -130,6 +133,7 @@ class ServerConfig:
     repository_poll_seconds: float = 10.0
     admin_token_file: str | None = None
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    reuse_port: bool = False
     warmup_batch_sizes: tuple[int, ...] | None = None
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
