@@ -115,6 +115,8 @@ class HessdServer:
             self.metrics,
             engine_config=config.engine_config(),
             warmup_batch_sizes=config.warmup_batch_sizes,
+            warmup_methods=config.warmup_methods,
+            warmup_precisions=config.warmup_precisions,
             safe_mode=config.safe_mode,
             repository=None if config.model_repository is None else Path(config.model_repository),
         )
