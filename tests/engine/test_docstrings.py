@@ -17,7 +17,6 @@ import pytest
         "hessd_server.engine.curvature",
         "hessd_server.engine.model_loading",
         "hessd_server.engine.warmup",
-        "hessd_server.engine.warmup_plan",
         "hessd_server.engine.function_cache",
         "hessd_server.engine.build_locks",
         "hessd_server.serving.failure_log",

@@ -12,14 +12,60 @@ from hessd.errors import BatchDependenceError, PrecisionError, ResultTooLargeErr
 
 from .execution import evaluation_of, gradient_of, hvp_of
 from .model import Model
-from .warmup_plan import (
-    DEFAULT_WARMUP_BATCH_SIZES,
-    DEFAULT_WARMUP_METHODS,
-    DEFAULT_WARMUP_PRECISIONS,
-    check_warmup_plan,
-)
 
 _log = logging.getLogger(__name__)
+
+DEFAULT_WARMUP_BATCH_SIZES: tuple[int, ...] = (1, 8, 32)
+"""The batch sizes warmed when none are given. A request runs in the smallest warmed
+bucket that holds it when served (see :func:`hessd_server.engine.stacking.compiled_bucket`),
+so three buckets cover 1 to 32 examples at about half the compiles of all six."""
+
+WARMUP_METHODS: tuple[str, ...] = (
+    "hessian",
+    "evaluate",
+    "gradient",
+    "hvp",
+    "full_hessian",
+    "hessian_diagonal",
+    "hessian_trace",
+    "hessian_eigen",
+    "hessian_spectrum",
+)
+"""The methods a warm-up can compile, named as the library's functions (``full_hessian``:
+``hessian(..., full=True)``). ``hessian`` and ``evaluate`` share one compiled function."""
+
+DEFAULT_WARMUP_METHODS: tuple[str, ...] = ("hessian", "evaluate", "gradient", "hvp")
+"""The methods warmed when none are named: the per-example ones."""
+
+WARMUP_PRECISIONS: tuple[str, ...] = ("float32", "float64")
+"""The precisions a warm-up can compile."""
+
+DEFAULT_WARMUP_PRECISIONS: tuple[str, ...] = ("float32",)
+"""The precisions warmed when none are named."""
+
+
+def check_warmup_plan(methods: Iterable[str], precisions: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``methods`` and ``precisions`` as tuples, each name once, in the order given.
+
+    Raises:
+        ValueError: a name is not one of :data:`WARMUP_METHODS` or
+            :data:`WARMUP_PRECISIONS`, or either is empty; the message lists the known names.
+
+    >>> check_warmup_plan(["hvp", "hessian_trace", "hvp"], ["float64"])
+    (('hvp', 'hessian_trace'), ('float64',))
+    """
+    checked = []
+    for what, names, known in (
+        ("method", methods, WARMUP_METHODS),
+        ("precision", precisions, WARMUP_PRECISIONS),
+    ):
+        names = tuple(dict.fromkeys(names))
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            found = f"unknown warm-up {what}s {unknown}" if unknown else f"no warm-up {what} named"
+            raise ValueError(f"{found}; known: {', '.join(known)}")
+        checked.append(names)
+    return checked[0], checked[1]
 
 Warmer = Callable[[Model, dict[str, np.ndarray], str, str], Any]
 """Runs one method once: (model, inputs at a bucket's batch, wrt, precision) -> ignored."""
@@ -41,30 +87,24 @@ def _hvp(m: Model, x: dict[str, np.ndarray], wrt: str, precision: str) -> Any:
     return hvp_of(m, x, x[wrt], wrt=wrt, output_weights=None, precision=precision)
 
 
-def _curvature(summary: str) -> Warmer:
-    """Warms the curvature summary ``summary`` (a function of :mod:`.curvature`) with its defaults."""
-
-    def warm(m: Model, x: dict[str, np.ndarray], wrt: str, precision: str) -> Any:
-        # Imported here: the curvature module imports the API, which imports this one.
-        from . import curvature
-
-        return getattr(curvature, summary)(m, x, wrt=wrt, precision=precision, seed=0)
-
-    return warm
-
-
 _WARMERS: dict[str, Warmer] = {
     "hessian": _per_example,
     "evaluate": _per_example,
     "gradient": _gradient,
     "hvp": _hvp,
     "full_hessian": _full,
-    "hessian_diagonal": _curvature("hessian_diagonal"),
-    "hessian_trace": _curvature("hessian_trace"),
-    "hessian_eigen": _curvature("hessian_eigen"),
-    "hessian_spectrum": _curvature("hessian_spectrum"),
 }
-"""How each name of :data:`~.warmup_plan.WARMUP_METHODS` is warmed, with its defaults."""
+"""How each name of :data:`WARMUP_METHODS` is warmed, with its defaults; the curvature
+summaries' are added by :mod:`.curvature` (see :func:`add_warmers`), which imports this
+module through the model loader, so this one cannot import it."""
+
+
+def add_warmers(warmers: dict[str, Warmer]) -> None:
+    """Make the methods of ``warmers`` (names of :data:`WARMUP_METHODS`) warmable."""
+    unknown = sorted(set(warmers) - set(WARMUP_METHODS))
+    if unknown:
+        raise ValueError(f"{unknown} are not names of WARMUP_METHODS")
+    _WARMERS.update(warmers)
 
 UNPADDED_METHODS = frozenset({"full_hessian"})
 """Methods that run at exactly a request's batch size, never padded to its bucket."""
@@ -81,7 +121,7 @@ def warmup(
     ``batch_sizes`` (default 1, 8 and 32), so that the first request of each at those
     buckets compiles nothing.
 
-    ``methods`` are names of :data:`~.warmup_plan.WARMUP_METHODS` (default: the
+    ``methods`` are names of :data:`WARMUP_METHODS` (default: the
     per-example Hessian with value and gradient, which ``evaluate`` shares, the
     gradient and the Hessian-vector product); the curvature summaries are warmed
     with their default options, and ``full_hessian`` at exactly ``batch_sizes``

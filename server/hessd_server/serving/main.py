@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from .allocator import retain_freed_memory
 from .server import create_server
 from ..engine.strategies import STRATEGIES
-from ..engine.warmup_plan import WARMUP_METHODS, WARMUP_PRECISIONS
+from ..engine.warmup import WARMUP_METHODS, WARMUP_PRECISIONS
 from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")

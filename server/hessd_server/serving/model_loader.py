@@ -31,7 +31,7 @@ from pathlib import Path
 from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError, clipped
 
 from ..engine import EngineConfig, Model, load_model, warmup
-from ..engine.warmup_plan import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
+from ..engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
 from .metrics import Metrics
 from .model_registry import FIXED_VERSION, ModelRegistry, ModelState
 from .model_repository import ModelFolder, VersionFolder, scan, scan_model

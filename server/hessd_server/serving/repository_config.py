@@ -32,7 +32,7 @@ from typing import Any
 from ..engine import EngineConfig
 from ..engine.model import PRECISIONS
 from ..engine.strategies import STRATEGIES
-from ..engine.warmup_plan import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS, check_warmup_plan
+from ..engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS, check_warmup_plan
 from .server_config import AUTO_STRATEGY
 
 if sys.version_info >= (3, 11):
@@ -94,7 +94,7 @@ class ModelConfig:
         strategy: the per-example Hessian strategy, or ``"auto"`` to tune it.
         warmup_batch_sizes: batch sizes warmed before a version serves.
         warmup_methods: methods warmed before a version serves (names of
-            ``hessd_server.engine.warmup_plan.WARMUP_METHODS``).
+            ``hessd_server.engine.warmup.WARMUP_METHODS``).
         warmup_precisions: precisions they are warmed at.
         precisions: the precisions requests may ask for (``None``: all).
     """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..engine import DEMO_MODEL_SOURCE, EngineConfig
 from ..engine.strategies import STRATEGIES
-from ..engine.warmup_plan import (
+from ..engine.warmup import (
     DEFAULT_WARMUP_BATCH_SIZES,
     DEFAULT_WARMUP_METHODS,
     DEFAULT_WARMUP_PRECISIONS,
@@ -70,7 +70,7 @@ class ServerConfig:
         warmup_batch_sizes: batch sizes whose buckets are compiled before the
             server reports SERVING; ``None`` uses the engine's default (1, 8, 32).
         warmup_methods: the methods compiled before SERVING, names of
-            ``hessd_server.engine.warmup_plan.WARMUP_METHODS`` (default: hessian,
+            ``hessd_server.engine.warmup.WARMUP_METHODS`` (default: hessian,
             evaluate, gradient, hvp).
         warmup_precisions: the precisions they are compiled at ("float32",
             "float64"; default float32).
