@@ -67,6 +67,7 @@ def check_warmup_plan(methods: Iterable[str], precisions: Iterable[str]) -> tupl
         checked.append(names)
     return checked[0], checked[1]
 
+
 Warmer = Callable[[Model, dict[str, np.ndarray], str, str], Any]
 """Runs one method once: (model, inputs at a bucket's batch, wrt, precision) -> ignored."""
 
@@ -105,6 +106,7 @@ def add_warmers(warmers: dict[str, Warmer]) -> None:
     if unknown:
         raise ValueError(f"{unknown} are not names of WARMUP_METHODS")
     _WARMERS.update(warmers)
+
 
 UNPADDED_METHODS = frozenset({"full_hessian"})
 """Methods that run at exactly a request's batch size, never padded to its bucket."""
