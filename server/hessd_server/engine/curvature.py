@@ -32,6 +32,7 @@ from .model import Model
 from .api import ModelLike
 from .model_loading import as_model
 from .validation import PreparedInputs, check_result_size
+from .warmup import add_warmers
 
 _ACTIVATION_FACTOR = 16
 """Memory of one Hessian-vector product, in multiples of its vector, assumed
@@ -270,3 +271,16 @@ def _run(
     m: Model, kind: str, inputs: PreparedInputs, weights: np.ndarray, options: dict[str, Any], seed: int | None
 ) -> tuple[np.ndarray, ...]:
     return tuple(run(m, kind, inputs, weights, options=tuple(sorted(options.items())), constants=(_seed(seed),)))
+
+
+add_warmers(
+    {
+        name: lambda m, x, wrt, precision, summary=summary: summary(m, x, wrt=wrt, precision=precision, seed=0)
+        for name, summary in (
+            ("hessian_diagonal", hessian_diagonal),
+            ("hessian_trace", hessian_trace),
+            ("hessian_eigen", hessian_eigen),
+            ("hessian_spectrum", hessian_spectrum),
+        )
+    }
+)

@@ -120,6 +120,8 @@ class HessdServer:
             self.metrics,
             engine_config=config.engine_config(),
             warmup_batch_sizes=config.warmup_batch_sizes,
+            warmup_methods=config.warmup_methods,
+            warmup_precisions=config.warmup_precisions,
             safe_mode=config.safe_mode,
             repository=None if config.model_repository is None else Path(config.model_repository),
         )
@@ -162,6 +164,7 @@ class HessdServer:
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", int(config.reuse_port)),
                 *_connection_age_options(config),
                 *TRANSFER_OPTIONS,
             ],
@@ -381,7 +384,11 @@ def _bind(
         else:
             port = grpc_server.add_secure_port(address, credentials)
     except RuntimeError as error:
-        raise RuntimeError(f"cannot listen on {address}: {error}") from error
+        hint = "" if unix else (
+            " (is another server on that port? stop it, choose another port with --listen, "
+            "or pass --reuse-port to share the port on purpose)"
+        )
+        raise RuntimeError(f"cannot listen on {address}{hint}: {error}") from error
     if unix:
         return address, 0
     host, separator, _ = address.rpartition(":")
