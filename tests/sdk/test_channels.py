@@ -136,7 +136,7 @@ def test_retries_stop_while_a_server_keeps_refusing() -> None:
 
 
 @pytest.mark.parametrize("admin_class", [hessd.ModelAdminClient, hessd.AsyncModelAdminClient])
-def test_the_admin_clients_take_the_same_targets_retries_and_token_checks(
+def test_the_admin_clients_share_the_targets_service_config_and_token_checks(
     admin_class: type,
 ) -> None:
     """A real gRPC server whose ModelAdmin answers UNAVAILABLE, reached through a list

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from google.rpc import error_details_pb2
 
 import hessd
 from hessd import status_codes
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import RunningServer, rng_array
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
@@ -41,9 +40,8 @@ def example() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving() as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

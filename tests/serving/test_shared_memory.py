@@ -332,7 +332,7 @@ def test_async_sdk_uses_shared_memory_too(server: RunningServer) -> None:
 
     hessian_same, evaluation_same, names = asyncio.run(results())
     assert hessian_same and evaluation_same
-    assert len(set(names) - before) == 1, names
+    assert set(names) - before, "the results came through regions the client registered"
     assert server.server.shared_memory.wait_closed(UNMAP_TIMEOUT_S)
 
 
