@@ -3,11 +3,14 @@
 Everything here works on a *block matvec*: V (n, B, D) -> (n, B, D), the
 product H_b V[i, b] of each example's Hessian block with n vectors at once.
 Nothing forms a (B, D, D) block. Products are taken ``chunk`` vectors at a
-time inside ``tf.while_loop``, so memory grows with the chunk, not with the
-number of probes. Randomness is stateless (Philox), keyed by a ``seed`` tensor
-of shape (2,), so a seed reproduces a result bit for bit.
+time inside ``tf.while_loop``, so Hutchinson's memory grows with the chunk,
+not with the number of probes (Hutch++ keeps its sketch besides). Randomness
+is stateless (Philox), keyed by a ``seed`` tensor of shape (2,), so a seed
+reproduces a result bit for bit.
 
-Meant to be traced inside ``tf.function`` (with or without XLA).
+Run eagerly, where each ``tf.while_loop`` is a Python loop and ``matvec`` may
+be a compiled function called once per chunk (:mod:`.curvature_bodies`), or
+traced inside ``tf.function``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ so its tridiagonal matrix stays a valid projection of H_n.
 
 From the tridiagonal matrices come Ritz pairs (eigenpairs, :func:`ritz_pairs`)
 and Gauss quadrature nodes and weights (spectral densities, :func:`quadrature`).
-Meant to be traced inside ``tf.function`` (with or without XLA).
+Run eagerly, where the loop is a Python loop and ``matvec`` may be a compiled
+function called once per step (:mod:`.curvature_bodies`), or traced inside
+``tf.function``.
 """
 
 from __future__ import annotations
