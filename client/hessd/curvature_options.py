@@ -137,4 +137,5 @@ def check_eigen_options(
 
 def check_spectrum_options(probes: Any, iterations: Any, seed: Any) -> tuple[int, int, int | None]:
     """(probes, iterations, seed) of ``hessian_spectrum``, checked."""
-    return check_count("probes", probes, MAX_PROBES), check_count("iterations", iterations, MAX_ITERATIONS), check_seed(seed)
+    checked_probes = check_count("probes", probes, MAX_PROBES)
+    return checked_probes, check_count("iterations", iterations, MAX_ITERATIONS), check_seed(seed)

@@ -62,7 +62,8 @@ def test_options_over_their_limit_are_refused_with_the_limit_and_the_value(
 
 def test_the_limits_themselves_are_allowed() -> None:
     assert opts.check_trace_options("hutch++", opts.MAX_PROBES, 0)[1] == opts.MAX_PROBES
-    assert opts.check_spectrum_options(opts.MAX_PROBES, opts.MAX_ITERATIONS, 0)[:2] == (opts.MAX_PROBES, opts.MAX_ITERATIONS)
+    limits = (opts.MAX_PROBES, opts.MAX_ITERATIONS)
+    assert opts.check_spectrum_options(*limits, 0)[:2] == limits
     assert opts.check_eigen_options(opts.MAX_K, "largest", "lanczos", opts.MAX_ITERATIONS, 0.0, None)[0] == opts.MAX_K
 
 
@@ -106,31 +107,34 @@ def test_the_spectrum_size_error_advises_what_helps() -> None:
     assert "full=True" not in raised.value.message
 
 
-def test_option_values_compile_nothing_new() -> None:
+VARIED_OPTIONS: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "trace/hutchinson": ("hessian_trace", [{"method": "hutchinson", "probes": p, "seed": p} for p in (40, 33, 63)]),
+    "trace/hutch++": ("hessian_trace", [{"method": "hutch++", "probes": p, "seed": p} for p in (99, 120, 191)]),
+    "diagonal/hutchinson": ("hessian_diagonal", [{"method": "hutchinson", "probes": p} for p in (16, 17, 31)]),
+    "eigen/lanczos": (
+        "hessian_eigen",
+        [
+            {"method": "lanczos", "k": 1, "which": "largest", "iterations": 6, "tol": 1e-5, "seed": 1},
+            {"method": "lanczos", "k": 3, "which": "smallest", "iterations": 12, "tol": 0.0, "seed": 2},
+            {"method": "lanczos", "k": 2, "which": "largest_magnitude", "iterations": 9, "tol": 1e-2, "seed": None},
+        ],
+    ),
+    "spectrum": ("hessian_spectrum", [{"probes": p, "iterations": i, "seed": i} for p, i in ((4, 3), (5, 12), (7, 8))]),
+}
+"""Per kind, calls whose options differ but whose chunk of products is the same
+(probes rounded down to a power of two)."""
+
+
+@pytest.mark.parametrize("kind", list(VARIED_OPTIONS))
+def test_option_values_compile_nothing_new(kind: str) -> None:
     m = quadratic()
-    varied = {
-        "trace/hutchinson": [lambda p=p: hs.hessian_trace(m, X12, method="hutchinson", probes=p, seed=p) for p in (40, 33, 63)],
-        "trace/hutch++": [lambda p=p: hs.hessian_trace(m, X12, method="hutch++", probes=p, seed=p) for p in (99, 120, 191)],
-        "diagonal/hutchinson": [
-            lambda p=p: hs.hessian_diagonal(m, X12, method="hutchinson", probes=p, seed=None) for p in (16, 17, 31)
-        ],
-        "eigen/lanczos": [
-            lambda k=k, which=which, it=it, tol=tol: hs.hessian_eigen(
-                m, X12, k=k, which=which, method="lanczos", iterations=it, tol=tol, seed=k
-            )
-            for k, which, it, tol in ((1, "largest", 6, 1e-5), (3, "smallest", 12, 0.0), (2, "largest_magnitude", 9, 1e-2))
-        ],
-        "spectrum": [
-            lambda p=p, it=it: hs.hessian_spectrum(m, X12, probes=p, iterations=it, seed=it)
-            for p, it in ((4, 3), (5, 12), (7, 8))
-        ],
-    }
-    for kind, calls in varied.items():
-        calls[0]()
-        compiled, cached = m.metadata().compile_count, len(m.functions)
-        for call in calls[1:]:
-            call()
-        assert (m.metadata().compile_count, len(m.functions)) == (compiled, cached), f"{kind} compiled again"
+    function, variants = VARIED_OPTIONS[kind]
+    getattr(hs, function)(m, X12, **variants[0])
+    compiled, cached = m.metadata().compile_count, len(m.functions)
+    assert {key.kind for key in m.functions} == {kind}
+    for options in variants[1:]:
+        getattr(hs, function)(m, X12, **options)
+    assert (m.metadata().compile_count, len(m.functions)) == (compiled, cached)
 
 
 class _Ticks:

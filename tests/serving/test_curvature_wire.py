@@ -203,7 +203,7 @@ def one_engine_thread() -> Iterator[RunningServer]:
 
 HUGE = (2**31 - 1, 2**63 - 1)
 HOSTILE_OPTIONS: list[tuple[str, type, dict[str, Any]]] = [
-    *[("HessianTrace", pb.HessianTraceRequest, {"method": "hutchinson", "probes": v}) for v in (0, -1, -(2**63), *HUGE)],
+    *[("HessianTrace", pb.HessianTraceRequest, {"method": "hutchinson", "probes": v}) for v in (0, -(2**63), *HUGE)],
     *[("HessianTrace", pb.HessianTraceRequest, {"method": "hutch++", "probes": v}) for v in (2, 2**20)],
     *[("HessianDiagonal", pb.HessianDiagonalRequest, {"method": "hutchinson", "probes": v}) for v in (0, -1, *HUGE)],
     *[("HessianEigen", pb.HessianEigenRequest, {"k": v}) for v in (0, -1, 11, *HUGE)],
@@ -258,4 +258,5 @@ def test_a_long_estimator_stops_at_its_deadline_and_frees_the_engine(one_engine_
     x = rng_array((3, 10))
     with hessd.Client(one_engine_thread.target, timeout=60) as client:
         remote = client.hessian_trace("demo", x, method="hutchinson", probes=16, seed=1)
-    _assert_identical(remote, hs.hessian_trace(one_engine_thread.model("demo"), x, method="hutchinson", probes=16, seed=1))
+    local = hs.hessian_trace(one_engine_thread.model("demo"), x, method="hutchinson", probes=16, seed=1)
+    _assert_identical(remote, local)

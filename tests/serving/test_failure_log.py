@@ -112,7 +112,8 @@ def test_fingerprints_are_bounded(logged: pytest.LogCaptureFixture) -> None:
 
 def test_a_server_logs_one_traceback_per_repeated_fault_and_then_its_count(logged: pytest.LogCaptureFixture) -> None:
     logged.set_level(logging.ERROR, logger="hessd_server.requests")
-    with serving([("broken", "wire_fixtures:broken_model")]) as server, hessd.Client(server.target, timeout=60) as client:
+    broken = ("broken", "wire_fixtures:broken_model")
+    with serving([broken]) as server, hessd.Client(server.target, timeout=60) as client:
         clock = ManualClock()
         server.server.failures.clock = clock
         for _ in range(12):

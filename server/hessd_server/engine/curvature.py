@@ -72,7 +72,7 @@ def hessian_diagonal(
             the blocks exceed the memory budget), "hutchinson" (mean of z ⊙ H z
             over Rademacher probes z), or "auto" (exact if the blocks fit, else
             Hutchinson).
-        probes: Hessian-vector products per example for Hutchinson.
+        probes: Hessian-vector products per example for Hutchinson, at most ``MAX_PROBES``.
         seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
 
     ``stderr`` is zeros for exact results, and the sample standard deviation
@@ -118,8 +118,10 @@ def hessian_trace(
             the blocks exceed the memory budget), "hutchinson" (mean of zᵀ H z),
             "hutch++" (a low-rank sketch taken exactly plus Hutchinson on the
             rest; ``probes`` >= 3, split in thirds), or "auto" (exact if the
-            blocks fit, else Hutch++).
-        probes: Hessian-vector products per example for Hutchinson and Hutch++.
+            blocks fit, else Hutch++ if its sketch fits, else Hutchinson).
+        probes: Hessian-vector products per example for Hutchinson and
+            Hutch++, at most ``MAX_PROBES``; Hutch++ keeps 3 * (probes // 3)
+            vectors (B, D), which must fit ``curvature_memory_bytes``.
         seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
 
     ``stderr`` is zeros for exact results; for Hutchinson the sample standard
@@ -140,9 +142,14 @@ def hessian_trace(
         method = "exact" if _blocks_fit(m, inputs) else "hutch++" if _sketch_fits(m, inputs, probes) else "hutchinson"
     if method == "hutch++":
         check_memory(
-            m, inputs, 3 * (probes // 3), "probes", probes,
-            "Hutch++ keeps a sketch of probes // 3 vectors, its products and their orthonormal range",
-            "ask fewer probes, send a smaller batch, or use method='hutchinson', whose memory does not grow with probes",
+            m,
+            inputs,
+            vectors=3 * (probes // 3),
+            field="probes",
+            value=probes,
+            what="Hutch++ keeps a sketch of probes // 3 vectors, its products and their orthonormal range",
+            advice="ask fewer probes, send a smaller batch, or use method='hutchinson' (its memory does not grow "
+            "with probes)",
         )
     if method in ("hutchinson", "hutch++"):
         per_call = probes // 3 if method == "hutch++" else probes
@@ -177,14 +184,16 @@ def hessian_eigen(
 
     Args:
         model, x, output_weights, wrt, precision: as for :func:`hessd_server.hessian`.
-        k: how many eigenpairs, 1 <= k <= D.
+        k: how many eigenpairs, 1 <= k <= min(D, ``MAX_K``).
         which: "largest", "smallest" or "largest_magnitude".
         method: "exact" (``eigh`` of the dense blocks, which must fit
             ``max_result_bytes`` as a Hessian would), "lanczos" (matrix-free,
             all examples at once), or "auto" (exact if the blocks fit the
             memory budget, else Lanczos).
-        iterations: Lanczos's Krylov dimension, >= k, clipped to D; ``None``
-            means max(64, 4k), clipped to D.
+        iterations: Lanczos's Krylov dimension, in [k, ``MAX_ITERATIONS``],
+            clipped to D; ``None`` means max(64, 4k), clipped to D. Lanczos
+            keeps iterations + k vectors (B, D), which must fit
+            ``curvature_memory_bytes``.
         tol: Lanczos stops early once every wanted pair of every example has
             ‖Hv − λv‖ <= tol·|λ|. A run that does not converge still returns;
             its residuals tell.
@@ -207,9 +216,8 @@ def hessian_eigen(
             reason="CURVATURE_OPTION_INVALID",
             metadata={"k": k, "dimension": dim},
         )
-    check_result_size(
-        m, inputs.batch * k * (dim + 2), inputs.precision, "eigenpairs", "ask fewer eigenpairs k, or send a smaller batch"
-    )
+    advice = "ask fewer eigenpairs k, or send a smaller batch"
+    check_result_size(m, inputs.batch * k * (dim + 2), inputs.precision, "eigenpairs", advice)
     if method == "auto":
         method = "exact" if _blocks_fit(m, inputs) else "lanczos"
     if method == "exact":
@@ -218,9 +226,13 @@ def hessian_eigen(
     else:
         krylov = opts.default_eigen_iterations(k, dim) if iterations is None else min(iterations, dim)
         check_memory(
-            m, inputs, krylov + k, "iterations", krylov,
-            "Lanczos keeps a basis of `iterations` vectors and k Ritz vectors",
-            "ask fewer iterations or eigenpairs k, or send a smaller batch",
+            m,
+            inputs,
+            vectors=krylov + k,
+            field="iterations",
+            value=krylov,
+            what="Lanczos keeps a basis of `iterations` vectors (clipped to D) and k Ritz vectors",
+            advice="ask fewer iterations or eigenpairs k, or send a smaller batch",
         )
         kind = "eigen/lanczos"
         options = {"k": k, "which": which, "iterations": krylov, "tol": tol, "chunk": 1}
@@ -245,6 +257,9 @@ def hessian_spectrum(
     and example gives Ritz values (nodes) and the squared first components of
     their eigenvectors over ``probes`` (weights, >= 0, summing to 1 per
     example). The density is sum weights · δ(λ − nodes); smooth it to draw it.
+    ``probes`` is at most ``MAX_PROBES`` and ``iterations`` at most
+    ``MAX_ITERATIONS``; the runs keep probes · iterations vectors (B, D),
+    which must fit ``curvature_memory_bytes``.
 
     >>> import numpy as np, hessd_server as hs
     >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
@@ -261,9 +276,14 @@ def hessian_spectrum(
         "ask fewer probes or iterations, or send a smaller batch",
     )
     check_memory(
-        m, inputs, probes * krylov, "probes", probes,
-        "stochastic Lanczos quadrature keeps a basis of `iterations` vectors for each of its `probes` runs",
-        "ask fewer probes or iterations, or send a smaller batch",
+        m,
+        inputs,
+        vectors=probes * krylov,
+        field="probes",
+        value=probes,
+        what="stochastic Lanczos quadrature keeps a basis of `iterations` vectors (clipped to D) for each of its "
+        "`probes` runs",
+        advice="ask fewer probes or iterations, or send a smaller batch",
     )
     options = {"probes": probes, "iterations": krylov, "chunk": _probe_chunk(m, inputs, probes)}
     return Spectrum(*_run(m, "spectrum", inputs, weights, options, seed))
@@ -304,9 +324,12 @@ def _sketch_fits(m: Model, inputs: PreparedInputs, probes: int) -> bool:
 
 
 def check_memory(
-    m: Model, inputs: PreparedInputs, vectors: int, field: str, value: int, what: str, advice: str
+    m: Model, inputs: PreparedInputs, *, vectors: int, field: str, value: int, what: str, advice: str
 ) -> None:
     """Refuse an estimator that would keep ``vectors`` vectors (B, D) over ``curvature_memory_bytes``.
+
+    B is the padded batch; ``what`` says what the estimator keeps, ``advice``
+    what to change, ``field`` and ``value`` the option that decides it.
 
     Raises:
         InvalidArgumentError: reason ``CURVATURE_OPTION_INVALID`` on ``field``,

@@ -49,7 +49,9 @@ MATRIX_FREE_KINDS = (
 KINDS = BLOCK_KINDS + MATRIX_FREE_KINDS
 
 
-def vectors_spec(options: tuple[tuple[str, Any], ...], batch: int, event_shape: tuple[int, ...], dtype: tf.DType) -> tf.TensorSpec:
+def vectors_spec(
+    options: tuple[tuple[str, Any], ...], batch: int, event_shape: tuple[int, ...], dtype: tf.DType
+) -> tf.TensorSpec:
     """The extra argument of a matrix-free kind's function: vectors (chunk, batch, D)."""
     return tf.TensorSpec([dict(options)["chunk"], batch, math.prod(event_shape)], dtype)
 
@@ -81,7 +83,9 @@ def products(forward: Forward, x: tf.Tensor, weights: tf.Tensor, vectors: tf.Ten
     return tf.reshape(product, [copies, batch, math.prod(event)])
 
 
-def from_blocks(kind: str, blocks: tf.Tensor, event_shape: tuple[int, ...], options: dict[str, Any]) -> tuple[tf.Tensor, ...]:
+def from_blocks(
+    kind: str, blocks: tf.Tensor, event_shape: tuple[int, ...], options: dict[str, Any]
+) -> tuple[tf.Tensor, ...]:
     """A dense-block kind's result from the blocks (B, D, D); ``options`` has k and which for "eigen/exact"."""
     batch = blocks.shape[0]
     if kind == "diagonal/blocks":

@@ -212,7 +212,9 @@ def _output_size(model: Model, inputs: PreparedInputs) -> int:
 def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: str, extra: int = 0) -> None:
     blocks = inputs.batch * inputs.event_size**2
     count = blocks * inputs.batch if full else blocks
-    advice = "send a smaller batch, or ask for per-example blocks instead of full=True" if full else "send a smaller batch"
+    advice = "send a smaller batch"
+    if full:
+        advice += ", or ask for per-example blocks instead of full=True"
     check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}", advice)
 
 
