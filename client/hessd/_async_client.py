@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol, curvature_options
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs, PemSource
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
 from hessd.results import (
@@ -121,7 +121,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -157,7 +157,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Gradient with respect to ``wrt``: float32 or float64 array (B, *S).
@@ -184,7 +184,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Hessian-vector product H v for ``v`` of shape (B, *S): float32/float64 (B, *S).
@@ -212,7 +212,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -252,7 +252,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Diagonal | Versioned:
         """Diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -284,7 +284,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Trace | Versioned:
         """Trace (Laplacian) of each example's Hessian block: ``Trace(trace, stderr)``, both (B,).
@@ -319,7 +319,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Eigen | Versioned:
         """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -354,7 +354,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Spectrum | Versioned:
         """Stochastic Lanczos quadrature of each example's Hessian spectrum: ``Spectrum(nodes, weights)``.
@@ -384,7 +384,7 @@ class AsyncClient:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -454,9 +454,9 @@ class AsyncClient:
         reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
         return [_protocol.model_status_from(model) for model in reply.models]
 
-    async def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+    async def metadata(self, name: str, *, model_version: ModelVersion = None) -> ModelMetadata:
         """Metadata of model ``name``; as :meth:`hessd.Client.metadata`."""
-        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
+        request = pb.GetModelMetadataRequest(model_name=name, model_version=_protocol.model_version_field(model_version))
         return _protocol.metadata_from(await self._call(self._stub.GetModelMetadata, request))
 
     async def health(self, service: str = "") -> str:

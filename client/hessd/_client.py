@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol, curvature_options
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs, PemSource
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource
 from hessd._result_memory import ResultMemory
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError, SharedMemoryError
@@ -144,7 +144,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -159,7 +159,7 @@ class Client:
             output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
             wrt: the input to differentiate; ``None`` for a single-input model.
             precision: ``"float32"`` (also when ``None``) or ``"float64"``.
-            model_version: the model version to compute with, e.g. ``"2"``;
+            model_version: the model version to compute with, e.g. ``2`` or ``"2"``;
                 ``None`` for the newest AVAILABLE one.
             with_version: return ``Versioned(result, model_version)``, naming
                 the version that computed the result, instead of the result alone.
@@ -205,7 +205,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Gradient of f with respect to input ``wrt``: float32 or float64 array (B, *S).
@@ -232,7 +232,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Hessian-vector product (d2f / dx dx) v: float32 or float64 array (B, *S).
@@ -265,7 +265,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -308,7 +308,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Diagonal | Versioned:
         """Diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -347,7 +347,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Trace | Versioned:
         """Trace (Laplacian) of each example's Hessian block: ``Trace(trace, stderr)``, both (B,).
@@ -388,7 +388,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Eigen | Versioned:
         """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -435,7 +435,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Spectrum | Versioned:
         """Stochastic Lanczos quadrature of each example's Hessian spectrum: ``Spectrum(nodes, weights)``.
@@ -474,7 +474,7 @@ class Client:
         output_weights: npt.ArrayLike | None = None,
         wrt: str | None = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -546,11 +546,11 @@ class Client:
         reply = self._call(self._stub.ListModels, pb.ListModelsRequest())
         return [_protocol.model_status_from(model) for model in reply.models]
 
-    def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+    def metadata(self, name: str, *, model_version: ModelVersion = None) -> ModelMetadata:
         """Inputs, outputs, strategy, batch independence, buckets, the version described
         and every version's state, of model ``name`` (at ``model_version``; ``None``:
         the newest AVAILABLE)."""
-        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
+        request = pb.GetModelMetadataRequest(model_name=name, model_version=_protocol.model_version_field(model_version))
         return _protocol.metadata_from(self._call(self._stub.GetModelMetadata, request))
 
     def health(self, service: str = "") -> str:

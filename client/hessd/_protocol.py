@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from hessd import packing as packing_layout
 from hessd import curvature_options, status_codes, tensor_codec
-from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError
+from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError, clipped
 from hessd.results import (
     Diagonal,
     Eigen,
@@ -47,6 +47,10 @@ PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 
 CallMetadata: TypeAlias = "tuple[tuple[str, str], ...] | None"
 
+ModelVersion: TypeAlias = "int | str | None"
+"""``model_version``: a version number as an int (``2``) or a string (``"2"``);
+``None`` (or ``""``) for the newest AVAILABLE version."""
+
 CurvatureResult = TypeVar("CurvatureResult", Diagonal, Trace, Eigen, Spectrum)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -55,7 +59,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _MAX_SEND = "grpc.max_send_message_length"
 _MAX_RECEIVE = "grpc.max_receive_message_length"
 _ENVELOPE_BYTES = 64 * 1024
-_SINGLE_INPUT_KEY = "x"
+_LONE_INPUT_KEY = ""
+"""The ``x`` key of a lone array: a single-input model's input, whatever its name."""
 
 STREAM_POLL_S = 0.1
 """How often a ``stream`` waiting for its next input checks whether the call has ended."""
@@ -142,7 +147,7 @@ def encode_x(x: Inputs) -> dict[str, Tensor]:
     """
     if isinstance(x, Mapping):
         return {name: tensor_codec.encode(array, field=name) for name, array in x.items()}
-    return {_SINGLE_INPUT_KEY: tensor_codec.encode(x, field="x")}
+    return {_LONE_INPUT_KEY: tensor_codec.encode(x, field="x")}
 
 
 def hessian_request(
@@ -153,7 +158,7 @@ def hessian_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
     packing: str = "none",
     result_dtype: str | None = None,
 ) -> pb.HessianRequest:
@@ -172,7 +177,7 @@ def gradient_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
 ) -> pb.GradientRequest:
     """A ``GradientRequest`` for ``gradient(model, x, ...)``."""
     return pb.GradientRequest(**_common(model, x, output_weights, wrt, precision, model_version))
@@ -186,7 +191,7 @@ def hvp_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
 ) -> pb.HessianVectorProductRequest:
     """A ``HessianVectorProductRequest`` for ``hvp(model, x, v, ...)``."""
     return pb.HessianVectorProductRequest(
@@ -203,7 +208,7 @@ def evaluate_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
     packing: str = "none",
     result_dtype: str | None = None,
 ) -> pb.EvaluateRequest:
@@ -254,7 +259,7 @@ def diagonal_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianDiagonalRequest:
     """A ``HessianDiagonalRequest`` for ``hessian_diagonal(model, x, ...)``; options checked first."""
     method, probes, seed = curvature_options.check_diagonal_options(method, probes, seed)
@@ -272,7 +277,7 @@ def trace_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianTraceRequest:
     """A ``HessianTraceRequest`` for ``hessian_trace(model, x, ...)``; options checked first."""
     method, probes, seed = curvature_options.check_trace_options(method, probes, seed)
@@ -293,7 +298,7 @@ def eigen_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianEigenRequest:
     """A ``HessianEigenRequest`` for ``hessian_eigen(model, x, ...)``; options checked first."""
     k, which, method, iterations, tol, seed = curvature_options.check_eigen_options(
@@ -314,13 +319,36 @@ def spectrum_request(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianSpectrumRequest:
     """A ``HessianSpectrumRequest`` for ``hessian_spectrum(model, x, ...)``; options checked first."""
     probes, iterations, seed = curvature_options.check_spectrum_options(probes, iterations, seed)
     common = _common(model, x, output_weights, wrt, precision, model_version)
     return pb.HessianSpectrumRequest(
         **common, **_set(probes=probes, iterations=iterations, seed=seed)
+    )
+
+
+def model_version_field(model_version: ModelVersion) -> str:
+    """The request's ``model_version`` string: ``""`` for ``None``, the decimal digits
+    of an int, a string as it is (the server says which versions it serves).
+
+    Raises:
+        InvalidArgumentError: (reason ``MODEL_VERSION_INVALID``) a negative int, a
+            bool, or anything that is neither an int nor a string.
+    """
+    if model_version is None:
+        return ""
+    if isinstance(model_version, str):
+        return model_version
+    if isinstance(model_version, (int, np.integer)) and not isinstance(model_version, bool):
+        if model_version >= 0:
+            return str(int(model_version))
+    raise InvalidArgumentError(
+        f"model_version must be a version number such as 2 or \"2\" (or None for the newest), "
+        f"got {clipped(repr(model_version))} of type {type(model_version).__name__}",
+        field="model_version",
+        reason="MODEL_VERSION_INVALID",
     )
 
 
@@ -335,11 +363,11 @@ def _common(
     output_weights: npt.ArrayLike | None,
     wrt: str | None,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model_name": model,
-        "model_version": model_version or "",
+        "model_version": model_version_field(model_version),
         "x": encode_x(x),
         "wrt": wrt or "",
         "precision": tensor_codec.encode_precision(precision),

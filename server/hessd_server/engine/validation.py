@@ -79,6 +79,11 @@ def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
+LONE_INPUT_KEY = ""
+"""The key under which a single-input model also takes its input: what the SDK
+sends for a lone array, whose input name it does not know."""
+
+
 def input_path(key: str) -> str:
     """The field path of input ``key`` of ``x``: ``x[key]``, the key clipped."""
     return f"x[{clipped_path(key)}]"
@@ -94,9 +99,8 @@ def _named_arrays(model: Model, x: Any) -> dict[str, tuple[str, Any]]:
                 field="x",
             )
         return {names[0]: (input_path(names[0]), x)}
-    if len(names) == 1 and len(x) == 1:
-        key, value = next(iter(x.items()))
-        return {names[0]: (input_path(key), value)}
+    if len(names) == 1 and len(x) == 1 and LONE_INPUT_KEY in x:
+        return {names[0]: (input_path(names[0]), x[LONE_INPUT_KEY])}
     unknown = sorted(set(x) - set(names))
     if unknown:
         raise UnknownInputError(

@@ -30,7 +30,7 @@ from hessd.v1.tensor_pb2 import Packing
 from .. import engine
 from ..engine import Model
 from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
-from ..engine.validation import input_path
+from ..engine.validation import LONE_INPUT_KEY, input_path
 from .batching import Batcher
 from .admission import Admission
 from .failure_log import FailureLog
@@ -314,10 +314,10 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             if name in request.DESCRIPTOR.fields_by_name and request.HasField(name)
         }
         with self._models.acquired(request.model_name, request.model_version) as served:
-            x, options = self._decoded(request)
-            served.check_precision(options["precision"])
             model = served.model
             assert model is not None
+            x, options = self._decoded(request, model)
+            served.check_precision(options["precision"])
             result = await self._batcher.call(
                 context, method, lambda: function(model, x, **options, **chosen)
             )
@@ -334,12 +334,12 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         through the batcher, and that version. The version is held until the
         engine is done with it, so that a reload never unloads it mid-call."""
         with self._models.acquired(request.model_name, request.model_version) as served:
-            x, options = self._decoded(request)
+            model = served.model
+            assert model is not None
+            x, options = self._decoded(request, model)
             served.check_precision(options["precision"])
             if method in ONE_MESSAGE_REPLIES:
                 self._check_reply_size(request, x, *ONE_MESSAGE_REPLIES[method])
-            model = served.model
-            assert model is not None
             examples = max((array.shape[0] if array.ndim else 1 for array in x.values()), default=1)
             input_bytes = sum(array.nbytes for array in x.values())
             result = await self._batcher.compute(
@@ -347,11 +347,15 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             )
         return result, served.label
 
-    def _decoded(self, request: DerivativeRequest) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def _decoded(
+        self, request: DerivativeRequest, model: Model
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``."""
         limit = self._max_message_bytes
         x = {
-            name: read_tensor(self._regions, tensor, field=input_path(name), max_bytes=limit)
+            _input_key(model, name, len(request.x)): read_tensor(
+                self._regions, tensor, field=input_path(name), max_bytes=limit
+            )
             for name, tensor in request.x.items()
         }
         output_weights = (
@@ -447,6 +451,22 @@ async def _encoded(array: np.ndarray, field: str) -> Any:
     if array.nbytes > LOOP_ENCODE_BYTES:
         return await asyncio.to_thread(tensor_codec.encode, array, field=field)
     return tensor_codec.encode(array, field=field)
+
+
+LEGACY_LONE_INPUT_KEY = "x"
+"""The key under which clients written before the empty key (``LONE_INPUT_KEY``)
+send a lone array; a single-input model still takes its input under it."""
+
+
+def _input_key(model: Model, key: str, entries: int) -> str:
+    """``key`` of the request's ``x`` map as the engine reads it: the legacy lone-array
+    key ``"x"`` of a single entry for a single-input model whose input has another
+    name stands for the empty key; every other key is kept (the engine refuses
+    one that names no input with ``UnknownInputError``)."""
+    names = model.input_names
+    if entries == 1 and key == LEGACY_LONE_INPUT_KEY and len(names) == 1 and names[0] != key:
+        return LONE_INPUT_KEY
+    return key
 
 
 def model_versions(status: ModelStatus) -> pb.ModelVersions:
