@@ -11,6 +11,7 @@ grpcio, protobuf and numpy only (never TensorFlow)::
 from hessd._admin_client import ModelAdminClient
 from hessd._async_client import AsyncClient
 from hessd._client import Client
+from hessd.blocks import join_vector, split_hessian, split_vector
 from hessd.errors import (
     BatchDependenceError,
     CancelledError,
@@ -90,4 +91,7 @@ __all__ = [
     "UnknownInputError",
     "VersionStatus",
     "Versioned",
+    "join_vector",
+    "split_hessian",
+    "split_vector",
 ]

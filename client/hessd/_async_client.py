@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol, curvature_options
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource, Wrt
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
 from hessd.results import (
@@ -119,7 +119,7 @@ class AsyncClient:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -155,7 +155,7 @@ class AsyncClient:
         x: Inputs,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -182,7 +182,7 @@ class AsyncClient:
         v: npt.ArrayLike,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -210,7 +210,7 @@ class AsyncClient:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -250,7 +250,7 @@ class AsyncClient:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -282,7 +282,7 @@ class AsyncClient:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -317,7 +317,7 @@ class AsyncClient:
         tol: float = curvature_options.DEFAULT_TOL,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -352,7 +352,7 @@ class AsyncClient:
         iterations: int = curvature_options.DEFAULT_SPECTRUM_ITERATIONS,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -382,7 +382,7 @@ class AsyncClient:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,

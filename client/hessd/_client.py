@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol, curvature_options
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource, Wrt
 from hessd._result_memory import ResultMemory
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError, SharedMemoryError
@@ -41,7 +41,8 @@ class Client:
     Methods take the library's arguments and return what it returns, with the
     same shapes and dtypes, and raise the same exception types (from
     :mod:`hessd.errors`). B is the batch size and S the per-example shape of the
-    differentiated input (``wrt``). Returned arrays are read-only views of the
+    differentiated input (``wrt``); with ``wrt`` naming several inputs, S is
+    (N,) for their concatenation (see :mod:`hessd.blocks`). Returned arrays are read-only views of the
     received bytes; ``.copy()`` one to write to it.
 
     Large results travel fastest through shared memory when the server runs on
@@ -142,7 +143,7 @@ class Client:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -157,7 +158,10 @@ class Client:
             full: False for per-example blocks (B, *S, *S); True for the full
                 (B, *S, B, *S) Hessian (needed when examples interact).
             output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
-            wrt: the input to differentiate; ``None`` for a single-input model.
+            wrt: the input to differentiate (``None`` for a single-input model), or
+                a list of inputs to differentiate together: the Hessian is then
+                (B, N, N) over their concatenation, cross blocks included
+                (``hessd.split_hessian`` names the blocks).
             precision: ``"float32"`` (also when ``None``) or ``"float64"``.
             model_version: the model version to compute with, e.g. ``2`` or ``"2"``;
                 ``None`` for the newest AVAILABLE one.
@@ -203,7 +207,7 @@ class Client:
         x: Inputs,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -230,7 +234,7 @@ class Client:
         v: npt.ArrayLike,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -240,7 +244,8 @@ class Client:
         Per example (H_b v_b) for a batch-independent model, the full product otherwise.
 
         Args:
-            v: array (B, *S), shaped like input ``wrt``.
+            v: array (B, *S), shaped like input ``wrt``; for several ``wrt``
+                inputs (B, N), or a dict of their blocks (B, *S_i) by name.
 
         Other arguments as for :meth:`hessian`.
         """
@@ -263,7 +268,7 @@ class Client:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -306,7 +311,7 @@ class Client:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -345,7 +350,7 @@ class Client:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -386,7 +391,7 @@ class Client:
         tol: float = curvature_options.DEFAULT_TOL,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -433,7 +438,7 @@ class Client:
         iterations: int = curvature_options.DEFAULT_SPECTRUM_ITERATIONS,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,
@@ -472,7 +477,7 @@ class Client:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
         model_version: ModelVersion = None,
         with_version: bool = False,

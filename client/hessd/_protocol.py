@@ -18,8 +18,16 @@ import numpy as np
 import numpy.typing as npt
 
 from hessd import packing as packing_layout
+from hessd.blocks import join_vector
 from hessd import curvature_options, status_codes, tensor_codec
-from hessd.errors import DtypeError, HessdError, InternalError, InvalidArgumentError, clipped
+from hessd.errors import (
+    DtypeError,
+    HessdError,
+    InternalError,
+    InvalidArgumentError,
+    ShapeError,
+    clipped,
+)
 from hessd.results import (
     Diagonal,
     Eigen,
@@ -46,6 +54,10 @@ PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 """A PEM file's path, or its contents as bytes."""
 
 CallMetadata: TypeAlias = "tuple[tuple[str, str], ...] | None"
+
+Wrt: TypeAlias = "str | Sequence[str] | None"
+"""``wrt``: the input to differentiate, or a list of several to differentiate
+together (see :mod:`hessd.blocks`); ``None`` for a single-input model."""
 
 ModelVersion: TypeAlias = "int | str | None"
 """``model_version``: a version number as an int (``2``) or a string (``"2"``);
@@ -156,7 +168,7 @@ def hessian_request(
     *,
     full: bool,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion = None,
     packing: str = "none",
@@ -175,7 +187,7 @@ def gradient_request(
     x: Inputs,
     *,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion = None,
 ) -> pb.GradientRequest:
@@ -189,11 +201,20 @@ def hvp_request(
     v: npt.ArrayLike,
     *,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion = None,
 ) -> pb.HessianVectorProductRequest:
-    """A ``HessianVectorProductRequest`` for ``hvp(model, x, v, ...)``."""
+    """A ``HessianVectorProductRequest`` for ``hvp(model, x, v, ...)``; ``v`` may be
+    blocks by input name when ``wrt`` names several inputs of ``x``."""
+    if isinstance(v, Mapping):
+        names = wrt_names(wrt)
+        if len(names) < 2 or not isinstance(x, Mapping) or not set(names) <= set(x):
+            raise ShapeError(
+                "v may be a dict of blocks only when wrt names several inputs of x; pass an array",
+                field="v",
+            )
+        v = join_vector(v, {name: np.shape(x[name])[1:] for name in names})
     return pb.HessianVectorProductRequest(
         v=tensor_codec.encode(v, field="v"),
         **_common(model, x, output_weights, wrt, precision, model_version),
@@ -206,7 +227,7 @@ def evaluate_request(
     *,
     full: bool,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion = None,
     packing: str = "none",
@@ -257,7 +278,7 @@ def diagonal_request(
     probes: int,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion,
 ) -> pb.HessianDiagonalRequest:
@@ -275,7 +296,7 @@ def trace_request(
     probes: int,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion,
 ) -> pb.HessianTraceRequest:
@@ -296,7 +317,7 @@ def eigen_request(
     tol: float,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion,
 ) -> pb.HessianEigenRequest:
@@ -317,7 +338,7 @@ def spectrum_request(
     iterations: int,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion,
 ) -> pb.HessianSpectrumRequest:
@@ -334,8 +355,8 @@ def model_version_field(model_version: ModelVersion) -> str:
     of an int, a string as it is (the server says which versions it serves).
 
     Raises:
-        InvalidArgumentError: (reason ``MODEL_VERSION_INVALID``) a negative int, a
-            bool, or anything that is neither an int nor a string.
+        InvalidArgumentError: (field ``model_version``) a negative int, a bool, or
+            anything that is neither an int nor a string.
     """
     if model_version is None:
         return ""
@@ -348,7 +369,6 @@ def model_version_field(model_version: ModelVersion) -> str:
         f"model_version must be a version number such as 2 or \"2\" (or None for the newest), "
         f"got {clipped(repr(model_version))} of type {type(model_version).__name__}",
         field="model_version",
-        reason="MODEL_VERSION_INVALID",
     )
 
 
@@ -361,7 +381,7 @@ def _common(
     model: str,
     x: Inputs,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     model_version: ModelVersion,
 ) -> dict[str, Any]:
@@ -369,12 +389,36 @@ def _common(
         "model_name": model,
         "model_version": model_version_field(model_version),
         "x": encode_x(x),
-        "wrt": wrt or "",
+        **wrt_fields(wrt),
         "precision": tensor_codec.encode_precision(precision),
     }
     if output_weights is not None:
         fields["output_weights"] = tensor_codec.encode(output_weights, field="output_weights")
     return fields
+
+
+def wrt_names(wrt: Wrt) -> tuple[str, ...]:
+    """``wrt`` as a tuple of names: empty for ``None`` or ``""``.
+
+    Raises:
+        InvalidArgumentError: ``wrt`` holds something that is not a string.
+    """
+    names = () if wrt is None or wrt == "" else (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"wrt must hold input names (strings), got {clipped(repr(name))}", field="wrt"
+            )
+    return names
+
+
+def wrt_fields(wrt: Wrt) -> dict[str, Any]:
+    """The request's ``wrt`` (one name) or ``wrt_inputs`` (several): one name goes
+    in ``wrt``, so that servers older than ``wrt_inputs`` understand it."""
+    names = wrt_names(wrt)
+    if len(names) > 1:
+        return {"wrt_inputs": names}
+    return {"wrt": names[0] if names else ""}
 
 
 def needs_chunks(request: pb.HessianRequest | pb.EvaluateRequest, max_receive: int) -> bool:
@@ -404,12 +448,15 @@ def shared_memory_bytes(request: pb.HessianRequest | pb.EvaluateRequest) -> int:
 def _result_sizes(request: pb.HessianRequest | pb.EvaluateRequest) -> list[int]:
     """Bytes of each result of ``request`` as sent (packed, narrowed), in reply order.
 
-    Exact for a single-input model or a named ``wrt``; else judged from the largest input.
+    Exact for a single-input model or named ``wrt`` inputs; else judged from the largest input.
     """
     shapes = [tuple(tensor.shape) for tensor in request.x.values()]
-    differentiated = [tuple(request.x[request.wrt].shape)] if request.wrt in request.x else shapes
+    named = list(request.wrt_inputs) or [request.wrt]
     batch = max((shape[0] for shape in shapes if shape), default=0)
-    size = max((math.prod(shape[1:]) for shape in differentiated), default=0)
+    if all(name in request.x for name in named):
+        size = sum(math.prod(request.x[name].shape[1:]) for name in named)
+    else:
+        size = max((math.prod(shape[1:]) for shape in shapes), default=0)
     count, n = (1, batch * size) if request.full else (batch, size)
     packed = request.result_encoding.packing == Packing.PACKING_UPPER
     elements = [count * (n * (n + 1) // 2 if packed else n * n)]

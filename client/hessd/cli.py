@@ -10,6 +10,7 @@ Examples::
     hessd hvp demo --input x.npy --vector v.npy --out hv.npy
     hessd evaluate demo --input x.npy --out e.npz         # arrays value, gradient, hessian
     hessd hessian demo --input x.npy --plot h.png         # heatmap of the first example's block
+    hessd hessian pricing --input x.npz --wrt spot vol    # (B, N, N) over spot and vol together
     hessd diagonal demo --input x.npy --method hutchinson --probes 100 --seed 0
     hessd trace demo --input x.npy                        # the Laplacian, (B,), and its stderr
     hessd eigen demo --input x.npy --k 3 --which largest --out e.npz
@@ -173,13 +174,23 @@ def _parser() -> argparse.ArgumentParser:
             "--input", required=True, type=Path, help="x as .npy, or .npz by input name"
         )
         command.add_argument("--out", type=Path, help="file to save the result to")
-        command.add_argument("--wrt", help="input to differentiate (multi-input models)")
+        command.add_argument(
+            "--wrt",
+            nargs="+",
+            help="input(s) to differentiate (multi-input models); several names: "
+            "together, over their concatenation",
+        )
         command.add_argument("--output-weights", type=Path, help=".npy of shape (K,) or (B, K)")
         command.add_argument("--precision", choices=("float32", "float64"))
         if name in ("hessian", "evaluate"):
             command.add_argument("--full", action="store_true", help="full (B, *S, B, *S) Hessian")
         if name == "hvp":
-            command.add_argument("--vector", required=True, type=Path, help="v as .npy, (B, *S)")
+            command.add_argument(
+                "--vector",
+                required=True,
+                type=Path,
+                help="v as .npy, (B, *S); for several --wrt inputs (B, N), or .npz by input name",
+            )
         if name == "hessian":
             _add_plot(command, "a heatmap of example 0's Hessian block (or the full Hessian)")
         command.set_defaults(run=run)
@@ -203,7 +214,12 @@ def _add_curvature_commands(
             "--input", required=True, type=Path, help="x as .npy, or .npz by input name"
         )
         command.add_argument("--out", type=Path, help=".npz to save the result's arrays to")
-        command.add_argument("--wrt", help="input to differentiate (multi-input models)")
+        command.add_argument(
+            "--wrt",
+            nargs="+",
+            help="input(s) to differentiate (multi-input models); several names: "
+            "together, over their concatenation",
+        )
         command.add_argument("--output-weights", type=Path, help=".npy of shape (K,) or (B, K)")
         command.add_argument("--precision", choices=("float32", "float64"))
         command.add_argument("--seed", type=int, help="seed for reproducible randomness")
@@ -319,7 +335,7 @@ def _gradient(client: Client, args: argparse.Namespace) -> None:
 
 
 def _hvp(client: Client, args: argparse.Namespace) -> None:
-    v = _load_array(args.vector, "--vector")
+    v = _load(args.vector, "--vector")
     _emit(args.out, client.hvp(args.model, _load_x(args.input), v, **_options(args)))
 
 

@@ -60,7 +60,7 @@ def test_a_model_version_of_another_type_is_refused_before_the_call(
 ) -> None:
     with pytest.raises(errors.InvalidArgumentError) as raised:
         client.hessian("demo", rng_array((1, 10)), model_version=version)
-    assert (raised.value.field, raised.value.reason) == ("model_version", "MODEL_VERSION_INVALID")
+    assert (raised.value.field, raised.value.reason) == ("model_version", "INVALID_ARGUMENT")
     assert "version number such as 2" in raised.value.message
     with pytest.raises(errors.InvalidArgumentError):
         client.metadata("demo", model_version=version)

@@ -31,7 +31,7 @@ from .execution import check_hessian_size, bucket_batch, prepare, run
 from .model import Model
 from .api import ModelLike
 from .model_loading import as_model
-from .validation import PreparedInputs, check_result_size
+from .validation import PreparedInputs, Wrt, check_result_size
 
 _ACTIVATION_FACTOR = 16
 """Memory of one Hessian-vector product, in multiples of its vector, assumed
@@ -46,7 +46,7 @@ def hessian_diagonal(
     probes: int = opts.DEFAULT_PROBES,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Diagonal:
     """The diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -92,7 +92,7 @@ def hessian_trace(
     probes: int = opts.DEFAULT_PROBES,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Trace:
     """The trace of each example's Hessian block, the Laplacian Δf_b: ``Trace(trace, stderr)``, both (B,).
@@ -144,7 +144,7 @@ def hessian_eigen(
     tol: float = opts.DEFAULT_TOL,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Eigen:
     """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -181,7 +181,7 @@ def hessian_eigen(
     dim = inputs.event_size
     if k > dim:
         raise InvalidArgumentError(
-            f"k must be <= D = {dim}, the size of input {inputs.wrt!r}; got {k}",
+            f"k must be <= D = {dim}, the size of {inputs.wrt_text}; got {k}",
             field="k",
             reason="CURVATURE_OPTION_INVALID",
             metadata={"k": k, "dimension": dim},
@@ -207,7 +207,7 @@ def hessian_spectrum(
     iterations: int = opts.DEFAULT_SPECTRUM_ITERATIONS,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Spectrum:
     """The spectral density of each example's Hessian block by stochastic Lanczos quadrature.
@@ -234,7 +234,7 @@ def hessian_spectrum(
 
 
 def _prepared(
-    m: Model, x: Any, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> tuple[PreparedInputs, np.ndarray]:
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
     if not m.batch_independent:

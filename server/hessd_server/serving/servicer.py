@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import tensor_codec
-from hessd.errors import MalformedRequestError, ResultTooLargeError
+from hessd.errors import InvalidArgumentError, MalformedRequestError, ResultTooLargeError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
@@ -365,7 +365,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         )
         options = {
             "output_weights": output_weights,
-            "wrt": request.wrt or None,
+            "wrt": _wrt(request),
             "precision": tensor_codec.decode_precision(request.precision),
         }
         return x, options
@@ -451,6 +451,21 @@ async def _encoded(array: np.ndarray, field: str) -> Any:
     if array.nbytes > LOOP_ENCODE_BYTES:
         return await asyncio.to_thread(tensor_codec.encode, array, field=field)
     return tensor_codec.encode(array, field=field)
+
+
+def _wrt(request: Any) -> str | tuple[str, ...] | None:
+    """The engine's ``wrt`` of a request: its ``wrt_inputs``, else its ``wrt``, else None.
+
+    Raises:
+        InvalidArgumentError: both are set.
+    """
+    if request.wrt_inputs:
+        if request.wrt:
+            raise InvalidArgumentError(
+                "set wrt (one input) or wrt_inputs (several), not both", field="wrt_inputs"
+            )
+        return tuple(request.wrt_inputs)
+    return request.wrt or None
 
 
 LEGACY_LONE_INPUT_KEY = "x"
