@@ -13,6 +13,7 @@ from hessd._async.client import AsyncClient
 from hessd._sync.admin_client import ModelAdminClient
 from hessd._sync.client import Client
 from hessd._version import __version__
+from hessd.blocks import join_vector, split_hessian, split_vector
 from hessd.errors import (
     BatchDependenceError,
     CancelledError,
@@ -96,4 +97,7 @@ __all__ = [
     "UnknownInputError",
     "VersionStatus",
     "Versioned",
+    "join_vector",
+    "split_hessian",
+    "split_vector",
 ]

@@ -15,7 +15,7 @@ from hessd import _sync_flavour as flavour
 from hessd import _protocol, curvature_options, reply_bounds
 from hessd._sync.connection import Connection
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, Wrt
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError, SharedMemoryError
 from hessd.results import (
@@ -38,8 +38,9 @@ class Client(Connection):
     Methods take the library's arguments and return what it returns, with the
     same shapes and dtypes, and raise the same exception types (from
     :mod:`hessd.errors`). B is the batch size and S the per-example shape of the
-    differentiated input (``wrt``). Returned arrays are read-only views of the
-    received bytes; ``.copy()`` one to write to it.
+    differentiated input (``wrt``); with ``wrt`` naming several inputs, S is
+    (N,) for their concatenation (see :mod:`hessd.blocks`). Returned arrays are
+    read-only views of the received bytes; ``.copy()`` one to write to it.
 
     Large results travel fastest through shared memory when the server runs on
     the same host: with ``shared_memory=True``, Hessians and evaluations are
@@ -125,9 +126,9 @@ class Client(Connection):
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -140,9 +141,12 @@ class Client(Connection):
             full: False for per-example blocks (B, *S, *S); True for the full
                 (B, *S, B, *S) Hessian (needed when examples interact).
             output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
-            wrt: the input to differentiate; ``None`` for a single-input model.
+            wrt: the input to differentiate (``None`` for a single-input model), or
+                a list of inputs to differentiate together: the Hessian is then
+                (B, N, N) over their concatenation, cross blocks included
+                (``hessd.split_hessian`` names the blocks).
             precision: ``"float32"`` (also when ``None``) or ``"float64"``.
-            model_version: the model version to compute with, e.g. ``"2"``;
+            model_version: the model version to compute with, e.g. ``2`` or ``"2"``;
                 ``None`` for the newest AVAILABLE one.
             with_version: return ``Versioned(result, model_version)``, naming
                 the version that computed the result, instead of the result alone.
@@ -186,9 +190,9 @@ class Client(Connection):
         x: Inputs,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Gradient of f with respect to input ``wrt``: float32 or float64 array (B, *S).
@@ -213,9 +217,9 @@ class Client(Connection):
         v: npt.ArrayLike,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Hessian-vector product (d2f / dx dx) v: float32 or float64 array (B, *S).
@@ -223,7 +227,8 @@ class Client(Connection):
         Per example (H_b v_b) for a batch-independent model, the full product otherwise.
 
         Args:
-            v: array (B, *S), shaped like input ``wrt``.
+            v: array (B, *S), shaped like input ``wrt``; for several ``wrt``
+                inputs (B, N), or a dict of their blocks (B, *S_i) by name.
 
         Other arguments as for :meth:`hessian`.
         """
@@ -246,9 +251,9 @@ class Client(Connection):
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -289,9 +294,9 @@ class Client(Connection):
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Diagonal | Versioned:
         """Diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -328,9 +333,9 @@ class Client(Connection):
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Trace | Versioned:
         """Trace (Laplacian) of each example's Hessian block: ``Trace(trace, stderr)``, both (B,).
@@ -369,9 +374,9 @@ class Client(Connection):
         tol: float = curvature_options.DEFAULT_TOL,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Eigen | Versioned:
         """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -416,9 +421,9 @@ class Client(Connection):
         iterations: int = curvature_options.DEFAULT_SPECTRUM_ITERATIONS,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Spectrum | Versioned:
         """Stochastic Lanczos quadrature of each example's Hessian spectrum: ``Spectrum(nodes, weights)``.
@@ -455,9 +460,9 @@ class Client(Connection):
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -470,8 +475,8 @@ class Client(Connection):
         item raises its own exception when iteration reaches it, which ends the stream;
         with ``return_errors=True`` the exception is yielded in the item's place instead
         and the stream goes on. An error of the stream as a whole (e.g. an unreachable
-        server) always raises. Results
-        come over the wire, also with ``shared_memory=True``.
+        server) always raises. Results come over the wire, also with
+        ``shared_memory=True``.
 
         Yields:
             Per item, a float32 or float64 array (B, *S, *S), or (B, *S, B, *S)
@@ -528,11 +533,13 @@ class Client(Connection):
         reply = self._call(self._stub.ListModels, pb.ListModelsRequest())
         return reply.server_version
 
-    def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+    def metadata(self, name: str, *, model_version: ModelVersion = None) -> ModelMetadata:
         """Inputs, outputs, strategy, batch independence, buckets, the version described
         and every version's state, of model ``name`` (at ``model_version``; ``None``:
         the newest AVAILABLE)."""
-        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
+        request = pb.GetModelMetadataRequest(
+            model_name=name, model_version=_protocol.model_version_field(model_version)
+        )
         return _protocol.metadata_from(self._call(self._stub.GetModelMetadata, request))
 
     def health(self, service: str = "") -> str:
