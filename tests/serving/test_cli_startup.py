@@ -131,3 +131,10 @@ def test_hessian_through_the_lazy_name_matches_the_analytic_hessian() -> None:
     x = np.random.default_rng(6).normal(size=(2, 4)).astype(np.float64)
     blocks = hs.hessian(model, x, precision="float64")
     np.testing.assert_allclose(blocks, np.broadcast_to(2 * a @ a.T, (2, 4, 4)), rtol=1e-5, atol=1e-5)
+
+
+def test_the_flag_names_are_the_engine_strategies() -> None:
+    from hessd_server.engine.config import STRATEGY_NAMES
+    from hessd_server.engine.strategies import STRATEGIES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
