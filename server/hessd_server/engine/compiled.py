@@ -78,10 +78,10 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
     ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)
-    for "hvp", or a seed (2,) for a curvature kind]).
+    for "hvp", or vectors (chunk, batch, D) for a matrix-free curvature kind]).
     Returns the function's outputs, flattened: (value, gradient, Hessian) for
-    the second-order kinds, the result tuple of a curvature kind, (result,)
-    for "gradient" and "hvp".
+    the second-order kinds, (result,) for "gradient", "hvp" and the curvature
+    kinds (blocks or products, see :mod:`.curvature_bodies`).
 
     Raises:
         NotCompiled: the function is not compiled, inside :func:`compiled_only`.
@@ -245,10 +245,10 @@ def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
 
 
 def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
-    """The traced computation for ``key``: (target, x, weights[, v or seed]) -> result."""
+    """The traced computation for ``key``: (target, x, weights[, v or vectors]) -> result."""
     if key.kind in curvature_bodies.KINDS:
-        curvature = curvature_bodies.body(key.kind, dict(key.options), strategy, jit)
-        return lambda t, x, w, seed: curvature(t.forward, x, w, seed)
+        curvature = curvature_bodies.body(key.kind, strategy)
+        return lambda t, x, w, *vectors: curvature(t.forward, x, w, *vectors)
     if key.kind == "gradient":
         return lambda t, x, w: derivatives.value_and_gradient(t.forward, x, w)[1]
     if key.kind == "hvp":
@@ -272,8 +272,8 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     signature = [x_spec, fixed_specs, tf.TensorSpec((key.batch, key.outputs), dtype)]
     if key.kind == "hvp":
         signature.append(x_spec)
-    elif key.kind in curvature_bodies.KINDS:
-        signature.append(curvature_bodies.SEED_SPEC)
+    elif key.kind in curvature_bodies.MATRIX_FREE_KINDS:
+        signature.append(curvature_bodies.vectors_spec(key.options, key.batch, x_shape, dtype))
     body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
@@ -287,9 +287,7 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
 
         return body(strategies.Target(forward, call, key.wrt, fixed), x, weights, *tangent)
 
-    # A curvature function compiles its derivative parts with XLA itself (see curvature_bodies.body).
-    whole_jit = jit and key.kind not in curvature_bodies.KINDS
-    function = tf.function(traced, input_signature=signature, jit_compile=whole_jit, autograph=False)
+    function = tf.function(traced, input_signature=signature, jit_compile=jit, autograph=False)
     # Every bucket, kind and strategy is its own function traced once, by design;
     # TensorFlow counts them all as retraces of one Python function (they share
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.

@@ -101,7 +101,7 @@ def prepare_second_order(
 def prepare_gradient(m: Model, x: Any, *, output_weights: Any, wrt: str | None, precision: str | None) -> PreparedCall:
     """Check a gradient request; raises as :func:`prepare_second_order`."""
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
-    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "gradient")
+    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "gradient", "send a smaller batch")
     return PreparedCall("gradient", inputs, weights)
 
 
@@ -111,7 +111,9 @@ def prepare_hvp(
     """Check a Hessian-vector product request; raises as :func:`prepare_second_order`."""
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
     tangent = prepare_tangent(v, inputs)
-    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "Hessian-vector product")
+    check_result_size(
+        m, inputs.batch * inputs.event_size, inputs.precision, "Hessian-vector product", "send a smaller batch"
+    )
     return PreparedCall("hvp", inputs, weights, tangent)
 
 
@@ -210,7 +212,10 @@ def _output_size(model: Model, inputs: PreparedInputs) -> int:
 def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: str, extra: int = 0) -> None:
     blocks = inputs.batch * inputs.event_size**2
     count = blocks * inputs.batch if full else blocks
-    check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}")
+    advice = "send a smaller batch"
+    if full:
+        advice += ", or ask for per-example blocks instead of full=True"
+    check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}", advice)
 
 
 def function_key(

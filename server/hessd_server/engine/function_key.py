@@ -19,8 +19,8 @@ class FunctionKey:
         wrt: the differentiated input.
         inputs: (name, per-example shape, dtype) of every input.
         outputs: K, the model's outputs per example, flattened.
-        options: (name, value) pairs a kind's computation depends on, such as
-            a curvature summary's number of probes; empty for the others.
+        options: (name, value) pairs a kind's computation depends on: the
+            chunk of products of a matrix-free curvature kind; empty for the others.
     """
 
     kind: str

@@ -230,8 +230,10 @@ def prepare_tangent(v: Any, inputs: PreparedInputs) -> np.ndarray:
     return tangent.astype(inputs.precision, copy=False)
 
 
-def check_result_size(model: Model, element_count: int, precision: str, what: str) -> None:
+def check_result_size(model: Model, element_count: int, precision: str, what: str, advice: str) -> None:
     """Refuse a result over ``model.config.max_result_bytes`` before computing it.
+
+    ``advice`` says what in the request to change (the message adds "or raise max_result_bytes").
 
     Raises:
         ResultTooLargeError: with the estimate, the limit and what to change.
@@ -240,8 +242,8 @@ def check_result_size(model: Model, element_count: int, precision: str, what: st
     limit = model.config.max_result_bytes
     if estimate > limit:
         raise ResultTooLargeError(
-            f"the {what} would take {estimate:,} bytes, over the limit of {limit:,} bytes; send a smaller batch, "
-            "ask for per-example blocks instead of full=True, or raise max_result_bytes",
+            f"the {what} would take {estimate:,} bytes, over the limit of {limit:,} bytes; {advice}, "
+            "or raise max_result_bytes",
             reason="RESULT_EXCEEDS_LIMIT",
             metadata={"result_bytes": estimate, "max_result_bytes": limit},
         )

@@ -156,10 +156,11 @@ class HessdServer:
         )
         self._loading: asyncio.Future[None] | None = None
         self._health = health.aio.HealthServicer()
-        failures = FailureLog(logging.getLogger("hessd_server.requests"))
+        self.failures = FailureLog(logging.getLogger("hessd_server.requests"))
+        """Where failed calls are logged (bad requests and faults, rate-limited)."""
         self.grpc_server = grpc.aio.server(
             interceptors=[
-                StatusInterceptor(self.metrics, self.admission, failures, _service_tokens(config))
+                StatusInterceptor(self.metrics, self.admission, self.failures, _service_tokens(config))
             ],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -173,7 +174,7 @@ class HessdServer:
             HessianServicer(
                 self.models,
                 self.batcher,
-                failures,
+                self.failures,
                 self.admission,
                 max_message_bytes=config.max_message_bytes,
                 chunk_bytes=config.chunk_bytes,

@@ -79,7 +79,8 @@ class ServerConfig:
         max_result_bytes: results above this are refused before computing
             (engine setting).
         curvature_memory_bytes: the curvature summaries' memory budget: "auto"
-            is exact when the dense blocks fit it (engine setting).
+            is exact when the dense blocks fit it, and estimators that would
+            keep more are refused (engine setting).
         jit_compile: compile with XLA (engine setting).
         strategy: the per-example Hessian strategy every model uses, a name of
             ``hessd_server.engine.config.STRATEGY_NAMES``, or ``None`` to
