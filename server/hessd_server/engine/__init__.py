@@ -22,6 +22,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hessd.blocks import join_vector, split_hessian, split_vector
     from hessd.results import Diagonal, Eigen, Evaluation, Spectrum, Trace
 
     from .api import evaluate, gradient, hessian, hvp
@@ -50,7 +51,10 @@ EXPORTED_FROM: dict[str, str] = {
     "hessian_spectrum": "hessd_server.engine.curvature",
     "hessian_trace": "hessd_server.engine.curvature",
     "hvp": "hessd_server.engine.api",
+    "join_vector": "hessd.blocks",
     "load_model": "hessd_server.engine.model_loading",
+    "split_hessian": "hessd.blocks",
+    "split_vector": "hessd.blocks",
     "warmup": "hessd_server.engine.warmup",
 }
 """Each public name of the library API -> the module that defines it. The names are
