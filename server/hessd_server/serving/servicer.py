@@ -376,7 +376,8 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         """Refuse, before computing, a ``result`` ("hessian", "evaluation" or
         "gradient") whose reply cannot fit one message.
 
-        The size follows from the differentiated input's shape (B, *S), ``full``,
+        The size follows from the differentiated inputs' shapes (B, *S) (several
+        ``wrt_inputs`` add up their sizes), ``full``,
         ``precision`` and the ``result_encoding`` (a packed Hessian, results
         rounded to 16 bits); a request whose inputs the engine would refuse
         anyway is left to it, and so is one whose results go to shared memory,
@@ -389,10 +390,13 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         )
         if encoding.HasField("shared_memory"):
             return
-        wrt = request.wrt if request.wrt in x else next(iter(x)) if len(x) == 1 else None
-        if wrt is None or x[wrt].ndim < 1:
+        names = tuple(request.wrt_inputs) or (
+            (request.wrt,) if request.wrt in x else tuple(x) if len(x) == 1 else ()
+        )
+        arrays = [x.get(name) for name in names]
+        if not arrays or any(a is None or a.ndim < 1 or a.shape[0] != arrays[0].shape[0] for a in arrays):
             return
-        batch, size = x[wrt].shape[0], math.prod(x[wrt].shape[1:])
+        batch, size = arrays[0].shape[0], sum(math.prod(a.shape[1:]) for a in arrays)
         elements = batch * size
         if result != "gradient":
             count, n = (1, elements) if getattr(request, "full", False) else (batch, size)
