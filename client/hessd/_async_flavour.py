@@ -104,13 +104,10 @@ async def stream_entries(
     async def send() -> None:
         try:
             async for x in _aiter(xs):
-                try:
-                    request = request_of(x)
-                except HessdError as error:
-                    order.put_nowait(error)
-                    continue
-                order.put_nowait(reply_bounds.bound_of(request))
-                await call.write(request)
+                entry, request = _protocol.stream_request(request_of, x)
+                order.put_nowait(entry)
+                if request is not None:
+                    await call.write(request)
             await call.done_writing()
         finally:
             order.put_nowait(_END)

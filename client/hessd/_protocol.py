@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -530,6 +530,18 @@ def stream_item_from(
     bound.check_tensors(reply)
     hessian = tensor_codec.decode(reply.hessian, field="hessian")
     return versioned(packing_layout.widened(hessian, precision), reply.model_version, with_version)
+
+
+def stream_request(
+    request_of: Callable[[Inputs], pb.HessianRequest], x: Inputs
+) -> tuple[reply_bounds.ReplyBound | HessdError, pb.HessianRequest | None]:
+    """What a stream sends for item ``x``: ``(bound of its reply, request_of(x))``, or
+    ``(its error, None)`` when ``request_of`` refuses it (the item is then not sent)."""
+    try:
+        request = request_of(x)
+    except HessdError as error:
+        return error, None
+    return reply_bounds.bound_of(request), request
 
 
 def versioned(result: Any, model_version: str, with_version: bool) -> Any:

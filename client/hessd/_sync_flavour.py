@@ -71,13 +71,10 @@ def stream_entries(
     def requests() -> Iterator[pb.HessianRequest]:
         try:
             for x in xs:
-                try:
-                    request = request_of(x)
-                except HessdError as error:
-                    order.put(error)
-                    continue
-                order.put(reply_bounds.bound_of(request))
-                yield request
+                entry, request = _protocol.stream_request(request_of, x)
+                order.put(entry)
+                if request is not None:
+                    yield request
         finally:
             order.put(_END)
 

@@ -346,7 +346,9 @@ def test_paths_leading_outside_the_repository_are_refused(
 
 def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client) -> None:
     before = states(client, "price")
-    for token in ("wrong", ADMIN_TOKEN + "x", f" {ADMIN_TOKEN}x"):
+    with pytest.raises(ValueError, match="whitespace"):
+        hessd.ModelAdminClient(server.target, token=f" {ADMIN_TOKEN}x")
+    for token in ("wrong", ADMIN_TOKEN + "x"):
         with hessd.ModelAdminClient(server.target, token=token, timeout=WAIT_S) as intruder:
             with pytest.raises(hessd.UnauthenticatedError, match="admin-token-file") as refused:
                 intruder.unload_model("price")
@@ -355,6 +357,12 @@ def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client)
                 intruder.reload_repository()
     with grpc.insecure_channel(server.target) as channel:
         stub = model_admin_pb2_grpc.ModelAdminStub(channel)
+        with pytest.raises(grpc.RpcError) as padded:
+            stub.UnloadModel(
+                model_admin_pb2.UnloadModelRequest(model_name="price"),
+                metadata=(("authorization", f"Bearer  {ADMIN_TOKEN}x"),),
+            )
+        assert padded.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as missing:
             stub.UnloadModel(model_admin_pb2.UnloadModelRequest(model_name="price"))
     assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
