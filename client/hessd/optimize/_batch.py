@@ -33,6 +33,8 @@ ACCEPT_RATIO = 1e-4
 SHRINK_RATIO, GROW_RATIO = 0.25, 0.75
 """Below SHRINK_RATIO the shift grows (shorter steps); above GROW_RATIO it shrinks."""
 INITIAL_SHIFT = 1e-3
+ROUNDING = 1e-13
+"""Decreases within this share of |f| (plus as much absolute) are taken as rounding."""
 ACTIVE_SET_WIDTH = 1e-3
 """A variable nearer a bound than this (and than the projected gradient's size) that the
 gradient pushes outward is held there for the step."""
@@ -156,7 +158,14 @@ def minimize_batch(
         trial_value, trial_gradient, trial_hessian = evaluate(trial, active)
         actual = value[active] - trial_value
         ratio = np.where(predicted > 0, actual / np.where(predicted > 0, predicted, 1.0), -np.inf)
-        accepted = ratio >= ACCEPT_RATIO
+        # Near a minimum both decreases fall to f's rounding, where their ratio means
+        # nothing: there a step that reduces the projected gradient is taken.
+        noise = ROUNDING * (1.0 + np.abs(value[active]))
+        within_rounding = (predicted <= noise) & (actual >= -noise)
+        closer = _projected_gradient_norm(trial, trial_gradient, lower[active], upper[active]) < (
+            _projected_gradient_norm(x[active], gradient[active], lower[active], upper[active])
+        )
+        accepted = (ratio >= ACCEPT_RATIO) | (within_rounding & closer)
         taken = active[accepted]
         x[taken], value[taken] = trial[accepted], trial_value[accepted]
         gradient[taken], hessian[taken] = trial_gradient[accepted], trial_hessian[accepted]
@@ -239,7 +248,7 @@ def _projected_gradient_norm(x: np.ndarray, gradient: np.ndarray, lower: np.ndar
 def _shifted_newton_steps(
     x: np.ndarray, gradient: np.ndarray, hessian: np.ndarray, shift: np.ndarray, lower: np.ndarray, upper: np.ndarray
 ) -> np.ndarray:
-    """Steps s (n, D) solving (H + mu I) s = -g in the free variables, zero in the held ones.
+    """Steps s (n, D) solving (H + mu I) s = -g in the free variables; the held ones step onto their bound.
 
     A variable is held when it lies within epsilon of a bound the gradient pushes
     it past, epsilon being the projected gradient's size (capped), as in Bertsekas's
@@ -256,4 +265,6 @@ def _shifted_newton_steps(
     needed = -eigenvalues[:, 0] + 1e-10 * (1.0 + scale)
     mu = np.maximum(shift, needed)
     projected = np.einsum("bji,bj->bi", vectors, np.where(free, gradient, 0.0))
-    return -np.einsum("bij,bj->bi", vectors, projected / (eigenvalues + mu[:, None]))
+    newton = -np.einsum("bij,bj->bi", vectors, projected / (eigenvalues + mu[:, None]))
+    onto_bound = np.where(gradient > 0, lower, upper) - x
+    return np.where(held, onto_bound, newton)

@@ -81,11 +81,11 @@ class Constraint:
 
     def fun(self, x: npt.ArrayLike) -> np.ndarray:
         """c(x), float64 (m,)."""
-        return self._evaluations.at(x).values
+        return self._evaluations.at(x).values.copy()
 
     def jac(self, x: npt.ArrayLike) -> np.ndarray:
         """dc/dx, float64 (m, D)."""
-        return self._evaluations.at(x).jacobian
+        return self._evaluations.at(x).jacobian.copy()
 
     def hess(self, x: npt.ArrayLike, v: npt.ArrayLike) -> np.ndarray:
         """The Lagrangian Hessian sum_i v_i d2 c_i / dx2 at x, float64 (D, D)."""

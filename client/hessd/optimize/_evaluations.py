@@ -20,7 +20,8 @@ CACHED_POINTS = 8
 
 
 class PointEvaluation(NamedTuple):
-    """n weighted sums s_i = sum_k W[i, k] y_k of the outputs y at one point x (D values), as float64.
+    """n weighted sums s_i = sum_k W[i, k] y_k of the outputs y at one point x (D values), as
+    read-only float64 arrays (kept for the point; copy one to change it).
 
     Attributes:
         values: s_i(x), shape (n,).
@@ -71,6 +72,8 @@ class PointEvaluations:
         refuse_non_finite_result(
             self.source.name, {"value": values, "gradient": jacobian, "Hessian": hessians}, _where(point)
         )
+        for array in (values, jacobian, hessians):
+            array.flags.writeable = False
         result = PointEvaluation(values, jacobian, hessians)
         self._cache[key] = result
         if len(self._cache) > CACHED_POINTS:

@@ -88,11 +88,11 @@ class Objective:
 
     def jac(self, x: npt.ArrayLike) -> np.ndarray:
         """The gradient of f at x, float64 (D,)."""
-        return self._evaluations.at(x).jacobian[0]
+        return self._evaluations.at(x).jacobian[0].copy()
 
     def hess(self, x: npt.ArrayLike) -> np.ndarray:
         """The Hessian of f at x, float64 (D, D), symmetric."""
-        return self._evaluations.at(x).hessians[0]
+        return self._evaluations.at(x).hessians[0].copy()
 
     def hessp(self, x: npt.ArrayLike, p: npt.ArrayLike) -> np.ndarray:
         """The Hessian of f at x times p (D values): float64 (D,)."""

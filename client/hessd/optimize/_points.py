@@ -112,12 +112,13 @@ class ModelInput:
         return {**fixed, self.wrt: x}
 
     def flat_evaluation(self, evaluation: Evaluation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Value (n,), gradient (n, D) and Hessian blocks (n, D, D) of an evaluation, as float64."""
+        """Value (n,), gradient (n, D) and Hessian blocks (n, D, D) of an evaluation, as
+        writable float64 copies."""
         n = evaluation.value.shape[0]
         return (
-            np.asarray(evaluation.value, np.float64).reshape(n),
-            np.asarray(evaluation.gradient, np.float64).reshape(n, self.size),
-            np.asarray(evaluation.hessian, np.float64).reshape(n, self.size, self.size),
+            np.array(evaluation.value, np.float64).reshape(n),
+            np.array(evaluation.gradient, np.float64).reshape(n, self.size),
+            np.array(evaluation.hessian, np.float64).reshape(n, self.size, self.size),
         )
 
     def output_selector(self, outputs: Any) -> np.ndarray:
@@ -168,8 +169,8 @@ def refuse_non_finite_result(model: str, arrays: Mapping[str, np.ndarray], where
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
             raise InvalidArgumentError(
-                f"model {model!r} gave a non-finite {quantity} ({bad} NaN or infinite value(s)) at {where}; "
-                "the optimizer stopped there. Keep the search where the model is finite: "
+                f"model {model!r} gave a non-finite {quantity} ({bad} NaN or infinite value(s)) at {where}, "
+                "so the solver cannot go on from there; keep the search where the model is finite: "
                 "tighten the bounds, add constraints or start elsewhere",
                 reason="NON_FINITE_RESULT",
                 metadata={"quantity": quantity},
