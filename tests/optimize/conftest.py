@@ -4,36 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import hessd
 import hessd_server as hs
+from optimize_fixtures import MODELS, Where
 from wire_fixtures import RunningServer, serving
-
-MODELS = {
-    "bowl": "optimize_models:bowl_model",
-    "ball": "optimize_models:constrained_model",
-    "log": "optimize_models:log_model",
-    "multi": "wire_fixtures:multi_input_model",
-}
-
-
-@dataclass(frozen=True)
-class Where:
-    """How a test reaches a model: over the wire (a client and a name) or in-process."""
-
-    kind: str
-    client: hessd.Client | None
-    models: dict[str, Any]
-
-    def source(self, name: str) -> tuple[Any, str | None]:
-        """``(source, model)`` arguments of the optimizers for model ``name``."""
-        if self.client is not None:
-            return self.client, name
-        return self.models[name], None
 
 
 @pytest.fixture(scope="session")

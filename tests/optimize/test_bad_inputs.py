@@ -8,7 +8,7 @@ import pytest
 from scipy import optimize
 
 import hessd
-from conftest import Where
+from optimize_fixtures import Where
 from hessd.optimize import Constraint, Objective, casadi_function, minimize_batch
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import optimize_models as om
-from conftest import Where
+from optimize_fixtures import Where
 from hessd.optimize import casadi_function
 
 

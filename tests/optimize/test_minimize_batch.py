@@ -8,7 +8,7 @@ import pytest
 from scipy import optimize
 
 import optimize_models as om
-from conftest import Where
+from optimize_fixtures import Where
 from hessd.errors import InvalidArgumentError
 from hessd.optimize import Objective, minimize_batch
 
