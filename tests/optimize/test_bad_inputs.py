@@ -3,6 +3,8 @@ raised before any call where they can be, and a server that keeps serving."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy import optimize
@@ -88,7 +90,7 @@ def test_wrt_and_inputs_must_fit_the_model(where: Where) -> None:
         minimize_batch(*where.source("multi"), wrt="a", x0=np.zeros((2, 3)), inputs={"b": np.zeros((3, 2, 2)), "ids": np.zeros((2, 2), np.int32)})
 
 
-def test_a_source_that_is_neither_a_client_nor_a_model_is_refused(client: hessd.Client, in_process_models) -> None:  # noqa: ANN001
+def test_a_source_that_is_neither_a_client_nor_a_model_is_refused(client: hessd.Client, in_process_models: dict[str, Any]) -> None:
     with pytest.raises(hessd.InvalidArgumentError, match="source must be a hessd.Client or an in-process model") as caught:
         Objective("127.0.0.1:50051", "bowl")
     assert caught.value.reason == "UNSUPPORTED_SOURCE"

@@ -3,10 +3,13 @@ one ``Evaluate`` per iteration, and the same result either way."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy import optimize
 
+import hessd
 import optimize_models as om
 from optimize_fixtures import Where
 from hessd.errors import InvalidArgumentError
@@ -69,7 +72,7 @@ def test_per_problem_output_weights_and_negative_curvature(where: Where) -> None
     np.testing.assert_array_equal(result.x[2], [2.0, -1.0, 2.0])
 
 
-def test_the_same_result_in_process_and_over_the_wire(client, in_process_models) -> None:  # noqa: ANN001
+def test_the_same_result_in_process_and_over_the_wire(client: hessd.Client, in_process_models: dict[str, Any]) -> None:
     wire = minimize_batch(client, "bowl", x0=_starts(2), bounds=_bounds())
     in_process = minimize_batch(in_process_models["bowl"], x0=_starts(2), bounds=_bounds())
     np.testing.assert_array_equal(wire.x, in_process.x)

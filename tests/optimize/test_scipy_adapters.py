@@ -3,10 +3,13 @@ exact derivatives, identical iterates and one ``Evaluate`` per new point."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy import optimize
 
+import hessd
 import optimize_models as om
 from optimize_fixtures import Where
 from hessd.optimize import Constraint, Objective
@@ -72,7 +75,7 @@ def test_one_evaluate_per_new_point_and_none_for_a_point_seen(where: Where) -> N
     assert constraint.calls == {"GetModelMetadata": 1, "Evaluate": 1}
 
 
-def test_the_same_iterates_in_process_and_over_the_wire(client, in_process_models) -> None:  # noqa: ANN001
+def test_the_same_iterates_in_process_and_over_the_wire(client: hessd.Client, in_process_models: dict[str, Any]) -> None:
     iterates = {}
     for kind in ("wire", "in_process"):
         objective = Objective(*Where(kind, client if kind == "wire" else None, in_process_models).source("bowl"))
@@ -119,7 +122,7 @@ def test_the_known_kkt_point_is_reached_by_trust_constr(where: Where) -> None:
     assert result.v[0] == pytest.approx([om.KKT_MULTIPLIER], abs=1e-3)
 
 
-def test_multi_input_model_optimises_wrt_with_the_other_inputs_fixed(where: Where, client) -> None:  # noqa: ANN001
+def test_multi_input_model_optimises_wrt_with_the_other_inputs_fixed(where: Where, client: hessd.Client) -> None:
     fixed = {"b": np.full((2, 2), 0.3), "ids": np.array([1, 4], np.int32)}
     objective = Objective(*where.source("multi"), wrt="a", inputs=fixed, output_weights=[1.0, -0.5])
     a = np.array([0.2, -0.1, 0.4])

@@ -37,8 +37,8 @@ class Constraint:
         wrt, inputs, model_version, precision: as for :class:`Objective`.
 
     Attributes:
-        calls: calls made so far, by RPC name, as for :class:`Objective`.
-        lb, ub: the bounds, float64 (m,).
+        lb: the lower bounds, float64 (m,).
+        ub: the upper bounds, float64 (m,).
     """
 
     def __init__(
@@ -77,6 +77,7 @@ class Constraint:
 
     @property
     def calls(self) -> Counter[str]:
+        """Calls made so far, by RPC name, as ``Objective.calls``."""
         return self._source.calls
 
     def fun(self, x: npt.ArrayLike) -> np.ndarray:

@@ -40,10 +40,8 @@ class Objective:
         model_version: the served version to use; ``None`` for the newest AVAILABLE one.
         precision: ``"float64"`` (default; what solvers' tolerances expect) or ``"float32"``.
 
-    Attributes:
-        calls: calls made so far, by RPC name (``"GetModelMetadata"``, ``"Evaluate"``,
-            ``"HessianVectorProduct"``); in-process, the library calls that mirror them.
-        size: D, the number of values in x.
+    ``calls`` counts the calls made, by RPC name (``"GetModelMetadata"``, ``"Evaluate"``,
+    ``"HessianVectorProduct"``); in-process, the library calls that mirror them.
 
     Raises:
         InvalidArgumentError: and its subclasses for a bad source, ``wrt``,
@@ -76,10 +74,12 @@ class Objective:
 
     @property
     def calls(self) -> Counter[str]:
+        """Calls made so far, by RPC name."""
         return self._source.calls
 
     @property
     def size(self) -> int:
+        """D, the number of values in x."""
         return self._input.size
 
     def fun(self, x: npt.ArrayLike) -> float:

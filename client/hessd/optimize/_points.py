@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hessd.errors import InvalidArgumentError, OutputWeightsError, ShapeError, UnknownInputError
+from hessd.errors import InvalidArgumentError, OutputWeightsError, PrecisionError, ShapeError, UnknownInputError
 from hessd.results import Evaluation, ModelMetadata
 
 PRECISIONS = ("float32", "float64")
@@ -39,9 +39,7 @@ class ModelInput:
         batch: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
-            raise InvalidArgumentError(
-                f"precision must be 'float32' or 'float64', not {precision!r}", field="precision", reason="UNSUPPORTED_PRECISION"
-            )
+            raise PrecisionError(f"precision must be 'float32' or 'float64', not {precision!r}", field="precision")
         names = [info.name for info in metadata.inputs]
         if wrt is None:
             if len(names) != 1:
