@@ -198,7 +198,7 @@ def check(dim: int, solves: dict[str, Solve], group_of: dict[str, str]) -> None:
             raise CheckError(f"D={dim}: {label} did not converge")
     for group in ("unconstrained", "constrained"):
         values = [solve.fun for label, solve in solves.items() if group_of[label] == group]
-        if max(values) - min(values) > 1e-6 * (1.0 + abs(min(values))):
+        if values and max(values) - min(values) > 1e-6 * (1.0 + abs(min(values))):
             raise CheckError(f"D={dim}: the {group} solutions disagree: objective values {values}")
 
 
