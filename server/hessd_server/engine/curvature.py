@@ -49,9 +49,7 @@ _ACTIVATION_FACTOR = 16
 """Memory of one Hessian-vector product, in multiples of its vector, assumed
 when sizing how many products run at once."""
 
-MAX_CHUNK = 1024
-"""The most Hessian-vector products per example that one compiled call takes:
-a call given up stops within one such chunk."""
+MAX_CHUNK = curvature_bodies.MAX_CHUNK
 
 
 def hessian_diagonal(
@@ -391,7 +389,7 @@ def _run(
         shape = (batch, inputs.event_size)
         dtype = tf.as_dtype(inputs.precision)
         results = curvature_bodies.matrix_free(
-            kind, lambda vectors: compiled.run(m, key, (*args, vectors))[0], inputs.event_shape, shape, dtype,
+            kind, lambda *extra: compiled.run(m, key, (*args, *extra)), inputs.event_shape, shape, dtype,
             options, _seed(seed),
         )
     return tuple(np.asarray(result)[: inputs.batch] for result in results)

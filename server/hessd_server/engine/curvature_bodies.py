@@ -29,7 +29,11 @@ from . import derivatives, estimators, lanczos
 from .derivatives import Forward
 from .estimators import BlockMatvec
 
-Body = Callable[..., tf.Tensor]
+MAX_CHUNK = 1024
+"""The most Hessian-vector products per example that one compiled call takes:
+a call given up stops within one such chunk."""
+
+Body = Callable[..., Any]
 """(forward, x (B, *S), weights (B, K)[, vectors (chunk, B, D)]) -> blocks (B, D, D) or products (chunk, B, D)."""
 
 BLOCK_KINDS = ("diagonal/blocks", "trace/blocks", "eigen/exact")
@@ -49,16 +53,43 @@ MATRIX_FREE_KINDS = (
 KINDS = BLOCK_KINDS + MATRIX_FREE_KINDS
 
 
-def vectors_spec(
-    options: tuple[tuple[str, Any], ...], batch: int, event_shape: tuple[int, ...], dtype: tf.DType
-) -> tf.TensorSpec:
-    """The extra argument of a matrix-free kind's function: vectors (chunk, batch, D)."""
-    return tf.TensorSpec([dict(options)["chunk"], batch, math.prod(event_shape)], dtype)
+def extra_specs(
+    kind: str, options: tuple[tuple[str, Any], ...], batch: int, event_shape: tuple[int, ...], dtype: tf.DType
+) -> list[tf.TensorSpec]:
+    """The arguments of a matrix-free kind's function after (x, fixed, weights):
+    vectors (chunk, batch, D); for "eigen/lanczos" the state of :func:`lanczos_block`."""
+    dim = math.prod(event_shape)
+    if kind == "eigen/lanczos":
+        count = tf.TensorSpec([], tf.int32)
+        return [
+            tf.TensorSpec([batch, dim], dtype),  # q
+            tf.TensorSpec([batch, None], dtype),  # alpha
+            tf.TensorSpec([batch, None], dtype),  # beta
+            tf.TensorSpec([None, batch, dim], dtype),  # basis
+            count,  # steps
+            count,  # end
+            count,  # k
+            count,  # which
+            tf.TensorSpec([], dtype),  # tol
+            tf.TensorSpec([2], tf.int64),  # seed
+            count,  # residuals_start
+            count,  # residuals_end
+        ]
+    return [tf.TensorSpec([dict(options)["chunk"], batch, dim], dtype)]
 
 
-def body(kind: str, strategy: str | None) -> Body:
+def runs_in_xla(kind: str) -> bool:
+    """Whether ``kind``'s whole function can be one XLA computation: not for
+    "eigen/lanczos", whose basis grows with a runtime option; its products
+    are an XLA function inside a graph function instead."""
+    return kind != "eigen/lanczos"
+
+
+def body(kind: str, strategy: str | None, jit: bool) -> Body:
     """The compiled part of ``kind``: the blocks, by ``strategy`` ("pfor" or
-    "tiled"), for a dense-block kind; the chunk of products for the others."""
+    "tiled"), for a dense-block kind; a block of Lanczos steps for
+    "eigen/lanczos" (its products compiled by XLA when ``jit``); the chunk of
+    products for the others."""
     if kind in BLOCK_KINDS:
         per_example = (
             derivatives.per_example_hessian_pfor if strategy == "pfor" else derivatives.per_example_hessian_tiled
@@ -69,6 +100,8 @@ def body(kind: str, strategy: str | None) -> Body:
             return tf.reshape(per_example(forward, x, weights)[2], [x.shape[0], dim, dim])
 
         return blocks
+    if kind == "eigen/lanczos":
+        return lambda forward, x, weights, *state: lanczos_block(forward, x, weights, *state, jit=jit)
     return products
 
 
@@ -81,6 +114,56 @@ def products(forward: Forward, x: tf.Tensor, weights: tf.Tensor, vectors: tf.Ten
     tangent = tf.reshape(vectors, [copies * batch, *event])
     product = derivatives.hessian_vector_product(forward, tiled_x, tiled_weights, tangent)
     return tf.reshape(product, [copies, batch, math.prod(event)])
+
+
+def lanczos_block(
+    forward: Forward,
+    x: tf.Tensor,
+    weights: tf.Tensor,
+    q: tf.Tensor,
+    alpha: tf.Tensor,
+    beta: tf.Tensor,
+    basis: tf.Tensor,
+    steps: tf.Tensor,
+    end: tf.Tensor,
+    k: tf.Tensor,
+    which: tf.Tensor,
+    tol: tf.Tensor,
+    seed: tf.Tensor,
+    residuals_start: tf.Tensor,
+    residuals_end: tf.Tensor,
+    *,
+    jit: bool,
+) -> tuple[tf.Tensor, ...]:
+    """Lanczos steps ``steps`` to ``end`` (fewer once converged) on all examples, then their Ritz pairs.
+
+    The runs are N = B, one per example, with capacity m = ``basis.shape[0]``;
+    ``which`` indexes :data:`lanczos.WHICH_ORDER`. Once the runs are finished
+    (converged, or m steps), the residuals ‖H v − λ v‖ of Ritz pairs
+    ``residuals_start`` to ``residuals_end`` are computed too (zeros before).
+
+    Returns q (B, D), alpha (B, m), beta (B, m), basis (m, B, D), steps, done
+    (scalar bool: finished), Ritz values (B, k), Ritz vectors (B, k, D) and
+    residuals (B, residuals_end - residuals_start). A call takes at most
+    (end - steps) + (residuals_end - residuals_start) products per example.
+    """
+    product = tf.function(lambda v: products(forward, x, weights, v), jit_compile=jit, autograph=False)
+    run = lanczos.LanczosRun(alpha, beta, basis, steps)
+    q, run, converged = lanczos.steps_until_converged(
+        lambda vectors: product(vectors[None])[0], q, run, end, seed=seed, k=k, which=which, tol=tol
+    )
+    done = tf.logical_or(converged, run.steps >= tf.shape(basis)[0])
+    values, vectors, _ = lanczos.ritz_pairs(run, k, which)
+    vectors = lanczos.canonical_sign(vectors)
+
+    def residuals() -> tf.Tensor:
+        wanted = tf.range(residuals_start, residuals_end)
+        chosen = tf.gather(vectors, wanted, axis=1)
+        hv = tf.map_fn(lambda v: product(v[None])[0], tf.transpose(chosen, [1, 0, 2]))
+        return tf.norm(tf.transpose(hv, [1, 0, 2]) - tf.gather(values, wanted, axis=1)[..., None] * chosen, axis=-1)
+
+    empty = tf.zeros([tf.shape(values)[0], residuals_end - residuals_start], values.dtype)
+    return q, run.alpha, run.beta, run.basis, run.steps, done, values, vectors, tf.cond(done, residuals, lambda: empty)
 
 
 def from_blocks(
@@ -104,14 +187,16 @@ def from_blocks(
 
 def matrix_free(
     kind: str,
-    matvec: BlockMatvec,
+    call: Callable[..., tuple[tf.Tensor, ...]],
     event_shape: tuple[int, ...],
     shape: tuple[int, int],
     dtype: tf.DType,
     options: dict[str, Any],
     seed: tf.Tensor,
 ) -> tuple[tf.Tensor, ...]:
-    """A matrix-free kind's result from ``matvec``, which takes exactly ``options["chunk"]`` vectors.
+    """A matrix-free kind's result from ``call``, its compiled function on
+    (x, fixed, weights) and the arguments after them (:func:`extra_specs`):
+    for most kinds a chunk of exactly ``options["chunk"]`` vectors.
 
     Args:
         shape: (B, D), the padded batch and the size of one example.
@@ -119,6 +204,12 @@ def matrix_free(
         seed: the stateless seed (2,) int64.
     """
     chunk = options["chunk"]
+    if kind == "eigen/lanczos":
+        return _lanczos_eigen(call, event_shape, shape, dtype, options, seed)
+
+    def matvec(vectors: tf.Tensor) -> tf.Tensor:
+        return call(vectors)[0]
+
     if kind in ("diagonal/units", "trace/units"):
         diagonal = estimators.exact_diagonal(matvec, shape=shape, chunk=chunk, dtype=dtype)
         if kind == "trace/units":
@@ -126,8 +217,6 @@ def matrix_free(
             return trace, tf.zeros_like(trace)
         diagonal = tf.reshape(diagonal, [shape[0], *event_shape])
         return diagonal, tf.zeros_like(diagonal)
-    if kind == "eigen/lanczos":
-        return _lanczos_eigen(matvec, event_shape, shape, dtype, options, seed)
     if kind == "spectrum":
         return _spectrum(matvec, shape, dtype, options, seed)
     estimate = {
@@ -142,28 +231,46 @@ def matrix_free(
 
 
 def _lanczos_eigen(
-    matvec: BlockMatvec,
+    block: Callable[..., tuple[tf.Tensor, ...]],
     event_shape: tuple[int, ...],
     shape: tuple[int, int],
     dtype: tf.DType,
     options: dict[str, Any],
     seed: tf.Tensor,
 ) -> tuple[tf.Tensor, ...]:
-    """Lanczos on all examples at once; ``matvec`` takes one vector per example."""
-    k, which = options["k"], options["which"]
+    """Lanczos on all examples at once, :func:`lanczos_block` after
+    :func:`lanczos_block`, each taking at most :data:`MAX_CHUNK` products per
+    example; ``block`` is the compiled function, called on the runs' state."""
+    k, iterations = options["k"], options["iterations"]
+    batch, dim = shape
     start = estimators.gaussian(estimators.fold_seed(seed, 0), list(shape), dtype)
-    run = lanczos.lanczos(
-        lambda q: matvec(q[None])[0],
-        start,
-        options["iterations"],
-        seed=estimators.fold_seed(seed, 1),
-        stop=lanczos.converged(k, which, options["tol"]),
+    q = start / tf.maximum(tf.norm(start, axis=-1, keepdims=True), tf.cast(1e-30, dtype))
+    state = (
+        tf.zeros([batch, iterations], dtype),
+        tf.zeros([batch, iterations], dtype),
+        tf.zeros([iterations, batch, dim], dtype),
+        0,
     )
-    values, vectors, _ = lanczos.ritz_pairs(run, k, which)
-    vectors = lanczos.canonical_sign(vectors)
-    products = estimators.apply_in_chunks(matvec, tf.transpose(vectors, [1, 0, 2]), options["chunk"])
-    residuals = tf.norm(tf.transpose(products, [1, 0, 2]) - values[..., None] * vectors, axis=-1)
-    return values, _shaped_vectors(vectors, event_shape), residuals
+    settings = (
+        tf.constant(k, tf.int32),
+        tf.constant(lanczos.WHICH_ORDER.index(options["which"]), tf.int32),
+        tf.constant(options["tol"], dtype),
+        estimators.fold_seed(seed, 1),
+    )
+    residuals: list[tf.Tensor] = []
+    done = False
+    while not done or sum(r.shape[1] for r in residuals) < k:
+        steps = int(state[3])
+        end = iterations if done else min(iterations, steps + MAX_CHUNK // 2)
+        first = sum(r.shape[1] for r in residuals) if done else 0
+        last = min(k, first + MAX_CHUNK // 2)
+        outputs = block(q, *state[:3], tf.constant(steps, tf.int32), tf.constant(end, tf.int32), *settings,
+                        tf.constant(first, tf.int32), tf.constant(last, tf.int32))
+        q, state = outputs[0], tuple(outputs[1:5])
+        done, values, vectors = bool(outputs[5]), outputs[6], outputs[7]
+        if done:
+            residuals.append(outputs[8])
+    return values, _shaped_vectors(vectors, event_shape), tf.concat(residuals, axis=1)
 
 
 def _spectrum(

@@ -96,8 +96,7 @@ def lanczos(
     return run
 
 
-@tf.function(reduce_retracing=True, autograph=False)
-def _advance(
+def advance(
     j: tf.Tensor, q: tf.Tensor, product: tf.Tensor, run: LanczosRun, seed: tf.Tensor
 ) -> tuple[tf.Tensor, LanczosRun]:
     """Step ``j`` of the runs from vector q (N, D) and its ``product`` H q:
@@ -124,6 +123,39 @@ def _advance(
     )
 
 
+_advance = tf.function(advance, reduce_retracing=True, autograph=False)
+""":func:`advance`, one graph function for all sizes, for the eager loop of :func:`lanczos`."""
+
+
+def steps_until_converged(
+    matvec: Matvec,
+    q: tf.Tensor,
+    run: LanczosRun,
+    end: tf.Tensor,
+    *,
+    seed: tf.Tensor,
+    k: tf.Tensor,
+    which: tf.Tensor,
+    tol: tf.Tensor,
+) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
+    """Steps ``run.steps`` to ``end`` of the runs, from the next vector q (N, D), inside a graph.
+
+    A ``tf.while_loop`` with a runtime trip count: it stops after step
+    ``end - 1`` or as soon as :func:`converged`'s test holds for k (a scalar
+    int32), ``which`` (an index into :data:`WHICH_ORDER`, int32) and ``tol``.
+    Returns the next vector, the runs, and whether they converged (scalar bool).
+    """
+
+    def more(q: tf.Tensor, run: LanczosRun, done: tf.Tensor) -> tf.Tensor:
+        return tf.logical_and(run.steps < end, tf.logical_not(done))
+
+    def step(q: tf.Tensor, run: LanczosRun, done: tf.Tensor) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
+        q, run = advance(run.steps, q, matvec(q), run, seed)
+        return q, run, converged_test(run, k, which, tol)
+
+    return tf.while_loop(more, step, (q, run, tf.constant(False)))
+
+
 def _tridiagonal(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
     """T_n padded to (m, m) and a (N, m) mask of its real rows.
 
@@ -141,22 +173,29 @@ def _tridiagonal(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
     return matrix, tf.broadcast_to(real[None], tf.shape(run.alpha))
 
 
+WHICH_ORDER = ("largest", "smallest", "largest_magnitude")
+"""The values of ``which``, in the order a runtime index into them counts."""
+
+
 def select(
-    values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int | tf.Tensor, which: str
+    values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int | tf.Tensor, which: str | tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The k wanted eigenpairs of ascending ``values`` (N, m) and ``vectors`` (N, m, m) (columns).
 
     Only entries where ``real`` (N, m) is true are eligible. Returns values
     (N, k), sorted as ``which`` asks (descending, ascending, by descending
-    |λ|), and their vectors (N, m, k).
+    |λ|), and their vectors (N, m, k). ``which`` is a name of
+    :data:`WHICH_ORDER` or a scalar int32 tensor indexing it.
     """
-    keys = {"largest": values, "smallest": -values, "largest_magnitude": tf.abs(values)}[which]
+    if isinstance(which, str):
+        which = tf.constant(WHICH_ORDER.index(which))
+    keys = tf.gather(tf.stack([values, -values, tf.abs(values)]), which)
     keys = tf.where(real, keys, tf.fill(tf.shape(keys), tf.constant(-np.inf, values.dtype)))
     order = tf.math.top_k(keys, k=k).indices
     return tf.gather(values, order, batch_dims=1), tf.gather(vectors, order, axis=2, batch_dims=1)
 
 
-def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Ritz values (N, k), their eigenvectors of T (N, m, k), and the residual
     estimates |beta_last · y_last| (N, k) that Lanczos gives for free."""
     matrix, real = _tridiagonal(run)
@@ -167,7 +206,7 @@ def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str) -> tuple[
     return values, coordinates, estimates
 
 
-def ritz_pairs(run: LanczosRun, k: int, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def ritz_pairs(run: LanczosRun, k: int | tf.Tensor, which: str | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The k wanted Ritz pairs of each run.
 
     Returns Ritz values (N, k), Ritz vectors (N, k, D) of unit length, and
@@ -190,15 +229,19 @@ def converged(k: int, which: str, tol: float) -> StopRule:
     return rule
 
 
-@tf.function(reduce_retracing=True, autograph=False)
-def _converged(run: LanczosRun, k: tf.Tensor, which: str, tol: tf.Tensor) -> tf.Tensor:
-    """:func:`converged`'s test, one graph function for every k and tol (traced once per ``which``)."""
+def converged_test(run: LanczosRun, k: tf.Tensor, which: str | tf.Tensor, tol: tf.Tensor) -> tf.Tensor:
+    """:func:`converged`'s test for k (scalar int32, at most the runs' capacity m), ``which`` and ``tol``;
+    false while steps < k."""
     values, _, estimates = _ritz_coordinates(run, k, which)
     dtype = values.dtype
     scale = tf.reduce_max(tf.abs(run.alpha), axis=1, keepdims=True) + tf.reduce_max(run.beta, axis=1, keepdims=True)
     floor = tf.cast(_BREAKDOWN * np.finfo(dtype.as_numpy_dtype).eps, dtype) * scale
     enough = tf.logical_or(estimates <= tol * tf.abs(values), estimates <= floor)
     return tf.logical_and(run.steps >= k, tf.reduce_all(enough))
+
+
+_converged = tf.function(converged_test, reduce_retracing=True, autograph=False)
+"""One graph function for every k and tol (traced once per ``which``)."""
 
 
 def quadrature(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
