@@ -248,7 +248,7 @@ def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
 def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
     """The traced computation for ``key``: (target, x, weights[, v or vectors]) -> result."""
     if key.kind in curvature_bodies.KINDS:
-        curvature = curvature_bodies.body(key.kind, strategy, jit)
+        curvature = curvature_bodies.body(key.kind, strategy, jit, key.options)
         return lambda t, x, w, *vectors: curvature(t.forward, x, w, *vectors)
     if key.kind == "gradient":
         return lambda t, x, w: derivatives.value_and_gradient(t.forward, x, w)[1]

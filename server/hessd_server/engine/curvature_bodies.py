@@ -52,6 +52,9 @@ MATRIX_FREE_KINDS = (
 
 KINDS = BLOCK_KINDS + MATRIX_FREE_KINDS
 
+HUTCHINSON_KINDS = ("diagonal/hutchinson", "trace/hutchinson")
+"""Kinds whose compiled function is one whole chunk of Hutchinson's estimator, :func:`hutchinson_step`."""
+
 
 def extra_specs(
     kind: str, options: tuple[tuple[str, Any], ...], batch: int, event_shape: tuple[int, ...], dtype: tf.DType
@@ -75,6 +78,16 @@ def extra_specs(
             count,  # residuals_start
             count,  # residuals_end
         ]
+    if kind in HUTCHINSON_KINDS:
+        value_shape = [batch] if kind == "trace/hutchinson" else [batch, dim]
+        return [
+            tf.TensorSpec([2], tf.int64),  # seed
+            tf.TensorSpec([], tf.int32),  # step
+            tf.TensorSpec([], tf.int32),  # probes
+            tf.TensorSpec([], dtype),  # count
+            tf.TensorSpec(value_shape, dtype),  # mean
+            tf.TensorSpec(value_shape, dtype),  # m2
+        ]
     return [tf.TensorSpec([dict(options)["chunk"], batch, dim], dtype)]
 
 
@@ -85,7 +98,7 @@ def runs_in_xla(kind: str) -> bool:
     return kind != "eigen/lanczos"
 
 
-def body(kind: str, strategy: str | None, jit: bool) -> Body:
+def body(kind: str, strategy: str | None, jit: bool, options: tuple[tuple[str, Any], ...]) -> Body:
     """The compiled part of ``kind``: the blocks, by ``strategy`` ("pfor" or
     "tiled"), for a dense-block kind; a block of Lanczos steps for
     "eigen/lanczos" (its products compiled by XLA when ``jit``); the chunk of
@@ -102,8 +115,37 @@ def body(kind: str, strategy: str | None, jit: bool) -> Body:
         return blocks
     if kind == "eigen/lanczos":
         return lambda forward, x, weights, *state: lanczos_block(forward, x, weights, *state, jit=jit)
+    if kind in HUTCHINSON_KINDS:
+        return lambda forward, x, weights, *state: hutchinson_step(
+            forward, x, weights, *state, kind=kind, chunk=dict(options)["chunk"]
+        )
     return products
 
+
+def hutchinson_step(
+    forward: Forward,
+    x: tf.Tensor,
+    weights: tf.Tensor,
+    seed: tf.Tensor,
+    step: tf.Tensor,
+    probes: tf.Tensor,
+    count: tf.Tensor,
+    mean: tf.Tensor,
+    m2: tf.Tensor,
+    *,
+    kind: str,
+    chunk: int,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Chunk ``step`` of Hutchinson's estimate: its ``chunk`` probes z
+    (chunk, B, D) drawn (those past ``probes`` in all do not count), their
+    products H z, and their samples (z ⊙ H z (B, D), or zᵀ H z (B,) for
+    "trace/hutchinson") merged into the moments so far: count (scalar), mean
+    and m2 (the samples' shape). Returns the new (count, mean, m2).
+    """
+    z, valid = estimators.probes_of_step(seed, step, chunk, probes, [x.shape[0], math.prod(x.shape[1:])], x.dtype)
+    hz = products(forward, x, weights, z)
+    samples = z * hz if kind == "diagonal/hutchinson" else tf.reduce_sum(z * hz, axis=-1)
+    return tuple(estimators.merged(estimators.Moments(count, mean, m2), samples, valid))
 
 def products(forward: Forward, x: tf.Tensor, weights: tf.Tensor, vectors: tf.Tensor) -> tf.Tensor:
     """V (n, B, D) -> (n, B, D), row [i, b] = H_b V[i, b]."""
@@ -219,15 +261,33 @@ def matrix_free(
         return diagonal, tf.zeros_like(diagonal)
     if kind == "spectrum":
         return _spectrum(matvec, shape, dtype, options, seed)
-    estimate = {
-        "diagonal/hutchinson": estimators.hutchinson_diagonal,
-        "trace/hutchinson": estimators.hutchinson_trace,
-        "trace/hutch++": estimators.hutch_plus_plus_trace,
-    }[kind]
-    value, stderr = estimate(matvec, shape=shape, probes=options["probes"], chunk=chunk, seed=seed, dtype=dtype)
+    if kind in HUTCHINSON_KINDS:
+        value, stderr = _hutchinson(call, kind, shape, dtype, options, seed)
+    else:
+        value, stderr = estimators.hutch_plus_plus_trace(
+            matvec, shape=shape, probes=options["probes"], chunk=chunk, seed=seed, dtype=dtype
+        )
     if kind == "diagonal/hutchinson":
         return tf.reshape(value, [shape[0], *event_shape]), tf.reshape(stderr, [shape[0], *event_shape])
     return value, stderr
+
+
+def _hutchinson(
+    step: Callable[..., tuple[tf.Tensor, ...]],
+    kind: str,
+    shape: tuple[int, int],
+    dtype: tf.DType,
+    options: dict[str, Any],
+    seed: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Hutchinson's mean and standard error, :func:`hutchinson_step` (``step``, compiled) chunk after chunk."""
+    value_shape = [shape[0]] if kind == "trace/hutchinson" else list(shape)
+    moments = (tf.zeros([], dtype), tf.zeros(value_shape, dtype), tf.zeros(value_shape, dtype))
+    probes = tf.constant(options["probes"], tf.int32)
+    for index in range(-(-options["probes"] // options["chunk"])):
+        moments = step(seed, tf.constant(index, tf.int32), probes, *moments)
+    result = estimators.Moments(*moments)
+    return result.mean, result.standard_error()
 
 
 def _lanczos_eigen(

@@ -76,9 +76,8 @@ class Moments(NamedTuple):
         return tf.sqrt(variance / self.count)
 
 
-@tf.function(reduce_retracing=True, autograph=False)
-def _merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
-    """:meth:`Moments.add`, one graph function for all sizes."""
+def merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
+    """``moments`` with the rows of ``samples`` (n, ...) whose ``valid`` (n,) is true merged in."""
     mask = tf.reshape(tf.cast(valid, samples.dtype), tf.concat([[-1], tf.ones([tf.rank(samples) - 1], tf.int32)], 0))
     count = tf.reduce_sum(mask)
     mean = tf.reduce_sum(samples * mask, axis=0) / tf.maximum(count, 1)
@@ -89,13 +88,21 @@ def _merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
     return Moments(total, moments.mean + delta * share, moments.m2 + m2 + tf.square(delta) * moments.count * share)
 
 
-@tf.function(reduce_retracing=True, autograph=False)
-def _probes_of_step(
-    seed: tf.Tensor, step: tf.Tensor, chunk: tf.Tensor, probes: tf.Tensor, shape: tf.Tensor, dtype: tf.DType
+_merged = tf.function(merged, reduce_retracing=True, autograph=False)
+""":func:`merged`, one graph function for all sizes."""
+
+
+def probes_of_step(
+    seed: tf.Tensor, step: tf.Tensor, chunk: int | tf.Tensor, probes: tf.Tensor, shape: tf.Tensor | list[int],
+    dtype: tf.DType,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Step ``step``'s ``chunk`` Rademacher probes (chunk, *shape) and which of them count (< ``probes`` in all)."""
     z = rademacher(fold_seed(seed, step), tf.concat([[chunk], shape], axis=0), dtype)
     return z, step * chunk + tf.range(chunk) < probes
+
+
+_probes_of_step = tf.function(probes_of_step, reduce_retracing=True, autograph=False)
+""":func:`probes_of_step`, one graph function for all sizes."""
 
 
 def probe_moments(
@@ -122,40 +129,6 @@ def probe_moments(
         z, valid = _probes_of_step(seed, tf.constant(step), *sizes, dtype)
         moments = moments.add(sample(z, matvec(z)), valid)
     return moments
-
-
-def hutchinson_diagonal(
-    matvec: BlockMatvec, *, shape: tuple[int, int], probes: int, chunk: int, seed: tf.Tensor, dtype: tf.DType
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Hutchinson's estimate of diag H_b, mean of z ⊙ H z, and its standard error; both (B, D)."""
-    moments = probe_moments(
-        lambda z, hz: z * hz,
-        matvec,
-        shape=shape,
-        probes=probes,
-        chunk=chunk,
-        seed=seed,
-        dtype=dtype,
-        value_shape=list(shape),
-    )
-    return moments.mean, moments.standard_error()
-
-
-def hutchinson_trace(
-    matvec: BlockMatvec, *, shape: tuple[int, int], probes: int, chunk: int, seed: tf.Tensor, dtype: tf.DType
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Hutchinson's estimate of tr H_b, mean of zᵀ H z, and its standard error; both (B,)."""
-    moments = probe_moments(
-        lambda z, hz: tf.reduce_sum(z * hz, axis=-1),
-        matvec,
-        shape=shape,
-        probes=probes,
-        chunk=chunk,
-        seed=seed,
-        dtype=dtype,
-        value_shape=[shape[0]],
-    )
-    return moments.mean, moments.standard_error()
 
 
 def hutch_plus_plus_trace(
