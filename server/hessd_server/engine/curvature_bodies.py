@@ -78,6 +78,19 @@ def extra_specs(
             count,  # residuals_start
             count,  # residuals_end
         ]
+    if kind == "trace/hutch++":
+        count = tf.TensorSpec([], tf.int32)
+        return [
+            tf.TensorSpec([2], tf.int64),  # seed
+            count,  # probes
+            count,  # start
+            count,  # end
+            tf.TensorSpec([None, batch, dim], dtype),  # sketch
+            tf.TensorSpec([batch], dtype),  # low_rank
+            tf.TensorSpec([], dtype),  # count
+            tf.TensorSpec([batch], dtype),  # mean
+            tf.TensorSpec([batch], dtype),  # m2
+        ]
     if kind in HUTCHINSON_KINDS:
         value_shape = [batch] if kind == "trace/hutchinson" else [batch, dim]
         return [
@@ -93,9 +106,10 @@ def extra_specs(
 
 def runs_in_xla(kind: str) -> bool:
     """Whether ``kind``'s whole function can be one XLA computation: not for
-    "eigen/lanczos", whose basis grows with a runtime option; its products
-    are an XLA function inside a graph function instead."""
-    return kind != "eigen/lanczos"
+    "eigen/lanczos" and "trace/hutch++", whose basis and sketch grow with a
+    runtime option; their products are an XLA function inside a graph
+    function instead."""
+    return kind not in ("eigen/lanczos", "trace/hutch++")
 
 
 def body(kind: str, strategy: str | None, jit: bool, options: tuple[tuple[str, Any], ...]) -> Body:
@@ -115,11 +129,39 @@ def body(kind: str, strategy: str | None, jit: bool, options: tuple[tuple[str, A
         return blocks
     if kind == "eigen/lanczos":
         return lambda forward, x, weights, *state: lanczos_block(forward, x, weights, *state, jit=jit)
+    if kind == "trace/hutch++":
+        return lambda forward, x, weights, *state: hutch_plus_plus_block(
+            forward, x, weights, *state, chunk=dict(options)["chunk"], jit=jit
+        )
     if kind in HUTCHINSON_KINDS:
         return lambda forward, x, weights, *state: hutchinson_step(
             forward, x, weights, *state, kind=kind, chunk=dict(options)["chunk"]
         )
     return products
+
+
+def hutch_plus_plus_block(
+    forward: Forward,
+    x: tf.Tensor,
+    weights: tf.Tensor,
+    seed: tf.Tensor,
+    probes: tf.Tensor,
+    start: tf.Tensor,
+    end: tf.Tensor,
+    *state: tf.Tensor,
+    chunk: int,
+    jit: bool,
+) -> tuple[tf.Tensor, ...]:
+    """Chunks ``start`` to ``end`` of Hutch++'s schedule on ``state``
+    (:class:`estimators.HutchPlusPlus`), each chunk's products by XLA when
+    ``jit``; returns the new state. A call takes (end - start) · ``chunk``
+    products per example."""
+    product = tf.function(lambda v: products(forward, x, weights, v), jit_compile=jit, autograph=False)
+    return tuple(
+        estimators.hutch_plus_plus_chunks(
+            product, estimators.HutchPlusPlus(*state), start, end, probes=probes, chunk=chunk, seed=seed
+        )
+    )
 
 
 def hutchinson_step(
@@ -264,12 +306,35 @@ def matrix_free(
     if kind in HUTCHINSON_KINDS:
         value, stderr = _hutchinson(call, kind, shape, dtype, options, seed)
     else:
-        value, stderr = estimators.hutch_plus_plus_trace(
-            matvec, shape=shape, probes=options["probes"], chunk=chunk, seed=seed, dtype=dtype
-        )
+        value, stderr = _hutch_plus_plus(call, shape, dtype, options, seed)
     if kind == "diagonal/hutchinson":
         return tf.reshape(value, [shape[0], *event_shape]), tf.reshape(stderr, [shape[0], *event_shape])
     return value, stderr
+
+
+def _hutch_plus_plus(
+    block: Callable[..., tuple[tf.Tensor, ...]],
+    shape: tuple[int, int],
+    dtype: tf.DType,
+    options: dict[str, Any],
+    seed: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Hutch++'s estimate and standard error, :func:`hutch_plus_plus_block`
+    (``block``, compiled) after block, each of at most :data:`MAX_CHUNK` products per example."""
+    probes, chunk = options["probes"], options["chunk"]
+    batch, dim = shape
+    zero = tf.zeros([batch], dtype)
+    state: tuple[tf.Tensor, ...] = (tf.zeros([probes // 3, batch, dim], dtype), zero, tf.zeros([], dtype), zero, zero)
+    _, total = estimators.hutch_plus_plus_schedule(probes, chunk)
+    per_call = MAX_CHUNK // chunk
+    for start in range(0, total, per_call):
+        state = block(
+            seed, tf.constant(probes, tf.int32), tf.constant(start, tf.int32),
+            tf.constant(min(total, start + per_call), tf.int32), *state,
+        )
+    result = estimators.HutchPlusPlus(*state)
+    moments = estimators.Moments(result.count, result.mean, result.m2)
+    return result.low_rank + moments.mean, moments.standard_error()
 
 
 def _hutchinson(
