@@ -78,6 +78,16 @@ def extra_specs(
             count,  # residuals_start
             count,  # residuals_end
         ]
+    if kind == "spectrum":
+        return [
+            tf.TensorSpec([None, dim], dtype),  # q
+            tf.TensorSpec([None, None], dtype),  # alpha
+            tf.TensorSpec([None, None], dtype),  # beta
+            tf.TensorSpec([None, None, dim], dtype),  # basis
+            tf.TensorSpec([], tf.int32),  # steps
+            tf.TensorSpec([], tf.int32),  # end
+            tf.TensorSpec([2], tf.int64),  # seed
+        ]
     if kind == "trace/hutch++":
         count = tf.TensorSpec([], tf.int32)
         return [
@@ -106,10 +116,10 @@ def extra_specs(
 
 def runs_in_xla(kind: str) -> bool:
     """Whether ``kind``'s whole function can be one XLA computation: not for
-    "eigen/lanczos" and "trace/hutch++", whose basis and sketch grow with a
-    runtime option; their products are an XLA function inside a graph
+    "eigen/lanczos", "spectrum" and "trace/hutch++", whose bases and sketch
+    grow with runtime options; their products are an XLA function inside a graph
     function instead."""
-    return kind not in ("eigen/lanczos", "trace/hutch++")
+    return kind not in ("eigen/lanczos", "trace/hutch++", "spectrum")
 
 
 def body(kind: str, strategy: str | None, jit: bool, options: tuple[tuple[str, Any], ...]) -> Body:
@@ -129,6 +139,10 @@ def body(kind: str, strategy: str | None, jit: bool, options: tuple[tuple[str, A
         return blocks
     if kind == "eigen/lanczos":
         return lambda forward, x, weights, *state: lanczos_block(forward, x, weights, *state, jit=jit)
+    if kind == "spectrum":
+        return lambda forward, x, weights, *state: spectrum_block(
+            forward, x, weights, *state, chunk=dict(options)["chunk"], jit=jit
+        )
     if kind == "trace/hutch++":
         return lambda forward, x, weights, *state: hutch_plus_plus_block(
             forward, x, weights, *state, chunk=dict(options)["chunk"], jit=jit
@@ -138,6 +152,44 @@ def body(kind: str, strategy: str | None, jit: bool, options: tuple[tuple[str, A
             forward, x, weights, *state, kind=kind, chunk=dict(options)["chunk"]
         )
     return products
+
+
+def spectrum_block(
+    forward: Forward,
+    x: tf.Tensor,
+    weights: tf.Tensor,
+    q: tf.Tensor,
+    alpha: tf.Tensor,
+    beta: tf.Tensor,
+    basis: tf.Tensor,
+    steps: tf.Tensor,
+    end: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    chunk: int,
+    jit: bool,
+) -> tuple[tf.Tensor, ...]:
+    """Lanczos steps ``steps`` to ``end`` of N = g · B runs, g probes per example
+    (run p · B + b is probe p of example b), each step's g products per
+    example taken ``chunk`` at a time by XLA when ``jit``.
+
+    Returns q (N, D), alpha (N, m), beta (N, m), basis (m, N, D) and steps. A
+    call takes (end - steps) · ⌈g / chunk⌉ · chunk products per example.
+    """
+    product = tf.function(lambda v: products(forward, x, weights, v), jit_compile=jit, autograph=False)
+    batch, dim = x.shape[0], math.prod(x.shape[1:])
+
+    def matvec(vectors: tf.Tensor) -> tf.Tensor:
+        group = tf.shape(vectors)[0] // batch
+        calls = (group + chunk - 1) // chunk
+        padded = tf.pad(tf.reshape(vectors, [group, batch, dim]), [[0, calls * chunk - group], [0, 0], [0, 0]])
+        blocks = tf.reshape(padded, [calls, chunk, batch, dim])
+        result = tf.map_fn(product, blocks)
+        return tf.reshape(tf.reshape(result, [calls * chunk, batch, dim])[:group], [group * batch, dim])
+
+    run = lanczos.LanczosRun(alpha, beta, basis, steps)
+    q, run, _ = lanczos.steps_until(matvec, q, run, end, seed=seed, stop=lambda run: tf.constant(False))
+    return q, run.alpha, run.beta, run.basis, run.steps
 
 
 def hutch_plus_plus_block(
@@ -223,7 +275,8 @@ def lanczos_block(
 
     The runs are N = B, one per example, with capacity m = ``basis.shape[0]``;
     ``which`` indexes :data:`lanczos.WHICH_ORDER`. Once the runs are finished
-    (converged, or m steps), the residuals ‖H v − λ v‖ of Ritz pairs
+    (converged, or m steps; a call asked for no steps, end <= steps, is for
+    finished runs), the residuals ‖H v − λ v‖ of Ritz pairs
     ``residuals_start`` to ``residuals_end`` are computed too (zeros before).
 
     Returns q (B, D), alpha (B, m), beta (B, m), basis (m, B, D), steps, done
@@ -233,10 +286,15 @@ def lanczos_block(
     """
     product = tf.function(lambda v: products(forward, x, weights, v), jit_compile=jit, autograph=False)
     run = lanczos.LanczosRun(alpha, beta, basis, steps)
-    q, run, converged = lanczos.steps_until_converged(
-        lambda vectors: product(vectors[None])[0], q, run, end, seed=seed, k=k, which=which, tol=tol
+    q, run, converged = lanczos.steps_until(
+        lambda vectors: product(vectors[None])[0],
+        q,
+        run,
+        end,
+        seed=seed,
+        stop=lambda run: lanczos.converged(run, k, which, tol),
     )
-    done = tf.logical_or(converged, run.steps >= tf.shape(basis)[0])
+    done = tf.logical_or(tf.logical_or(converged, run.steps >= tf.shape(basis)[0]), end <= steps)
     values, vectors, _ = lanczos.ritz_pairs(run, k, which)
     vectors = lanczos.canonical_sign(vectors)
 
@@ -302,7 +360,7 @@ def matrix_free(
         diagonal = tf.reshape(diagonal, [shape[0], *event_shape])
         return diagonal, tf.zeros_like(diagonal)
     if kind == "spectrum":
-        return _spectrum(matvec, shape, dtype, options, seed)
+        return _spectrum(call, shape, dtype, options, seed)
     if kind in HUTCHINSON_KINDS:
         value, stderr = _hutchinson(call, kind, shape, dtype, options, seed)
     else:
@@ -326,7 +384,7 @@ def _hutch_plus_plus(
     zero = tf.zeros([batch], dtype)
     state: tuple[tf.Tensor, ...] = (tf.zeros([probes // 3, batch, dim], dtype), zero, tf.zeros([], dtype), zero, zero)
     _, total = estimators.hutch_plus_plus_schedule(probes, chunk)
-    per_call = MAX_CHUNK // chunk
+    per_call = max(1, MAX_CHUNK // chunk)
     for start in range(0, total, per_call):
         state = block(
             seed, tf.constant(probes, tf.int32), tf.constant(start, tf.int32),
@@ -369,7 +427,7 @@ def _lanczos_eigen(
     k, iterations = options["k"], options["iterations"]
     batch, dim = shape
     start = estimators.gaussian(estimators.fold_seed(seed, 0), list(shape), dtype)
-    q = start / tf.maximum(tf.norm(start, axis=-1, keepdims=True), tf.cast(1e-30, dtype))
+    q = lanczos.normalised(start)
     state = (
         tf.zeros([batch, iterations], dtype),
         tf.zeros([batch, iterations], dtype),
@@ -386,9 +444,9 @@ def _lanczos_eigen(
     done = False
     while not done or sum(r.shape[1] for r in residuals) < k:
         steps = int(state[3])
-        end = iterations if done else min(iterations, steps + MAX_CHUNK // 2)
+        end = steps if done else min(iterations, steps + max(1, MAX_CHUNK // 2))
         first = sum(r.shape[1] for r in residuals) if done else 0
-        last = min(k, first + MAX_CHUNK // 2)
+        last = min(k, first + max(1, MAX_CHUNK // 2))
         outputs = block(q, *state[:3], tf.constant(steps, tf.int32), tf.constant(end, tf.int32), *settings,
                         tf.constant(first, tf.int32), tf.constant(last, tf.int32))
         q, state = outputs[0], tuple(outputs[1:5])
@@ -399,23 +457,43 @@ def _lanczos_eigen(
 
 
 def _spectrum(
-    matvec: BlockMatvec, shape: tuple[int, int], dtype: tf.DType, options: dict[str, Any], seed: tf.Tensor
+    block: Callable[..., tuple[tf.Tensor, ...]],
+    shape: tuple[int, int],
+    dtype: tf.DType,
+    options: dict[str, Any],
+    seed: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Stochastic Lanczos quadrature: one Lanczos run per Rademacher probe and example."""
-    probes = options["probes"]
+    """Stochastic Lanczos quadrature: one Lanczos run per Rademacher probe and example.
+
+    Probes go in groups of at most :data:`MAX_CHUNK`, each group's runs
+    advanced by :func:`spectrum_block` (``block``, compiled) in calls of at
+    most :data:`MAX_CHUNK` products per example.
+    """
+    probes, iterations, chunk = options["probes"], options["iterations"], options["chunk"]
     batch, dim = shape
-    start = estimators.rademacher(estimators.fold_seed(seed, 0), [probes * batch, dim], dtype)
-
-    def runs_matvec(q: tf.Tensor) -> tf.Tensor:
-        products = estimators.apply_in_chunks(matvec, tf.reshape(q, [probes, batch, dim]), options["chunk"])
-        return tf.reshape(products, [probes * batch, dim])
-
-    run = lanczos.lanczos(runs_matvec, start, options["iterations"], seed=estimators.fold_seed(seed, 1))
-    nodes, weights = lanczos.quadrature(run)
-    per_example = [probes, batch, options["iterations"]]
+    nodes, weights = [], []
+    for group, first in enumerate(range(0, probes, MAX_CHUNK)):
+        size = min(MAX_CHUNK, probes - first)
+        runs = size * batch
+        start = estimators.rademacher(estimators.fold_seed(seed, 2 * group), [runs, dim], dtype)
+        q = lanczos.normalised(start)
+        alpha, beta = tf.zeros([runs, iterations], dtype), tf.zeros([runs, iterations], dtype)
+        basis = tf.zeros([iterations, runs, dim], dtype)
+        steps = 0
+        per_call = max(1, MAX_CHUNK // (-(-size // chunk) * chunk))
+        while steps < iterations:
+            end = min(iterations, steps + per_call)
+            q, alpha, beta, basis, _ = block(
+                q, alpha, beta, basis, tf.constant(steps, tf.int32), tf.constant(end, tf.int32),
+                estimators.fold_seed(seed, 2 * group + 1),
+            )
+            steps = end
+        group_nodes, group_weights = lanczos.quadrature(lanczos.LanczosRun(alpha, beta, basis, tf.constant(steps)))
+        nodes.append(tf.reshape(group_nodes, [size, batch, iterations]))
+        weights.append(tf.reshape(group_weights, [size, batch, iterations]))
     return (
-        tf.transpose(tf.reshape(nodes, per_example), [1, 0, 2]),
-        tf.transpose(tf.reshape(weights, per_example), [1, 0, 2]) / probes,
+        tf.transpose(tf.concat(nodes, 0), [1, 0, 2]),
+        tf.transpose(tf.concat(weights, 0), [1, 0, 2]) / probes,
     )
 
 

@@ -41,24 +41,6 @@ def gaussian(seed: tf.Tensor, shape: tf.Tensor | list[int], dtype: tf.DType) -> 
     return tf.random.stateless_normal(shape, seed, dtype=dtype, alg=_ALGORITHM)
 
 
-def apply_in_chunks(matvec: BlockMatvec, vectors: tf.Tensor, chunk: int) -> tf.Tensor:
-    """``matvec(vectors)`` for V (n, B, D), always ``chunk`` vectors per call
-    (zero-padded), so that one compiled product serves every call."""
-    count = vectors.shape[0]
-    steps = -(-count // chunk)
-    padded = tf.pad(vectors, [[0, steps * chunk - count], [0, 0], [0, 0]])
-    if steps == 1:
-        return matvec(padded)[:count]
-    blocks = tf.reshape(padded, [steps, chunk, *vectors.shape[1:]])
-    products = tf.TensorArray(vectors.dtype, size=steps, element_shape=blocks.shape[1:])
-
-    def body(step: tf.Tensor, products: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
-        return step + 1, products.write(step, matvec(blocks[step]))
-
-    _, products = tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), products))
-    return tf.reshape(products.stack(), [steps * chunk, *vectors.shape[1:]])[:count]
-
-
 class Moments(NamedTuple):
     """Running count, mean and sum of squared deviations of samples (Chan et al.)."""
 

@@ -10,9 +10,9 @@ so its tridiagonal matrix stays a valid projection of H_n.
 
 From the tridiagonal matrices come Ritz pairs (eigenpairs, :func:`ritz_pairs`)
 and Gauss quadrature nodes and weights (spectral densities, :func:`quadrature`).
-Runs eagerly: the loop is a Python loop that calls ``matvec`` (a compiled
-function, :mod:`.curvature_bodies`) once per step, and the rest of a step
-is one graph function.
+Everything here is traced into a graph: :func:`steps_until` runs a block of
+steps as one ``tf.while_loop`` whose trip count is a runtime tensor, so one
+compiled function (:mod:`.curvature_bodies`) serves every number of steps.
 """
 
 from __future__ import annotations
@@ -60,40 +60,10 @@ def _orthogonalised(vectors: tf.Tensor, basis: tf.Tensor) -> tf.Tensor:
     return vectors
 
 
-def _normalised(vectors: tf.Tensor) -> tf.Tensor:
+def normalised(vectors: tf.Tensor) -> tf.Tensor:
+    """``vectors`` (..., D) scaled to unit length (zero vectors stay near zero)."""
     norms = tf.norm(vectors, axis=-1, keepdims=True)
     return vectors / tf.maximum(norms, tf.cast(_MIN_NORM, vectors.dtype))
-
-
-def lanczos(
-    matvec: Matvec,
-    start: tf.Tensor,
-    iterations: int,
-    *,
-    seed: tf.Tensor,
-    stop: StopRule | None = None,
-) -> LanczosRun:
-    """Run ``iterations`` steps (fewer if ``stop`` says so) from ``start`` (N, D), not necessarily unit.
-
-    ``seed`` (2,) draws the restart vectors. Requires iterations <= D. Runs
-    eagerly: a Python loop calls ``matvec`` once per step, and the rest of
-    each step is one graph function (:func:`_advance`), traced once for all
-    sizes, so that a step costs one call of each.
-    """
-    count, dim = start.shape
-    dtype = start.dtype
-    run = LanczosRun(
-        alpha=tf.zeros([count, iterations], dtype),
-        beta=tf.zeros([count, iterations], dtype),
-        basis=tf.zeros([iterations, count, dim], dtype),
-        steps=tf.constant(0),
-    )
-    q = _normalised(start)
-    for j in range(iterations):
-        q, run = _advance(tf.constant(j), q, matvec(q), run, seed)
-        if stop is not None and bool(stop(run)):
-            break
-    return run
 
 
 def advance(
@@ -111,9 +81,9 @@ def advance(
 
     def restarted() -> tf.Tensor:
         fresh = _orthogonalised(gaussian(fold_seed(seed, j), tf.shape(q), dtype), basis)
-        return tf.where(broke[:, None], _normalised(fresh), _normalised(residual))
+        return tf.where(broke[:, None], normalised(fresh), normalised(residual))
 
-    following = tf.cond(tf.reduce_any(broke), restarted, lambda: _normalised(residual))
+    following = tf.cond(tf.reduce_any(broke), restarted, lambda: normalised(residual))
     column = tf.one_hot(j, tf.shape(run.alpha)[1], dtype=dtype)[None]
     return following, LanczosRun(
         alpha=run.alpha + alpha[:, None] * column,
@@ -123,35 +93,29 @@ def advance(
     )
 
 
-_advance = tf.function(advance, reduce_retracing=True, autograph=False)
-""":func:`advance`, one graph function for all sizes, for the eager loop of :func:`lanczos`."""
-
-
-def steps_until_converged(
+def steps_until(
     matvec: Matvec,
     q: tf.Tensor,
     run: LanczosRun,
     end: tf.Tensor,
     *,
     seed: tf.Tensor,
-    k: tf.Tensor,
-    which: tf.Tensor,
-    tol: tf.Tensor,
+    stop: StopRule,
 ) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
     """Steps ``run.steps`` to ``end`` of the runs, from the next vector q (N, D), inside a graph.
 
     A ``tf.while_loop`` with a runtime trip count: it stops after step
-    ``end - 1`` or as soon as :func:`converged`'s test holds for k (a scalar
-    int32), ``which`` (an index into :data:`WHICH_ORDER`, int32) and ``tol``.
-    Returns the next vector, the runs, and whether they converged (scalar bool).
+    ``end - 1`` or as soon as ``stop`` holds after a step. ``seed`` (2,)
+    draws the restart vectors. Returns the next vector, the runs, and
+    whether ``stop`` held (scalar bool).
     """
 
-    def more(q: tf.Tensor, run: LanczosRun, done: tf.Tensor) -> tf.Tensor:
-        return tf.logical_and(run.steps < end, tf.logical_not(done))
+    def more(q: tf.Tensor, run: LanczosRun, stopped: tf.Tensor) -> tf.Tensor:
+        return tf.logical_and(run.steps < end, tf.logical_not(stopped))
 
-    def step(q: tf.Tensor, run: LanczosRun, done: tf.Tensor) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
+    def step(q: tf.Tensor, run: LanczosRun, stopped: tf.Tensor) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
         q, run = advance(run.steps, q, matvec(q), run, seed)
-        return q, run, converged_test(run, k, which, tol)
+        return q, run, stop(run)
 
     return tf.while_loop(more, step, (q, run, tf.constant(False)))
 
@@ -214,34 +178,19 @@ def ritz_pairs(run: LanczosRun, k: int | tf.Tensor, which: str | tf.Tensor) -> t
     """
     values, coordinates, estimates = _ritz_coordinates(run, k, which)
     ritz_vectors = tf.einsum("nmk,mnd->nkd", coordinates, run.basis)
-    return values, _normalised(ritz_vectors), estimates
+    return values, normalised(ritz_vectors), estimates
 
 
-def converged(k: int, which: str, tol: float) -> StopRule:
-    """Stop once every run's k wanted Ritz pairs have estimated residual
-    <= tol·|λ| (or below roundoff of the largest |λ|)."""
-
-    def rule(run: LanczosRun) -> tf.Tensor:
-        if k > run.alpha.shape[1]:
-            return tf.constant(False)
-        return _converged(run, tf.constant(k), which, tf.constant(tol, run.alpha.dtype))
-
-    return rule
-
-
-def converged_test(run: LanczosRun, k: tf.Tensor, which: str | tf.Tensor, tol: tf.Tensor) -> tf.Tensor:
-    """:func:`converged`'s test for k (scalar int32, at most the runs' capacity m), ``which`` and ``tol``;
-    false while steps < k."""
+def converged(run: LanczosRun, k: tf.Tensor, which: str | tf.Tensor, tol: tf.Tensor) -> tf.Tensor:
+    """Whether every run's k wanted Ritz pairs have estimated residual <=
+    tol·|λ| (or below roundoff of the largest |λ|); k is a scalar int32, at
+    most the runs' capacity m; false while steps < k."""
     values, _, estimates = _ritz_coordinates(run, k, which)
     dtype = values.dtype
     scale = tf.reduce_max(tf.abs(run.alpha), axis=1, keepdims=True) + tf.reduce_max(run.beta, axis=1, keepdims=True)
     floor = tf.cast(_BREAKDOWN * np.finfo(dtype.as_numpy_dtype).eps, dtype) * scale
     enough = tf.logical_or(estimates <= tol * tf.abs(values), estimates <= floor)
     return tf.logical_and(run.steps >= k, tf.reduce_all(enough))
-
-
-_converged = tf.function(converged_test, reduce_retracing=True, autograph=False)
-"""One graph function for every k and tol (traced once per ``which``)."""
 
 
 def quadrature(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
