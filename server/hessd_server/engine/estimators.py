@@ -63,7 +63,11 @@ def merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
     total = moments.count + count
     delta = mean - moments.mean
     share = count / tf.maximum(total, 1)
-    return Moments(total, moments.mean + delta * share, moments.m2 + m2 + tf.square(delta) * moments.count * share)
+    return Moments(
+        total,
+        tf.ensure_shape(moments.mean + delta * share, moments.mean.shape),
+        tf.ensure_shape(moments.m2 + m2 + tf.square(delta) * moments.count * share, moments.m2.shape),
+    )
 
 
 def probes_of_step(
@@ -119,7 +123,8 @@ def hutch_plus_plus_chunks(
     estimate is low_rank + mean, its standard error that of the last part
     (the rest is exact given the sketch). ``matvec`` takes ``chunk`` vectors.
     """
-    size, batch, dim = tf.unstack(tf.shape(state.sketch))
+    size = tf.shape(state.sketch)[0]
+    batch, dim = state.sketch.shape[1:]
     sketch_chunks = (size + chunk - 1) // chunk
     rows = tf.range(chunk)
 
@@ -136,16 +141,17 @@ def hutch_plus_plus_chunks(
         sketch = tf.cond(tf.equal(i, sketch_chunks), lambda: _orthonormal_range(state.sketch), lambda: state.sketch)
         phase = tf.minimum(i // sketch_chunks, 2)
         residual_step = i - 2 * sketch_chunks
-        shape = tf.stack([batch, dim])
+        shape = [batch, dim]
         z, valid = probes_of_step(seed, tf.maximum(residual_step, 0), chunk, probes - 2 * size, shape, sketch.dtype)
         vectors = tf.switch_case(
             phase,
             [
-                lambda: rademacher(fold_seed(fold_seed(seed, -1), i), tf.stack([chunk, batch, dim]), sketch.dtype),
+                lambda: rademacher(fold_seed(fold_seed(seed, -1), i), [chunk, batch, dim], sketch.dtype),
                 lambda: rows_of(sketch, (i - sketch_chunks) * chunk)[0],
                 lambda: project_out(z, sketch),
             ],
         )
+        vectors = tf.ensure_shape(vectors, [chunk, batch, dim])
         products = matvec(vectors)
 
         def sketched() -> HutchPlusPlus:
