@@ -12,11 +12,12 @@ products with unit vectors when they do not); matrix-free methods use batched
 Hessian-vector products only: Hutchinson and Hutch++ with Rademacher probes
 drawn independently per example, and Lanczos with full reorthogonalisation.
 ``method="auto"`` is exact when the blocks fit and matrix-free otherwise.
-Each (model, method, bucket) compiles one XLA function, the blocks or a
-chunk of Hessian-vector products (:mod:`.curvature_bodies`); the estimator
-around it runs eagerly, one compiled call at a time, so option values compile
-nothing new and a cancelled call or a passed deadline stops it before its next
-chunk (:mod:`.cancellation`). An integer ``seed`` makes a result reproducible
+Each (model, method, bucket, chunk) compiles one function, the blocks or one
+step of the estimator on Hessian-vector products with the options as runtime
+tensors (:mod:`.curvature_bodies`), so option values compile nothing new; a
+Python loop calls it, at most :data:`MAX_CHUNK` products per example per
+call, so a cancelled call or a passed deadline stops it before its next call
+(:mod:`.cancellation`). An integer ``seed`` makes a result reproducible
 bit for bit, ``None`` draws fresh randomness.
 
 Every request is held to a budget before anything is compiled: the option
@@ -50,6 +51,7 @@ _ACTIVATION_FACTOR = 16
 when sizing how many products run at once."""
 
 MAX_CHUNK = curvature_bodies.MAX_CHUNK
+"""The most Hessian-vector products per example that one compiled call takes."""
 
 
 def hessian_diagonal(

@@ -1,21 +1,28 @@
 """The computations of the curvature summaries, one per kind: a compiled part and an eager driver.
 
-A dense-block kind ("diagonal/blocks", "trace/blocks", "eigen/exact") compiles
-the per-example Hessian blocks of x (B, *S): (B, D, D), from a per-example
-strategy. Every other kind compiles one product only: each example's block
-times ``chunk`` vectors at once, V (chunk, B, D) -> (chunk, B, D), by one
-reverse-over-reverse pass over the batch tiled ``chunk`` times; it never forms
-a (B, D, D) block.
+A dense-block kind ("diagonal/blocks", "trace/blocks", "eigen/exact")
+compiles the per-example Hessian blocks of x (B, *S): (B, D, D), from a
+per-example strategy. Every other kind compiles one *step* of its estimator
+on Hessian-vector products, each example's block times many vectors at once
+by one reverse-over-reverse pass over the batch tiled ``chunk`` times
+(:func:`products`), never a (B, D, D) block:
 
-The drivers around these parts (:func:`from_blocks`, :func:`matrix_free`:
-the estimators of :mod:`.estimators` and :mod:`.lanczos`) run eagerly, so
-their loops are Python loops and each product is one call of the compiled
-part. Hence ``probes``, ``k``, ``which``, ``iterations``, ``tol`` and the
-seed are runtime values that compile nothing, and a call given up stops
-before its next compiled call (:func:`hessd_server.engine.compiled.run`
-checks :mod:`.cancellation` before each). :mod:`.compiled` traces, compiles
-and caches the compiled parts like every other derivative function; their
-key's only option is ``chunk``, for the matrix-free kinds.
+* "diagonal/units", "trace/units": a chunk of products, V (chunk, B, D) -> (chunk, B, D);
+* "diagonal/hutchinson", "trace/hutchinson": a chunk's probes, products and moments, one XLA call;
+* "trace/hutch++", "eigen/lanczos", "spectrum": a block of chunks of Hutch++'s
+  schedule or of Lanczos steps (reorthogonalisation, the stop test and the
+  Ritz pairs included) as one ``tf.while_loop`` with a runtime trip count,
+  in a graph function whose products are an XLA function, since the sketch
+  and bases have runtime sizes.
+
+Option values (``probes``, ``k``, ``which``, ``iterations``, ``tol``, the
+seed) and the estimators' state are runtime tensor arguments, so they compile
+nothing; the key's only option is ``chunk``, a power of two for the probe
+kinds. Each compiled call takes at most :data:`MAX_CHUNK` products per
+example, and the drivers (:func:`from_blocks`, :func:`matrix_free`) loop over
+calls in Python, so a call given up stops before its next compiled call
+(:func:`hessd_server.engine.compiled.run` checks :mod:`.cancellation`); a
+typical request is one or a few compiled calls.
 """
 
 from __future__ import annotations

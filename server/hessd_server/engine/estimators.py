@@ -1,16 +1,13 @@
-"""Matrix-free diagonals and traces from batched Hessian-vector products, in TensorFlow.
+"""Matrix-free traces from batched Hessian-vector products, in TensorFlow.
 
 Everything here works on a *block matvec*: V (n, B, D) -> (n, B, D), the
 product H_b V[i, b] of each example's Hessian block with n vectors at once.
-Nothing forms a (B, D, D) block. Products are taken ``chunk`` vectors at a
-time inside ``tf.while_loop``, so Hutchinson's memory grows with the chunk,
-not with the number of probes (Hutch++ keeps its sketch besides). Randomness
-is stateless (Philox), keyed by a ``seed`` tensor of shape (2,), so a seed
-reproduces a result bit for bit.
+Nothing forms a (B, D, D) block. Randomness is stateless (Philox), keyed by a
+``seed`` tensor of shape (2,), so a seed reproduces a result bit for bit.
 
-Run eagerly: a loop over chunks is a Python loop that calls ``matvec`` (a
-compiled function, :mod:`.curvature_bodies`) once per chunk, with the
-bookkeeping of each chunk in graph functions traced once for all sizes.
+The functions are traced into the compiled steps of :mod:`.curvature_bodies`
+(Hutchinson's chunk, Hutch++'s chunks); :func:`exact_diagonal` alone runs
+eagerly, one compiled chunk of products per call.
 """
 
 from __future__ import annotations
