@@ -36,6 +36,7 @@ bench: setup
 	$(PY) benchmarks/bench_wire.py --markdown docs/benchmarks/wire.md
 	$(PY) benchmarks/bench_curvature.py --markdown docs/benchmarks/curvature.md
 	$(PY) benchmarks/bench_cold_start.py --markdown docs/benchmarks/cold-start.md
+	$(PY) benchmarks/bench_optimize.py --markdown docs/benchmarks/optimize.md
 
 # The wire benchmark alone: hessd-server against a bare gRPC echo, 1/8/32 callers, batching on and off.
 bench-wire: setup

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -263,18 +264,18 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     call = model.call_for(key.precision)
     dtype = tf.as_dtype(key.precision)
     shapes = {name: (shape, input_dtype) for name, shape, input_dtype in key.inputs}
-    x_shape, _ = shapes[key.wrt]
     fixed_specs = {
         name: tf.TensorSpec((key.batch, *shape), tf.as_dtype(input_dtype))
         for name, (shape, input_dtype) in shapes.items()
-        if name != key.wrt
+        if name not in key.wrt
     }
-    x_spec = tf.TensorSpec((key.batch, *x_shape), dtype)
+    x_spec = tf.TensorSpec((key.batch, *key.event_shape), dtype)
+    split = _splitter(key.wrt, {name: shapes[name][0] for name in key.wrt})
     signature = [x_spec, fixed_specs, tf.TensorSpec((key.batch, key.outputs), dtype)]
     if key.kind == "hvp":
         signature.append(x_spec)
     elif key.kind in curvature_bodies.MATRIX_FREE_KINDS:
-        signature.extend(curvature_bodies.extra_specs(key.kind, key.options, key.batch, x_shape, dtype))
+        signature.extend(curvature_bodies.extra_specs(key.kind, key.options, key.batch, key.event_shape, dtype))
     body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
@@ -284,7 +285,7 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
         def forward(inputs: tf.Tensor) -> tf.Tensor:
             copies = tf.shape(inputs)[0] // key.batch
             held = {name: _tile_batch(t, copies) for name, t in fixed.items()}
-            return derivatives.flatten_outputs(call({**held, key.wrt: inputs}), dtype)
+            return derivatives.flatten_outputs(call({**held, **split(inputs)}), dtype)
 
         return body(strategies.Target(forward, call, key.wrt, fixed), x, weights, *tangent)
 
@@ -295,6 +296,22 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.
     function._omit_frequent_tracing_warning = True
     return function
+
+
+def _splitter(
+    wrt: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The differentiated vector (N, *S) -> the differentiated inputs by name: the
+    one input as it is, or, for several, (N, sum_i prod(S_i)) cut into (N, *S_i)."""
+    if len(wrt) == 1:
+        return lambda inputs: {wrt[0]: inputs}
+    sizes = [math.prod(shapes[name]) for name in wrt]
+
+    def split(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        parts = tf.split(inputs, sizes, axis=1)
+        return {name: tf.reshape(part, [-1, *shapes[name]]) for name, part in zip(wrt, parts)}
+
+    return split
 
 
 def _tile_batch(tensor: tf.Tensor, copies: tf.Tensor) -> tf.Tensor:

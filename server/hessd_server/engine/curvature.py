@@ -43,7 +43,7 @@ from .model import Model
 from .padding import pad_rows
 from .api import ModelLike
 from .model_loading import as_model
-from .validation import PreparedInputs, check_result_size
+from .validation import PreparedInputs, Wrt, check_result_size
 from .warmup import add_warmers
 
 _ACTIVATION_FACTOR = 16
@@ -62,7 +62,7 @@ def hessian_diagonal(
     probes: int = opts.DEFAULT_PROBES,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Diagonal:
     """The diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -108,7 +108,7 @@ def hessian_trace(
     probes: int = opts.DEFAULT_PROBES,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Trace:
     """The trace of each example's Hessian block, the Laplacian Δf_b: ``Trace(trace, stderr)``, both (B,).
@@ -173,7 +173,7 @@ def hessian_eigen(
     tol: float = opts.DEFAULT_TOL,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Eigen:
     """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -212,7 +212,7 @@ def hessian_eigen(
     dim = inputs.event_size
     if k > dim:
         raise InvalidArgumentError(
-            f"k must be <= D = {dim}, the size of input {inputs.wrt!r}; got {k}",
+            f"k must be <= D = {dim}, the size of {inputs.wrt_text}; got {k}",
             field="k",
             reason="CURVATURE_OPTION_INVALID",
             metadata={"k": k, "dimension": dim},
@@ -248,7 +248,7 @@ def hessian_spectrum(
     iterations: int = opts.DEFAULT_SPECTRUM_ITERATIONS,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Spectrum:
     """The spectral density of each example's Hessian block by stochastic Lanczos quadrature.
@@ -291,7 +291,7 @@ def hessian_spectrum(
 
 
 def _prepared(
-    m: Model, x: Any, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> tuple[PreparedInputs, np.ndarray]:
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
     if not m.batch_independent:
@@ -378,7 +378,7 @@ def _run(
     chunk = options.get("chunk")
     key_options = () if chunk is None else (("chunk", chunk),)
     key = function_key(m, kind, inputs, weights.shape[1], batch, key_options)
-    fixed = {n: tf.constant(pad_rows(a, batch, edge=True)) for n, a in inputs.arrays.items() if n != inputs.wrt}
+    fixed = {n: tf.constant(pad_rows(a, batch, edge=True)) for n, a in inputs.arrays.items() if n not in inputs.wrt}
     args = (
         tf.constant(pad_rows(inputs.x, batch, edge=True)),
         fixed,

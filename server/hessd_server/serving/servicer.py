@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from hessd import tensor_codec
 from hessd._version import __version__
-from hessd.errors import MalformedRequestError, ResultTooLargeError
+from hessd.errors import InvalidArgumentError, MalformedRequestError, ResultTooLargeError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelStatus, Spectrum, TensorInfo, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
@@ -31,7 +31,7 @@ from hessd.v1.tensor_pb2 import Packing, ResultEncoding, Tensor
 from .. import engine
 from ..engine import Model
 from ..engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
-from ..engine.validation import input_path
+from ..engine.validation import LONE_INPUT_KEY, input_path
 from .batching import Batcher
 from .admission import Admission
 from .failure_log import FailureLog
@@ -317,10 +317,10 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
             if name in request.DESCRIPTOR.fields_by_name and request.HasField(name)
         }
         with self._models.acquired(request.model_name, request.model_version) as served:
-            x, options = await self._decoded(request)
-            served.check_precision(options["precision"])
             model = served.model
             assert model is not None
+            x, options = await self._decoded(request, model)
+            served.check_precision(options["precision"])
             result = await self._batcher.call(
                 context, method, lambda: function(model, x, **options, **chosen)
             )
@@ -337,12 +337,12 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         through the batcher, and that version. The version is held until the
         engine is done with it, so that a reload never unloads it mid-call."""
         with self._models.acquired(request.model_name, request.model_version) as served:
-            x, options = await self._decoded(request)
+            model = served.model
+            assert model is not None
+            x, options = await self._decoded(request, model)
             served.check_precision(options["precision"])
             if method in ONE_MESSAGE_REPLIES:
                 self._check_reply_size(request, x, *ONE_MESSAGE_REPLIES[method])
-            model = served.model
-            assert model is not None
             examples = max((array.shape[0] if array.ndim else 1 for array in x.values()), default=1)
             input_bytes = sum(array.nbytes for array in x.values())
             result = await self._batcher.compute(
@@ -351,12 +351,13 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         return result, served.label
 
     async def _decoded(
-        self, request: DerivativeRequest
+        self, request: DerivativeRequest, model: Model
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``; tensors
         in shared memory are read off the event loop."""
         tensors: dict[str | None, tuple[str, Tensor]] = {
-            name: (input_path(name), tensor) for name, tensor in request.x.items()
+            _input_key(model, name, len(request.x)): (input_path(name), tensor)
+            for name, tensor in request.x.items()
         }
         if request.HasField("output_weights"):
             tensors[None] = ("output_weights", request.output_weights)
@@ -364,7 +365,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         x = {name: array for name, array in arrays.items() if name is not None}
         options = {
             "output_weights": arrays.get(None),
-            "wrt": request.wrt or None,
+            "wrt": _wrt(request),
             "precision": tensor_codec.decode_precision(request.precision),
         }
         return x, options
@@ -375,7 +376,8 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         """Refuse, before computing, a ``result`` ("hessian", "evaluation" or
         "gradient") whose reply cannot fit one message.
 
-        The size follows from the differentiated input's shape (B, *S), ``full``,
+        The size follows from the differentiated inputs' shapes (B, *S) (several
+        ``wrt_inputs`` add up their sizes), ``full``,
         ``precision`` and the ``result_encoding`` (a packed Hessian, results
         rounded to 16 bits); a request whose inputs the engine would refuse
         anyway is left to it, and so is one whose results go to shared memory,
@@ -388,10 +390,13 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
         )
         if encoding.HasField("shared_memory"):
             return
-        wrt = request.wrt if request.wrt in x else next(iter(x)) if len(x) == 1 else None
-        if wrt is None or x[wrt].ndim < 1:
+        names = tuple(request.wrt_inputs) or (
+            (request.wrt,) if request.wrt in x else tuple(x) if len(x) == 1 else ()
+        )
+        arrays = [x.get(name) for name in names]
+        if not arrays or any(a is None or a.ndim < 1 or a.shape[0] != arrays[0].shape[0] for a in arrays):
             return
-        batch, size = x[wrt].shape[0], math.prod(x[wrt].shape[1:])
+        batch, size = arrays[0].shape[0], sum(math.prod(a.shape[1:]) for a in arrays)
         elements = batch * size
         if result != "gradient":
             count, n = (1, elements) if getattr(request, "full", False) else (batch, size)
@@ -459,6 +464,37 @@ async def _encoded(array: np.ndarray, field: str) -> Any:
     if array.nbytes > LOOP_ENCODE_BYTES:
         return await asyncio.to_thread(tensor_codec.encode, array, field=field)
     return tensor_codec.encode(array, field=field)
+
+
+def _wrt(request: Any) -> str | tuple[str, ...] | None:
+    """The engine's ``wrt`` of a request: its ``wrt_inputs``, else its ``wrt``, else None.
+
+    Raises:
+        InvalidArgumentError: both are set.
+    """
+    if request.wrt_inputs:
+        if request.wrt:
+            raise InvalidArgumentError(
+                "set wrt (one input) or wrt_inputs (several), not both", field="wrt_inputs"
+            )
+        return tuple(request.wrt_inputs)
+    return request.wrt or None
+
+
+LEGACY_LONE_INPUT_KEY = "x"
+"""The key under which clients written before the empty key (``LONE_INPUT_KEY``)
+send a lone array; a single-input model still takes its input under it."""
+
+
+def _input_key(model: Model, key: str, entries: int) -> str:
+    """``key`` of the request's ``x`` map as the engine reads it: the legacy lone-array
+    key ``"x"`` of a single entry for a single-input model whose input has another
+    name stands for the empty key; every other key is kept (the engine refuses
+    one that names no input with ``UnknownInputError``)."""
+    names = model.input_names
+    if entries == 1 and key == LEGACY_LONE_INPUT_KEY and len(names) == 1 and names[0] != key:
+        return LONE_INPUT_KEY
+    return key
 
 
 def model_versions(status: ModelStatus) -> pb.ModelVersions:
