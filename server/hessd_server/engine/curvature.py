@@ -44,6 +44,7 @@ from .padding import pad_rows
 from .api import ModelLike
 from .model_loading import as_model
 from .validation import PreparedInputs, Wrt, check_result_size
+from .warmup import add_warmers
 
 _ACTIVATION_FACTOR = 16
 """Memory of one Hessian-vector product, in multiples of its vector, assumed
@@ -394,3 +395,16 @@ def _run(
             options, _seed(seed),
         )
     return tuple(np.asarray(result)[: inputs.batch] for result in results)
+
+
+add_warmers(
+    {
+        name: lambda m, x, wrt, precision, summary=summary: summary(m, x, wrt=wrt, precision=precision, seed=0)
+        for name, summary in (
+            ("hessian_diagonal", hessian_diagonal),
+            ("hessian_trace", hessian_trace),
+            ("hessian_eigen", hessian_eigen),
+            ("hessian_spectrum", hessian_spectrum),
+        )
+    }
+)
