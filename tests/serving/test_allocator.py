@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-import hessd_server.serving.allocator as allocator
+import hessd_server.serving.observability.allocator as allocator
 
 _ARENAS_AND_MAPPINGS = """
 import ctypes, importlib.util, os, sys, tempfile, threading

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from hessd import errors
-from hessd_server.serving.failure_log import FailureLog
+from hessd_server.serving.observability.failure_log import FailureLog
 
 
 class Clock:

@@ -28,9 +28,9 @@ from collections.abc import Sequence
 
 from hessd._version import __version__
 
-from .allocator import retain_freed_memory
-from .server import create_server
 from ..engine.strategies import STRATEGIES
+from .observability.allocator import retain_freed_memory
+from .server import create_server
 from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")

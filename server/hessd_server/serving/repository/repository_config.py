@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import EngineConfig
-from ..engine.model import PRECISIONS
-from ..engine.strategies import STRATEGIES
+from ...engine import EngineConfig
+from ...engine.model import PRECISIONS
+from ...engine.strategies import STRATEGIES
+from ..server_config import AUTO_STRATEGY
 from .repository_files import read_small_file
-from .server_config import AUTO_STRATEGY
 
 if sys.version_info >= (3, 11):
     import tomllib
