@@ -73,6 +73,29 @@ def multi_input_model() -> keras.Model:
     return keras.Model([a, b, ids], keras.layers.Dense(2, activation="softplus")(hidden))
 
 
+def named_input_model() -> keras.Model:
+    """One input named ``spot`` (2,) -> softplus(Dense(3)) -> Dense(1)."""
+    keras.utils.set_random_seed(16)
+    spot = keras.Input((2,), name="spot")
+    hidden = keras.layers.Dense(3, activation="softplus")(spot)
+    return keras.Model(spot, keras.layers.Dense(1)(hidden))
+
+
+def pricing_model(dtype: str = "float32") -> keras.Model:
+    """Inputs ``spot`` (2,), ``vol`` (2,) and ``rate`` (1,) of ``dtype``, coupled
+    through spot * vol and a tanh layer -> (B, 2), so every cross block is non-zero.
+    The weights are fixed by a seed for float32; copy them into a float64 build."""
+    keras.utils.set_random_seed(17)
+    spot = keras.Input((2,), name="spot", dtype=dtype)
+    vol = keras.Input((2,), name="vol", dtype=dtype)
+    rate = keras.Input((1,), name="rate", dtype=dtype)
+    coupled = keras.layers.Multiply(dtype=dtype)([spot, vol])
+    joined = keras.layers.Concatenate(dtype=dtype)([spot, vol, rate, coupled])
+    hidden = keras.layers.Dense(5, activation="tanh", dtype=dtype)(joined)
+    output = keras.layers.Dense(2, activation="softplus", dtype=dtype)(hidden)
+    return keras.Model([spot, vol, rate], output)
+
+
 def conv_model() -> keras.Model:
     """Conv2D on (6, 6, 1) images -> softplus -> Dense(1); D = 36."""
     keras.utils.set_random_seed(12)

@@ -12,6 +12,7 @@ from hessd._admin_client import ModelAdminClient
 from hessd._async_client import AsyncClient
 from hessd._client import Client
 from hessd._version import __version__
+from hessd.blocks import join_vector, split_hessian, split_vector
 from hessd.errors import (
     BatchDependenceError,
     CancelledError,
@@ -94,4 +95,7 @@ __all__ = [
     "UnknownInputError",
     "VersionStatus",
     "Versioned",
+    "join_vector",
+    "split_hessian",
+    "split_vector",
 ]

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol, curvature_options, reply_bounds
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs, PemSource
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource, Wrt
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError
 from hessd.results import (
@@ -119,9 +119,9 @@ class AsyncClient:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -155,9 +155,9 @@ class AsyncClient:
         x: Inputs,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Gradient with respect to ``wrt``: float32 or float64 array (B, *S).
@@ -182,9 +182,9 @@ class AsyncClient:
         v: npt.ArrayLike,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Hessian-vector product H v for ``v`` of shape (B, *S): float32/float64 (B, *S).
@@ -210,9 +210,9 @@ class AsyncClient:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -250,9 +250,9 @@ class AsyncClient:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Diagonal | Versioned:
         """Diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -282,9 +282,9 @@ class AsyncClient:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Trace | Versioned:
         """Trace (Laplacian) of each example's Hessian block: ``Trace(trace, stderr)``, both (B,).
@@ -317,9 +317,9 @@ class AsyncClient:
         tol: float = curvature_options.DEFAULT_TOL,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Eigen | Versioned:
         """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -352,9 +352,9 @@ class AsyncClient:
         iterations: int = curvature_options.DEFAULT_SPECTRUM_ITERATIONS,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Spectrum | Versioned:
         """Stochastic Lanczos quadrature of each example's Hessian spectrum: ``Spectrum(nodes, weights)``.
@@ -382,9 +382,9 @@ class AsyncClient:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -462,9 +462,9 @@ class AsyncClient:
         reply = await self._call(self._stub.ListModels, pb.ListModelsRequest())
         return reply.server_version
 
-    async def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+    async def metadata(self, name: str, *, model_version: ModelVersion = None) -> ModelMetadata:
         """Metadata of model ``name``; as :meth:`hessd.Client.metadata`."""
-        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
+        request = pb.GetModelMetadataRequest(model_name=name, model_version=_protocol.model_version_field(model_version))
         return _protocol.metadata_from(await self._call(self._stub.GetModelMetadata, request))
 
     async def health(self, service: str = "") -> str:

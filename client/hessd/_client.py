@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _channels, _protocol, curvature_options, reply_bounds
 from hessd._channels import Target
-from hessd._protocol import ChannelOptions, Inputs, PemSource
+from hessd._protocol import ChannelOptions, Inputs, ModelVersion, PemSource, Wrt
 from hessd._result_memory import ResultMemory
 from hessd.chunks import Reassembler
 from hessd.errors import HessdError, SharedMemoryError
@@ -41,7 +41,8 @@ class Client:
     Methods take the library's arguments and return what it returns, with the
     same shapes and dtypes, and raise the same exception types (from
     :mod:`hessd.errors`). B is the batch size and S the per-example shape of the
-    differentiated input (``wrt``). Returned arrays are read-only views of the
+    differentiated input (``wrt``); with ``wrt`` naming several inputs, S is
+    (N,) for their concatenation (see :mod:`hessd.blocks`). Returned arrays are read-only views of the
     received bytes; ``.copy()`` one to write to it.
 
     Large results travel fastest through shared memory when the server runs on
@@ -142,9 +143,9 @@ class Client:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -157,9 +158,12 @@ class Client:
             full: False for per-example blocks (B, *S, *S); True for the full
                 (B, *S, B, *S) Hessian (needed when examples interact).
             output_weights: w, shape (K,) or (B, K); ``None`` means all ones.
-            wrt: the input to differentiate; ``None`` for a single-input model.
+            wrt: the input to differentiate (``None`` for a single-input model), or
+                a list of inputs to differentiate together: the Hessian is then
+                (B, N, N) over their concatenation, cross blocks included
+                (``hessd.split_hessian`` names the blocks).
             precision: ``"float32"`` (also when ``None``) or ``"float64"``.
-            model_version: the model version to compute with, e.g. ``"2"``;
+            model_version: the model version to compute with, e.g. ``2`` or ``"2"``;
                 ``None`` for the newest AVAILABLE one.
             with_version: return ``Versioned(result, model_version)``, naming
                 the version that computed the result, instead of the result alone.
@@ -203,9 +207,9 @@ class Client:
         x: Inputs,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Gradient of f with respect to input ``wrt``: float32 or float64 array (B, *S).
@@ -230,9 +234,9 @@ class Client:
         v: npt.ArrayLike,
         *,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> np.ndarray | Versioned:
         """Hessian-vector product (d2f / dx dx) v: float32 or float64 array (B, *S).
@@ -240,7 +244,8 @@ class Client:
         Per example (H_b v_b) for a batch-independent model, the full product otherwise.
 
         Args:
-            v: array (B, *S), shaped like input ``wrt``.
+            v: array (B, *S), shaped like input ``wrt``; for several ``wrt``
+                inputs (B, N), or a dict of their blocks (B, *S_i) by name.
 
         Other arguments as for :meth:`hessian`.
         """
@@ -263,9 +268,9 @@ class Client:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -306,9 +311,9 @@ class Client:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Diagonal | Versioned:
         """Diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -345,9 +350,9 @@ class Client:
         probes: int = curvature_options.DEFAULT_PROBES,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Trace | Versioned:
         """Trace (Laplacian) of each example's Hessian block: ``Trace(trace, stderr)``, both (B,).
@@ -386,9 +391,9 @@ class Client:
         tol: float = curvature_options.DEFAULT_TOL,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Eigen | Versioned:
         """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -433,9 +438,9 @@ class Client:
         iterations: int = curvature_options.DEFAULT_SPECTRUM_ITERATIONS,
         seed: int | None = None,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
     ) -> Spectrum | Versioned:
         """Stochastic Lanczos quadrature of each example's Hessian spectrum: ``Spectrum(nodes, weights)``.
@@ -472,9 +477,9 @@ class Client:
         *,
         full: bool = False,
         output_weights: npt.ArrayLike | None = None,
-        wrt: str | None = None,
+        wrt: Wrt = None,
         precision: str | None = None,
-        model_version: str | None = None,
+        model_version: ModelVersion = None,
         with_version: bool = False,
         packing: str = "none",
         result_dtype: str | None = None,
@@ -555,11 +560,11 @@ class Client:
         ``""`` from a server too old to say."""
         return self._call(self._stub.ListModels, pb.ListModelsRequest()).server_version
 
-    def metadata(self, name: str, *, model_version: str | None = None) -> ModelMetadata:
+    def metadata(self, name: str, *, model_version: ModelVersion = None) -> ModelMetadata:
         """Inputs, outputs, strategy, batch independence, buckets, the version described
         and every version's state, of model ``name`` (at ``model_version``; ``None``:
         the newest AVAILABLE)."""
-        request = pb.GetModelMetadataRequest(model_name=name, model_version=model_version or "")
+        request = pb.GetModelMetadataRequest(model_name=name, model_version=_protocol.model_version_field(model_version))
         return _protocol.metadata_from(self._call(self._stub.GetModelMetadata, request))
 
     def health(self, service: str = "") -> str:

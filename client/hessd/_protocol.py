@@ -19,12 +19,15 @@ import numpy.typing as npt
 
 from hessd import packing as packing_layout
 from hessd import curvature_options, reply_bounds, status_codes, tensor_codec
+from hessd.blocks import join_vector
 from hessd.errors import (
     DtypeError,
     HessdError,
     InternalError,
     InvalidArgumentError,
     InvalidReplyError,
+    ShapeError,
+    clipped,
 )
 from hessd.results import (
     Diagonal,
@@ -53,6 +56,14 @@ PemSource: TypeAlias = "str | os.PathLike[str] | bytes"
 
 CallMetadata: TypeAlias = "tuple[tuple[str, str], ...] | None"
 
+Wrt: TypeAlias = "str | Sequence[str] | None"
+"""``wrt``: the input to differentiate, or a list of several to differentiate
+together (see :mod:`hessd.blocks`); ``None`` for a single-input model."""
+
+ModelVersion: TypeAlias = "int | str | None"
+"""``model_version``: a version number as an int (``2``) or a string (``"2"``);
+``None`` (or ``""``) for the newest AVAILABLE version."""
+
 CurvatureResult = TypeVar("CurvatureResult", Diagonal, Trace, Eigen, Spectrum)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -61,7 +72,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _MAX_SEND = "grpc.max_send_message_length"
 _MAX_RECEIVE = "grpc.max_receive_message_length"
 _ENVELOPE_BYTES = 64 * 1024
-_SINGLE_INPUT_KEY = "x"
+_LONE_INPUT_KEY = ""
+"""The ``x`` key of a lone array: a single-input model's input, whatever its name."""
 
 STREAM_POLL_S = 0.1
 """How often a ``stream`` waiting for its next input checks whether the call has ended."""
@@ -148,7 +160,7 @@ def encode_x(x: Inputs) -> dict[str, Tensor]:
     """
     if isinstance(x, Mapping):
         return {name: tensor_codec.encode(array, field=name) for name, array in x.items()}
-    return {_SINGLE_INPUT_KEY: tensor_codec.encode(x, field="x")}
+    return {_LONE_INPUT_KEY: tensor_codec.encode(x, field="x")}
 
 
 def hessian_request(
@@ -157,9 +169,9 @@ def hessian_request(
     *,
     full: bool,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
     packing: str = "none",
     result_dtype: str | None = None,
 ) -> pb.HessianRequest:
@@ -176,9 +188,9 @@ def gradient_request(
     x: Inputs,
     *,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
 ) -> pb.GradientRequest:
     """A ``GradientRequest`` for ``gradient(model, x, ...)``."""
     return pb.GradientRequest(**_common(model, x, output_weights, wrt, precision, model_version))
@@ -190,11 +202,20 @@ def hvp_request(
     v: npt.ArrayLike,
     *,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
 ) -> pb.HessianVectorProductRequest:
-    """A ``HessianVectorProductRequest`` for ``hvp(model, x, v, ...)``."""
+    """A ``HessianVectorProductRequest`` for ``hvp(model, x, v, ...)``; ``v`` may be
+    blocks by input name when ``wrt`` names several inputs of ``x``."""
+    if isinstance(v, Mapping):
+        names = wrt_names(wrt)
+        if len(names) < 2 or not isinstance(x, Mapping) or not set(names) <= set(x):
+            raise ShapeError(
+                "v may be a dict of blocks only when wrt names several inputs of x; pass an array",
+                field="v",
+            )
+        v = join_vector(v, {name: np.shape(x[name])[1:] for name in names})
     return pb.HessianVectorProductRequest(
         v=tensor_codec.encode(v, field="v"),
         **_common(model, x, output_weights, wrt, precision, model_version),
@@ -207,9 +228,9 @@ def evaluate_request(
     *,
     full: bool,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None = None,
+    model_version: ModelVersion = None,
     packing: str = "none",
     result_dtype: str | None = None,
 ) -> pb.EvaluateRequest:
@@ -258,9 +279,9 @@ def diagonal_request(
     probes: int,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianDiagonalRequest:
     """A ``HessianDiagonalRequest`` for ``hessian_diagonal(model, x, ...)``; options checked first."""
     method, probes, seed = curvature_options.check_diagonal_options(method, probes, seed)
@@ -276,9 +297,9 @@ def trace_request(
     probes: int,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianTraceRequest:
     """A ``HessianTraceRequest`` for ``hessian_trace(model, x, ...)``; options checked first."""
     method, probes, seed = curvature_options.check_trace_options(method, probes, seed)
@@ -297,9 +318,9 @@ def eigen_request(
     tol: float,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianEigenRequest:
     """A ``HessianEigenRequest`` for ``hessian_eigen(model, x, ...)``; options checked first."""
     k, which, method, iterations, tol, seed = curvature_options.check_eigen_options(
@@ -318,15 +339,37 @@ def spectrum_request(
     iterations: int,
     seed: int | None,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> pb.HessianSpectrumRequest:
     """A ``HessianSpectrumRequest`` for ``hessian_spectrum(model, x, ...)``; options checked first."""
     probes, iterations, seed = curvature_options.check_spectrum_options(probes, iterations, seed)
     common = _common(model, x, output_weights, wrt, precision, model_version)
     return pb.HessianSpectrumRequest(
         **common, **_set(probes=probes, iterations=iterations, seed=seed)
+    )
+
+
+def model_version_field(model_version: ModelVersion) -> str:
+    """The request's ``model_version`` string: ``""`` for ``None``, the decimal digits
+    of an int, a string as it is (the server says which versions it serves).
+
+    Raises:
+        InvalidArgumentError: (field ``model_version``) a negative int, a bool, or
+            anything that is neither an int nor a string.
+    """
+    if model_version is None:
+        return ""
+    if isinstance(model_version, str):
+        return model_version
+    if isinstance(model_version, (int, np.integer)) and not isinstance(model_version, bool):
+        if model_version >= 0:
+            return str(int(model_version))
+    raise InvalidArgumentError(
+        f"model_version must be a version number such as 2 or \"2\" (or None for the newest), "
+        f"got {clipped(repr(model_version))} of type {type(model_version).__name__}",
+        field="model_version",
     )
 
 
@@ -339,20 +382,44 @@ def _common(
     model: str,
     x: Inputs,
     output_weights: npt.ArrayLike | None,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
-    model_version: str | None,
+    model_version: ModelVersion,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model_name": model,
-        "model_version": model_version or "",
+        "model_version": model_version_field(model_version),
         "x": encode_x(x),
-        "wrt": wrt or "",
+        **wrt_fields(wrt),
         "precision": tensor_codec.encode_precision(precision),
     }
     if output_weights is not None:
         fields["output_weights"] = tensor_codec.encode(output_weights, field="output_weights")
     return fields
+
+
+def wrt_names(wrt: Wrt) -> tuple[str, ...]:
+    """``wrt`` as a tuple of names: empty for ``None`` or ``""``.
+
+    Raises:
+        InvalidArgumentError: ``wrt`` holds something that is not a string.
+    """
+    names = () if wrt is None or wrt == "" else (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"wrt must hold input names (strings), got {clipped(repr(name))}", field="wrt"
+            )
+    return names
+
+
+def wrt_fields(wrt: Wrt) -> dict[str, Any]:
+    """The request's ``wrt`` (one name) or ``wrt_inputs`` (several): one name goes
+    in ``wrt``, so that servers older than ``wrt_inputs`` understand it."""
+    names = wrt_names(wrt)
+    if len(names) > 1:
+        return {"wrt_inputs": names}
+    return {"wrt": names[0] if names else ""}
 
 
 def needs_chunks(request: pb.HessianRequest | pb.EvaluateRequest, max_receive: int) -> bool:
@@ -382,12 +449,15 @@ def shared_memory_bytes(request: pb.HessianRequest | pb.EvaluateRequest) -> int:
 def _result_sizes(request: pb.HessianRequest | pb.EvaluateRequest) -> list[int]:
     """Bytes of each result of ``request`` as sent (packed, narrowed), in reply order.
 
-    Exact for a single-input model or a named ``wrt``; else judged from the largest input.
+    Exact for a single-input model or named ``wrt`` inputs; else judged from the largest input.
     """
     shapes = [tuple(tensor.shape) for tensor in request.x.values()]
-    differentiated = [tuple(request.x[request.wrt].shape)] if request.wrt in request.x else shapes
+    named = list(request.wrt_inputs) or [request.wrt]
     batch = max((shape[0] for shape in shapes if shape), default=0)
-    size = max((math.prod(shape[1:]) for shape in differentiated), default=0)
+    if all(name in request.x for name in named):
+        size = sum(math.prod(request.x[name].shape[1:]) for name in named)
+    else:
+        size = max((math.prod(shape[1:]) for shape in shapes), default=0)
     count, n = (1, batch * size) if request.full else (batch, size)
     packed = request.result_encoding.packing == Packing.PACKING_UPPER
     elements = [count * (n * (n + 1) // 2 if packed else n * n)]

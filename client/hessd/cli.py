@@ -12,6 +12,7 @@ Examples::
     hessd hvp demo --input x.npy --vector v.npy --out hv.npy
     hessd evaluate demo --input x.npy --out e.npz         # arrays value, gradient, hessian
     hessd hessian demo --input x.npy --plot h.png         # heatmap of the first example's block
+    hessd hessian pricing --input x.npz --wrt spot vol    # (B, N, N) over spot and vol together
     hessd diagonal demo --input x.npy --method hutchinson --probes 100 --seed 0
     hessd trace demo --input x.npy                        # the Laplacian, (B,), and its stderr
     hessd eigen demo --input x.npy --k 3 --which largest --out e.npz
@@ -26,7 +27,11 @@ named after the model's inputs. Without ``--out`` the result is printed.
 The server address comes from ``--target``, else ``$HESSD_TARGET``, else
 ``127.0.0.1:50051``. ``--ca``, ``--cert`` and ``--key`` (or ``--tls`` alone, for
 the system's roots) call over TLS; ``--token-file`` sends the bearer token its
-first line holds. Exit status: 0 on success, 1 when the call fails.
+first line holds. These connection flags go before or after the subcommand.
+``--model-version`` picks a version (default: the newest AVAILABLE one).
+Exit status: 0 on success, 1 when the call fails, 2 for a usage error (a bad
+flag, or a file that ``--input``, ``--vector`` or ``--output-weights`` names
+that cannot be read).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import dataclasses
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with client:
             args.run(client, args)
+    except UnreadableFileError as error:
+        print(f"hessd: error: {error}", file=sys.stderr)
+        return 2
     except HessdError as error:
         print(f"hessd: {type(error).__name__}: {error.message}", file=sys.stderr)
         return 1
@@ -86,23 +95,58 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.target, **settings)
 
 
+def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The flags that say how to reach the server. The main parser holds their
+    defaults; each subcommand takes them too (``defaults=False``: a flag not given
+    after the subcommand leaves the main parser's value alone)."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--target",
+        default=default(os.environ.get("HESSD_TARGET", DEFAULT_TARGET)),
+        help="server address, host:port or unix:///path "
+        f"(default: $HESSD_TARGET or {DEFAULT_TARGET})",
+    )
+    parser.add_argument("--timeout", type=float, default=default(None), help="seconds per call")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="call over TLS (implied by --ca/--cert)",
+    )
+    parser.add_argument(
+        "--ca", default=default(None), help="PEM of the CA to trust (default: the system's roots)"
+    )
+    parser.add_argument(
+        "--cert", default=default(None), help="PEM client certificate for mTLS, with --key"
+    )
+    parser.add_argument("--key", default=default(None), help="PEM private key of --cert")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        help="file whose first line is the bearer token",
+    )
+
+
+def _add_model_version(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--model-version",
+        help="the model version to call, e.g. 2 (default: the newest AVAILABLE one)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hessd", description="Call a hessd server.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--target",
-        default=os.environ.get("HESSD_TARGET", DEFAULT_TARGET),
-        help="server address, host:port or unix:///path (default: $HESSD_TARGET or %(default)s)",
-    )
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per call")
-    parser.add_argument("--tls", action="store_true", help="call over TLS (implied by --ca/--cert)")
-    parser.add_argument("--ca", help="PEM of the CA to trust (default: the system's roots)")
-    parser.add_argument("--cert", help="PEM client certificate for mTLS, with --key")
-    parser.add_argument("--key", help="PEM private key of --cert")
-    parser.add_argument("--token-file", type=Path, help="file whose first line is the bearer token")
+    _add_connection_flags(parser, defaults=True)
+    connection = argparse.ArgumentParser(add_help=False)
+    _add_connection_flags(connection, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", help="list the served models")
+    models = commands.add_parser("models", help="list the served models", parents=[connection])
     models.add_argument(
         "--versions",
         action="store_true",
@@ -113,14 +157,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     models.set_defaults(run=_models)
-    metadata = commands.add_parser("metadata", help="show a model's metadata as JSON")
+    metadata = commands.add_parser(
+        "metadata", help="show a model's metadata as JSON", parents=[connection]
+    )
     metadata.add_argument("model")
+    _add_model_version(metadata)
     metadata.set_defaults(run=_metadata)
     server_version = commands.add_parser(
-        "server-version", help="show the hessd release the server runs"
+        "server-version", help="show the hessd release the server runs", parents=[connection]
     )
     server_version.set_defaults(run=_server_version)
-    health = commands.add_parser("health", help="show the server's health status")
+    health = commands.add_parser(
+        "health", help="show the server's health status", parents=[connection]
+    )
     health.add_argument("--service", default="", help="service name; empty for the server")
     health.set_defaults(run=_health)
 
@@ -130,40 +179,59 @@ def _parser() -> argparse.ArgumentParser:
         ("hvp", _hvp, "Hessian-vector product, (B, *S)"),
         ("evaluate", _evaluate, "value, gradient and Hessian, saved as one .npz"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, parents=[connection])
         command.add_argument("model")
+        _add_model_version(command)
         command.add_argument(
             "--input", required=True, type=Path, help="x as .npy, or .npz by input name"
         )
         command.add_argument("--out", type=Path, help="file to save the result to")
-        command.add_argument("--wrt", help="input to differentiate (multi-input models)")
+        command.add_argument(
+            "--wrt",
+            nargs="+",
+            help="input(s) to differentiate (multi-input models); several names: "
+            "together, over their concatenation",
+        )
         command.add_argument("--output-weights", type=Path, help=".npy of shape (K,) or (B, K)")
         command.add_argument("--precision", choices=("float32", "float64"))
         if name in ("hessian", "evaluate"):
             command.add_argument("--full", action="store_true", help="full (B, *S, B, *S) Hessian")
         if name == "hvp":
-            command.add_argument("--vector", required=True, type=Path, help="v as .npy, (B, *S)")
+            command.add_argument(
+                "--vector",
+                required=True,
+                type=Path,
+                help="v as .npy, (B, *S); for several --wrt inputs (B, N), or .npz by input name",
+            )
         if name == "hessian":
             _add_plot(command, "a heatmap of example 0's Hessian block (or the full Hessian)")
         command.set_defaults(run=run)
-    _add_curvature_commands(commands)
+    _add_curvature_commands(commands, connection)
     return parser
 
 
-def _add_curvature_commands(commands: argparse._SubParsersAction) -> None:
+def _add_curvature_commands(
+    commands: argparse._SubParsersAction, connection: argparse.ArgumentParser
+) -> None:
     for name, run, help_text in (
         ("diagonal", _diagonal, "diagonal of each example's Hessian block and its stderr, (B, *S)"),
         ("trace", _trace, "trace (Laplacian) of each example's Hessian block and its stderr, (B,)"),
         ("eigen", _eigen, "k eigenvalues (B, k), eigenvectors (B, k, *S) and residuals (B, k)"),
         ("spectrum", _spectrum, "spectral density nodes and weights, (B, probes, iterations)"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, parents=[connection])
         command.add_argument("model")
+        _add_model_version(command)
         command.add_argument(
             "--input", required=True, type=Path, help="x as .npy, or .npz by input name"
         )
         command.add_argument("--out", type=Path, help=".npz to save the result's arrays to")
-        command.add_argument("--wrt", help="input to differentiate (multi-input models)")
+        command.add_argument(
+            "--wrt",
+            nargs="+",
+            help="input(s) to differentiate (multi-input models); several names: "
+            "together, over their concatenation",
+        )
         command.add_argument("--output-weights", type=Path, help=".npy of shape (K,) or (B, K)")
         command.add_argument("--precision", choices=("float32", "float64"))
         command.add_argument("--seed", type=int, help="seed for reproducible randomness")
@@ -222,7 +290,8 @@ def _one_line(text: str) -> str:
 
 
 def _metadata(client: Client, args: argparse.Namespace) -> None:
-    print(json.dumps(dataclasses.asdict(client.metadata(args.model)), indent=2))
+    metadata = client.metadata(args.model, model_version=args.model_version)
+    print(json.dumps(dataclasses.asdict(metadata), indent=2))
 
 
 def _server_version(client: Client, args: argparse.Namespace) -> None:
@@ -284,7 +353,7 @@ def _gradient(client: Client, args: argparse.Namespace) -> None:
 
 
 def _hvp(client: Client, args: argparse.Namespace) -> None:
-    v = np.load(args.vector)
+    v = _load(args.vector, "--vector")
     _emit(args.out, client.hvp(args.model, _load_x(args.input), v, **_options(args)))
 
 
@@ -305,16 +374,44 @@ def _emit_all(out: Path | None, result: tuple[np.ndarray, ...]) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, object]:
-    weights = None if args.output_weights is None else np.load(args.output_weights)
-    return {"output_weights": weights, "wrt": args.wrt, "precision": args.precision}
+    weights = None if args.output_weights is None else _load_array(args.output_weights, "--output-weights")
+    return {
+        "output_weights": weights,
+        "wrt": args.wrt,
+        "precision": args.precision,
+        "model_version": args.model_version,
+    }
+
+
+class UnreadableFileError(Exception):
+    """A file a flag names cannot be read as numpy arrays; the message says which and why."""
+
+
+def _load(path: Path, flag: str) -> np.ndarray | dict[str, np.ndarray]:
+    """The array of a ``.npy`` file, or the arrays of a ``.npz`` by name."""
+    try:
+        loaded = np.load(path)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+        return loaded
+    except OSError as error:
+        raise UnreadableFileError(f"cannot read {flag} {path}: {error.strerror or error}") from error
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UnreadableFileError(
+            f"cannot read {flag} {path} as a .npy or .npz file: {error}"
+        ) from error
+
+
+def _load_array(path: Path, flag: str) -> np.ndarray:
+    loaded = _load(path, flag)
+    if isinstance(loaded, dict):
+        raise UnreadableFileError(f"{flag} {path} must be a .npy array, not a .npz of several")
+    return loaded
 
 
 def _load_x(path: Path) -> Inputs:
-    loaded = np.load(path)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            return {name: loaded[name] for name in loaded.files}
-    return loaded
+    return _load(path, "--input")
 
 
 def _emit(out: Path | None, array: np.ndarray) -> None:

@@ -6,7 +6,8 @@ Two subpackages and this thin top:
   (``load_model``, ``hessian``, ``gradient``, ``hvp``, ``evaluate``, the
   curvature summaries ``hessian_diagonal``, ``hessian_trace``,
   ``hessian_eigen``, ``hessian_spectrum``, ``warmup``, ``Model``,
-  ``EngineConfig``). It never imports gRPC.
+  ``EngineConfig``, and ``split_hessian``, ``split_vector``, ``join_vector``
+  of :mod:`hessd.blocks`). It never imports gRPC.
 * :mod:`hessd_server.serving` serves: server assembly, the servicer, the
   interceptor, admission, metrics, configuration and ``hessd-server``'s
   ``main``. It imports the engine; the engine never imports it.
@@ -42,7 +43,10 @@ from .engine import (
     hessian_spectrum,
     hessian_trace,
     hvp,
+    join_vector,
     load_model,
+    split_hessian,
+    split_vector,
     warmup,
 )
 
@@ -66,6 +70,9 @@ __all__ = [
     "hessian_spectrum",
     "hessian_trace",
     "hvp",
+    "join_vector",
     "load_model",
+    "split_hessian",
+    "split_vector",
     "warmup",
 ]

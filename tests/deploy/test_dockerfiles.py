@@ -4,8 +4,10 @@ a slim Python base, the server extra, a numeric non-root user that the manifests
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -108,3 +110,47 @@ def test_models_are_a_volume_and_health_is_left_to_the_orchestrator(name: str) -
     recipe = _recipe(name)
     assert MODEL_VOLUME in json.loads(_last(recipe, "VOLUME"))
     assert not _all(recipe, "HEALTHCHECK")
+
+
+def run_examples(text: str) -> list[list[str]]:
+    """The ``docker run`` commands of a Dockerfile's comments, continued lines joined, as words."""
+    commands: list[list[str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip().removeprefix("#").strip()
+        if pending or line.startswith("docker run "):
+            pending += " " + line.removesuffix("\\").strip()
+            if not line.endswith("\\"):
+                commands.append(shlex.split(pending))
+                pending = ""
+    return commands
+
+
+def _published_container_ports(words: list[str]) -> set[int]:
+    """Container ports of the ``-p [HOST_IP:][HOST_PORT:]CONTAINER_PORT`` options."""
+    return {int(value.rpartition(":")[2]) for flag, value in zip(words, words[1:]) if flag == "-p"}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_run_example_publishes_the_ports_it_serves_beyond_the_containers_loopback(name: str) -> None:
+    text = (ROOT / "deploy" / name).read_text()
+    recipe = instructions(text)
+    entry_point = json.loads(_last(recipe, "ENTRYPOINT"))
+    examples = run_examples(text)
+    assert any("--metrics-port" in words for words in examples), "no example serves /metrics"
+    for words in examples:
+        image = next(index for index, word in enumerate(words) if word.startswith("hessd:"))
+        config = parse_config([*entry_point[1:], *words[image + 1 :]])
+        published = _published_container_ports(words)
+        for address in config.listen:
+            assert int(address.rpartition(":")[2]) in published, words
+        if config.metrics_port is not None:
+            assert config.metrics_port in published, words
+            assert not ipaddress.ip_address(config.metrics_host).is_loopback, (
+                "a container's loopback cannot be reached through -p"
+            )
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_the_recipe_says_the_image_must_be_pushed_where_the_cluster_pulls(name: str) -> None:
+    assert "docker push" in (ROOT / "deploy" / name).read_text()

@@ -199,3 +199,37 @@ def test_the_replicas_take_calls_only_with_a_token_from_a_secret() -> None:
     (volume,) = (v for v in pod_spec["volumes"] if v["name"] == mount["name"])
     assert token_file.relative_to(mount["mountPath"]).parts == ("tokens",)
     assert volume["secret"]["secretName"]
+
+
+SHARED_READ_MODES = {"ReadOnlyMany", "ReadWriteMany"}
+"""PersistentVolumeClaim access modes that pods on several nodes may read at once."""
+
+
+def test_the_replicas_read_the_models_from_a_claim_that_several_pods_may_read() -> None:
+    pod_spec = _pod("standalone.yaml")["spec"]
+    repository = PurePosixPath(_config("standalone.yaml").model_repository or "")
+    (mount,) = (
+        mount
+        for mount in _hessd(pod_spec)["volumeMounts"]
+        if repository.is_relative_to(mount["mountPath"])
+    )
+    (volume,) = (v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+    claim = volume["persistentVolumeClaim"]
+    assert claim["readOnly"] is True and mount["readOnly"] is True
+    claims = {
+        document["metadata"]["name"]: document
+        for document in _documents("standalone.yaml")
+        if document["kind"] == "PersistentVolumeClaim"
+    }
+    assert claim["claimName"] in claims, "the manifest must define the claim its replicas mount"
+    modes = set(claims[claim["claimName"]]["spec"]["accessModes"])
+    assert modes and modes <= SHARED_READ_MODES, f"{sorted(modes)}: replicas on several nodes cannot all mount it"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_hessd_image_is_pulled_from_a_registry(name: str) -> None:
+    image = _hessd(_pod(name)["spec"])["image"]
+    registry, separator, _ = image.partition("/")
+    assert separator and ("." in registry or ":" in registry), (
+        f"{image}: a locally built image is not on the nodes; push it to a registry and name it here"
+    )

@@ -150,10 +150,13 @@ def test_auto_follows_the_memory_budget() -> None:
     roomy = hs.load_model(model, config=hs.EngineConfig(curvature_memory_bytes=1 << 20))
     tight = hs.load_model(model, config=hs.EngineConfig(curvature_memory_bytes=4 * 4 * 12 * 12 - 1))
     assert np.all(hs.hessian_trace(roomy, X12).stderr == 0)
-    assert np.all(hs.hessian_trace(tight, X12, seed=0).stderr > 0)
+    assert np.all(hs.hessian_trace(tight, X12, probes=9, seed=0).stderr > 0)  # a sketch of 9 vectors fits
     assert np.all(hs.hessian_diagonal(tight, X12, seed=0).stderr > 0)
     exact = hs.hessian_eigen(roomy, X12, k=2)
-    by_lanczos = hs.hessian_eigen(tight, X12, k=2, seed=0)
+    with pytest.raises(errors.InvalidArgumentError) as raised:  # a basis of D vectors is as large as the blocks
+        hs.hessian_eigen(tight, X12, k=2, seed=0)
+    assert (raised.value.reason, raised.value.field) == ("CURVATURE_OPTION_INVALID", "iterations")
+    by_lanczos = hs.hessian_eigen(tight, X12, k=2, seed=0, iterations=9)
     np.testing.assert_allclose(by_lanczos.eigenvalues, exact.eigenvalues, rtol=1e-4)
     assert {key.kind for key in tight.functions} >= {"trace/hutch++", "diagonal/hutchinson", "eigen/lanczos"}
     assert {key.kind for key in roomy.functions} >= {"trace/blocks", "eigen/exact"}

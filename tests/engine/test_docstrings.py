@@ -21,6 +21,7 @@ import pytest
         "hessd_server.engine.build_locks",
         "hessd_server.serving.observability.failure_log",
         "hessd.errors",
+        "hessd.blocks",
     ],
 )
 def test_docstring_examples_run(module: str) -> None:

@@ -105,7 +105,7 @@ def _concatenated(calls: list[PreparedCall]) -> PreparedCall:
     """All rows of ``calls`` as one request: it runs in the same bucket as the stacked call."""
     first = calls[0]
     x = np.concatenate([call.inputs.x for call in calls])
-    inputs = PreparedInputs(arrays={first.inputs.wrt: x}, wrt=first.inputs.wrt, precision=first.inputs.precision)
+    inputs = PreparedInputs(arrays={first.inputs.wrt[0]: x}, wrt=first.inputs.wrt, precision=first.inputs.precision)
     tangent = None if first.tangent is None else np.concatenate([call.tangent for call in calls])
     return PreparedCall(first.kind, inputs, np.concatenate([call.weights for call in calls]), tangent)
 

@@ -204,3 +204,62 @@ def test_bad_curvature_option_exits_1_naming_the_field(
     np.save(tmp_path / "x.npy", rng_array((1, 10)))
     assert _run(server, "eigen", "demo", "--input", str(tmp_path / "x.npy"), "--k", "11") == 1
     assert "k must be <= D = 10" in capsys.readouterr().err
+
+
+def test_connection_flags_may_follow_the_subcommand(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["models", "--target", server.target, "--timeout", "60"]) == 0
+    assert capsys.readouterr().out.split() == ["demo", "multi"]
+    unreachable = "127.0.0.1:1"
+    assert cli.main(["--target", unreachable, "health", "--target", server.target]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+
+
+def test_model_version_picks_the_version_of_every_model_command(
+    server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = rng_array((2, 10))
+    np.save(tmp_path / "x.npy", x)
+    inputs = ["--input", str(tmp_path / "x.npy")]
+    out = ["--out", str(tmp_path / "h.npy")]
+    assert _run(server, "hessian", "demo", *inputs, *out, "--model-version", "1") == 0
+    assert np.array_equal(np.load(tmp_path / "h.npy"), hs.hessian(server.model("demo"), x))
+    assert _run(server, "metadata", "demo", "--model-version", "1") == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "demo"
+    commands = [
+        ["hessian", *inputs],
+        ["gradient", *inputs],
+        ["hvp", *inputs, "--vector", str(tmp_path / "x.npy")],
+        ["evaluate", *inputs],
+        ["diagonal", *inputs],
+        ["trace", *inputs],
+        ["eigen", *inputs],
+        ["spectrum", *inputs],
+    ]
+    for command in [*commands, ["metadata"]]:
+        name, *flags = command
+        assert _run(server, name, "demo", *flags, "--model-version", "2") == 1, name
+        error = capsys.readouterr().err
+        assert "ModelNotFoundError" in error and "AVAILABLE versions: ['1']" in error, name
+
+
+@pytest.mark.parametrize("flag", ["--input", "--vector", "--output-weights"])
+def test_an_unreadable_file_is_one_line_and_exit_status_2(
+    server: RunningServer, tmp_path: Path, flag: str
+) -> None:
+    np.save(tmp_path / "x.npy", rng_array((1, 10)))
+    (tmp_path / "text.npy").write_text("not an array")
+    files = {"--input": str(tmp_path / "x.npy"), "--vector": str(tmp_path / "x.npy")}
+    for bad, why in ((tmp_path / "missing.npy", "No such file or directory"), (tmp_path / "text.npy", "")):
+        arguments = [*(a for name, path in {**files, flag: str(bad)}.items() for a in (name, path))]
+        result = subprocess.run(
+            [console_script("hessd"), "--target", server.target, "hvp", "demo", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"hessd: error: cannot read {flag} {bad}"), result.stderr
+        assert why in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

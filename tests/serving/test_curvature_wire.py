@@ -1,6 +1,7 @@
 """The curvature RPCs return exactly what the library returns in-process (bit
-for bit with the same seed), fail the same way, and fill unset options with
-the library's defaults."""
+for bit with the same seed), fail the same way, fill unset options with the
+library's defaults, refuse hostile options INVALID_ARGUMENT, and stop a long
+estimator at its deadline."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 import hessd
 import hessd_server as hs
-from hessd import errors, tensor_codec
+from hessd import curvature_options, errors, tensor_codec
 from hessd.results import Diagonal, Eigen, Spectrum, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
@@ -190,3 +192,71 @@ def test_the_memory_budget_is_a_server_flag() -> None:
     config = parse_config(["--curvature-memory-bytes", "4096"])
     assert config.engine_config().curvature_memory_bytes == 4096
     assert parse_config([]).engine_config().curvature_memory_bytes == hs.EngineConfig().curvature_memory_bytes
+
+
+@pytest.fixture(scope="module")
+def one_engine_thread() -> Iterator[RunningServer]:
+    """A server with one engine thread and a 1 MiB curvature memory budget."""
+    with serving([("demo", hs.DEMO_MODEL_SOURCE)], engine_threads=1, curvature_memory_bytes=1 << 20) as running:
+        yield running
+
+
+HUGE = (2**31 - 1, 2**63 - 1)
+HOSTILE_OPTIONS: list[tuple[str, type, dict[str, Any]]] = [
+    *[("HessianTrace", pb.HessianTraceRequest, {"method": "hutchinson", "probes": v}) for v in (0, -(2**63), *HUGE)],
+    *[("HessianTrace", pb.HessianTraceRequest, {"method": "hutch++", "probes": v}) for v in (2, 2**20)],
+    *[("HessianDiagonal", pb.HessianDiagonalRequest, {"method": "hutchinson", "probes": v}) for v in (0, -1, *HUGE)],
+    *[("HessianEigen", pb.HessianEigenRequest, {"k": v}) for v in (0, -1, 11, *HUGE)],
+    *[("HessianEigen", pb.HessianEigenRequest, {"k": 2, "iterations": v}) for v in (1, -1, *HUGE)],
+    *[("HessianEigen", pb.HessianEigenRequest, {"tol": v}) for v in (float("nan"), float("inf"), -float("inf"), -1.0)],
+    *[("HessianEigen", pb.HessianEigenRequest, {"which": v, "method": "lanczos"}) for v in ("", "x" * 10_000)],
+    *[("HessianSpectrum", pb.HessianSpectrumRequest, {"probes": v}) for v in (0, -1, *HUGE)],
+    *[("HessianSpectrum", pb.HessianSpectrumRequest, {"iterations": v}) for v in (0, -1, *HUGE)],
+    ("HessianSpectrum", pb.HessianSpectrumRequest, {"probes": 4096, "iterations": 10}),
+]
+
+
+def _reasons(status: Any) -> list[str]:
+    """The ErrorInfo reasons among a ``google.rpc.Status``'s details."""
+    reasons = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reasons.append(info.reason)
+    return reasons
+
+
+def test_hostile_options_are_invalid_argument_and_the_server_keeps_serving(one_engine_thread: RunningServer) -> None:
+    x = rng_array((3, 10))
+    encoded = {"x": tensor_codec.encode(x, field="x")}
+    model = one_engine_thread.model("demo")
+    compiled = model.metadata().compile_count
+    with grpc.insecure_channel(one_engine_thread.target) as channel:
+        stub = hessian_service_pb2_grpc.HessianServiceStub(channel)
+        for method, request_type, options in HOSTILE_OPTIONS:
+            with pytest.raises(grpc.RpcError) as raised:
+                getattr(stub, method)(request_type(model_name="demo", x=encoded, **options), timeout=60)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, options)
+            status = rpc_status.from_call(raised.value)
+            assert status is not None and len(status.message) < 600
+            assert _reasons(status) == ["CURVATURE_OPTION_INVALID"], (method, options)
+    assert model.metadata().compile_count == compiled
+    with hessd.Client(one_engine_thread.target, timeout=120) as client:
+        assert client.health() == "SERVING"
+        _assert_identical(client.hessian_trace("demo", x, seed=2), hs.hessian_trace(model, x, seed=2))
+
+
+def test_a_long_estimator_stops_at_its_deadline_and_frees_the_engine(one_engine_thread: RunningServer) -> None:
+    wide_batch = rng_array((64, 10))
+    long_probes = curvature_options.MAX_PROBES
+    with hessd.Client(one_engine_thread.target, timeout=120) as client:
+        client.hessian_trace("demo", wide_batch, method="hutchinson", probes=16, seed=0)  # compiles the chunk
+    with hessd.Client(one_engine_thread.target, timeout=2) as hasty:
+        with pytest.raises((errors.DeadlineExceededError, errors.CancelledError)):
+            hasty.hessian_trace("demo", wide_batch, method="hutchinson", probes=long_probes, seed=0)
+    x = rng_array((3, 10))
+    with hessd.Client(one_engine_thread.target, timeout=60) as client:
+        remote = client.hessian_trace("demo", x, method="hutchinson", probes=16, seed=1)
+    local = hs.hessian_trace(one_engine_thread.model("demo"), x, method="hutchinson", probes=16, seed=1)
+    _assert_identical(remote, local)

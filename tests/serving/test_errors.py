@@ -193,7 +193,7 @@ RAW_BAD_REQUESTS: dict[str, tuple[pb.HessianRequest, grpc.StatusCode, Reason, st
     "input-key-kept-in-path": (
         _request(x={"inputs": tensor_codec.encode(X[:, :4], field="x")}),
         grpc.StatusCode.INVALID_ARGUMENT,
-        ("ShapeError", "SHAPE_MISMATCH"),
+        ("UnknownInputError", "UNKNOWN_INPUT"),
         "x[inputs]",
     ),
     "bad-wrt": (

@@ -388,14 +388,17 @@ def test_a_draining_server_refuses_callers_until_they_stop_then_closes() -> None
         stopping = asyncio.run_coroutine_threadsafe(running.server.stop(WAIT_S), running.loop)
         refusals: list[str] = []
         calling_until = time.monotonic() + 8 * DRAIN_QUIET_S
+        last_sent = time.monotonic()
         while time.monotonic() < calling_until:
+            last_sent = time.monotonic()
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Gradient(request, timeout=WAIT_S)
             refusals.append(f"{refused.value.code().name}: {refused.value.details()}")
             time.sleep(DRAIN_QUIET_S / 5)
         assert not stopping.done(), "the transport closed while callers were still calling"
-        last_call = time.monotonic()
         stopping.result(WAIT_S)
-        assert time.monotonic() - last_call >= DRAIN_QUIET_S / 2
+        # The last call arrived after it was sent, and the server closes no sooner than
+        # DRAIN_QUIET_S after the last arrival: a causal bound, whatever the machine's load.
+        assert time.monotonic() - last_sent >= DRAIN_QUIET_S
     running.close()
     assert len(refusals) >= 8 and all(r.startswith("UNAVAILABLE: the server is shutting down") for r in refusals), refusals

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import hessd
 import hessd_server as hs
 from hessd_server.serving.main import parse_config, serve
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import RunningServer, console_script, rng_array, serving
 
 WAIT_S = 60.0
 
@@ -54,6 +55,42 @@ def test_an_address_that_cannot_be_bound_exits_1_naming_it(
     with caplog.at_level(logging.ERROR, logger="hessd_server"):
         assert asyncio.run(serve(config)) == 1
     assert f"cannot listen on {unbindable}" in caplog.text
+
+
+def test_a_second_server_on_a_port_in_use_exits_1_with_one_line_naming_the_port_and_the_flag() -> None:
+    with serving(warmup_batch_sizes=(1,)) as first:
+        address = first.target
+        second = subprocess.run(
+            [console_script("hessd-server"), "--listen", address],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 5,
+        )
+        with hessd.Client(address, timeout=WAIT_S) as client:
+            assert client.health("hessd.v1.HessianService") == "SERVING"
+    assert second.returncode == 1, second.stderr
+    errors = [line for line in second.stderr.splitlines() if " ERROR hessd_server" in line]
+    assert len(errors) == 1, second.stderr
+    assert f"cannot listen on {address}" in errors[0] and "--reuse-port" in errors[0]
+    assert "listening on" not in second.stderr
+
+
+def test_with_reuse_port_two_servers_bind_one_port_and_without_it_on_one_side_the_bind_fails() -> None:
+    with serving(reuse_port=True, warmup_batch_sizes=(1,)) as first:
+        shared = ServerConfig(listen=first.target, reuse_port=True, warmup_batch_sizes=(1,))
+        second = RunningServer(shared)
+        try:
+            second.wait_until_serving()
+            assert second.port == first.port
+        finally:
+            second.stop()
+        with pytest.raises(RuntimeError, match=f"cannot listen on {first.target}.*--reuse-port"):
+            RunningServer(ServerConfig(listen=first.target, warmup_batch_sizes=(1,)))
+
+
+def test_the_reuse_port_flag_builds_the_config() -> None:
+    assert parse_config([]).reuse_port is False
+    assert parse_config(["--reuse-port"]).reuse_port is True
 
 
 def test_a_single_address_string_is_one_address() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 import hessd
 import hessd_server as hs
+from hessd import errors
 from wire_fixtures import RunningServer, rng_array, serving
 
 MODELS = [
@@ -134,13 +135,13 @@ def test_float64_inputs_and_integer_weights_match(
     _assert_identical(remote, hs.hessian(server.model("demo"), x, output_weights=weights))
 
 
-def test_a_single_input_under_any_name_is_that_input(
+def test_a_single_input_under_its_name_is_that_input_and_another_name_is_refused(
     server: RunningServer, client: hessd.Client
 ) -> None:
     x, _ = _inputs("demo", batch=2)
-    _assert_identical(
-        client.gradient("demo", {"anything": x}), hs.gradient(server.model("demo"), x)
-    )
+    _assert_identical(client.gradient("demo", {"x": x}), hs.gradient(server.model("demo"), x))
+    with pytest.raises(errors.UnknownInputError):
+        client.gradient("demo", {"anything": x})
 
 
 def test_async_client_matches(server: RunningServer) -> None:

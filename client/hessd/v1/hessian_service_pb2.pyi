@@ -23,7 +23,7 @@ MODEL_STATE_FAILED: ModelState
 MODEL_STATE_UNLOADING: ModelState
 
 class HessianRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision", "result_encoding")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "full", "precision", "result_encoding")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class HessianRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -43,11 +44,12 @@ class HessianRequest(_message.Message):
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     full: bool
     precision: _tensor_pb2.DataType
     result_encoding: _tensor_pb2.ResultEncoding
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., result_encoding: _Optional[_Union[_tensor_pb2.ResultEncoding, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., result_encoding: _Optional[_Union[_tensor_pb2.ResultEncoding, _Mapping]] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
     __slots__ = ("hessian", "model_version")
@@ -58,7 +60,7 @@ class HessianResponse(_message.Message):
     def __init__(self, hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GradientRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "precision")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,15 +72,17 @@ class GradientRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     precision: _tensor_pb2.DataType
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
 
 class GradientResponse(_message.Message):
     __slots__ = ("gradient", "model_version")
@@ -89,7 +93,7 @@ class GradientResponse(_message.Message):
     def __init__(self, gradient: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class HessianVectorProductRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "v", "wrt", "output_weights", "precision")
+    __slots__ = ("model_name", "model_version", "x", "v", "wrt", "wrt_inputs", "output_weights", "precision")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +106,7 @@ class HessianVectorProductRequest(_message.Message):
     X_FIELD_NUMBER: _ClassVar[int]
     V_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
@@ -109,9 +114,10 @@ class HessianVectorProductRequest(_message.Message):
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     v: _tensor_pb2.Tensor
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     precision: _tensor_pb2.DataType
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., v: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., v: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ...) -> None: ...
 
 class HessianVectorProductResponse(_message.Message):
     __slots__ = ("hvp", "model_version")
@@ -122,7 +128,7 @@ class HessianVectorProductResponse(_message.Message):
     def __init__(self, hvp: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "full", "precision", "result_encoding")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "full", "precision", "result_encoding")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +140,7 @@ class EvaluateRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -142,11 +149,12 @@ class EvaluateRequest(_message.Message):
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     full: bool
     precision: _tensor_pb2.DataType
     result_encoding: _tensor_pb2.ResultEncoding
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., result_encoding: _Optional[_Union[_tensor_pb2.ResultEncoding, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., full: _Optional[bool] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., result_encoding: _Optional[_Union[_tensor_pb2.ResultEncoding, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("value", "gradient", "hessian", "model_version")
@@ -173,7 +181,7 @@ class StreamHessianResponse(_message.Message):
     def __init__(self, index: _Optional[int] = ..., hessian: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class HessianDiagonalRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "method", "probes", "seed")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "precision", "method", "probes", "seed")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +193,7 @@ class HessianDiagonalRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -194,12 +203,13 @@ class HessianDiagonalRequest(_message.Message):
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     precision: _tensor_pb2.DataType
     method: str
     probes: int
     seed: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., method: _Optional[str] = ..., probes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., method: _Optional[str] = ..., probes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class HessianDiagonalResponse(_message.Message):
     __slots__ = ("diagonal", "stderr", "model_version")
@@ -212,7 +222,7 @@ class HessianDiagonalResponse(_message.Message):
     def __init__(self, diagonal: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., stderr: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class HessianTraceRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "method", "probes", "seed")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "precision", "method", "probes", "seed")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +234,7 @@ class HessianTraceRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -233,12 +244,13 @@ class HessianTraceRequest(_message.Message):
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     precision: _tensor_pb2.DataType
     method: str
     probes: int
     seed: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., method: _Optional[str] = ..., probes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., method: _Optional[str] = ..., probes: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class HessianTraceResponse(_message.Message):
     __slots__ = ("trace", "stderr", "model_version")
@@ -251,7 +263,7 @@ class HessianTraceResponse(_message.Message):
     def __init__(self, trace: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., stderr: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class HessianEigenRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "k", "which", "method", "iterations", "tol", "seed")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "precision", "k", "which", "method", "iterations", "tol", "seed")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +275,7 @@ class HessianEigenRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +288,7 @@ class HessianEigenRequest(_message.Message):
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     precision: _tensor_pb2.DataType
     k: int
@@ -283,7 +297,7 @@ class HessianEigenRequest(_message.Message):
     iterations: int
     tol: float
     seed: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., k: _Optional[int] = ..., which: _Optional[str] = ..., method: _Optional[str] = ..., iterations: _Optional[int] = ..., tol: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., k: _Optional[int] = ..., which: _Optional[str] = ..., method: _Optional[str] = ..., iterations: _Optional[int] = ..., tol: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class HessianEigenResponse(_message.Message):
     __slots__ = ("eigenvalues", "eigenvectors", "residuals", "model_version")
@@ -298,7 +312,7 @@ class HessianEigenResponse(_message.Message):
     def __init__(self, eigenvalues: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., eigenvectors: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., residuals: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class HessianSpectrumRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "x", "wrt", "output_weights", "precision", "probes", "iterations", "seed")
+    __slots__ = ("model_name", "model_version", "x", "wrt", "wrt_inputs", "output_weights", "precision", "probes", "iterations", "seed")
     class XEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +324,7 @@ class HessianSpectrumRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     X_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    WRT_INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
@@ -319,12 +334,13 @@ class HessianSpectrumRequest(_message.Message):
     model_version: str
     x: _containers.MessageMap[str, _tensor_pb2.Tensor]
     wrt: str
+    wrt_inputs: _containers.RepeatedScalarFieldContainer[str]
     output_weights: _tensor_pb2.Tensor
     precision: _tensor_pb2.DataType
     probes: int
     iterations: int
     seed: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., probes: _Optional[int] = ..., iterations: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., x: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., wrt: _Optional[str] = ..., wrt_inputs: _Optional[_Iterable[str]] = ..., output_weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., precision: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., probes: _Optional[int] = ..., iterations: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class HessianSpectrumResponse(_message.Message):
     __slots__ = ("nodes", "weights", "model_version")

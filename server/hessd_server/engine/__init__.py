@@ -11,11 +11,12 @@ compiled-function cache and strategy choice (:mod:`.compiled`), the engine
 settings (:mod:`.config`), TensorFlow runtime settings and the demo model.
 
 What it may import: TensorFlow, Keras, numpy and the shared ``hessd.errors``,
-``hessd.results`` and ``hessd.curvature_options``. Never ``grpc``, ``google.rpc`` or
+``hessd.results``, ``hessd.blocks`` and ``hessd.curvature_options``. Never ``grpc``, ``google.rpc`` or
 ``hessd_server.serving``, so the engine works in-process without the server
 stack (a test enforces it).
 """
 
+from hessd.blocks import join_vector, split_hessian, split_vector
 from hessd.results import Diagonal, Eigen, Evaluation, Spectrum, Trace
 
 from .api import evaluate, gradient, hessian, hvp
@@ -45,6 +46,9 @@ __all__ = [
     "hessian_spectrum",
     "hessian_trace",
     "hvp",
+    "join_vector",
     "load_model",
+    "split_hessian",
+    "split_vector",
     "warmup",
 ]

@@ -25,6 +25,7 @@ from hessd.results import Evaluation
 from .execution import evaluation_of, gradient_of, hessian_of, hvp_of
 from .model import Model
 from .model_loading import as_model
+from .validation import Wrt
 
 ModelLike = Model | keras.Model
 
@@ -35,10 +36,10 @@ def hessian(
     *,
     full: bool = False,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> np.ndarray:
-    """The Hessian of f with respect to input ``x`` (or ``x[wrt]``).
+    """The Hessian of f with respect to input ``x`` (or ``x[wrt]``, or several inputs).
 
     Shape rule, for x of shape (B, *S):
       * ``full=False``: (B, *S, *S), the per-example blocks H_b = d2 f_b / dx_b dx_b.
@@ -46,16 +47,24 @@ def hessian(
         model); otherwise ``BatchDependenceError`` asks for ``full=True``.
       * ``full=True``: (B, *S, B, *S), every block, as ``tf.hessians`` returns it.
 
+    With ``wrt`` a list of several inputs, x stands for their concatenation,
+    each flattened per example, in the order given: S is (N,) with
+    N = sum_i prod(S_i), so the Hessian is (B, N, N) (or (B, N, B, N)), cross
+    blocks included; :func:`hessd.split_hessian` cuts it into named blocks
+    (B, *S_a, *S_b). Gradient, ``v`` and HVP are (B, N) likewise.
+
     dtype: float32, or float64 with ``precision="float64"`` (computed through
     a float64 copy of the model). A zero Hessian is returned as zeros.
 
     Args:
         model: a :class:`Model` from ``load_model``, or a Keras model.
         x: an array (B, *S); for a multi-input model a dict name -> array,
-            with ``wrt`` naming the input to differentiate (others held fixed).
+            with ``wrt`` naming the input(s) to differentiate (others held fixed).
         full: every block instead of the per-example ones.
         output_weights: w, shape (K,) or (B, K); default all ones.
-        wrt: the input to differentiate; needed only for multi-input models.
+        wrt: the input to differentiate (needed only for multi-input models), or
+            a list of floating-point inputs to differentiate together; a list of
+            one name is the same as the name. Each input at most once.
         precision: "float32" (default) or "float64".
 
     >>> import numpy as np, hessd_server as hs
@@ -75,7 +84,7 @@ def evaluate(
     *,
     full: bool = False,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Evaluation:
     """Value, gradient and Hessian of f from one compiled call.
@@ -98,7 +107,7 @@ def gradient(
     x: Any,
     *,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> np.ndarray:
     """The gradient df/dx, shape (B, *S) like x; dtype as ``precision``.
@@ -117,10 +126,13 @@ def hvp(
     v: Any,
     *,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> np.ndarray:
     """The Hessian-vector product (d2 f / dx dx) v, shape (B, *S) like x and v.
+
+    With several ``wrt`` inputs, v and the product are (B, N); v may also be
+    a dict of blocks (B, *S_i) by input name (see :func:`hessd.join_vector`).
 
     For a model whose examples are independent this is H_b v_b per example;
     for one that mixes examples it is the full product. Costs about two

@@ -97,10 +97,12 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
     """
     with model.lock:
         known = model.strategy_choices.get((key.precision, key.batch))
-        inherited = None if known is not None else _inherited(model, key)
-    if known is not None:
+    # The bucket's choice was made for some ``wrt``; the closed form may not apply to this one.
+    if known is not None and strategies.refusal(known, model.call_for(key.precision), key.wrt) is None:
         function, result = first_run(known)
         return Choice(known, function, result)
+    with model.lock:
+        inherited = _inherited(model, key)
     record = _Record(key)
     if inherited is not None:
         choice = _inherit(model, key, args, first_run, *inherited, record)
@@ -174,8 +176,7 @@ def _keep(model: Model, key: FunctionKey, name: str, timings: tuple[StrategyTimi
 
 def _rows(key: FunctionKey) -> int:
     """B * D: the rows of the bucket's blocks."""
-    dims = dict((n, s) for n, s, _ in key.inputs)[key.wrt]
-    return key.batch * int(np.prod(dims, dtype=np.int64))
+    return key.batch * int(np.prod(key.event_shape, dtype=np.int64))
 
 
 def _inherited(model: Model, key: FunctionKey) -> tuple[str, int] | None:

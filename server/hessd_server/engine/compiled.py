@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -79,10 +80,10 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
     ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)
-    for "hvp", or a seed (2,) for a curvature kind]).
+    for "hvp", or vectors (chunk, batch, D) for a matrix-free curvature kind]).
     Returns the function's outputs, flattened: (value, gradient, Hessian) for
-    the second-order kinds, the result tuple of a curvature kind, (result,)
-    for "gradient" and "hvp".
+    the second-order kinds, (result,) for "gradient", "hvp" and the curvature
+    kinds (blocks or products, see :mod:`.curvature_bodies`).
 
     Raises:
         NotCompiled: the function is not compiled, inside :func:`compiled_only`.
@@ -280,10 +281,10 @@ def _warn_public_call_once() -> None:
 
 
 def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
-    """The traced computation for ``key``: (target, x, weights[, v or seed]) -> result."""
+    """The traced computation for ``key``: (target, x, weights[, v or vectors]) -> result."""
     if key.kind in curvature_bodies.KINDS:
-        curvature = curvature_bodies.body(key.kind, dict(key.options), strategy, jit)
-        return lambda t, x, w, seed: curvature(t.forward, x, w, seed)
+        curvature = curvature_bodies.body(key.kind, strategy)
+        return lambda t, x, w, *vectors: curvature(t.forward, x, w, *vectors)
     if key.kind == "gradient":
         return lambda t, x, w: derivatives.value_and_gradient(t.forward, x, w)[1]
     if key.kind == "hvp":
@@ -297,18 +298,18 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     call = model.call_for(key.precision)
     dtype = tf.as_dtype(key.precision)
     shapes = {name: (shape, input_dtype) for name, shape, input_dtype in key.inputs}
-    x_shape, _ = shapes[key.wrt]
     fixed_specs = {
         name: tf.TensorSpec((key.batch, *shape), tf.as_dtype(input_dtype))
         for name, (shape, input_dtype) in shapes.items()
-        if name != key.wrt
+        if name not in key.wrt
     }
-    x_spec = tf.TensorSpec((key.batch, *x_shape), dtype)
+    x_spec = tf.TensorSpec((key.batch, *key.event_shape), dtype)
+    split = _splitter(key.wrt, {name: shapes[name][0] for name in key.wrt})
     signature = [x_spec, fixed_specs, tf.TensorSpec((key.batch, key.outputs), dtype)]
     if key.kind == "hvp":
         signature.append(x_spec)
-    elif key.kind in curvature_bodies.KINDS:
-        signature.append(curvature_bodies.SEED_SPEC)
+    elif key.kind in curvature_bodies.MATRIX_FREE_KINDS:
+        signature.append(curvature_bodies.vectors_spec(key.options, key.batch, x_shape, dtype))
     body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
@@ -318,18 +319,32 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
         def forward(inputs: tf.Tensor) -> tf.Tensor:
             copies = tf.shape(inputs)[0] // key.batch
             held = {name: _tile_batch(t, copies) for name, t in fixed.items()}
-            return derivatives.flatten_outputs(call({**held, key.wrt: inputs}), dtype)
+            return derivatives.flatten_outputs(call({**held, **split(inputs)}), dtype)
 
         return body(strategies.Target(forward, call, key.wrt, fixed), x, weights, *tangent)
 
-    # A curvature function compiles its derivative parts with XLA itself (see curvature_bodies.body).
-    whole_jit = jit and key.kind not in curvature_bodies.KINDS
-    function = tf.function(traced, input_signature=signature, jit_compile=whole_jit, autograph=False)
+    function = tf.function(traced, input_signature=signature, jit_compile=jit, autograph=False)
     # Every bucket, kind and strategy is its own function traced once, by design;
     # TensorFlow counts them all as retraces of one Python function (they share
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.
     function._omit_frequent_tracing_warning = True
     return function
+
+
+def _splitter(
+    wrt: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The differentiated vector (N, *S) -> the differentiated inputs by name: the
+    one input as it is, or, for several, (N, sum_i prod(S_i)) cut into (N, *S_i)."""
+    if len(wrt) == 1:
+        return lambda inputs: {wrt[0]: inputs}
+    sizes = [math.prod(shapes[name]) for name in wrt]
+
+    def split(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        parts = tf.split(inputs, sizes, axis=1)
+        return {name: tf.reshape(part, [-1, *shapes[name]]) for name, part in zip(wrt, parts)}
+
+    return split
 
 
 def _tile_batch(tensor: tf.Tensor, copies: tf.Tensor) -> tf.Tensor:

@@ -21,7 +21,11 @@ class EngineConfig:
             ``method="auto"`` computes them exactly from dense per-example
             blocks when the padded batch's blocks, B * D * D values, fit in it,
             and matrix-free otherwise; matrix-free methods take as many
-            Hessian-vector products at once as fit in it.
+            Hessian-vector products at once as fit in it (up to 1,024 per
+            example), and a request whose estimator would keep more vectors
+            (B, D) than fit in it (Hutch++'s sketch, 3 * (probes // 3);
+            Lanczos's iterations + k; the spectrum's probes * iterations) is
+            refused with reason ``CURVATURE_OPTION_INVALID`` before compiling.
         jit_compile: compile with XLA (``tf.function(jit_compile=True)``); a
             function XLA cannot compile falls back to graph mode and is recorded.
         max_compiled_functions: compiled functions kept per model; beyond it the

@@ -12,9 +12,17 @@ products with unit vectors when they do not); matrix-free methods use batched
 Hessian-vector products only: Hutchinson and Hutch++ with Rademacher probes
 drawn independently per example, and Lanczos with full reorthogonalisation.
 ``method="auto"`` is exact when the blocks fit and matrix-free otherwise.
-Each (model, method, bucket, options) compiles one XLA function; an integer
-``seed`` makes a result reproducible bit for bit, ``None`` draws fresh
-randomness. Bad options fail before anything is compiled.
+Each (model, method, bucket) compiles one XLA function, the blocks or a
+chunk of Hessian-vector products (:mod:`.curvature_bodies`); the estimator
+around it runs eagerly, one compiled call at a time, so option values compile
+nothing new and a cancelled call or a passed deadline stops it before its next
+chunk (:mod:`.cancellation`). An integer ``seed`` makes a result reproducible
+bit for bit, ``None`` draws fresh randomness.
+
+Every request is held to a budget before anything is compiled: the option
+limits of :mod:`hessd.curvature_options` (``MAX_PROBES``, ``MAX_ITERATIONS``,
+``MAX_K``), k <= D, and ``curvature_memory_bytes`` for what an estimator keeps
+(Hutch++'s sketch, Lanczos bases); see :func:`check_memory`.
 """
 
 from __future__ import annotations
@@ -22,20 +30,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from hessd import curvature_options as opts
 from hessd.errors import BatchDependenceError, InvalidArgumentError
 from hessd.results import Diagonal, Eigen, Spectrum, Trace
 
-from .execution import check_hessian_size, bucket_batch, prepare, run
+from . import compiled, curvature_bodies
+from .execution import check_hessian_size, bucket_batch, function_key, prepare
 from .model import Model
+from .padding import pad_rows
 from .api import ModelLike
 from .model_loading import as_model
-from .validation import PreparedInputs, check_result_size
+from .validation import PreparedInputs, Wrt, check_result_size
+from .warmup import add_warmers
 
 _ACTIVATION_FACTOR = 16
 """Memory of one Hessian-vector product, in multiples of its vector, assumed
 when sizing how many products run at once."""
+
+MAX_CHUNK = 1024
+"""The most Hessian-vector products per example that one compiled call takes:
+a call given up stops within one such chunk."""
 
 
 def hessian_diagonal(
@@ -46,7 +62,7 @@ def hessian_diagonal(
     probes: int = opts.DEFAULT_PROBES,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Diagonal:
     """The diagonal of each example's Hessian block: ``Diagonal(diagonal, stderr)``, both (B, *S).
@@ -57,7 +73,7 @@ def hessian_diagonal(
             the blocks exceed the memory budget), "hutchinson" (mean of z ⊙ H z
             over Rademacher probes z), or "auto" (exact if the blocks fit, else
             Hutchinson).
-        probes: Hessian-vector products per example for Hutchinson.
+        probes: Hessian-vector products per example for Hutchinson, at most ``MAX_PROBES``.
         seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
 
     ``stderr`` is zeros for exact results, and the sample standard deviation
@@ -72,11 +88,11 @@ def hessian_diagonal(
     method, probes, seed = opts.check_diagonal_options(method, probes, seed)
     m = as_model(model)
     inputs, weights = _prepared(m, x, output_weights, wrt, precision)
-    check_result_size(m, 2 * inputs.batch * inputs.event_size, inputs.precision, "Hessian diagonal")
+    check_result_size(m, 2 * inputs.batch * inputs.event_size, inputs.precision, "Hessian diagonal", _SMALLER_BATCH)
     if method == "auto":
         method = "exact" if _blocks_fit(m, inputs) else "hutchinson"
     if method == "hutchinson":
-        kind, options = "diagonal/hutchinson", {"probes": probes, "chunk": _chunk(m, inputs, probes)}
+        kind, options = "diagonal/hutchinson", {"probes": probes, "chunk": _probe_chunk(m, inputs, probes)}
     elif _blocks_fit(m, inputs):
         kind, options = "diagonal/blocks", {}
     else:
@@ -92,7 +108,7 @@ def hessian_trace(
     probes: int = opts.DEFAULT_PROBES,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Trace:
     """The trace of each example's Hessian block, the Laplacian Δf_b: ``Trace(trace, stderr)``, both (B,).
@@ -103,8 +119,10 @@ def hessian_trace(
             the blocks exceed the memory budget), "hutchinson" (mean of zᵀ H z),
             "hutch++" (a low-rank sketch taken exactly plus Hutchinson on the
             rest; ``probes`` >= 3, split in thirds), or "auto" (exact if the
-            blocks fit, else Hutch++).
-        probes: Hessian-vector products per example for Hutchinson and Hutch++.
+            blocks fit, else Hutch++ if its sketch fits, else Hutchinson).
+        probes: Hessian-vector products per example for Hutchinson and
+            Hutch++, at most ``MAX_PROBES``; Hutch++ keeps 3 * (probes // 3)
+            vectors (B, D), which must fit ``curvature_memory_bytes``.
         seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
 
     ``stderr`` is zeros for exact results; for Hutchinson the sample standard
@@ -120,12 +138,23 @@ def hessian_trace(
     method, probes, seed = opts.check_trace_options(method, probes, seed)
     m = as_model(model)
     inputs, weights = _prepared(m, x, output_weights, wrt, precision)
-    check_result_size(m, 2 * inputs.batch, inputs.precision, "Hessian trace")
+    check_result_size(m, 2 * inputs.batch, inputs.precision, "Hessian trace", _SMALLER_BATCH)
     if method == "auto":
-        method = "exact" if _blocks_fit(m, inputs) else "hutch++"
+        method = "exact" if _blocks_fit(m, inputs) else "hutch++" if _sketch_fits(m, inputs, probes) else "hutchinson"
+    if method == "hutch++":
+        check_memory(
+            m,
+            inputs,
+            vectors=3 * (probes // 3),
+            field="probes",
+            value=probes,
+            what="Hutch++ keeps a sketch of probes // 3 vectors, its products and their orthonormal range",
+            advice="ask fewer probes, send a smaller batch, or use method='hutchinson' (its memory does not grow "
+            "with probes)",
+        )
     if method in ("hutchinson", "hutch++"):
         per_call = probes // 3 if method == "hutch++" else probes
-        kind, options = f"trace/{method}", {"probes": probes, "chunk": _chunk(m, inputs, per_call)}
+        kind, options = f"trace/{method}", {"probes": probes, "chunk": _probe_chunk(m, inputs, per_call)}
     elif _blocks_fit(m, inputs):
         kind, options = "trace/blocks", {}
     else:
@@ -144,7 +173,7 @@ def hessian_eigen(
     tol: float = opts.DEFAULT_TOL,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Eigen:
     """k eigenpairs of each example's Hessian block: ``Eigen(eigenvalues, eigenvectors, residuals)``.
@@ -156,14 +185,16 @@ def hessian_eigen(
 
     Args:
         model, x, output_weights, wrt, precision: as for :func:`hessd_server.hessian`.
-        k: how many eigenpairs, 1 <= k <= D.
+        k: how many eigenpairs, 1 <= k <= min(D, ``MAX_K``).
         which: "largest", "smallest" or "largest_magnitude".
         method: "exact" (``eigh`` of the dense blocks, which must fit
             ``max_result_bytes`` as a Hessian would), "lanczos" (matrix-free,
             all examples at once), or "auto" (exact if the blocks fit the
             memory budget, else Lanczos).
-        iterations: Lanczos's Krylov dimension, >= k, clipped to D; ``None``
-            means max(64, 4k), clipped to D.
+        iterations: Lanczos's Krylov dimension, in [k, ``MAX_ITERATIONS``],
+            clipped to D; ``None`` means max(64, 4k), clipped to D. Lanczos
+            keeps iterations + k vectors (B, D), which must fit
+            ``curvature_memory_bytes``.
         tol: Lanczos stops early once every wanted pair of every example has
             ‖Hv − λv‖ <= tol·|λ|. A run that does not converge still returns;
             its residuals tell.
@@ -181,12 +212,13 @@ def hessian_eigen(
     dim = inputs.event_size
     if k > dim:
         raise InvalidArgumentError(
-            f"k must be <= D = {dim}, the size of input {inputs.wrt!r}; got {k}",
+            f"k must be <= D = {dim}, the size of {inputs.wrt_text}; got {k}",
             field="k",
             reason="CURVATURE_OPTION_INVALID",
             metadata={"k": k, "dimension": dim},
         )
-    check_result_size(m, inputs.batch * k * (dim + 2), inputs.precision, "eigenpairs")
+    advice = "ask fewer eigenpairs k, or send a smaller batch"
+    check_result_size(m, inputs.batch * k * (dim + 2), inputs.precision, "eigenpairs", advice)
     if method == "auto":
         method = "exact" if _blocks_fit(m, inputs) else "lanczos"
     if method == "exact":
@@ -194,8 +226,17 @@ def hessian_eigen(
         kind, options = "eigen/exact", {"k": k, "which": which}
     else:
         krylov = opts.default_eigen_iterations(k, dim) if iterations is None else min(iterations, dim)
+        check_memory(
+            m,
+            inputs,
+            vectors=krylov + k,
+            field="iterations",
+            value=krylov,
+            what="Lanczos keeps a basis of `iterations` vectors (clipped to D) and k Ritz vectors",
+            advice="ask fewer iterations or eigenpairs k, or send a smaller batch",
+        )
         kind = "eigen/lanczos"
-        options = {"k": k, "which": which, "iterations": krylov, "tol": tol}
+        options = {"k": k, "which": which, "iterations": krylov, "tol": tol, "chunk": 1}
     return Eigen(*_run(m, kind, inputs, weights, options, seed))
 
 
@@ -207,7 +248,7 @@ def hessian_spectrum(
     iterations: int = opts.DEFAULT_SPECTRUM_ITERATIONS,
     seed: int | None = None,
     output_weights: Any = None,
-    wrt: str | None = None,
+    wrt: Wrt = None,
     precision: str | None = None,
 ) -> Spectrum:
     """The spectral density of each example's Hessian block by stochastic Lanczos quadrature.
@@ -217,6 +258,9 @@ def hessian_spectrum(
     and example gives Ritz values (nodes) and the squared first components of
     their eigenvectors over ``probes`` (weights, >= 0, summing to 1 per
     example). The density is sum weights · δ(λ − nodes); smooth it to draw it.
+    ``probes`` is at most ``MAX_PROBES`` and ``iterations`` at most
+    ``MAX_ITERATIONS``; the runs keep probes · iterations vectors (B, D),
+    which must fit ``curvature_memory_bytes``.
 
     >>> import numpy as np, hessd_server as hs
     >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
@@ -228,13 +272,26 @@ def hessian_spectrum(
     m = as_model(model)
     inputs, weights = _prepared(m, x, output_weights, wrt, precision)
     krylov = min(iterations, inputs.event_size)
-    check_result_size(m, 2 * inputs.batch * probes * krylov, inputs.precision, "spectrum")
-    options = {"probes": probes, "iterations": krylov, "chunk": _chunk(m, inputs, probes)}
+    check_result_size(
+        m, 2 * inputs.batch * probes * krylov, inputs.precision, "spectrum",
+        "ask fewer probes or iterations, or send a smaller batch",
+    )
+    check_memory(
+        m,
+        inputs,
+        vectors=probes * krylov,
+        field="probes",
+        value=probes,
+        what="stochastic Lanczos quadrature keeps a basis of `iterations` vectors (clipped to D) for each of its "
+        "`probes` runs",
+        advice="ask fewer probes or iterations, or send a smaller batch",
+    )
+    options = {"probes": probes, "iterations": krylov, "chunk": _probe_chunk(m, inputs, probes)}
     return Spectrum(*_run(m, "spectrum", inputs, weights, options, seed))
 
 
 def _prepared(
-    m: Model, x: Any, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> tuple[PreparedInputs, np.ndarray]:
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
     if not m.batch_independent:
@@ -245,8 +302,16 @@ def _prepared(
     return inputs, weights
 
 
+_SMALLER_BATCH = "send a smaller batch"
+
+
+def _vector_bytes(m: Model, inputs: PreparedInputs) -> int:
+    """Bytes of one vector per example of the padded batch, (B, D)."""
+    return bucket_batch(m, inputs.batch) * inputs.event_size * np.dtype(inputs.precision).itemsize
+
+
 def _block_bytes(m: Model, inputs: PreparedInputs) -> int:
-    return bucket_batch(m, inputs.batch) * inputs.event_size**2 * np.dtype(inputs.precision).itemsize
+    return _vector_bytes(m, inputs) * inputs.event_size
 
 
 def _blocks_fit(m: Model, inputs: PreparedInputs) -> bool:
@@ -254,19 +319,92 @@ def _blocks_fit(m: Model, inputs: PreparedInputs) -> bool:
     return _block_bytes(m, inputs) <= m.config.curvature_memory_bytes
 
 
+def _sketch_fits(m: Model, inputs: PreparedInputs, probes: int) -> bool:
+    """Whether Hutch++'s sketch for ``probes`` fits ``curvature_memory_bytes``."""
+    return 3 * (probes // 3) * _vector_bytes(m, inputs) <= m.config.curvature_memory_bytes
+
+
+def check_memory(
+    m: Model, inputs: PreparedInputs, *, vectors: int, field: str, value: int, what: str, advice: str
+) -> None:
+    """Refuse an estimator that would keep ``vectors`` vectors (B, D) over ``curvature_memory_bytes``.
+
+    B is the padded batch; ``what`` says what the estimator keeps, ``advice``
+    what to change, ``field`` and ``value`` the option that decides it.
+
+    Raises:
+        InvalidArgumentError: reason ``CURVATURE_OPTION_INVALID`` on ``field``,
+            with metadata memory_bytes, curvature_memory_bytes and the option's value.
+    """
+    needed = vectors * _vector_bytes(m, inputs)
+    limit = m.config.curvature_memory_bytes
+    if needed <= limit:
+        return
+    batch = bucket_batch(m, inputs.batch)
+    raise InvalidArgumentError(
+        f"{field}={value:,} needs {needed:,} bytes at B={batch}, D={inputs.event_size} ({inputs.precision}), over "
+        f"the model's curvature memory budget of {limit:,} bytes: {what}; {advice}",
+        field=field,
+        reason="CURVATURE_OPTION_INVALID",
+        metadata={"value": value, "memory_bytes": needed, "curvature_memory_bytes": limit},
+    )
+
+
 def _chunk(m: Model, inputs: PreparedInputs, wanted: int) -> int:
     """How many Hessian-vector products per example to take at once: up to
-    ``wanted``, as many as fit the memory budget, at least one."""
-    vector_bytes = bucket_batch(m, inputs.batch) * inputs.event_size * np.dtype(inputs.precision).itemsize
-    return max(1, min(wanted, m.config.curvature_memory_bytes // (_ACTIVATION_FACTOR * vector_bytes)))
+    ``wanted`` and :data:`MAX_CHUNK`, as many as fit the memory budget, at least one."""
+    fitting = m.config.curvature_memory_bytes // (_ACTIVATION_FACTOR * _vector_bytes(m, inputs))
+    return max(1, min(wanted, fitting, MAX_CHUNK))
 
 
-def _seed(seed: int | None) -> np.ndarray:
+def _probe_chunk(m: Model, inputs: PreparedInputs, wanted: int) -> int:
+    """:func:`_chunk` rounded down to a power of two, so that the few compiled
+    chunk sizes serve every number of probes."""
+    return 1 << (_chunk(m, inputs, wanted).bit_length() - 1)
+
+
+def _seed(seed: int | None) -> tf.Tensor:
     """The stateless seed (2,) int64 of an integer seed, or a fresh one for ``None``."""
-    return np.random.SeedSequence(seed).generate_state(2).astype(np.int64)
+    return tf.constant(np.random.SeedSequence(seed).generate_state(2).astype(np.int64))
 
 
 def _run(
     m: Model, kind: str, inputs: PreparedInputs, weights: np.ndarray, options: dict[str, Any], seed: int | None
 ) -> tuple[np.ndarray, ...]:
-    return tuple(run(m, kind, inputs, weights, options=tuple(sorted(options.items())), constants=(_seed(seed),)))
+    """Run ``kind`` on the padded batch: its compiled part through
+    :func:`compiled.run` (which stops a call given up before each compiled
+    call), its driver eagerly; the results sliced back to B."""
+    batch = bucket_batch(m, inputs.batch)
+    chunk = options.get("chunk")
+    key_options = () if chunk is None else (("chunk", chunk),)
+    key = function_key(m, kind, inputs, weights.shape[1], batch, key_options)
+    fixed = {n: tf.constant(pad_rows(a, batch, edge=True)) for n, a in inputs.arrays.items() if n not in inputs.wrt}
+    args = (
+        tf.constant(pad_rows(inputs.x, batch, edge=True)),
+        fixed,
+        tf.constant(pad_rows(weights, batch, edge=False)),
+    )
+    if kind in curvature_bodies.BLOCK_KINDS:
+        blocks = compiled.run(m, key, args)[0]
+        results = curvature_bodies.from_blocks(kind, blocks, inputs.event_shape, options)
+    else:
+        shape = (batch, inputs.event_size)
+        dtype = tf.as_dtype(inputs.precision)
+        results = curvature_bodies.matrix_free(
+            kind, lambda vectors: compiled.run(m, key, (*args, vectors))[0], inputs.event_shape, shape, dtype,
+            options, _seed(seed),
+        )
+    return tuple(np.asarray(result)[: inputs.batch] for result in results)
+
+
+add_warmers(
+    {
+        name: lambda m, x, wrt, precision, summary=summary: summary(m, x, wrt=wrt, precision=precision, seed=0)
+        for name, summary in (
+            ("hessian_diagonal", hessian_diagonal),
+            ("hessian_trace", hessian_trace),
+            ("hessian_eigen", hessian_eigen),
+            ("hessian_spectrum", hessian_spectrum),
+        )
+    }
+)

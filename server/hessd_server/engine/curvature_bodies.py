@@ -1,11 +1,21 @@
-"""The traced computations of the curvature summaries, one per kind.
+"""The computations of the curvature summaries, one per kind: a compiled part and an eager driver.
 
-A body takes (forward, x (B, *S), weights (B, K), seed (2,)) and returns a
-tuple of tensors, each with the batch first. Exact kinds on dense blocks
-reduce the per-example Hessian (from a per-example strategy); every other
-kind works from batched Hessian-vector products and never forms a (B, D, D)
-block. :mod:`.compiled` traces, compiles and caches them like every other
-derivative function; the key's ``options`` carry the shapes they need.
+A dense-block kind ("diagonal/blocks", "trace/blocks", "eigen/exact") compiles
+the per-example Hessian blocks of x (B, *S): (B, D, D), from a per-example
+strategy. Every other kind compiles one product only: each example's block
+times ``chunk`` vectors at once, V (chunk, B, D) -> (chunk, B, D), by one
+reverse-over-reverse pass over the batch tiled ``chunk`` times; it never forms
+a (B, D, D) block.
+
+The drivers around these parts (:func:`from_blocks`, :func:`matrix_free`:
+the estimators of :mod:`.estimators` and :mod:`.lanczos`) run eagerly, so
+their loops are Python loops and each product is one call of the compiled
+part. Hence ``probes``, ``k``, ``which``, ``iterations``, ``tol`` and the
+seed are runtime values that compile nothing, and a call given up stops
+before its next compiled call (:func:`hessd_server.engine.compiled.run`
+checks :mod:`.cancellation` before each). :mod:`.compiled` traces, compiles
+and caches the compiled parts like every other derivative function; their
+key's only option is ``chunk``, for the matrix-free kinds.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from . import derivatives, estimators, lanczos
 from .derivatives import Forward
 from .estimators import BlockMatvec
 
-Body = Callable[[Forward, tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, ...]]
+Body = Callable[..., tf.Tensor]
+"""(forward, x (B, *S), weights (B, K)[, vectors (chunk, B, D)]) -> blocks (B, D, D) or products (chunk, B, D)."""
 
 BLOCK_KINDS = ("diagonal/blocks", "trace/blocks", "eigen/exact")
 """Kinds computed from dense per-example blocks, which use a per-example strategy."""
@@ -37,61 +48,48 @@ MATRIX_FREE_KINDS = (
 
 KINDS = BLOCK_KINDS + MATRIX_FREE_KINDS
 
-SEED_SPEC = tf.TensorSpec([2], tf.int64)
-"""The extra argument of every curvature function: a stateless seed."""
+
+def vectors_spec(
+    options: tuple[tuple[str, Any], ...], batch: int, event_shape: tuple[int, ...], dtype: tf.DType
+) -> tf.TensorSpec:
+    """The extra argument of a matrix-free kind's function: vectors (chunk, batch, D)."""
+    return tf.TensorSpec([dict(options)["chunk"], batch, math.prod(event_shape)], dtype)
 
 
-def block_matvec(forward: Forward, x: tf.Tensor, weights: tf.Tensor, *, jit: bool) -> BlockMatvec:
-    """V (n, B, D) -> H_b V[i, b], by one reverse-over-reverse pass over the batch
-    tiled n times, compiled by XLA when ``jit``."""
+def body(kind: str, strategy: str | None) -> Body:
+    """The compiled part of ``kind``: the blocks, by ``strategy`` ("pfor" or
+    "tiled"), for a dense-block kind; the chunk of products for the others."""
+    if kind in BLOCK_KINDS:
+        per_example = (
+            derivatives.per_example_hessian_pfor if strategy == "pfor" else derivatives.per_example_hessian_tiled
+        )
+
+        def blocks(forward: Forward, x: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+            dim = math.prod(x.shape[1:])
+            return tf.reshape(per_example(forward, x, weights)[2], [x.shape[0], dim, dim])
+
+        return blocks
+    return products
+
+
+def products(forward: Forward, x: tf.Tensor, weights: tf.Tensor, vectors: tf.Tensor) -> tf.Tensor:
+    """V (n, B, D) -> (n, B, D), row [i, b] = H_b V[i, b]."""
+    copies = vectors.shape[0]
     batch, *event = x.shape
-    dim = math.prod(event)
-
-    def products(vectors: tf.Tensor, x: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-        copies = vectors.shape[0]
-        tiled_x = x if copies == 1 else tf.tile(x, [copies] + [1] * len(event))
-        tiled_weights = weights if copies == 1 else tf.tile(weights, [copies, 1])
-        tangent = tf.reshape(vectors, [copies * batch, *event])
-        product = derivatives.hessian_vector_product(forward, tiled_x, tiled_weights, tangent)
-        return tf.reshape(product, [copies, batch, dim])
-
-    compiled = tf.function(products, jit_compile=jit, autograph=False)
-    return lambda vectors: compiled(vectors, x, weights)
+    tiled_x = x if copies == 1 else tf.tile(x, [copies] + [1] * len(event))
+    tiled_weights = weights if copies == 1 else tf.tile(weights, [copies, 1])
+    tangent = tf.reshape(vectors, [copies * batch, *event])
+    product = derivatives.hessian_vector_product(forward, tiled_x, tiled_weights, tangent)
+    return tf.reshape(product, [copies, batch, math.prod(event)])
 
 
-def body(kind: str, options: dict[str, Any], strategy: str | None, jit: bool) -> Body:
-    """The computation of ``kind`` with its ``options`` (probes, chunk, k, which, iterations, tol).
-
-    ``chunk`` is how many products per example one call of the compiled
-    product takes; every call of one function uses the same, so it compiles once.
-
-    The Hessian-vector products (or the dense blocks) run in functions
-    compiled by XLA when ``jit``; the loops and small dense algebra around
-    them (Lanczos's tridiagonal ``eigh``, Hutch++'s QR) run in graph mode,
-    which compiles an order of magnitude faster than XLA does for them.
-    """
-
-    def traced(forward: Forward, x: tf.Tensor, weights: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        batch, *event = x.shape
-        shape = (batch, math.prod(event))
-        if kind in BLOCK_KINDS:
-            per_example = (
-                derivatives.per_example_hessian_pfor if strategy == "pfor" else derivatives.per_example_hessian_tiled
-            )
-            compiled = tf.function(
-                lambda x, weights: per_example(forward, x, weights)[2], jit_compile=jit, autograph=False
-            )
-            blocks = tf.reshape(compiled(x, weights), [batch, shape[1], shape[1]])
-            return _from_blocks(kind, blocks, x, options)
-        matvec = block_matvec(forward, x, weights, jit=jit)
-        return _matrix_free(kind, matvec, x, shape, options, seed)
-
-    return traced
-
-
-def _from_blocks(kind: str, blocks: tf.Tensor, x: tf.Tensor, options: dict[str, Any]) -> tuple[tf.Tensor, ...]:
+def from_blocks(
+    kind: str, blocks: tf.Tensor, event_shape: tuple[int, ...], options: dict[str, Any]
+) -> tuple[tf.Tensor, ...]:
+    """A dense-block kind's result from the blocks (B, D, D); ``options`` has k and which for "eigen/exact"."""
+    batch = blocks.shape[0]
     if kind == "diagonal/blocks":
-        diagonal = tf.reshape(tf.linalg.diag_part(blocks), tf.shape(x))
+        diagonal = tf.reshape(tf.linalg.diag_part(blocks), [batch, *event_shape])
         return diagonal, tf.zeros_like(diagonal)
     if kind == "trace/blocks":
         trace = tf.linalg.trace(blocks)
@@ -101,41 +99,59 @@ def _from_blocks(kind: str, blocks: tf.Tensor, x: tf.Tensor, options: dict[str, 
     values, vectors = lanczos.select(values, vectors, real, options["k"], options["which"])
     vectors = lanczos.canonical_sign(tf.linalg.matrix_transpose(vectors))
     residuals = tf.norm(tf.einsum("bij,bkj->bki", blocks, vectors) - values[..., None] * vectors, axis=-1)
-    return values, _shaped_vectors(vectors, x), residuals
+    return values, _shaped_vectors(vectors, event_shape), residuals
 
 
-def _matrix_free(
-    kind: str, matvec: BlockMatvec, x: tf.Tensor, shape: tuple[int, int], options: dict[str, Any], seed: tf.Tensor
+def matrix_free(
+    kind: str,
+    matvec: BlockMatvec,
+    event_shape: tuple[int, ...],
+    shape: tuple[int, int],
+    dtype: tf.DType,
+    options: dict[str, Any],
+    seed: tf.Tensor,
 ) -> tuple[tf.Tensor, ...]:
-    dtype = x.dtype
+    """A matrix-free kind's result from ``matvec``, which takes exactly ``options["chunk"]`` vectors.
+
+    Args:
+        shape: (B, D), the padded batch and the size of one example.
+        options: chunk, and the kind's probes, k, which, iterations and tol.
+        seed: the stateless seed (2,) int64.
+    """
+    chunk = options["chunk"]
     if kind in ("diagonal/units", "trace/units"):
-        diagonal = estimators.exact_diagonal(matvec, shape=shape, chunk=options["chunk"], dtype=dtype)
+        diagonal = estimators.exact_diagonal(matvec, shape=shape, chunk=chunk, dtype=dtype)
         if kind == "trace/units":
             trace = tf.reduce_sum(diagonal, axis=1)
             return trace, tf.zeros_like(trace)
-        return tf.reshape(diagonal, tf.shape(x)), tf.zeros_like(x)
+        diagonal = tf.reshape(diagonal, [shape[0], *event_shape])
+        return diagonal, tf.zeros_like(diagonal)
     if kind == "eigen/lanczos":
-        return _lanczos_eigen(matvec, x, shape, options, seed)
+        return _lanczos_eigen(matvec, event_shape, shape, dtype, options, seed)
     if kind == "spectrum":
-        return _spectrum(matvec, shape, options, seed, dtype)
+        return _spectrum(matvec, shape, dtype, options, seed)
     estimate = {
         "diagonal/hutchinson": estimators.hutchinson_diagonal,
         "trace/hutchinson": estimators.hutchinson_trace,
         "trace/hutch++": estimators.hutch_plus_plus_trace,
     }[kind]
-    value, stderr = estimate(
-        matvec, shape=shape, probes=options["probes"], chunk=options["chunk"], seed=seed, dtype=dtype
-    )
+    value, stderr = estimate(matvec, shape=shape, probes=options["probes"], chunk=chunk, seed=seed, dtype=dtype)
     if kind == "diagonal/hutchinson":
-        return tf.reshape(value, tf.shape(x)), tf.reshape(stderr, tf.shape(x))
+        return tf.reshape(value, [shape[0], *event_shape]), tf.reshape(stderr, [shape[0], *event_shape])
     return value, stderr
 
 
 def _lanczos_eigen(
-    matvec: BlockMatvec, x: tf.Tensor, shape: tuple[int, int], options: dict[str, Any], seed: tf.Tensor
+    matvec: BlockMatvec,
+    event_shape: tuple[int, ...],
+    shape: tuple[int, int],
+    dtype: tf.DType,
+    options: dict[str, Any],
+    seed: tf.Tensor,
 ) -> tuple[tf.Tensor, ...]:
+    """Lanczos on all examples at once; ``matvec`` takes one vector per example."""
     k, which = options["k"], options["which"]
-    start = estimators.gaussian(estimators.fold_seed(seed, 0), list(shape), x.dtype)
+    start = estimators.gaussian(estimators.fold_seed(seed, 0), list(shape), dtype)
     run = lanczos.lanczos(
         lambda q: matvec(q[None])[0],
         start,
@@ -145,13 +161,13 @@ def _lanczos_eigen(
     )
     values, vectors, _ = lanczos.ritz_pairs(run, k, which)
     vectors = lanczos.canonical_sign(vectors)
-    products = estimators.apply_in_chunks(matvec, tf.transpose(vectors, [1, 0, 2]), 1)
+    products = estimators.apply_in_chunks(matvec, tf.transpose(vectors, [1, 0, 2]), options["chunk"])
     residuals = tf.norm(tf.transpose(products, [1, 0, 2]) - values[..., None] * vectors, axis=-1)
-    return values, _shaped_vectors(vectors, x), residuals
+    return values, _shaped_vectors(vectors, event_shape), residuals
 
 
 def _spectrum(
-    matvec: BlockMatvec, shape: tuple[int, int], options: dict[str, Any], seed: tf.Tensor, dtype: tf.DType
+    matvec: BlockMatvec, shape: tuple[int, int], dtype: tf.DType, options: dict[str, Any], seed: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Stochastic Lanczos quadrature: one Lanczos run per Rademacher probe and example."""
     probes = options["probes"]
@@ -171,6 +187,6 @@ def _spectrum(
     )
 
 
-def _shaped_vectors(vectors: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+def _shaped_vectors(vectors: tf.Tensor, event_shape: tuple[int, ...]) -> tf.Tensor:
     """(B, k, D) -> (B, k, *S)."""
-    return tf.reshape(vectors, [x.shape[0], vectors.shape[1], *x.shape[1:]])
+    return tf.reshape(vectors, [vectors.shape[0], vectors.shape[1], *event_shape])

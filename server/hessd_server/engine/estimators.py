@@ -3,11 +3,14 @@
 Everything here works on a *block matvec*: V (n, B, D) -> (n, B, D), the
 product H_b V[i, b] of each example's Hessian block with n vectors at once.
 Nothing forms a (B, D, D) block. Products are taken ``chunk`` vectors at a
-time inside ``tf.while_loop``, so memory grows with the chunk, not with the
-number of probes. Randomness is stateless (Philox), keyed by a ``seed`` tensor
-of shape (2,), so a seed reproduces a result bit for bit.
+time inside ``tf.while_loop``, so Hutchinson's memory grows with the chunk,
+not with the number of probes (Hutch++ keeps its sketch besides). Randomness
+is stateless (Philox), keyed by a ``seed`` tensor of shape (2,), so a seed
+reproduces a result bit for bit.
 
-Meant to be traced inside ``tf.function`` (with or without XLA).
+Run eagerly: a loop over chunks is a Python loop that calls ``matvec`` (a
+compiled function, :mod:`.curvature_bodies`) once per chunk, with the
+bookkeeping of each chunk in graph functions traced once for all sizes.
 """
 
 from __future__ import annotations
@@ -65,19 +68,34 @@ class Moments(NamedTuple):
 
     def add(self, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
         """Merge the rows of ``samples`` (n, ...) whose ``valid`` (n,) is true."""
-        mask = tf.reshape(tf.cast(valid, samples.dtype), [-1] + [1] * (samples.shape.rank - 1))
-        count = tf.reduce_sum(mask)
-        mean = tf.reduce_sum(samples * mask, axis=0) / tf.maximum(count, 1)
-        m2 = tf.reduce_sum(tf.square(samples - mean) * mask, axis=0)
-        total = self.count + count
-        delta = mean - self.mean
-        share = count / tf.maximum(total, 1)
-        return Moments(total, self.mean + delta * share, self.m2 + m2 + tf.square(delta) * self.count * share)
+        return _merged(self, samples, valid)
 
     def standard_error(self) -> tf.Tensor:
         """Sample standard deviation (ddof 1) over sqrt(count); NaN for one sample."""
         variance = self.m2 / (self.count - 1)
         return tf.sqrt(variance / self.count)
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
+    """:meth:`Moments.add`, one graph function for all sizes."""
+    mask = tf.reshape(tf.cast(valid, samples.dtype), tf.concat([[-1], tf.ones([tf.rank(samples) - 1], tf.int32)], 0))
+    count = tf.reduce_sum(mask)
+    mean = tf.reduce_sum(samples * mask, axis=0) / tf.maximum(count, 1)
+    m2 = tf.reduce_sum(tf.square(samples - mean) * mask, axis=0)
+    total = moments.count + count
+    delta = mean - moments.mean
+    share = count / tf.maximum(total, 1)
+    return Moments(total, moments.mean + delta * share, moments.m2 + m2 + tf.square(delta) * moments.count * share)
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _probes_of_step(
+    seed: tf.Tensor, step: tf.Tensor, chunk: tf.Tensor, probes: tf.Tensor, shape: tf.Tensor, dtype: tf.DType
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Step ``step``'s ``chunk`` Rademacher probes (chunk, *shape) and which of them count (< ``probes`` in all)."""
+    z = rademacher(fold_seed(seed, step), tf.concat([[chunk], shape], axis=0), dtype)
+    return z, step * chunk + tf.range(chunk) < probes
 
 
 def probe_moments(
@@ -97,16 +115,12 @@ def probe_moments(
     (c, *value_shape). Probes are drawn ``chunk`` at a time, each chunk from
     its own folded seed, independently per example.
     """
-    steps = -(-probes // chunk)
     zero = tf.zeros(value_shape, dtype)
-    start = Moments(tf.constant(0, dtype), zero, zero)
-
-    def body(step: tf.Tensor, moments: Moments) -> tuple[tf.Tensor, Moments]:
-        z = rademacher(fold_seed(seed, step), [chunk, *shape], dtype)
-        valid = step * chunk + tf.range(chunk) < probes
-        return step + 1, moments.add(sample(z, matvec(z)), valid)
-
-    _, moments = tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), start))
+    moments = Moments(tf.constant(0, dtype), zero, zero)
+    sizes = (tf.constant(chunk), tf.constant(probes), tf.constant(shape))
+    for step in range(-(-probes // chunk)):
+        z, valid = _probes_of_step(seed, tf.constant(step), *sizes, dtype)
+        moments = moments.add(sample(z, matvec(z)), valid)
     return moments
 
 

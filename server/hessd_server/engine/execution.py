@@ -31,6 +31,7 @@ from .padding import pad_rows
 from .probes import is_batch_independent
 from .validation import (
     PreparedInputs,
+    Wrt,
     check_result_size,
     prepare_inputs,
     prepare_tangent,
@@ -74,7 +75,7 @@ def prepare_second_order(
     *,
     full: bool,
     output_weights: Any,
-    wrt: str | None,
+    wrt: Wrt,
     precision: str | None,
     evaluation: bool,
 ) -> PreparedCall:
@@ -98,20 +99,22 @@ def prepare_second_order(
     return PreparedCall("full_hessian" if full else "hessian", inputs, weights)
 
 
-def prepare_gradient(m: Model, x: Any, *, output_weights: Any, wrt: str | None, precision: str | None) -> PreparedCall:
+def prepare_gradient(m: Model, x: Any, *, output_weights: Any, wrt: Wrt, precision: str | None) -> PreparedCall:
     """Check a gradient request; raises as :func:`prepare_second_order`."""
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
-    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "gradient")
+    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "gradient", "send a smaller batch")
     return PreparedCall("gradient", inputs, weights)
 
 
 def prepare_hvp(
-    m: Model, x: Any, v: Any, *, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, v: Any, *, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> PreparedCall:
     """Check a Hessian-vector product request; raises as :func:`prepare_second_order`."""
     inputs, weights = prepare(m, x, output_weights, wrt, precision)
     tangent = prepare_tangent(v, inputs)
-    check_result_size(m, inputs.batch * inputs.event_size, inputs.precision, "Hessian-vector product")
+    check_result_size(
+        m, inputs.batch * inputs.event_size, inputs.precision, "Hessian-vector product", "send a smaller batch"
+    )
     return PreparedCall("hvp", inputs, weights, tangent)
 
 
@@ -138,7 +141,7 @@ def _owned(result: Evaluation | np.ndarray) -> Any:
 
 
 def hessian_of(
-    m: Model, x: Any, *, full: bool, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, *, full: bool, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> Evaluation:
     """Value, gradient and Hessian of ``m`` at ``x``, with the result size checked for the Hessian alone."""
     options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
@@ -146,27 +149,27 @@ def hessian_of(
 
 
 def evaluation_of(
-    m: Model, x: Any, *, full: bool, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, *, full: bool, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> Evaluation:
     """Value, gradient and Hessian of ``m`` at ``x``, with the size of all three checked."""
     options = {"output_weights": output_weights, "wrt": wrt, "precision": precision}
     return _owned(run_prepared(m, prepare_second_order(m, x, full=full, evaluation=True, **options)))
 
 
-def gradient_of(m: Model, x: Any, *, output_weights: Any, wrt: str | None, precision: str | None) -> np.ndarray:
+def gradient_of(m: Model, x: Any, *, output_weights: Any, wrt: Wrt, precision: str | None) -> np.ndarray:
     """df/dx of ``m`` at ``x``, (B, *S)."""
     return _owned(run_prepared(m, prepare_gradient(m, x, output_weights=output_weights, wrt=wrt, precision=precision)))
 
 
 def hvp_of(
-    m: Model, x: Any, v: Any, *, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, v: Any, *, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> np.ndarray:
     """(d2f/dx dx) v of ``m`` at ``x``, (B, *S)."""
     return _owned(run_prepared(m, prepare_hvp(m, x, v, output_weights=output_weights, wrt=wrt, precision=precision)))
 
 
 def prepare(
-    m: Model, x: Any, output_weights: Any, wrt: str | None, precision: str | None
+    m: Model, x: Any, output_weights: Any, wrt: Wrt, precision: str | None
 ) -> tuple[PreparedInputs, np.ndarray]:
     """Check a request against ``m`` and probe batch independence on first use.
 
@@ -210,7 +213,10 @@ def _output_size(model: Model, inputs: PreparedInputs) -> int:
 def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: str, extra: int = 0) -> None:
     blocks = inputs.batch * inputs.event_size**2
     count = blocks * inputs.batch if full else blocks
-    check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}")
+    advice = "send a smaller batch"
+    if full:
+        advice += ", or ask for per-example blocks instead of full=True"
+    check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}", advice)
 
 
 def function_key(
@@ -307,7 +313,7 @@ def _run_bucket(
     batch = inputs.batch
     padded = _padded_batch(model, kind, inputs, padded_batch)
     key = function_key(model, kind, inputs, weights.shape[1], padded, options)
-    fixed = {n: pad_rows(a, padded, edge=True) for n, a in inputs.arrays.items() if n != inputs.wrt}
+    fixed = {n: pad_rows(a, padded, edge=True) for n, a in inputs.arrays.items() if n not in inputs.wrt}
     args = (
         pad_rows(inputs.x, padded, edge=True),
         fixed,

@@ -10,7 +10,9 @@ so its tridiagonal matrix stays a valid projection of H_n.
 
 From the tridiagonal matrices come Ritz pairs (eigenpairs, :func:`ritz_pairs`)
 and Gauss quadrature nodes and weights (spectral densities, :func:`quadrature`).
-Meant to be traced inside ``tf.function`` (with or without XLA).
+Runs eagerly: the loop is a Python loop that calls ``matvec`` (a compiled
+function, :mod:`.curvature_bodies`) once per step, and the rest of a step
+is one graph function.
 """
 
 from __future__ import annotations
@@ -73,47 +75,53 @@ def lanczos(
 ) -> LanczosRun:
     """Run ``iterations`` steps (fewer if ``stop`` says so) from ``start`` (N, D), not necessarily unit.
 
-    ``seed`` (2,) draws the restart vectors. Requires iterations <= D.
+    ``seed`` (2,) draws the restart vectors. Requires iterations <= D. Runs
+    eagerly: a Python loop calls ``matvec`` once per step, and the rest of
+    each step is one graph function (:func:`_advance`), traced once for all
+    sizes, so that a step costs one call of each.
     """
     count, dim = start.shape
     dtype = start.dtype
-    threshold = tf.cast(_BREAKDOWN * np.finfo(dtype.as_numpy_dtype).eps, dtype)
-
-    def step(j: tf.Tensor, q: tf.Tensor, run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor, LanczosRun]:
-        basis = tf.tensor_scatter_nd_update(run.basis, [[j]], q[None])
-        product = matvec(q)
-        alpha = tf.reduce_sum(q * product, axis=-1)
-        residual = _orthogonalised(product, basis)
-        beta = tf.norm(residual, axis=-1)
-        broke = beta <= threshold * tf.norm(product, axis=-1)
-
-        def restarted() -> tf.Tensor:
-            fresh = _orthogonalised(gaussian(fold_seed(seed, j), [count, dim], dtype), basis)
-            return tf.where(broke[:, None], _normalised(fresh), _normalised(residual))
-
-        following = tf.cond(tf.reduce_any(broke), restarted, lambda: _normalised(residual))
-        column = tf.one_hot(j, iterations, dtype=dtype)[None]
-        run = LanczosRun(
-            alpha=run.alpha + alpha[:, None] * column,
-            beta=run.beta + tf.where(broke, tf.zeros_like(beta), beta)[:, None] * column,
-            basis=basis,
-            steps=j + 1,
-        )
-        return j + 1, following, run
-
-    def going_on(j: tf.Tensor, q: tf.Tensor, run: LanczosRun) -> tf.Tensor:
-        if stop is None:
-            return j < iterations
-        return tf.logical_and(j < iterations, tf.logical_or(j == 0, tf.logical_not(stop(run))))
-
-    empty = LanczosRun(
+    run = LanczosRun(
         alpha=tf.zeros([count, iterations], dtype),
         beta=tf.zeros([count, iterations], dtype),
         basis=tf.zeros([iterations, count, dim], dtype),
         steps=tf.constant(0),
     )
-    _, _, run = tf.while_loop(going_on, step, (tf.constant(0), _normalised(start), empty))
+    q = _normalised(start)
+    for j in range(iterations):
+        q, run = _advance(tf.constant(j), q, matvec(q), run, seed)
+        if stop is not None and bool(stop(run)):
+            break
     return run
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _advance(
+    j: tf.Tensor, q: tf.Tensor, product: tf.Tensor, run: LanczosRun, seed: tf.Tensor
+) -> tuple[tf.Tensor, LanczosRun]:
+    """Step ``j`` of the runs from vector q (N, D) and its ``product`` H q:
+    the next vector, and the runs with q in their basis and T's new entries."""
+    dtype = q.dtype
+    threshold = tf.cast(_BREAKDOWN * np.finfo(dtype.as_numpy_dtype).eps, dtype)
+    basis = tf.tensor_scatter_nd_update(run.basis, [[j]], q[None])
+    alpha = tf.reduce_sum(q * product, axis=-1)
+    residual = _orthogonalised(product, basis)
+    beta = tf.norm(residual, axis=-1)
+    broke = beta <= threshold * tf.norm(product, axis=-1)
+
+    def restarted() -> tf.Tensor:
+        fresh = _orthogonalised(gaussian(fold_seed(seed, j), tf.shape(q), dtype), basis)
+        return tf.where(broke[:, None], _normalised(fresh), _normalised(residual))
+
+    following = tf.cond(tf.reduce_any(broke), restarted, lambda: _normalised(residual))
+    column = tf.one_hot(j, tf.shape(run.alpha)[1], dtype=dtype)[None]
+    return following, LanczosRun(
+        alpha=run.alpha + alpha[:, None] * column,
+        beta=run.beta + tf.where(broke, tf.zeros_like(beta), beta)[:, None] * column,
+        basis=basis,
+        steps=j + 1,
+    )
 
 
 def _tridiagonal(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
@@ -122,20 +130,20 @@ def _tridiagonal(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
     Rows past ``steps`` hold a sentinel on the diagonal, above every real
     eigenvalue (Gershgorin), so ``eigh`` lists the real eigenvalues first.
     """
-    iterations = run.alpha.shape[1]
-    index = tf.range(iterations)
+    index = tf.range(tf.shape(run.alpha)[1])
     real = index < run.steps
     coupled = index < run.steps - 1
     bound = tf.reduce_max(tf.abs(run.alpha), axis=1) + 2 * tf.reduce_max(tf.abs(run.beta), axis=1)
     diagonal = tf.where(real[None], run.alpha, (2 * bound + 1)[:, None])
     couplings = tf.where(coupled[None], run.beta, tf.zeros_like(run.beta))
-    upper = tf.constant(np.eye(iterations, k=1), run.alpha.dtype)
-    off_diagonal = couplings[:, :, None] * upper
+    off_diagonal = tf.linalg.diag(couplings[:, :-1], k=1)
     matrix = tf.linalg.diag(diagonal) + off_diagonal + tf.linalg.matrix_transpose(off_diagonal)
     return matrix, tf.broadcast_to(real[None], tf.shape(run.alpha))
 
 
-def select(values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int, which: str) -> tuple[tf.Tensor, tf.Tensor]:
+def select(
+    values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int | tf.Tensor, which: str
+) -> tuple[tf.Tensor, tf.Tensor]:
     """The k wanted eigenpairs of ascending ``values`` (N, m) and ``vectors`` (N, m, m) (columns).
 
     Only entries where ``real`` (N, m) is true are eligible. Returns values
@@ -148,17 +156,24 @@ def select(values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int, which
     return tf.gather(values, order, batch_dims=1), tf.gather(vectors, order, axis=2, batch_dims=1)
 
 
-def ritz_pairs(run: LanczosRun, k: int, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The k wanted Ritz pairs of each run.
-
-    Returns Ritz values (N, k), Ritz vectors (N, k, D) of unit length, and
-    the residual estimates |beta_last · y_last| (N, k) that Lanczos gives for free.
-    """
+def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Ritz values (N, k), their eigenvectors of T (N, m, k), and the residual
+    estimates |beta_last · y_last| (N, k) that Lanczos gives for free."""
     matrix, real = _tridiagonal(run)
     values, vectors = tf.linalg.eigh(matrix)
     values, coordinates = select(values, vectors, real, k, which)
     last = run.steps - 1
     estimates = tf.abs(run.beta[:, last][:, None] * coordinates[:, last, :])
+    return values, coordinates, estimates
+
+
+def ritz_pairs(run: LanczosRun, k: int, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The k wanted Ritz pairs of each run.
+
+    Returns Ritz values (N, k), Ritz vectors (N, k, D) of unit length, and
+    the residual estimates (N, k).
+    """
+    values, coordinates, estimates = _ritz_coordinates(run, k, which)
     ritz_vectors = tf.einsum("nmk,mnd->nkd", coordinates, run.basis)
     return values, _normalised(ritz_vectors), estimates
 
@@ -170,14 +185,20 @@ def converged(k: int, which: str, tol: float) -> StopRule:
     def rule(run: LanczosRun) -> tf.Tensor:
         if k > run.alpha.shape[1]:
             return tf.constant(False)
-        values, _, estimates = ritz_pairs(run, k, which)
-        dtype = values.dtype
-        scale = tf.reduce_max(tf.abs(run.alpha), axis=1, keepdims=True) + tf.reduce_max(run.beta, axis=1, keepdims=True)
-        floor = tf.cast(_BREAKDOWN * np.finfo(dtype.as_numpy_dtype).eps, dtype) * scale
-        enough = tf.logical_or(estimates <= tol * tf.abs(values), estimates <= floor)
-        return tf.logical_and(run.steps >= k, tf.reduce_all(enough))
+        return _converged(run, tf.constant(k), which, tf.constant(tol, run.alpha.dtype))
 
     return rule
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _converged(run: LanczosRun, k: tf.Tensor, which: str, tol: tf.Tensor) -> tf.Tensor:
+    """:func:`converged`'s test, one graph function for every k and tol (traced once per ``which``)."""
+    values, _, estimates = _ritz_coordinates(run, k, which)
+    dtype = values.dtype
+    scale = tf.reduce_max(tf.abs(run.alpha), axis=1, keepdims=True) + tf.reduce_max(run.beta, axis=1, keepdims=True)
+    floor = tf.cast(_BREAKDOWN * np.finfo(dtype.as_numpy_dtype).eps, dtype) * scale
+    enough = tf.logical_or(estimates <= tol * tf.abs(values), estimates <= floor)
+    return tf.logical_and(run.steps >= k, tf.reduce_all(enough))
 
 
 def quadrature(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:

@@ -18,7 +18,7 @@ from .function_cache import FunctionCache
 ModelCall = Callable[[Mapping[str, tf.Tensor]], Any]
 """Named input tensors (each (B, *S_i)) -> the model's outputs, any nest of (B, ...) tensors."""
 
-WarmUp = Callable[["Model", "tuple[int, ...] | list[int] | None"], None]
+WarmUp = Callable[..., None]
 """What :meth:`Model.warmup` delegates to: :func:`hessd_server.engine.warmup.warmup`."""
 
 PRECISIONS = ("float32", "float64")
@@ -98,9 +98,9 @@ class Model:
                 self._calls[precision] = self._float64_factory()
             return self._calls[precision]
 
-    def warmup(self, batch_sizes: tuple[int, ...] | list[int] | None = None) -> None:
-        """The same as ``hessd_server.warmup(self, batch_sizes)``."""
-        self._warm_up(self, batch_sizes)
+    def warmup(self, batch_sizes: tuple[int, ...] | list[int] | None = None, **plan: Any) -> None:
+        """The same as ``hessd_server.warmup(self, batch_sizes, **plan)`` (``methods``, ``precisions``)."""
+        self._warm_up(self, batch_sizes, **plan)
 
     def metadata(self) -> ModelMetadata:
         """A snapshot of the model's inputs, outputs and engine choices."""

@@ -28,13 +28,14 @@ class Target:
         forward: x (N, *S) -> outputs (N, K), the inputs held fixed bound (and
             tiled along with x when N is a multiple of the batch).
         call: the model's call on named inputs, for strategies that read the model.
-        wrt: the name of the differentiated input.
+        wrt: the names of the differentiated inputs (x is their concatenation
+            when there are several).
         fixed: the inputs held fixed, (B, *S_i) by name.
     """
 
     forward: derivatives.Forward
     call: ModelCall
-    wrt: str
+    wrt: tuple[str, ...]
     fixed: dict[str, tf.Tensor]
 
 
@@ -44,7 +45,7 @@ STRATEGIES: dict[str, Strategy] = {
     "pfor": lambda t, x, w: derivatives.per_example_hessian_pfor(t.forward, x, w),
     "tiled": lambda t, x, w: derivatives.per_example_hessian_tiled(t.forward, x, w),
     "forward_over_reverse": lambda t, x, w: derivatives.per_example_hessian_forward_over_reverse(t.forward, x, w),
-    "structural": lambda t, x, w: structural.per_example_hessian(t.call, t.wrt, t.fixed, x, w),
+    "structural": lambda t, x, w: _structural(t, x, w),
 }
 """Every per-example strategy, in the order they are tried:
 
@@ -68,7 +69,19 @@ TILED = frozenset({"tiled", "forward_over_reverse"})
 """Strategies whose memory grows with B * D, since they run D copies of the batch."""
 
 
-def refusal(name: str, call: ModelCall, wrt: str) -> str | None:
-    """Why strategy ``name`` cannot apply to this model before anything is
-    traced, or None; only the structural path refuses up front."""
-    return structural.refusal(call, wrt) if name == "structural" else None
+SEVERAL_INPUTS = "the closed form differentiates one input at a time, and wrt names several"
+
+
+def _structural(t: Target, x: tf.Tensor, w: tf.Tensor) -> Result:
+    if len(t.wrt) != 1:
+        raise structural.StructuralRefusal(SEVERAL_INPUTS)
+    return structural.per_example_hessian(t.call, t.wrt[0], t.fixed, x, w)
+
+
+def refusal(name: str, call: ModelCall, wrt: tuple[str, ...]) -> str | None:
+    """Why strategy ``name`` cannot apply to this model differentiated at
+    ``wrt`` before anything is traced, or None; only the structural path
+    refuses up front."""
+    if name != "structural":
+        return None
+    return SEVERAL_INPUTS if len(wrt) != 1 else structural.refusal(call, wrt[0])

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from functools import cached_property
+from typing import Any, Mapping, Sequence, TypeAlias
 
 import numpy as np
 
+from hessd.blocks import join_vector
 from hessd.errors import (
     DtypeError,
     InvalidArgumentError,
@@ -30,40 +32,55 @@ from hessd.errors import (
 from .model import PRECISIONS, Model, TensorInfo
 
 
+Wrt: TypeAlias = "str | Sequence[str] | None"
+"""``wrt``: the input to differentiate, or several (differentiated as one
+concatenated vector, see :mod:`hessd.blocks`); ``None`` for a single-input model."""
+
+
 @dataclass(frozen=True)
 class PreparedInputs:
     """A request's inputs, checked and cast.
 
     Attributes:
-        arrays: every model input by name, (B, *S_i), the differentiated one
+        arrays: every model input by name, (B, *S_i), the differentiated ones
             cast to ``precision``, float inputs held fixed cast likewise, the
             others to the model's dtype.
-        wrt: the name of the differentiated input.
+        wrt: the names of the differentiated inputs, in the caller's order.
         precision: "float32" or "float64", the dtype of every result.
     """
 
     arrays: dict[str, np.ndarray]
-    wrt: str
+    wrt: tuple[str, ...]
     precision: str
 
-    @property
+    @cached_property
     def x(self) -> np.ndarray:
-        """The differentiated input, (B, *S)."""
-        return self.arrays[self.wrt]
+        """The differentiated vector: the one input (B, *S) as it is, or several
+        concatenated, each flattened per example, as (B, N) with N = sum_i prod(S_i)."""
+        if len(self.wrt) == 1:
+            return self.arrays[self.wrt[0]]
+        return np.concatenate([self.arrays[n].reshape(self.batch, -1) for n in self.wrt], axis=1)
 
     @property
     def batch(self) -> int:
-        return self.x.shape[0]
+        return self.arrays[self.wrt[0]].shape[0]
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        """S, the per-example shape of the differentiated input."""
+        """S, the per-example shape of the differentiated vector (``(N,)`` for several inputs)."""
         return self.x.shape[1:]
 
     @property
     def event_size(self) -> int:
         """D = prod(S)."""
         return math.prod(self.event_shape)
+
+    @property
+    def wrt_text(self) -> str:
+        """The differentiated input(s) in words, for messages."""
+        if len(self.wrt) == 1:
+            return f"input {self.wrt[0]!r}"
+        return f"inputs {list(self.wrt)} (concatenated)"
 
 
 def resolve_precision(precision: str | None) -> str:
@@ -77,6 +94,11 @@ def resolve_precision(precision: str | None) -> str:
 
 def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+LONE_INPUT_KEY = ""
+"""The key under which a single-input model also takes its input: what the SDK
+sends for a lone array, whose input name it does not know."""
 
 
 def input_path(key: str) -> str:
@@ -94,9 +116,8 @@ def _named_arrays(model: Model, x: Any) -> dict[str, tuple[str, Any]]:
                 field="x",
             )
         return {names[0]: (input_path(names[0]), x)}
-    if len(names) == 1 and len(x) == 1:
-        key, value = next(iter(x.items()))
-        return {names[0]: (input_path(key), value)}
+    if len(names) == 1 and len(x) == 1 and LONE_INPUT_KEY in x:
+        return {names[0]: (input_path(names[0]), x[LONE_INPUT_KEY])}
     unknown = sorted(set(x) - set(names))
     if unknown:
         raise UnknownInputError(
@@ -153,31 +174,68 @@ def _check_range(array: np.ndarray, name: str, low: int, high: int) -> None:
         )
 
 
-def prepare_inputs(model: Model, x: Any, wrt: str | None, precision: str) -> PreparedInputs:
-    """Check ``x`` against the model's inputs and resolve ``wrt``.
+def resolve_wrt(model: Model, wrt: Wrt) -> tuple[str, ...]:
+    """``wrt`` as a tuple of the model's input names: one name, or several in the
+    caller's order; ``None``, ``""`` or an empty sequence means the only input.
+
+    Raises:
+        UnknownInputError: a name that is no input, or no name for a multi-input model.
+        InvalidArgumentError: a name given twice, or a name that is not a string.
+        DtypeError: a named input that the model declares as integers.
+    """
+    names = model.input_names
+    wanted = () if wrt is None or wrt == "" else (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    if not wanted:
+        if len(names) != 1:
+            raise UnknownInputError(
+                f"model {model.name!r} has inputs {list(names)}; say which to differentiate with wrt= "
+                "(one name, or a list of names to differentiate them together)",
+                field="wrt",
+            )
+        return names
+    for name in wanted:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"wrt must hold input names (strings), got {clipped(repr(name))}", field="wrt"
+            )
+        if name not in names:
+            raise UnknownInputError(
+                f"wrt={clipped(name)} names no input of model {model.name!r}; choose from {list(names)}",
+                field="wrt",
+            )
+    repeated = sorted({name for name in wanted if wanted.count(name) > 1})
+    if repeated:
+        raise InvalidArgumentError(f"wrt names input {repeated[0]!r} more than once; name each input once", field="wrt")
+    declared = {info.name: info.dtype for info in model.inputs}
+    for name in wanted:
+        if not (declared[name].startswith("float") or declared[name] == "bfloat16"):
+            raise DtypeError(
+                f"input {name!r} holds {declared[name]} values, which cannot be differentiated; "
+                "name only floating-point inputs in wrt",
+                field="wrt",
+            )
+    return wanted
+
+
+def prepare_inputs(model: Model, x: Any, wrt: Wrt, precision: str) -> PreparedInputs:
+    """Check ``x`` against the model's inputs and resolve ``wrt`` (see :func:`resolve_wrt`).
 
     Raises:
         InvalidArgumentError: an integer input that indexes a lookup holds an
-            id outside the lookup's range (``model.input_ranges``).
+            id outside the lookup's range (``model.input_ranges``); a bad ``wrt``.
         ShapeError: wrong rank, shape, missing input, or unequal batch sizes.
         DtypeError: a non-float differentiated input.
         UnknownInputError: ``wrt`` or a key of ``x`` names no input.
     """
-    names = model.input_names
-    if wrt is None or wrt == "":
-        if len(names) != 1:
-            raise UnknownInputError(
-                f"model {model.name!r} has inputs {list(names)}; say which to differentiate with wrt=", field="wrt"
-            )
-        wrt = names[0]
-    elif wrt not in names:
-        raise UnknownInputError(
-            f"wrt={clipped(wrt)} names no input of model {model.name!r}; choose one of {list(names)}", field="wrt"
-        )
+    differentiated = resolve_wrt(model, wrt)
     named = _named_arrays(model, x)
     arrays = {
         info.name: _checked_array(
-            named[info.name][1], info, path=named[info.name][0], differentiated=info.name == wrt, precision=precision
+            named[info.name][1],
+            info,
+            path=named[info.name][0],
+            differentiated=info.name in differentiated,
+            precision=precision,
         )
         for info in model.inputs
     }
@@ -186,7 +244,7 @@ def prepare_inputs(model: Model, x: Any, wrt: str | None, precision: str) -> Pre
     batches = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(batches.values())) != 1:
         raise ShapeError(f"every input needs the same batch size, got {batches}", field="x")
-    return PreparedInputs(arrays=arrays, wrt=wrt, precision=precision)
+    return PreparedInputs(arrays=arrays, wrt=differentiated, precision=precision)
 
 
 def prepare_weights(output_weights: Any, batch: int, outputs: int, precision: str) -> np.ndarray:
@@ -214,24 +272,30 @@ def prepare_weights(output_weights: Any, batch: int, outputs: int, precision: st
 
 
 def prepare_tangent(v: Any, inputs: PreparedInputs) -> np.ndarray:
-    """The HVP direction ``v``, shape and dtype of the differentiated input.
+    """The HVP direction ``v``, shape and dtype of the differentiated vector:
+    (B, *S) for one input; (B, N) for several, or their blocks by name
+    (joined by :func:`hessd.blocks.join_vector`).
 
     Raises:
         ShapeError: ``v`` does not have x's shape.
         DtypeError: ``v`` is not floating point.
     """
+    if isinstance(v, Mapping) and len(inputs.wrt) > 1:
+        v = join_vector(v, {name: inputs.arrays[name].shape[1:] for name in inputs.wrt})
     tangent = np.asarray(v)
     if not _is_float(tangent.dtype):
         raise DtypeError(f"v must be floating point, got {tangent.dtype.name}", field="v")
     if tangent.shape != inputs.x.shape:
         raise ShapeError(
-            f"v must have the shape of input {inputs.wrt!r}, {inputs.x.shape}, got {tangent.shape}", field="v"
+            f"v must have the shape of {inputs.wrt_text}, {inputs.x.shape}, got {tangent.shape}", field="v"
         )
     return tangent.astype(inputs.precision, copy=False)
 
 
-def check_result_size(model: Model, element_count: int, precision: str, what: str) -> None:
+def check_result_size(model: Model, element_count: int, precision: str, what: str, advice: str) -> None:
     """Refuse a result over ``model.config.max_result_bytes`` before computing it.
+
+    ``advice`` says what in the request to change (the message adds "or raise max_result_bytes").
 
     Raises:
         ResultTooLargeError: with the estimate, the limit and what to change.
@@ -240,8 +304,8 @@ def check_result_size(model: Model, element_count: int, precision: str, what: st
     limit = model.config.max_result_bytes
     if estimate > limit:
         raise ResultTooLargeError(
-            f"the {what} would take {estimate:,} bytes, over the limit of {limit:,} bytes; send a smaller batch, "
-            "ask for per-example blocks instead of full=True, or raise max_result_bytes",
+            f"the {what} would take {estimate:,} bytes, over the limit of {limit:,} bytes; {advice}, "
+            "or raise max_result_bytes",
             reason="RESULT_EXCEEDS_LIMIT",
             metadata={"result_bytes": estimate, "max_result_bytes": limit},
         )

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from hessd._version import __version__
 
 from ..engine.strategies import STRATEGIES
+from ..engine.warmup import WARMUP_METHODS, WARMUP_PRECISIONS
 from .observability.allocator import retain_freed_memory
 from .server import create_server
 from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
@@ -58,7 +59,10 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             repository_poll_seconds=args.repository_poll_seconds,
             admin_token_file=args.admin_token_file,
             listen=tuple(args.listen) or (DEFAULT_LISTEN,),
+            reuse_port=args.reuse_port,
             warmup_batch_sizes=args.warmup_batch_sizes,
+            warmup_methods=args.warmup_methods,
+            warmup_precisions=args.warmup_precisions,
             max_batch_size=args.max_batch_size,
             max_result_bytes=args.max_result_bytes,
             curvature_memory_bytes=args.curvature_memory_bytes,
@@ -178,11 +182,35 @@ def _parser() -> argparse.ArgumentParser:
         f"one process (default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share TCP ports with other processes already listening on them (SO_REUSEPORT: "
+        "the kernel splits new connections between them); without it, a port in use fails "
+        "the start",
+    )
+    parser.add_argument(
         "--warmup-batch-sizes",
         type=_batch_sizes,
         default=defaults.warmup_batch_sizes,
         metavar="B1,B2,...",
-        help="batch sizes to compile before SERVING (default: the engine's, 1 to 32)",
+        help="batch sizes to compile before SERVING (default: 1,8,32; a request runs in the "
+        "smallest warmed bucket that holds it)",
+    )
+    parser.add_argument(
+        "--warmup-methods",
+        type=_names,
+        default=defaults.warmup_methods,
+        metavar="M1,M2,...",
+        help=f"methods to compile before SERVING, of {','.join(WARMUP_METHODS)} "
+        f"(default: {','.join(defaults.warmup_methods)})",
+    )
+    parser.add_argument(
+        "--warmup-precisions",
+        type=_names,
+        default=defaults.warmup_precisions,
+        metavar="P1,P2",
+        help=f"precisions to compile them at, of {','.join(WARMUP_PRECISIONS)} "
+        f"(default: {','.join(defaults.warmup_precisions)})",
     )
     for flag, kind, help_text in (
         ("--max-batch-size", int, "largest batch bucket, a power of two"),
@@ -290,6 +318,10 @@ def _model_spec(text: str) -> ModelSpec:
     if not separator or not name or not source:
         raise argparse.ArgumentTypeError(f"expected NAME=SOURCE, got {text!r}")
     return ModelSpec(name, source)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(","))
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

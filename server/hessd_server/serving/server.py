@@ -122,6 +122,8 @@ class HessdServer:
             self.metrics,
             engine_config=config.engine_config(),
             warmup_batch_sizes=config.warmup_batch_sizes,
+            warmup_methods=config.warmup_methods,
+            warmup_precisions=config.warmup_precisions,
             safe_mode=config.safe_mode,
             repository=None if config.model_repository is None else Path(config.model_repository),
         )
@@ -156,14 +158,16 @@ class HessdServer:
         )
         self._loading: asyncio.Future[None] | None = None
         self._health = health.aio.HealthServicer()
-        failures = FailureLog(logging.getLogger("hessd_server.requests"))
+        self.failures = FailureLog(logging.getLogger("hessd_server.requests"))
+        """Where failed calls are logged (bad requests and faults, rate-limited)."""
         self.grpc_server = grpc.aio.server(
             interceptors=[
-                StatusInterceptor(self.metrics, self.admission, failures, _service_tokens(config))
+                StatusInterceptor(self.metrics, self.admission, self.failures, _service_tokens(config))
             ],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", int(config.reuse_port)),
                 *_connection_age_options(config),
                 *TRANSFER_OPTIONS,
             ],
@@ -174,7 +178,7 @@ class HessdServer:
                     self.models, self.batcher, self.shared_memory, max_message_bytes=config.max_message_bytes
                 ),
                 ReplyEncoder(chunk_bytes=config.chunk_bytes, regions=self.shared_memory),
-                failures,
+                self.failures,
                 self.admission,
             ),
             self.grpc_server,
@@ -382,7 +386,11 @@ def _bind(
         else:
             port = grpc_server.add_secure_port(address, credentials)
     except RuntimeError as error:
-        raise RuntimeError(f"cannot listen on {address}: {error}") from error
+        hint = "" if unix else (
+            " (is another server on that port? stop it, choose another port with --listen, "
+            "or pass --reuse-port to share the port on purpose)"
+        )
+        raise RuntimeError(f"cannot listen on {address}{hint}: {error}") from error
     if unix:
         return address, 0
     host, separator, _ = address.rpartition(":")

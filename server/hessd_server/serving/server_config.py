@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from ..engine import DEMO_MODEL_SOURCE, EngineConfig
 from ..engine.strategies import STRATEGIES
-from ..engine.warmup import DEFAULT_WARMUP_BATCH_SIZES
+from ..engine.warmup import (
+    DEFAULT_WARMUP_BATCH_SIZES,
+    DEFAULT_WARMUP_METHODS,
+    DEFAULT_WARMUP_PRECISIONS,
+    check_warmup_plan,
+)
 
 DEMO_MODEL_NAME = "demo"
 """The name the embedded demo model is served under when no model is configured."""
@@ -59,13 +64,22 @@ class ServerConfig:
             free one) or ``unix:///path``; one process may serve several, e.g. a
             unix socket for a pod neighbour and a TCP port for the kubelet's
             gRPC probe. A single string is taken as a one-address tuple.
+        reuse_port: let this server bind TCP ports that another socket already
+            listens on (``SO_REUSEPORT``), the kernel then splitting new
+            connections between them; off, binding a port in use fails at start.
         warmup_batch_sizes: batch sizes whose buckets are compiled before the
-            server reports SERVING; ``None`` uses the engine's default.
+            server reports SERVING; ``None`` uses the engine's default (1, 8, 32).
+        warmup_methods: the methods compiled before SERVING, names of
+            ``hessd_server.engine.warmup.WARMUP_METHODS`` (default: hessian,
+            evaluate, gradient, hvp).
+        warmup_precisions: the precisions they are compiled at ("float32",
+            "float64"; default float32).
         max_batch_size: largest power-of-two batch bucket (engine setting).
         max_result_bytes: results above this are refused before computing
             (engine setting).
         curvature_memory_bytes: the curvature summaries' memory budget: "auto"
-            is exact when the dense blocks fit it (engine setting).
+            is exact when the dense blocks fit it, and estimators that would
+            keep more are refused (engine setting).
         jit_compile: compile with XLA (engine setting).
         strategy: the per-example Hessian strategy every model uses, a name of
             ``hessd_server.engine.strategies.STRATEGIES``, or ``None`` to
@@ -130,7 +144,10 @@ class ServerConfig:
     repository_poll_seconds: float = 10.0
     admin_token_file: str | None = None
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    reuse_port: bool = False
     warmup_batch_sizes: tuple[int, ...] | None = None
+    warmup_methods: tuple[str, ...] = DEFAULT_WARMUP_METHODS
+    warmup_precisions: tuple[str, ...] = DEFAULT_WARMUP_PRECISIONS
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
     curvature_memory_bytes: int = 256 << 20
@@ -170,6 +187,7 @@ class ServerConfig:
             raise ValueError(f"listen needs at least one non-empty address, got {self.listen}")
         if len(set(self.listen)) != len(self.listen):
             raise ValueError(f"listen addresses must be unique, got {list(self.listen)}")
+        check_warmup_plan(self.warmup_methods, self.warmup_precisions)
         names = [spec.name for spec in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")

@@ -8,7 +8,8 @@ method reads top to bottom:
    engine is done with it, so that a reload never unloads it mid-call;
 2. plan the reply: check ``result_encoding`` (:func:`~.reply_plan.encoding_of`);
 3. decode ``x``, ``output_weights`` (and ``v``), from the message or from
-   registered shared memory, every size bounded by the message limit;
+   registered shared memory, every size bounded by the message limit, and read
+   ``wrt`` or ``wrt_inputs``;
 4. check the precision against the version and, for one-message replies, the
    reply's size from the input shapes (:meth:`~.reply_plan.ReplyPlan.check_estimate`);
 5. hand the work to the batcher once and await its result.
@@ -26,6 +27,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from hessd import tensor_codec
+from hessd.errors import InvalidArgumentError
 from hessd.results import Diagonal, Eigen, Evaluation, ModelMetadata, ModelStatus, Spectrum, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import Tensor
@@ -33,7 +35,7 @@ from hessd.v1.tensor_pb2 import Tensor
 from ... import engine
 from ...engine import Model
 from ...engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
-from ...engine.validation import input_path
+from ...engine.validation import LONE_INPUT_KEY, input_path
 from ..repository.model_registry import ModelRegistry
 from ..scheduling.batching import Batcher, Deadline
 from .reply_plan import PLAIN_ENCODING, RPCS, ReplyPlan, request_encoding
@@ -152,11 +154,11 @@ class DataPlane:
         chosen = {name: getattr(request, name) for name in CURVATURE_OPTIONS if name in fields and request.HasField(name)}
         plan = ReplyPlan(RPCS[rpc], PLAIN_ENCODING, self._max_message_bytes)
         with self._models.acquired(request.model_name, request.model_version) as served:
-            decoded = await self._decoded(request)
-            served.check_precision(decoded.options["precision"])
             model = served.model
             assert model is not None
+            decoded = await self._decoded(request, model)
             x, options = decoded.x, decoded.options
+            served.check_precision(options["precision"])
             result = await self._batcher.call(deadline, rpc, lambda: function(model, x, **options, **chosen))
         return Answer(result, served.label, plan)
 
@@ -184,12 +186,12 @@ class DataPlane:
         """The engine's result for ``request``, through the batcher, on the requested version."""
         plan = self._plan(rpc, request)
         with self._models.acquired(request.model_name, request.model_version) as served:
-            decoded = await self._decoded(request)
+            model = served.model
+            assert model is not None
+            decoded = await self._decoded(request, model)
             x, options = decoded.x, decoded.options
             served.check_precision(options["precision"])
             plan.check_estimate(x, options["wrt"], full=full, precision=options["precision"])
-            model = served.model
-            assert model is not None
             examples = max((array.shape[0] if array.ndim else 1 for array in x.values()), default=1)
             input_bytes = sum(array.nbytes for array in x.values())
             result = await self._batcher.compute(
@@ -205,11 +207,12 @@ class DataPlane:
             encoding = request_encoding(request, chunked=kind.chunked)
         return ReplyPlan(kind, encoding, self._max_message_bytes)
 
-    async def _decoded(self, request: DerivativeRequest) -> _Decoded:
-        """``x`` by input name, and ``output_weights``, ``wrt`` and ``precision``; tensors
-        in shared memory are read off the event loop."""
+    async def _decoded(self, request: DerivativeRequest, model: Model) -> _Decoded:
+        """``x`` by input name of ``model``, and ``output_weights``, ``wrt`` and
+        ``precision``; tensors in shared memory are read off the event loop."""
+        entries = len(request.x)
         tensors: dict[str | None, tuple[str, Tensor]] = {
-            name: (input_path(name), tensor) for name, tensor in request.x.items()
+            _input_key(model, name, entries): (input_path(name), tensor) for name, tensor in request.x.items()
         }
         if request.HasField("output_weights"):
             tensors[None] = ("output_weights", request.output_weights)
@@ -217,10 +220,39 @@ class DataPlane:
         weights = arrays.pop(None, None)
         options = {
             "output_weights": weights,
-            "wrt": request.wrt or None,
+            "wrt": _wrt(request),
             "precision": tensor_codec.decode_precision(request.precision),
         }
         return _Decoded(arrays, options)  # type: ignore[arg-type]
+
+
+LEGACY_LONE_INPUT_KEY = "x"
+"""The key under which clients written before the empty key (``LONE_INPUT_KEY``)
+send a lone array; a single-input model still takes its input under it."""
+
+
+def _wrt(request: DerivativeRequest) -> str | tuple[str, ...] | None:
+    """The engine's ``wrt`` of a request: its ``wrt_inputs``, else its ``wrt``, else None.
+
+    Raises:
+        InvalidArgumentError: both are set.
+    """
+    if request.wrt_inputs:
+        if request.wrt:
+            raise InvalidArgumentError("set wrt (one input) or wrt_inputs (several), not both", field="wrt_inputs")
+        return tuple(request.wrt_inputs)
+    return request.wrt or None
+
+
+def _input_key(model: Model, key: str, entries: int) -> str:
+    """``key`` of the request's ``x`` map as the engine reads it: the legacy lone-array
+    key ``"x"`` of a single entry for a single-input model whose input has another
+    name stands for the empty key; every other key is kept (the engine refuses
+    one that names no input with ``UnknownInputError``)."""
+    names = model.input_names
+    if entries == 1 and key == LEGACY_LONE_INPUT_KEY and len(names) == 1 and names[0] != key:
+        return LONE_INPUT_KEY
+    return key
 
 
 __all__ = ["Answer", "CURVATURE_FUNCTIONS", "DataPlane"]

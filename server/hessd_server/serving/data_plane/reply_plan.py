@@ -183,15 +183,16 @@ class ReplyPlan:
         )
 
     def check_estimate(
-        self, x: Mapping[str, np.ndarray], wrt: str | None, *, full: bool, precision: str | None
+        self, x: Mapping[str, np.ndarray], wrt: str | tuple[str, ...] | None, *, full: bool, precision: str | None
     ) -> None:
         """Refuse, before computing, a result whose reply cannot fit one message.
 
         The size follows from the differentiated input's shape (B, *S), ``full``,
         ``precision`` and the encoding (a packed Hessian, results rounded to 16
         bits). A request whose inputs the engine would refuse anyway is left to
-        it, and so is one whose results go to shared memory (its reply holds no
-        result bytes) or whose RPC is judged only once built.
+        it, and so is a request of several inputs whose ``wrt`` names none or several
+        of them, one whose results go to shared memory (its reply holds no result
+        bytes), and one whose RPC is judged only once built.
         """
         result = self.rpc.sized_by
         if result is None or self.encoding.location is not None:

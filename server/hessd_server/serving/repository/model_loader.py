@@ -40,6 +40,7 @@ from pathlib import Path
 from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError, clipped
 
 from ...engine import EngineConfig, Model, load_model, warmup
+from ...engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
 from ..observability.metrics import Metrics
 from ..server_config import ModelSpec
 from .model_registry import FIXED_VERSION, ModelRegistry, ModelState, ServedVersion
@@ -59,6 +60,9 @@ class ModelLoader:
             config.toml may override.
         warmup_batch_sizes: batch sizes warmed before a version serves, unless
             its config.toml says otherwise; ``None``: the engine's default.
+        warmup_methods: methods warmed, unless its config.toml says otherwise.
+        warmup_precisions: precisions warmed, unless its config.toml says
+            otherwise; of those, only the ones the model's config.toml allows.
         safe_mode: Keras safe mode for ``.keras`` files.
         repository: the model repository folder, if any.
     """
@@ -70,6 +74,8 @@ class ModelLoader:
         *,
         engine_config: EngineConfig,
         warmup_batch_sizes: Sequence[int] | None,
+        warmup_methods: Sequence[str] = DEFAULT_WARMUP_METHODS,
+        warmup_precisions: Sequence[str] = DEFAULT_WARMUP_PRECISIONS,
         safe_mode: bool,
         repository: Path | None,
     ) -> None:
@@ -77,6 +83,8 @@ class ModelLoader:
         self._metrics = metrics
         self._engine_config = engine_config
         self._warmup_batch_sizes = warmup_batch_sizes
+        self._warmup_methods = tuple(warmup_methods)
+        self._warmup_precisions = tuple(warmup_precisions)
         self._safe_mode = safe_mode
         self._repository = repository
         self._previous_scan: dict[tuple[str, int], object] = {}
@@ -96,7 +104,7 @@ class ModelLoader:
         for spec in specs:
             self._registry.set_loading(spec.name, FIXED_VERSION, None)
             try:
-                model = self._loaded(spec.name, spec.source, self._engine_config, None)
+                model = self._loaded(spec.name, spec.source, self._engine_config, ModelConfig())
             except Exception as error:
                 self._registry.set_failed(spec.name, FIXED_VERSION, _reason(error), None)
                 raise
@@ -303,7 +311,7 @@ class ModelLoader:
                 name,
                 str(folder.source),
                 config.engine_config(self._engine_config),
-                config.warmup_batch_sizes,
+                config,
                 number,
             )
         except Exception as error:
@@ -339,10 +347,11 @@ class ModelLoader:
         name: str,
         source: str,
         engine_config: EngineConfig,
-        warmup_batch_sizes: Sequence[int] | None,
+        config: ModelConfig,
         version: int = FIXED_VERSION,
     ) -> Model:
-        """``source`` loaded and warmed; load and warm-up times go to the metrics."""
+        """``source`` loaded and warmed as ``config`` (or the server) says; load and
+        warm-up times go to the metrics."""
         _log.info("model %s: loading version %d from %s", name, version, source)
         started = time.perf_counter()
         model = load_model(source, name=name, config=engine_config, safe_mode=self._safe_mode)
@@ -352,15 +361,27 @@ class ModelLoader:
         else:
             warmup(
                 model,
-                self._warmup_batch_sizes if warmup_batch_sizes is None else warmup_batch_sizes,
+                self._warmup_batch_sizes if config.warmup_batch_sizes is None else config.warmup_batch_sizes,
+                methods=config.warmup_methods or self._warmup_methods,
+                precisions=self._precisions_to_warm(config),
             )
         warmed = time.perf_counter()
         self._metrics.observe_load(name, str(version), loaded - started, warmed - loaded)
+        metadata = model.metadata()
         _log.info(
-            "model %s: version %d ready in %.1fs (load %.1fs, warm-up %.1fs): %s",
-            name, version, warmed - started, loaded - started, warmed - loaded, model.metadata(),
+            "model %s: version %d ready in %.1fs (load %.1fs, warm-up %.1fs, %d compiled functions)",
+            name, version, warmed - started, loaded - started, warmed - loaded, metadata.compile_count,
         )
+        _log.debug("model %s: version %d: %s", name, version, metadata)
         return model
+
+    def _precisions_to_warm(self, config: ModelConfig) -> tuple[str, ...]:
+        """The model's warm-up precisions, or the server's; of those, the ones its
+        requests may ask for (the first it allows when none is left)."""
+        wanted = config.warmup_precisions or self._warmup_precisions
+        if config.precisions is None:
+            return wanted
+        return tuple(p for p in wanted if p in config.precisions) or config.precisions[:1]
 
     def _unload(self, name: str, number: int) -> None:
         self._registry.drain(name, number)

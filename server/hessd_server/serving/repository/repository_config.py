@@ -8,6 +8,8 @@ Every key is optional; a missing file means all defaults::
     jit_compile = true               # compile with XLA
     strategy = "structural"          # pin the per-example Hessian strategy ("auto": tune)
     warmup_batch_sizes = [1, 8]      # instead of the server's --warmup-batch-sizes
+    warmup_methods = ["hessian", "hessian_trace"]  # instead of --warmup-methods
+    warmup_precisions = ["float64"]  # instead of --warmup-precisions
     precisions = ["float32"]         # the precisions requests may ask for
 
     [version_policy]                 # exactly one of:
@@ -30,6 +32,7 @@ from typing import Any
 from ...engine import EngineConfig
 from ...engine.model import PRECISIONS
 from ...engine.strategies import STRATEGIES
+from ...engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS, check_warmup_plan
 from ..server_config import AUTO_STRATEGY
 from .repository_files import read_small_file
 
@@ -94,6 +97,9 @@ class ModelConfig:
         jit_compile: compile with XLA.
         strategy: the per-example Hessian strategy, or ``"auto"`` to tune it.
         warmup_batch_sizes: batch sizes warmed before a version serves.
+        warmup_methods: methods warmed before a version serves (names of
+            ``hessd_server.engine.warmup.WARMUP_METHODS``).
+        warmup_precisions: precisions they are warmed at.
         precisions: the precisions requests may ask for (``None``: all).
     """
 
@@ -103,6 +109,8 @@ class ModelConfig:
     jit_compile: bool | None = None
     strategy: str | None = None
     warmup_batch_sizes: tuple[int, ...] | None = None
+    warmup_methods: tuple[str, ...] | None = None
+    warmup_precisions: tuple[str, ...] | None = None
     precisions: tuple[str, ...] | None = None
 
     def engine_config(self, server: EngineConfig) -> EngineConfig:
@@ -175,6 +183,17 @@ def parse_model_config(table: Mapping[str, Any]) -> ModelConfig:
             _positive_int(size, "warmup_batch_sizes")
             for size in _list(table["warmup_batch_sizes"], "warmup_batch_sizes")
         )
+    for key in ("warmup_methods", "warmup_precisions"):
+        if key in table:
+            settings[key] = tuple(_list(table[key], key))
+    if "warmup_methods" in settings or "warmup_precisions" in settings:
+        try:
+            check_warmup_plan(
+                settings.get("warmup_methods", DEFAULT_WARMUP_METHODS),
+                settings.get("warmup_precisions", DEFAULT_WARMUP_PRECISIONS),
+            )
+        except ValueError as error:
+            raise ValueError(f"warmup_methods or warmup_precisions: {error}") from None
     if "precisions" in table:
         precisions = _list(table["precisions"], "precisions")
         if not precisions or any(precision not in PRECISIONS for precision in precisions):
