@@ -4,7 +4,8 @@ The SDK does not trust the server: before it allocates anything for a reply,
 every result tensor the reply declares must have a name, dtype, packing and
 shape that the request can get back. The request fixes them: B and S (the
 per-example shape) of the differentiated input (of each input when ``wrt``
-does not name one of ``x``'s keys), ``full``, ``precision``, the requested
+does not name one of ``x``'s keys; S = (N,), the sum of their sizes, for several
+``wrt_inputs``), ``full``, ``precision``, the requested
 ``result_encoding``, and the curvature options ``k``, ``probes`` and
 ``iterations``. Every dimension is exact but the Krylov steps of a spectrum,
 at most ``min(iterations, D)``, so a declared size can never exceed what the
@@ -159,7 +160,14 @@ def checked(request: Message, reply: Reply) -> Reply:
 def _candidates(request: Any) -> list[tuple[int, tuple[int, ...]]]:
     """(B, S) of each input the result may be taken with respect to."""
     shapes = {name: tuple(tensor.shape) for name, tensor in request.x.items()}
-    chosen = [shapes[request.wrt]] if request.wrt in shapes else list(shapes.values())
+    names = tuple(getattr(request, "wrt_inputs", ()))
+    if len(names) > 1:
+        named = [shapes.get(name, ()) for name in names]
+        if not all(named) or len({shape[0] for shape in named}) != 1:
+            return []
+        return [(named[0][0], (sum(math.prod(shape[1:]) for shape in named),))]
+    wrt = names[0] if names else request.wrt
+    chosen = [shapes[wrt]] if wrt in shapes else list(shapes.values())
     return [(shape[0], shape[1:]) for shape in chosen if shape]
 
 

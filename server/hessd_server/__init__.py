@@ -22,57 +22,51 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from typing import TYPE_CHECKING, Any
+
 from hessd._version import __version__
 
-from .engine import (
-    DEMO_MODEL_SOURCE,
-    Diagonal,
-    Eigen,
-    EngineConfig,
-    Evaluation,
-    Model,
-    ModelMetadata,
-    Spectrum,
-    TensorInfo,
-    Trace,
-    evaluate,
-    gradient,
-    hessian,
-    hessian_diagonal,
-    hessian_eigen,
-    hessian_spectrum,
-    hessian_trace,
-    hvp,
-    join_vector,
-    load_model,
-    split_hessian,
-    split_vector,
-    warmup,
-)
+from . import engine
 
-__all__ = [
-    "__version__",
-    "DEMO_MODEL_SOURCE",
-    "Diagonal",
-    "Eigen",
-    "EngineConfig",
-    "Evaluation",
-    "Model",
-    "ModelMetadata",
-    "Spectrum",
-    "TensorInfo",
-    "Trace",
-    "evaluate",
-    "gradient",
-    "hessian",
-    "hessian_diagonal",
-    "hessian_eigen",
-    "hessian_spectrum",
-    "hessian_trace",
-    "hvp",
-    "join_vector",
-    "load_model",
-    "split_hessian",
-    "split_vector",
-    "warmup",
-]
+if TYPE_CHECKING:
+    from .engine import (
+        DEMO_MODEL_SOURCE,
+        Diagonal,
+        Eigen,
+        EngineConfig,
+        Evaluation,
+        Model,
+        ModelMetadata,
+        Spectrum,
+        TensorInfo,
+        Trace,
+        evaluate,
+        gradient,
+        hessian,
+        hessian_diagonal,
+        hessian_eigen,
+        hessian_spectrum,
+        hessian_trace,
+        hvp,
+        join_vector,
+        load_model,
+        split_hessian,
+        split_vector,
+        warmup,
+    )
+
+__all__ = ["__version__", *engine.__all__]
+
+
+def __getattr__(name: str) -> Any:
+    """The library API's names, imported on first use (PEP 562): importing this package
+    loads no TensorFlow, so ``hessd-server --help`` starts at once."""
+    if name not in engine.EXPORTED_FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = engine.exported(name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import hessd_server as hs
-from hessd_server.engine.warmup import (
+from hessd_server.engine.config import (
     DEFAULT_WARMUP_BATCH_SIZES,
     WARMUP_METHODS,
     check_warmup_plan,

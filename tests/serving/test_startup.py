@@ -13,7 +13,7 @@ import pytest
 
 import hessd
 import hessd_server as hs
-from hessd_server.engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
+from hessd_server.engine.config import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
 from hessd_server.serving.main import parse_config
 from hessd_server.serving.repository.repository_config import parse_model_config
 from hessd_server.serving.server_config import ServerConfig

@@ -309,7 +309,7 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     if key.kind == "hvp":
         signature.append(x_spec)
     elif key.kind in curvature_bodies.MATRIX_FREE_KINDS:
-        signature.append(curvature_bodies.vectors_spec(key.options, key.batch, x_shape, dtype))
+        signature.append(curvature_bodies.vectors_spec(key.options, key.batch, key.event_shape, dtype))
     body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-DEMO_MODEL_SOURCE = "hessd_server.engine.demo_model:build_demo_model"
-"""The ``load_model`` source of the demo model."""
+from .config import DEMO_MODEL_SOURCE
+
+__all__ = ["DEMO_MODEL_SOURCE", "build_demo_model"]
 
 
 def build_demo_model() -> keras.Model:

@@ -47,7 +47,9 @@ STRATEGIES: dict[str, Strategy] = {
     "forward_over_reverse": lambda t, x, w: derivatives.per_example_hessian_forward_over_reverse(t.forward, x, w),
     "structural": lambda t, x, w: _structural(t, x, w),
 }
-"""Every per-example strategy, in the order they are tried:
+"""Every per-example strategy, in the order they are tried (its names are
+:data:`hessd_server.engine.config.STRATEGY_NAMES`, which the server checks its
+settings against without importing TensorFlow):
 
 * ``pfor``: a vectorized (pfor) ``batch_jacobian`` of the gradient;
 * ``tiled``: reverse-over-reverse on the batch tiled D = prod(S) times, with

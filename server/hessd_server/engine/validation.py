@@ -200,7 +200,7 @@ def resolve_wrt(model: Model, wrt: Wrt) -> tuple[str, ...]:
             )
         if name not in names:
             raise UnknownInputError(
-                f"wrt={clipped(name)} names no input of model {model.name!r}; choose from {list(names)}",
+                f"wrt={clipped(name)} names no input of model {model.name!r}; choose one of {list(names)}",
                 field="wrt",
             )
     repeated = sorted({name for name in wanted if wanted.count(name) > 1})

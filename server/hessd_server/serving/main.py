@@ -28,10 +28,8 @@ from collections.abc import Sequence
 
 from hessd._version import __version__
 
-from ..engine.strategies import STRATEGIES
-from ..engine.warmup import WARMUP_METHODS, WARMUP_PRECISIONS
+from ..engine.config import STRATEGY_NAMES, WARMUP_METHODS, WARMUP_PRECISIONS
 from .observability.allocator import retain_freed_memory
-from .server import create_server
 from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")
@@ -100,7 +98,14 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
 
 
 async def serve(config: ServerConfig) -> int:
-    """Serve ``config`` until SIGTERM or SIGINT; returns the process exit status."""
+    """Serve ``config`` until SIGTERM or SIGINT; returns the process exit status.
+
+    The server stack (gRPC, TensorFlow) is imported here, after the flags are parsed, so
+    that ``--help``, ``--version`` and flag errors never load it
+    (``tests/serving/test_cli_startup.py``).
+    """
+    from .server import create_server
+
     if not config.safe_mode:
         _log.warning(
             "--unsafe-deserialization: .keras files may run arbitrary Python code when loaded; "
@@ -297,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--strategy",
         default=AUTO_STRATEGY,
-        choices=(AUTO_STRATEGY, *STRATEGIES),
+        choices=(AUTO_STRATEGY, *STRATEGY_NAMES),
         help="per-example Hessian strategy: 'auto' (default) times those that work on each warmed "
         "bucket and keeps the fastest; naming one pins it, so that replicas compute bit-identical results",
     )

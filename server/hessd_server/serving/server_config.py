@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import DEMO_MODEL_SOURCE, EngineConfig
-from ..engine.strategies import STRATEGIES
-from ..engine.warmup import (
+from ..engine.config import (
     DEFAULT_WARMUP_BATCH_SIZES,
     DEFAULT_WARMUP_METHODS,
     DEFAULT_WARMUP_PRECISIONS,
+    DEMO_MODEL_SOURCE,
+    STRATEGY_NAMES,
+    EngineConfig,
     check_warmup_plan,
 )
 
@@ -70,7 +71,7 @@ class ServerConfig:
         warmup_batch_sizes: batch sizes whose buckets are compiled before the
             server reports SERVING; ``None`` uses the engine's default (1, 8, 32).
         warmup_methods: the methods compiled before SERVING, names of
-            ``hessd_server.engine.warmup.WARMUP_METHODS`` (default: hessian,
+            ``hessd_server.engine.config.WARMUP_METHODS`` (default: hessian,
             evaluate, gradient, hvp).
         warmup_precisions: the precisions they are compiled at ("float32",
             "float64"; default float32).
@@ -82,7 +83,7 @@ class ServerConfig:
             keep more are refused (engine setting).
         jit_compile: compile with XLA (engine setting).
         strategy: the per-example Hessian strategy every model uses, a name of
-            ``hessd_server.engine.strategies.STRATEGIES``, or ``None`` to
+            ``hessd_server.engine.config.STRATEGY_NAMES``, or ``None`` to
             autotune per warmed bucket (engine setting). Autotuning keeps each
             process's fastest, so replicas may differ in the last bits
             (within 1e-5 relative); pinning one makes them bit-identical.
@@ -196,8 +197,8 @@ class ServerConfig:
                 f"chunk_bytes ({self.chunk_bytes}) must be positive and below "
                 f"max_message_bytes ({self.max_message_bytes})"
             )
-        if self.strategy is not None and self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(STRATEGIES)} or None, got {self.strategy!r}")
+        if self.strategy is not None and self.strategy not in STRATEGY_NAMES:
+            raise ValueError(f"strategy must be one of {list(STRATEGY_NAMES)} or None, got {self.strategy!r}")
         if self.shared_memory not in SHARED_MEMORY_ACCESS:
             raise ValueError(
                 f"shared_memory must be one of {SHARED_MEMORY_ACCESS}, got {self.shared_memory!r}"

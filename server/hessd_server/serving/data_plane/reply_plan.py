@@ -187,21 +187,24 @@ class ReplyPlan:
     ) -> None:
         """Refuse, before computing, a result whose reply cannot fit one message.
 
-        The size follows from the differentiated input's shape (B, *S), ``full``,
-        ``precision`` and the encoding (a packed Hessian, results rounded to 16
-        bits). A request whose inputs the engine would refuse anyway is left to
-        it, and so is a request of several inputs whose ``wrt`` names none or several
-        of them, one whose results go to shared memory (its reply holds no result
-        bytes), and one whose RPC is judged only once built.
+        The size follows from the differentiated inputs' shapes (B, *S) (several
+        ``wrt`` inputs add up their sizes), ``full``, ``precision`` and the encoding
+        (a packed Hessian, results rounded to 16 bits). A request whose inputs the
+        engine would refuse anyway is left to it, and so is one whose results go to
+        shared memory (its reply holds no result bytes) or whose RPC is judged only
+        once built.
         """
         result = self.rpc.sized_by
         if result is None or self.encoding.location is not None:
             return
-        name = wrt if wrt in x else next(iter(x)) if len(x) == 1 else None
-        if name is None or x[name].ndim < 1:
+        if isinstance(wrt, tuple):
+            names = wrt
+        else:
+            names = (wrt,) if wrt in x else tuple(x) if len(x) == 1 else ()
+        arrays = [x.get(name) for name in names]
+        if not arrays or any(a is None or a.ndim < 1 or a.shape[0] != arrays[0].shape[0] for a in arrays):
             return
-        shape = x[name].shape
-        batch, size = shape[0], math.prod(shape[1:])
+        batch, size = arrays[0].shape[0], sum(math.prod(a.shape[1:]) for a in arrays)
         elements = batch * size
         if result != "gradient":
             count, n = (1, elements) if full else (batch, size)

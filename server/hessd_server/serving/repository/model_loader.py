@@ -39,8 +39,9 @@ from pathlib import Path
 
 from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError, clipped
 
-from ...engine import EngineConfig, Model, load_model, warmup
-from ...engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
+from ...engine import EngineConfig, Model, load_model
+from ...engine.config import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
+from ...engine.warmup import warmup
 from ..observability.metrics import Metrics
 from ..server_config import ModelSpec
 from .model_registry import FIXED_VERSION, ModelRegistry, ModelState, ServedVersion

@@ -29,10 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...engine import EngineConfig
+from ...engine.config import (
+    DEFAULT_WARMUP_METHODS,
+    DEFAULT_WARMUP_PRECISIONS,
+    STRATEGY_NAMES,
+    EngineConfig,
+    check_warmup_plan,
+)
 from ...engine.model import PRECISIONS
-from ...engine.strategies import STRATEGIES
-from ...engine.warmup import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS, check_warmup_plan
 from ..server_config import AUTO_STRATEGY
 from .repository_files import read_small_file
 
@@ -98,7 +102,7 @@ class ModelConfig:
         strategy: the per-example Hessian strategy, or ``"auto"`` to tune it.
         warmup_batch_sizes: batch sizes warmed before a version serves.
         warmup_methods: methods warmed before a version serves (names of
-            ``hessd_server.engine.warmup.WARMUP_METHODS``).
+            ``hessd_server.engine.config.WARMUP_METHODS``).
         warmup_precisions: precisions they are warmed at.
         precisions: the precisions requests may ask for (``None``: all).
     """
@@ -174,7 +178,7 @@ def parse_model_config(table: Mapping[str, Any]) -> ModelConfig:
             raise ValueError(f"jit_compile must be true or false, got {table['jit_compile']!r}")
         settings["jit_compile"] = table["jit_compile"]
     if "strategy" in table:
-        choices = (AUTO_STRATEGY, *STRATEGIES)
+        choices = (AUTO_STRATEGY, *STRATEGY_NAMES)
         if table["strategy"] not in choices:
             raise ValueError(f"strategy must be one of {list(choices)}, got {table['strategy']!r}")
         settings["strategy"] = table["strategy"]
