@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from setuptools.config.pyprojecttoml import read_configuration
 import hessd
 import hessd_server as hs
 from hessd import cli
-from wire_fixtures import RunningServer, console_script, serving
+from wire_fixtures import RunningServer, console_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_HEADING = re.compile(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$", re.MULTILINE)
@@ -32,9 +31,8 @@ def latest_release(changelog: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving([("demo", hs.DEMO_MODEL_SOURCE)], warmup_batch_sizes=(1,)) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 def test_changelog_latest_release_is_the_package_version() -> None:

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hessd_server import DEMO_MODEL_SOURCE
 from hessd_server.engine.model import Model
 from hessd_server.serving.server import HessdServer, create_server
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
@@ -314,6 +315,31 @@ def serving(models: Sequence[tuple[str, str]] = (), **settings: Any) -> Iterator
         yield running
     finally:
         running.stop()
+
+
+SHARED_MODELS: tuple[tuple[str, str], ...] = (
+    ("demo", DEMO_MODEL_SOURCE),
+    ("multi", "wire_fixtures:multi_input_model"),
+    ("conv", "wire_fixtures:conv_model"),
+    ("mixing", "wire_fixtures:batch_mean_model"),
+    ("broken", "wire_fixtures:broken_model"),
+    ("untraceable", "wire_fixtures:untraceable_model"),
+    ("fails_once", "wire_fixtures:fails_once_model"),
+)
+"""The models of the session's shared server (``models_server`` in ``tests/conftest.py``)."""
+
+SHARED_MAX_RESULT_BYTES = 200_000
+"""The shared server's result limit: a full Hessian of 100 demo examples is refused."""
+
+
+@contextlib.contextmanager
+def shared_models_server() -> Iterator[RunningServer]:
+    """The server that tests which only call it share: :data:`SHARED_MODELS`, batch
+    buckets up to 8, results up to :data:`SHARED_MAX_RESULT_BYTES`, warm for batches of 2."""
+    with serving(
+        SHARED_MODELS, max_batch_size=8, max_result_bytes=SHARED_MAX_RESULT_BYTES
+    ) as running:
+        yield running
 
 
 def eventually(condition: Callable[[], bool], timeout: float = SERVER_START_TIMEOUT_S) -> None:

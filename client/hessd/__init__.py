@@ -8,9 +8,10 @@ grpcio, protobuf and numpy only (never TensorFlow)::
         h = client.hessian("demo", x)       # (B, *S, *S), like hessd_server.hessian
 """
 
-from hessd._admin_client import ModelAdminClient
-from hessd._async_client import AsyncClient
-from hessd._client import Client
+from hessd._async.admin_client import AsyncModelAdminClient
+from hessd._async.client import AsyncClient
+from hessd._sync.admin_client import ModelAdminClient
+from hessd._sync.client import Client
 from hessd._version import __version__
 from hessd.blocks import join_vector, split_hessian, split_vector
 from hessd.errors import (
@@ -57,6 +58,7 @@ from hessd.results import (
 __all__ = [
     "__version__",
     "AsyncClient",
+    "AsyncModelAdminClient",
     "BatchDependenceError",
     "CancelledError",
     "Client",

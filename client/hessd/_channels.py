@@ -20,6 +20,7 @@ from typing import Any, TypeAlias
 
 from hessd import _protocol
 from hessd._protocol import ChannelOptions
+from hessd.transfer_options import TRANSFER_OPTIONS
 
 Target: TypeAlias = "str | Sequence[str]"
 """A gRPC target string, or a list of ``ip:port`` addresses of equivalent servers."""
@@ -58,6 +59,7 @@ _SERVICE_CONFIG = "grpc.service_config"
 _DISABLE_RESOLVER_CONFIG = "grpc.service_config_disable_resolution"
 _PER_RPC_RETRY_BUFFER = "grpc.per_rpc_retry_buffer_size"
 _MAX_SEND = "grpc.max_send_message_length"
+_MAX_RECEIVE = "grpc.max_receive_message_length"
 _MULTI_ADDRESS_SCHEMES = ("ipv4:", "ipv6:")
 
 
@@ -127,8 +129,9 @@ def service_config(load_balancing: str) -> str:
 def channel_options(
     target: str, options: ChannelOptions | None, load_balancing: str | None
 ) -> list[tuple[str, Any]]:
-    """The options of a channel to ``target``: the SDK's service config and message
-    limits, with ``options`` on top (an explicit ``grpc.service_config`` wins).
+    """The options of a channel to ``target``: the SDK's service config, both message
+    size limits (4 MiB) and the HTTP/2 settings of :mod:`hessd.transfer_options`, with
+    ``options`` on top (an explicit ``grpc.service_config`` wins).
 
     The service config uses ``load_balancing``, or :func:`default_load_balancing`
     when it is ``None``. DNS TXT service configs are ignored, and requests up to
@@ -139,7 +142,14 @@ def channel_options(
         _SERVICE_CONFIG: service_config(policy),
         _DISABLE_RESOLVER_CONFIG: 1,
     }
-    merged.update(_protocol.channel_options(options))
+    merged.update(
+        {
+            _MAX_SEND: _protocol.DEFAULT_MAX_MESSAGE_BYTES,
+            _MAX_RECEIVE: _protocol.DEFAULT_MAX_MESSAGE_BYTES,
+            **dict(TRANSFER_OPTIONS),
+        }
+    )
+    merged.update(options or ())
     if merged[_MAX_SEND] > 0:
         merged.setdefault(_PER_RPC_RETRY_BUFFER, merged[_MAX_SEND])
     return list(merged.items())

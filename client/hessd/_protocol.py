@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -42,7 +42,6 @@ from hessd.results import (
     Versioned,
     VersionStatus,
 )
-from hessd.transfer_options import TRANSFER_OPTIONS
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Packing, ResultEncoding, Tensor
 
@@ -69,7 +68,6 @@ CurvatureResult = TypeVar("CurvatureResult", Diagonal, Trace, Eigen, Spectrum)
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's default message size limit, which the SDK sets explicitly unless ``options`` do."""
 
-_MAX_SEND = "grpc.max_send_message_length"
 _MAX_RECEIVE = "grpc.max_receive_message_length"
 _ENVELOPE_BYTES = 64 * 1024
 _LONE_INPUT_KEY = ""
@@ -99,20 +97,8 @@ def method_path(method: str) -> str:
     return f"/{pb.DESCRIPTOR.services_by_name['HessianService'].full_name}/{method}"
 
 
-def channel_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:
-    """``options`` with both message size limits set (to 4 MiB unless given) and the
-    HTTP/2 settings of :mod:`hessd.transfer_options` (unless given)."""
-    merged: dict[str, Any] = {
-        _MAX_SEND: DEFAULT_MAX_MESSAGE_BYTES,
-        _MAX_RECEIVE: DEFAULT_MAX_MESSAGE_BYTES,
-        **dict(TRANSFER_OPTIONS),
-    }
-    merged.update(options or ())
-    return list(merged.items())
-
-
 def max_receive_bytes(options: ChannelOptions) -> int:
-    """The receive limit in channel options made by :func:`channel_options`; -1 is unlimited."""
+    """The receive limit in options made by :func:`hessd._channels.channel_options`; -1 is unlimited."""
     return int(dict(options)[_MAX_RECEIVE])
 
 
@@ -544,6 +530,18 @@ def stream_item_from(
     bound.check_tensors(reply)
     hessian = tensor_codec.decode(reply.hessian, field="hessian")
     return versioned(packing_layout.widened(hessian, precision), reply.model_version, with_version)
+
+
+def stream_request(
+    request_of: Callable[[Inputs], pb.HessianRequest], x: Inputs
+) -> tuple[reply_bounds.ReplyBound | HessdError, pb.HessianRequest | None]:
+    """What a stream sends for item ``x``: ``(bound of its reply, request_of(x))``, or
+    ``(its error, None)`` when ``request_of`` refuses it (the item is then not sent)."""
+    try:
+        request = request_of(x)
+    except HessdError as error:
+        return error, None
+    return reply_bounds.bound_of(request), request
 
 
 def versioned(result: Any, model_version: str, with_version: bool) -> Any:

@@ -163,7 +163,7 @@ class _Region:
         self.memory.close()
 
 
-class _Slot:
+class Slot:
     """Bytes ``start`` to ``start + nbytes`` of a region, held for one call's results."""
 
     def __init__(self, memory: ResultMemory, region: _Region, start: int, nbytes: int) -> None:
@@ -234,12 +234,12 @@ class ResultMemory:
         self._regions: list[_Region] = []
         self._lock = threading.Lock()
         self.refused: HessdError | None = None
-        self.released: collections.deque[_Slot] = collections.deque()
+        self.released: collections.deque[Slot] = collections.deque()
         """One entry per release of a slot: by its call, or by an array viewing it being
         garbage. Appending is all a garbage collection does, on whatever thread it runs;
         the slots are freed under the lock, by :meth:`slot` and :meth:`close`."""
 
-    def slot(self, nbytes: int) -> _Slot | None:
+    def slot(self, nbytes: int) -> Slot | None:
         """A slot of ``nbytes`` in a registered region; ``None`` once the server has
         refused shared memory (results then come over the wire)."""
         with self._lock:
@@ -249,7 +249,7 @@ class ResultMemory:
             for region in self._regions:
                 start = region.allocate(nbytes)
                 if start is not None:
-                    return _Slot(self, region, start, nbytes)
+                    return Slot(self, region, start, nbytes)
             try:
                 region = self._registered(nbytes)
             except SharedMemoryError as error:
@@ -259,7 +259,7 @@ class ResultMemory:
             self._regions.append(region)
             start = region.allocate(nbytes)
             assert start == 0
-            return _Slot(self, region, start, nbytes)
+            return Slot(self, region, start, nbytes)
 
     def _registered(self, nbytes: int) -> _Region:
         """A new registered region for at least ``nbytes``: :data:`MIN_REGION_BYTES`, or
@@ -307,4 +307,4 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
-__all__ = ["ResultMemory"]
+__all__ = ["ResultMemory", "Slot"]

@@ -29,7 +29,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from hessd import tensor_codec
-from hessd._wire_format import cut_field, field_prefix
+from hessd.wire_format import cut_field, field_prefix
 from hessd.errors import TensorEncodingError
 from hessd.reply_bounds import ReplyBound
 from hessd.v1.tensor_pb2 import ResultChunk

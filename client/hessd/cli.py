@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from hessd import curvature_options
-from hessd._client import Client
 from hessd._protocol import Inputs
+from hessd._sync.client import Client
 from hessd._version import __version__
 from hessd.errors import HessdError
 

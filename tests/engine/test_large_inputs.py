@@ -9,6 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 DENSE_BLOCK_BYTES = 12_288**2 * 4
 GROWTH_LIMIT_BYTES = 300 * 2**20
 """Half of one dense block; the matrix-free paths need a fraction of it."""

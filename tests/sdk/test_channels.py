@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -132,3 +133,48 @@ def test_retries_stop_while_a_server_keeps_refusing() -> None:
     retried = len(attempts) - calls
     assert retried >= 1, "the first refusals are retried"
     assert retried <= _channels.RETRY_THROTTLING["maxTokens"], attempts
+
+
+@pytest.mark.parametrize("admin_class", [hessd.ModelAdminClient, hessd.AsyncModelAdminClient])
+def test_the_admin_clients_share_the_targets_service_config_and_token_checks(
+    admin_class: type,
+) -> None:
+    """A real gRPC server whose ModelAdmin answers UNAVAILABLE, reached through a list
+    target over a channel with the SDK's service config, as the client's is."""
+    attempts: list[str] = []
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+        attempts.append("ReloadRepository")
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; retry elsewhere")
+
+    handler = grpc.method_handlers_generic_handler(
+        "hessd.v1.ModelAdmin",
+        {"ReloadRepository": grpc.unary_unary_rpc_method_handler(refuse)},
+    )
+    server = grpc.server(ThreadPoolExecutor(2), handlers=(handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    configs: list[str] = []
+
+    async def reload_async() -> None:
+        async with admin_class([f"127.0.0.1:{port}"], token="s3cret", timeout=30) as admin:
+            configs.append(dict(admin._channel_options)["grpc.service_config"])
+            await admin.reload_repository()
+
+    try:
+        with pytest.raises(hessd.UnavailableError):
+            if admin_class is hessd.AsyncModelAdminClient:
+                asyncio.run(reload_async())
+            else:
+                with admin_class([f"127.0.0.1:{port}"], token="s3cret", timeout=30) as admin:
+                    configs.append(dict(admin._channel_options)["grpc.service_config"])
+                    admin.reload_repository()
+    finally:
+        server.stop(None)
+    assert attempts == ["ReloadRepository"]
+    assert configs == [_channels.service_config("pick_first")]
+    with pytest.raises(ValueError, match="whitespace"):
+        admin_class(f"127.0.0.1:{port}", token=" s3cret")
+    with pytest.raises(ValueError, match="round_robin"):
+        admin_class("dns:///hessd:50051", token="s3cret", load_balancing="least_request")

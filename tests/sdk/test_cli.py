@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,12 @@ import pytest
 
 import hessd_server as hs
 from hessd import cli
-from wire_fixtures import RunningServer, console_script, rng_array, serving
+from wire_fixtures import SHARED_MODELS, RunningServer, console_script, rng_array
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving(
-        [("demo", hs.DEMO_MODEL_SOURCE), ("multi", "wire_fixtures:multi_input_model")]
-    ) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 def _run(server: RunningServer, *args: str) -> int:
@@ -35,7 +31,7 @@ def test_console_script_lists_models(server: RunningServer) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["demo", "multi"]
+    assert result.stdout.split() == sorted(name for name, _ in SHARED_MODELS)
 
 
 def test_models_with_versions_lists_each_versions_state(
@@ -43,7 +39,7 @@ def test_models_with_versions_lists_each_versions_state(
 ) -> None:
     assert _run(server, "models", "--versions") == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert lines == [["demo", "1", "AVAILABLE"], ["multi", "1", "AVAILABLE"]]
+    assert lines == [[name, "1", "AVAILABLE"] for name, _ in sorted(SHARED_MODELS)]
 
 
 def test_metadata_is_json(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +206,7 @@ def test_connection_flags_may_follow_the_subcommand(
     server: RunningServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["models", "--target", server.target, "--timeout", "60"]) == 0
-    assert capsys.readouterr().out.split() == ["demo", "multi"]
+    assert capsys.readouterr().out.split() == sorted(name for name, _ in SHARED_MODELS)
     unreachable = "127.0.0.1:1"
     assert cli.main(["--target", unreachable, "health", "--target", server.target]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hessd import _wire_format, chunks, packing, tensor_codec
+from hessd import chunks, packing, tensor_codec, wire_format
 from hessd.errors import TensorEncodingError
 from hessd.v1.tensor_pb2 import DataType, Packing, ResultChunk
 
@@ -89,6 +89,6 @@ def test_malformed_chunks_are_encoding_errors(raw: bytes) -> None:
 def test_cut_field_keeps_the_last_occurrence_and_every_other_field() -> None:
     first = ResultChunk(name="h", data=b"old").SerializeToString()
     second = ResultChunk(offset=7, data=b"new").SerializeToString()
-    rest, value = _wire_format.cut_field(first + second, 5)
+    rest, value = wire_format.cut_field(first + second, 5)
     assert bytes(value) == b"new"
     assert ResultChunk.FromString(rest) == ResultChunk(name="h", offset=7)

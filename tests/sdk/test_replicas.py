@@ -25,6 +25,8 @@ from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from hessd_server.serving.server_process import ServerProcess
 from wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
 
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 WAIT_S = 120.0
 REPLICAS = 3
 ROUNDS = 10

@@ -1,4 +1,5 @@
-"""The SDK stays thin: importing it never loads TensorFlow, and ml_dtypes is optional."""
+"""The SDK stays thin: importing it never loads TensorFlow, ml_dtypes is optional, and the
+optimizers' extras (scipy, casadi) load only when a function that needs them runs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,32 @@ def test_importing_the_sdk_and_cli_never_imports_tensorflow_or_matplotlib() -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_importing_the_optimizers_never_imports_scipy_casadi_or_tensorflow() -> None:
+    result = _run(
+        """
+        import sys
+        import hessd, hessd.optimize
+        from hessd.optimize import Constraint, Objective, casadi_function, minimize_batch
+        heavy = sorted(m for m in ("scipy", "casadi", "tensorflow", "keras", "hessd_server") if m in sys.modules)
+        print(heavy, "hessd.optimize" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] True"
+
+
+def test_importing_the_sdk_does_not_import_the_optimizers() -> None:
+    result = _run(
+        """
+        import sys
+        import hessd
+        print("hessd.optimize" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_sdk_works_without_ml_dtypes() -> None:

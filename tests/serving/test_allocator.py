@@ -13,6 +13,8 @@ import pytest
 
 import hessd_server.serving.observability.allocator as allocator
 
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 _ARENAS_AND_MAPPINGS = """
 import ctypes, importlib.util, os, sys, tempfile, threading
 spec = importlib.util.spec_from_file_location("allocator", sys.argv[1])

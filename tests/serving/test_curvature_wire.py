@@ -23,18 +23,10 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from wire_fixtures import RunningServer, rng_array, serving
 
-MAX_RESULT_BYTES = 200_000
-
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    models = [
-        ("demo", hs.DEMO_MODEL_SOURCE),
-        ("conv", "wire_fixtures:conv_model"),
-        ("mixing", "wire_fixtures:batch_mean_model"),
-    ]
-    with serving(models, max_batch_size=8, max_result_bytes=MAX_RESULT_BYTES) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

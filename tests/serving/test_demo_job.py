@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 
 def test_demo_job_prints_the_hessian_and_stops_the_server_cleanly() -> None:
     result = subprocess.run(

@@ -24,23 +24,13 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import DataType, Tensor
 from hessd_server.serving.grpc.status_interceptor import INTERNAL_MESSAGE
-from wire_fixtures import ONE_OFF_FAILURE, RunningServer, rng_array, serving
+from wire_fixtures import ONE_OFF_FAILURE, RunningServer, rng_array
 
-MAX_RESULT_BYTES = 200_000
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    models = [
-        ("demo", hs.DEMO_MODEL_SOURCE),
-        ("mixing", "wire_fixtures:batch_mean_model"),
-        ("broken", "wire_fixtures:broken_model"),
-        ("untraceable", "wire_fixtures:untraceable_model"),
-        ("fails_once", "wire_fixtures:fails_once_model"),
-        ("multi", "wire_fixtures:multi_input_model"),
-    ]
-    with serving(models, max_result_bytes=MAX_RESULT_BYTES) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

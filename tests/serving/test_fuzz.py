@@ -30,7 +30,7 @@ import hessd_server as hs
 from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Tensor
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import RunningServer, rng_array
 
 MESSAGES = int(os.environ.get("HESSD_FUZZ_MESSAGES", "2000"))
 """Raw and mutated messages sent; a fifth as many calls are built by hypothesis."""
@@ -60,10 +60,8 @@ SERVER_STREAMING = {"HessianChunked", "EvaluateChunked"}
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    models = [("demo", hs.DEMO_MODEL_SOURCE), ("multi", "wire_fixtures:multi_input_model")]
-    with serving(models, max_batch_size=4, warmup_batch_sizes=(1, 2)) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import hessd_server as hs
 from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Tensor
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import SHARED_MODELS, RunningServer, rng_array
 
 X = rng_array((2, 10))
 SERVICE = "/hessd.v1.HessianService/"
@@ -38,9 +38,8 @@ SERVER_STREAMING_METHODS = ["HessianChunked", "EvaluateChunked"]
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving([("demo", hs.DEMO_MODEL_SOURCE)]) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +173,7 @@ def test_not_found_names_the_served_models_in_metadata(client: hessd.Client) -> 
     with pytest.raises(errors.ModelNotFoundError) as raised:
         client.hessian("nope", X)
     assert raised.value.reason == "MODEL_NOT_FOUND"
-    assert raised.value.metadata == {"served_models": "demo"}
+    assert raised.value.metadata == {"served_models": ",".join(name for name, _ in sorted(SHARED_MODELS))}
 
 
 def test_byte_count_errors_carry_expected_and_actual_bytes(channel: grpc.Channel) -> None:

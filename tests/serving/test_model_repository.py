@@ -32,6 +32,8 @@ from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from hessd_server.serving.server_process import ServerProcess
 from wire_fixtures import RunningServer, linear_model, serving, write_version
 
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 WAIT_S = 120.0
 POLL_SECONDS = "0.1"
 ADMIN_TOKEN = "admin-secret"
@@ -344,7 +346,9 @@ def test_paths_leading_outside_the_repository_are_refused(
 
 def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client) -> None:
     before = states(client, "price")
-    for token in ("wrong", ADMIN_TOKEN + "x", f" {ADMIN_TOKEN}x"):
+    with pytest.raises(ValueError, match="whitespace"):
+        hessd.ModelAdminClient(server.target, token=f" {ADMIN_TOKEN}x")
+    for token in ("wrong", ADMIN_TOKEN + "x"):
         with hessd.ModelAdminClient(server.target, token=token, timeout=WAIT_S) as intruder:
             with pytest.raises(hessd.UnauthenticatedError, match="admin-token-file") as refused:
                 intruder.unload_model("price")
@@ -353,6 +357,12 @@ def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client)
                 intruder.reload_repository()
     with grpc.insecure_channel(server.target) as channel:
         stub = model_admin_pb2_grpc.ModelAdminStub(channel)
+        with pytest.raises(grpc.RpcError) as padded:
+            stub.UnloadModel(
+                model_admin_pb2.UnloadModelRequest(model_name="price"),
+                metadata=(("authorization", f"Bearer  {ADMIN_TOKEN}x"),),
+            )
+        assert padded.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.RpcError) as missing:
             stub.UnloadModel(model_admin_pb2.UnloadModelRequest(model_name="price"))
     assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -360,6 +370,26 @@ def test_admin_calls_need_the_token(server: ServerProcess, client: hessd.Client)
     assert states(client, "price") == before and "price" in client.models()
     with hessd.ModelAdminClient(server.target, token="another-admin", timeout=WAIT_S) as second:
         assert {status.name for status in second.reload_repository()} >= {"price"}
+
+
+def test_the_async_admin_client_reloads_loads_and_sends_its_token(server: ServerProcess) -> None:
+    async def calls() -> tuple[list[hessd.ModelStatus], hessd.ModelStatus, hessd.HessdError]:
+        async with hessd.AsyncModelAdminClient(
+            server.target, token=ADMIN_TOKEN, timeout=WAIT_S
+        ) as admin:
+            reloaded = await admin.reload_repository()
+            loaded = await admin.load_model("price")
+        async with hessd.AsyncModelAdminClient(server.target, token="wrong", timeout=WAIT_S) as intruder:
+            try:
+                await intruder.reload_repository()
+            except hessd.HessdError as error:
+                return reloaded, loaded, error
+        raise AssertionError("a wrong admin token was accepted")
+
+    reloaded, loaded, refused = asyncio.run(calls())
+    assert "price" in {status.name for status in reloaded}
+    assert loaded.name == "price" and "AVAILABLE" in {v.state for v in loaded.versions}
+    assert isinstance(refused, hessd.UnauthenticatedError) and refused.reason == "TOKEN_INVALID"
 
 
 def test_admin_unload_holds_against_reloads_until_load(

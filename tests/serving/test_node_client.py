@@ -1,7 +1,8 @@
 """The Node.js example client (examples/node) against a real server, bitwise against the SDK.
 
-Needs ``node`` and ``npm`` on the PATH and the npm registry for ``npm ci``;
-skipped, saying which is missing, otherwise.
+Needs ``node`` on the PATH and the example's pinned packages installed by
+``make node-deps`` (which ``make test`` runs); the test itself runs offline, and
+is skipped, saying what is missing, without them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +21,27 @@ from google.rpc import error_details_pb2
 
 import hessd
 from hessd import status_codes
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import RunningServer, rng_array
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
 X = rng_array((2, 10), seed=5)
-NPM_TIMEOUT_S = 300
 NODE_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example with its pinned packages installed by ``npm ci`` in a temporary folder."""
-    for program in ("node", "npm"):
-        if shutil.which(program) is None:
-            pytest.skip(f"{program} is not on the PATH")
-    folder = tmp_path_factory.mktemp("node")
-    for name in ("package.json", "package-lock.json", "client.js"):
-        shutil.copy(EXAMPLE / name, folder / name)
-    try:
-        installed = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"npm ci took over {NPM_TIMEOUT_S} s; is the npm registry reachable?")
-    if installed.returncode != 0:
-        pytest.skip(f"npm ci failed (is the npm registry reachable?): {installed.stderr[-500:]}")
-    return folder
+def example() -> Path:
+    """The example folder, its pinned packages installed by ``make node-deps``."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not on the PATH")
+    if not (EXAMPLE / "node_modules" / ".package-lock.json").exists():
+        pytest.skip("the Node example's packages are not installed; run `make node-deps`")
+    return EXAMPLE
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving() as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import hessd
 import hessd_server as hs
 from hessd import errors
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import SHARED_MODELS, RunningServer, rng_array
 
 MODELS = [
     ("demo", hs.DEMO_MODEL_SOURCE),
@@ -31,9 +31,8 @@ MODELS = [
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving(MODELS, max_batch_size=8) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +172,7 @@ def test_async_client_matches(server: RunningServer) -> None:
 def test_models_and_metadata_mirror_the_library(
     server: RunningServer, client: hessd.Client
 ) -> None:
-    assert client.models() == sorted(name for name, _ in MODELS)
+    assert client.models() == sorted(name for name, _ in SHARED_MODELS)
     for name, _ in MODELS:
         assert client.metadata(name) == _served_metadata(server, name)
     multi = client.metadata("multi")
@@ -193,7 +192,7 @@ def test_async_models_metadata_and_health(server: RunningServer) -> None:
             return await client.models(), await client.metadata("demo"), await client.health()
 
     models, metadata, health = asyncio.run(calls())
-    assert models == sorted(name for name, _ in MODELS)
+    assert models == sorted(name for name, _ in SHARED_MODELS)
     assert metadata == _served_metadata(server, "demo")
     assert health == "SERVING"
 

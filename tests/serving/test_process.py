@@ -25,6 +25,8 @@ import hessd
 from hessd_server.serving.server_process import ServerProcess
 from wire_fixtures import HOLD_DIRECTORY_VARIABLE, console_script, rng_array
 
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 WAIT_S = 60.0
 TESTS = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@ live as long as their registration call, and the SDK falls back to the wire when
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -312,6 +313,29 @@ def test_sdk_uses_shared_memory_and_reuses_its_region(server: RunningServer) -> 
     assert not os.path.exists(f"/dev/shm/{names[0]}")
 
 
+def test_async_sdk_uses_shared_memory_too(server: RunningServer) -> None:
+    want_hessian = hs.hessian(server.model("demo"), X)
+    want_evaluation = hs.evaluate(server.model("demo"), X)
+    before = set(server.server.shared_memory.names)
+
+    async def results() -> tuple[bool, bool, list[str]]:
+        async with hessd.AsyncClient(server.target, shared_memory=True) as client:
+            hessian = await client.hessian("demo", X)
+            evaluation = await client.evaluate("demo", X)
+            hessian_same = np.array_equal(hessian, want_hessian) and not hessian.flags.writeable
+            evaluation_same = all(
+                np.array_equal(got, want) and not got.flags.writeable
+                for got, want in zip(evaluation, want_evaluation)
+            )
+            del hessian, evaluation
+            return hessian_same, evaluation_same, server.server.shared_memory.names
+
+    hessian_same, evaluation_same, names = asyncio.run(results())
+    assert hessian_same and evaluation_same
+    assert set(names) - before, "the results came through regions the client registered"
+    assert server.server.shared_memory.wait_closed(UNMAP_TIMEOUT_S)
+
+
 def test_sdk_falls_back_to_the_wire_when_shared_memory_is_off() -> None:
     with serving(shared_memory="off") as running:
         want = hs.hessian(running.model("demo"), X)
@@ -320,6 +344,14 @@ def test_sdk_falls_back_to_the_wire_when_shared_memory_is_off() -> None:
         with hessd.Client(running.target, shared_memory=True) as client:
             assert np.array_equal(client.hessian("demo", X), want)
             assert isinstance(client._result_memory.refused, hessd.SharedMemoryError)
+
+        async def refused() -> tuple[bool, object]:
+            async with hessd.AsyncClient(running.target, shared_memory=True) as client:
+                same = np.array_equal(await client.hessian("demo", X), want)
+                return same, client._result_memory.refused
+
+        same, reason = asyncio.run(refused())
+        assert same and isinstance(reason, hessd.SharedMemoryError)
 
 
 def _non_loopback_address() -> str | None:

@@ -17,13 +17,12 @@ from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import RunningServer, rng_array, serving
+from wire_fixtures import RunningServer, rng_array
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving([("demo", hs.DEMO_MODEL_SOURCE)], max_batch_size=8) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from hessd_server.serving.server import HessdServer
 from hessd_server.serving.server_config import ServerConfig
 from hessd_server.serving.server_process import ServerProcess
 
+pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
+
 
 def _logged_threads(server: ServerProcess) -> tuple[int, int]:
     found = re.search(r"TensorFlow threads: intra-op (\d+), inter-op (\d+)", server.output())

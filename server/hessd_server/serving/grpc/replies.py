@@ -18,8 +18,8 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import chunks, packing, tensor_codec
-from hessd._wire_format import field_prefix
 from hessd.v1.tensor_pb2 import Packing, SharedMemoryLocation, Tensor
+from hessd.wire_format import field_prefix
 
 from ..data_plane.reply_plan import Encoding, ReplyPlan
 from ..data_plane.shared_memory import SharedMemoryRegistry
