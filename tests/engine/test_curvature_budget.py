@@ -204,3 +204,31 @@ def test_a_given_up_estimator_stops_at_its_next_chunk() -> None:
     assert ticks.set_at is not None
     assert m.metadata().compile_count == compiled
     assert np.isfinite(hs.hessian_trace(m, X12, method="hutchinson", probes=8, seed=0).trace).all()
+
+
+@pytest.fixture
+def four_products_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled calls of at most 4 products per example, so every estimator spans many calls."""
+    from hessd_server.engine import curvature, curvature_bodies
+
+    monkeypatch.setattr(curvature, "MAX_CHUNK", 4)
+    monkeypatch.setattr(curvature_bodies, "MAX_CHUNK", 4)
+
+
+@pytest.mark.usefixtures("four_products_per_call")
+def test_estimators_spread_over_many_calls_agree_with_the_exact_spectrum() -> None:
+    m = quadratic()
+    eigen = hs.hessian_eigen(m, X12, k=10, method="lanczos", iterations=12, tol=0.0, seed=0)
+    np.testing.assert_allclose(eigen.eigenvalues, np.broadcast_to(SPECTRUM[:10], (3, 10)), rtol=1e-4, atol=1e-5)
+    assert eigen.residuals.shape == (3, 10) and np.all(eigen.residuals < 1e-3)
+    for x in (X12, X12[:1]):  # a batch of one broadcasts against every shape
+        trace = hs.hessian_trace(m, x, method="hutch++", probes=60, seed=0)
+        np.testing.assert_allclose(trace.trace, np.full(len(x), SPECTRUM.sum()), rtol=1e-4)
+    spectrum = hs.hessian_spectrum(m, X12, probes=9, iterations=12, seed=0)
+    assert spectrum.nodes.shape == (3, 9, 12)
+    exact_nodes = np.broadcast_to(np.sort(SPECTRUM), (3, 9, 12))
+    np.testing.assert_allclose(np.sort(spectrum.nodes, axis=-1), exact_nodes, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(spectrum.weights.sum(axis=(1, 2)), 1, rtol=1e-5)
+    exact = hs.hessian_diagonal(m, X12, method="exact").diagonal
+    diagonal = hs.hessian_diagonal(m, X12, method="hutchinson", probes=9, seed=0)
+    assert np.all(np.abs(diagonal.diagonal - exact) <= 6 * diagonal.stderr + 1e-5)

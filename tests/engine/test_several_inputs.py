@@ -171,7 +171,7 @@ def test_a_bucket_tuned_for_one_input_still_serves_several() -> None:
     ("wrt", "error_type", "field", "words"),
     [
         (["spot", "spot"], errors.InvalidArgumentError, "wrt", "more than once"),
-        (["spot", "volatility"], errors.UnknownInputError, "wrt", "choose from ['spot', 'vol', 'rate']"),
+        (["spot", "volatility"], errors.UnknownInputError, "wrt", "choose one of ['spot', 'vol', 'rate']"),
         (["spot", 3], errors.InvalidArgumentError, "wrt", "input names (strings)"),
     ],
     ids=["duplicate", "unknown", "not-a-string"],

@@ -80,7 +80,8 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
     ``args`` is (x (batch, *S), fixed inputs by name, weights (batch, K)[, v (batch, *S)
-    for "hvp", or vectors (chunk, batch, D) for a matrix-free curvature kind]).
+    for "hvp", or a matrix-free curvature kind's arguments, see
+    :func:`curvature_bodies.extra_specs`]).
     Returns the function's outputs, flattened: (value, gradient, Hessian) for
     the second-order kinds, (result,) for "gradient", "hvp" and the curvature
     kinds (blocks or products, see :mod:`.curvature_bodies`).
@@ -283,7 +284,7 @@ def _warn_public_call_once() -> None:
 def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:
     """The traced computation for ``key``: (target, x, weights[, v or vectors]) -> result."""
     if key.kind in curvature_bodies.KINDS:
-        curvature = curvature_bodies.body(key.kind, strategy)
+        curvature = curvature_bodies.body(key.kind, strategy, jit, key.options)
         return lambda t, x, w, *vectors: curvature(t.forward, x, w, *vectors)
     if key.kind == "gradient":
         return lambda t, x, w: derivatives.value_and_gradient(t.forward, x, w)[1]
@@ -309,7 +310,7 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
     if key.kind == "hvp":
         signature.append(x_spec)
     elif key.kind in curvature_bodies.MATRIX_FREE_KINDS:
-        signature.append(curvature_bodies.vectors_spec(key.options, key.batch, key.event_shape, dtype))
+        signature.extend(curvature_bodies.extra_specs(key.kind, key.options, key.batch, key.event_shape, dtype))
     body = _body(key, strategy, jit)
 
     def traced(x: tf.Tensor, fixed: dict[str, tf.Tensor], weights: tf.Tensor, *tangent: tf.Tensor) -> Any:
@@ -323,7 +324,8 @@ def _trace(model: Model, key: FunctionKey, strategy: str | None, jit: bool) -> C
 
         return body(strategies.Target(forward, call, key.wrt, fixed), x, weights, *tangent)
 
-    function = tf.function(traced, input_signature=signature, jit_compile=jit, autograph=False)
+    whole_in_xla = jit and curvature_bodies.runs_in_xla(key.kind)
+    function = tf.function(traced, input_signature=signature, jit_compile=whole_in_xla, autograph=False)
     # Every bucket, kind and strategy is its own function traced once, by design;
     # TensorFlow counts them all as retraces of one Python function (they share
     # ``traced``'s code) and would warn about "frequent retracing" during warm-up.

@@ -12,11 +12,12 @@ products with unit vectors when they do not); matrix-free methods use batched
 Hessian-vector products only: Hutchinson and Hutch++ with Rademacher probes
 drawn independently per example, and Lanczos with full reorthogonalisation.
 ``method="auto"`` is exact when the blocks fit and matrix-free otherwise.
-Each (model, method, bucket) compiles one XLA function, the blocks or a
-chunk of Hessian-vector products (:mod:`.curvature_bodies`); the estimator
-around it runs eagerly, one compiled call at a time, so option values compile
-nothing new and a cancelled call or a passed deadline stops it before its next
-chunk (:mod:`.cancellation`). An integer ``seed`` makes a result reproducible
+Each (model, method, bucket, chunk) compiles one function, the blocks or one
+step of the estimator on Hessian-vector products with the options as runtime
+tensors (:mod:`.curvature_bodies`), so option values compile nothing new; a
+Python loop calls it, at most :data:`MAX_CHUNK` products per example per
+call, so a cancelled call or a passed deadline stops it before its next call
+(:mod:`.cancellation`). An integer ``seed`` makes a result reproducible
 bit for bit, ``None`` draws fresh randomness.
 
 Every request is held to a budget before anything is compiled: the option
@@ -43,15 +44,13 @@ from .padding import pad_rows
 from .api import ModelLike
 from .model_loading import as_model
 from .validation import PreparedInputs, Wrt, check_result_size
-from .warmup import add_warmers
 
 _ACTIVATION_FACTOR = 16
 """Memory of one Hessian-vector product, in multiples of its vector, assumed
 when sizing how many products run at once."""
 
-MAX_CHUNK = 1024
-"""The most Hessian-vector products per example that one compiled call takes:
-a call given up stops within one such chunk."""
+MAX_CHUNK = curvature_bodies.MAX_CHUNK
+"""The most Hessian-vector products per example that one compiled call takes."""
 
 
 def hessian_diagonal(
@@ -391,20 +390,7 @@ def _run(
         shape = (batch, inputs.event_size)
         dtype = tf.as_dtype(inputs.precision)
         results = curvature_bodies.matrix_free(
-            kind, lambda vectors: compiled.run(m, key, (*args, vectors))[0], inputs.event_shape, shape, dtype,
+            kind, lambda *extra: compiled.run(m, key, (*args, *extra)), inputs.event_shape, shape, dtype,
             options, _seed(seed),
         )
     return tuple(np.asarray(result)[: inputs.batch] for result in results)
-
-
-add_warmers(
-    {
-        name: lambda m, x, wrt, precision, summary=summary: summary(m, x, wrt=wrt, precision=precision, seed=0)
-        for name, summary in (
-            ("hessian_diagonal", hessian_diagonal),
-            ("hessian_trace", hessian_trace),
-            ("hessian_eigen", hessian_eigen),
-            ("hessian_spectrum", hessian_spectrum),
-        )
-    }
-)

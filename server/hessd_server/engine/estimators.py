@@ -1,16 +1,13 @@
-"""Matrix-free diagonals and traces from batched Hessian-vector products, in TensorFlow.
+"""Matrix-free traces from batched Hessian-vector products, in TensorFlow.
 
 Everything here works on a *block matvec*: V (n, B, D) -> (n, B, D), the
 product H_b V[i, b] of each example's Hessian block with n vectors at once.
-Nothing forms a (B, D, D) block. Products are taken ``chunk`` vectors at a
-time inside ``tf.while_loop``, so Hutchinson's memory grows with the chunk,
-not with the number of probes (Hutch++ keeps its sketch besides). Randomness
-is stateless (Philox), keyed by a ``seed`` tensor of shape (2,), so a seed
-reproduces a result bit for bit.
+Nothing forms a (B, D, D) block. Randomness is stateless (Philox), keyed by a
+``seed`` tensor of shape (2,), so a seed reproduces a result bit for bit.
 
-Run eagerly: a loop over chunks is a Python loop that calls ``matvec`` (a
-compiled function, :mod:`.curvature_bodies`) once per chunk, with the
-bookkeeping of each chunk in graph functions traced once for all sizes.
+The functions are traced into the compiled steps of :mod:`.curvature_bodies`
+(Hutchinson's chunk, Hutch++'s chunks); :func:`exact_diagonal` alone runs
+eagerly, one compiled chunk of products per call.
 """
 
 from __future__ import annotations
@@ -41,24 +38,6 @@ def gaussian(seed: tf.Tensor, shape: tf.Tensor | list[int], dtype: tf.DType) -> 
     return tf.random.stateless_normal(shape, seed, dtype=dtype, alg=_ALGORITHM)
 
 
-def apply_in_chunks(matvec: BlockMatvec, vectors: tf.Tensor, chunk: int) -> tf.Tensor:
-    """``matvec(vectors)`` for V (n, B, D), always ``chunk`` vectors per call
-    (zero-padded), so that one compiled product serves every call."""
-    count = vectors.shape[0]
-    steps = -(-count // chunk)
-    padded = tf.pad(vectors, [[0, steps * chunk - count], [0, 0], [0, 0]])
-    if steps == 1:
-        return matvec(padded)[:count]
-    blocks = tf.reshape(padded, [steps, chunk, *vectors.shape[1:]])
-    products = tf.TensorArray(vectors.dtype, size=steps, element_shape=blocks.shape[1:])
-
-    def body(step: tf.Tensor, products: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
-        return step + 1, products.write(step, matvec(blocks[step]))
-
-    _, products = tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), products))
-    return tf.reshape(products.stack(), [steps * chunk, *vectors.shape[1:]])[:count]
-
-
 class Moments(NamedTuple):
     """Running count, mean and sum of squared deviations of samples (Chan et al.)."""
 
@@ -66,19 +45,14 @@ class Moments(NamedTuple):
     mean: tf.Tensor
     m2: tf.Tensor
 
-    def add(self, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
-        """Merge the rows of ``samples`` (n, ...) whose ``valid`` (n,) is true."""
-        return _merged(self, samples, valid)
-
     def standard_error(self) -> tf.Tensor:
         """Sample standard deviation (ddof 1) over sqrt(count); NaN for one sample."""
         variance = self.m2 / (self.count - 1)
         return tf.sqrt(variance / self.count)
 
 
-@tf.function(reduce_retracing=True, autograph=False)
-def _merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
-    """:meth:`Moments.add`, one graph function for all sizes."""
+def merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
+    """``moments`` with the rows of ``samples`` (n, ...) whose ``valid`` (n,) is true merged in."""
     mask = tf.reshape(tf.cast(valid, samples.dtype), tf.concat([[-1], tf.ones([tf.rank(samples) - 1], tf.int32)], 0))
     count = tf.reduce_sum(mask)
     mean = tf.reduce_sum(samples * mask, axis=0) / tf.maximum(count, 1)
@@ -86,111 +60,121 @@ def _merged(moments: Moments, samples: tf.Tensor, valid: tf.Tensor) -> Moments:
     total = moments.count + count
     delta = mean - moments.mean
     share = count / tf.maximum(total, 1)
-    return Moments(total, moments.mean + delta * share, moments.m2 + m2 + tf.square(delta) * moments.count * share)
+    return Moments(
+        total,
+        tf.ensure_shape(moments.mean + delta * share, moments.mean.shape),
+        tf.ensure_shape(moments.m2 + m2 + tf.square(delta) * moments.count * share, moments.m2.shape),
+    )
 
 
-@tf.function(reduce_retracing=True, autograph=False)
-def _probes_of_step(
-    seed: tf.Tensor, step: tf.Tensor, chunk: tf.Tensor, probes: tf.Tensor, shape: tf.Tensor, dtype: tf.DType
+def probes_of_step(
+    seed: tf.Tensor, step: tf.Tensor, chunk: int | tf.Tensor, probes: tf.Tensor, shape: tf.Tensor | list[int],
+    dtype: tf.DType,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Step ``step``'s ``chunk`` Rademacher probes (chunk, *shape) and which of them count (< ``probes`` in all)."""
     z = rademacher(fold_seed(seed, step), tf.concat([[chunk], shape], axis=0), dtype)
     return z, step * chunk + tf.range(chunk) < probes
 
 
-def probe_moments(
-    sample: Callable[[tf.Tensor], tf.Tensor],
+class HutchPlusPlus(NamedTuple):
+    """The state of a Hutch++ estimate between chunks of its schedule (:func:`hutch_plus_plus_chunks`).
+
+    Attributes:
+        sketch: (s, B, D): the sketch's products H S while they are taken, then
+            their orthonormal range Q (zero rows past D).
+        low_rank: tr(Qᵀ H Q) so far, (B,).
+        count, mean, m2: the moments of the Hutchinson part, scalar, (B,), (B,).
+    """
+
+    sketch: tf.Tensor
+    low_rank: tf.Tensor
+    count: tf.Tensor
+    mean: tf.Tensor
+    m2: tf.Tensor
+
+
+def hutch_plus_plus_schedule(probes: int, chunk: int) -> tuple[int, int]:
+    """(sketch chunks a, chunks in all) of Hutch++ for ``probes``: chunks [0, a)
+    take the sketch's products, [a, 2a) the products with its range, the rest
+    the Hutchinson part's."""
+    sketch_chunks = -(-(probes // 3) // chunk)
+    return sketch_chunks, 2 * sketch_chunks + -(-(probes - 2 * (probes // 3)) // chunk)
+
+
+def hutch_plus_plus_chunks(
     matvec: BlockMatvec,
+    state: HutchPlusPlus,
+    start: tf.Tensor,
+    end: tf.Tensor,
     *,
-    shape: tuple[int, int],
-    probes: int,
+    probes: tf.Tensor,
     chunk: int,
     seed: tf.Tensor,
-    dtype: tf.DType,
-    value_shape: list[int],
-) -> Moments:
-    """Moments over ``probes`` Rademacher probes z (B, D) of ``sample(z, H z)``.
+) -> HutchPlusPlus:
+    """Chunks ``start`` to ``end`` of Hutch++'s schedule (:func:`hutch_plus_plus_schedule`), in a graph.
 
-    ``sample`` maps probes Z (c, B, D) and products HZ (c, B, D) to samples
-    (c, *value_shape). Probes are drawn ``chunk`` at a time, each chunk from
-    its own folded seed, independently per example.
+    Hutch++ (Meyer, Musco, Musco and Woodruff, 2021) estimates tr H_b: of
+    the ``probes`` products, s = probes // 3 sketch H S with Rademacher S,
+    s more give tr(Qᵀ H Q) on the sketch's orthonormal range Q, and the
+    remaining probes - 2s run Hutchinson on (I - QQᵀ) H (I - QQᵀ). The
+    estimate is low_rank + mean, its standard error that of the last part
+    (the rest is exact given the sketch). ``matvec`` takes ``chunk`` vectors.
     """
-    zero = tf.zeros(value_shape, dtype)
-    moments = Moments(tf.constant(0, dtype), zero, zero)
-    sizes = (tf.constant(chunk), tf.constant(probes), tf.constant(shape))
-    for step in range(-(-probes // chunk)):
-        z, valid = _probes_of_step(seed, tf.constant(step), *sizes, dtype)
-        moments = moments.add(sample(z, matvec(z)), valid)
-    return moments
+    size = tf.shape(state.sketch)[0]
+    batch, dim = state.sketch.shape[1:]
+    sketch_chunks = (size + chunk - 1) // chunk
+    rows = tf.range(chunk)
+
+    def rows_of(vectors: tf.Tensor, first: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``chunk`` rows of ``vectors`` from ``first`` (zeros past its end) and which are real."""
+        index = first + rows
+        real = index < size
+        return tf.gather(vectors, tf.minimum(index, size - 1)) * tf.cast(real, vectors.dtype)[:, None, None], real
+
+    def project_out(z: tf.Tensor, basis: tf.Tensor) -> tf.Tensor:
+        return z - tf.einsum("csb,sbd->cbd", tf.einsum("sbd,cbd->csb", basis, z), basis)
+
+    def step(i: tf.Tensor, state: HutchPlusPlus) -> tuple[tf.Tensor, HutchPlusPlus]:
+        sketch = tf.cond(tf.equal(i, sketch_chunks), lambda: _orthonormal_range(state.sketch), lambda: state.sketch)
+        phase = tf.minimum(i // sketch_chunks, 2)
+        residual_step = i - 2 * sketch_chunks
+        shape = [batch, dim]
+        z, valid = probes_of_step(seed, tf.maximum(residual_step, 0), chunk, probes - 2 * size, shape, sketch.dtype)
+        vectors = tf.switch_case(
+            phase,
+            [
+                lambda: rademacher(fold_seed(fold_seed(seed, -1), i), [chunk, batch, dim], sketch.dtype),
+                lambda: rows_of(sketch, (i - sketch_chunks) * chunk)[0],
+                lambda: project_out(z, sketch),
+            ],
+        )
+        vectors = tf.ensure_shape(vectors, [chunk, batch, dim])
+        products = matvec(vectors)
+
+        def sketched() -> HutchPlusPlus:
+            index = i * chunk + rows
+            real = index < size
+            taken = tf.boolean_mask(products, real)
+            return state._replace(sketch=tf.tensor_scatter_nd_update(sketch, tf.boolean_mask(index, real)[:, None], taken))
+
+        def ranged() -> HutchPlusPlus:
+            return state._replace(sketch=sketch, low_rank=state.low_rank + tf.reduce_sum(vectors * products, axis=[0, 2]))
+
+        def sampled() -> HutchPlusPlus:
+            moments = merged(Moments(state.count, state.mean, state.m2), tf.reduce_sum(vectors * products, -1), valid)
+            return state._replace(sketch=sketch, count=moments.count, mean=moments.mean, m2=moments.m2)
+
+        return i + 1, tf.switch_case(phase, [sketched, ranged, sampled])
+
+    return tf.while_loop(lambda i, _: i < end, step, (start, state))[1]
 
 
-def hutchinson_diagonal(
-    matvec: BlockMatvec, *, shape: tuple[int, int], probes: int, chunk: int, seed: tf.Tensor, dtype: tf.DType
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Hutchinson's estimate of diag H_b, mean of z ⊙ H z, and its standard error; both (B, D)."""
-    moments = probe_moments(
-        lambda z, hz: z * hz,
-        matvec,
-        shape=shape,
-        probes=probes,
-        chunk=chunk,
-        seed=seed,
-        dtype=dtype,
-        value_shape=list(shape),
-    )
-    return moments.mean, moments.standard_error()
-
-
-def hutchinson_trace(
-    matvec: BlockMatvec, *, shape: tuple[int, int], probes: int, chunk: int, seed: tf.Tensor, dtype: tf.DType
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Hutchinson's estimate of tr H_b, mean of zᵀ H z, and its standard error; both (B,)."""
-    moments = probe_moments(
-        lambda z, hz: tf.reduce_sum(z * hz, axis=-1),
-        matvec,
-        shape=shape,
-        probes=probes,
-        chunk=chunk,
-        seed=seed,
-        dtype=dtype,
-        value_shape=[shape[0]],
-    )
-    return moments.mean, moments.standard_error()
-
-
-def hutch_plus_plus_trace(
-    matvec: BlockMatvec, *, shape: tuple[int, int], probes: int, chunk: int, seed: tf.Tensor, dtype: tf.DType
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Hutch++ (Meyer, Musco, Musco and Woodruff, 2021) estimate of tr H_b and its standard error; (B,).
-
-    Of the ``probes`` products, s = probes // 3 sketch H S, s more give
-    tr(Qᵀ H Q) on the sketch's orthonormal range Q, and the remaining
-    probes - 2s run Hutchinson on (I - QQᵀ) H (I - QQᵀ). The standard error is
-    that last part's: the rest is exact given the sketch. ``chunk`` should
-    not exceed s, so that no product is wasted on padding.
-    """
-    batch, dim = shape
-    sketch_size = probes // 3
-    sketch = rademacher(fold_seed(seed, -1), [sketch_size, batch, dim], dtype)
-    range_basis = tf.linalg.qr(tf.transpose(apply_in_chunks(matvec, sketch, chunk), [1, 2, 0]))[0]
-    basis = tf.transpose(range_basis, [2, 0, 1])
-    low_rank = tf.reduce_sum(basis * apply_in_chunks(matvec, basis, chunk), axis=[0, 2])
-
-    def project_out(z: tf.Tensor) -> tf.Tensor:
-        coefficients = tf.einsum("sbd,cbd->csb", basis, z)
-        return z - tf.einsum("csb,sbd->cbd", coefficients, basis)
-
-    moments = probe_moments(
-        lambda z, hz: tf.reduce_sum(project_out(z) * hz, axis=-1),
-        lambda z: matvec(project_out(z)),
-        shape=shape,
-        probes=probes - 2 * sketch_size,
-        chunk=chunk,
-        seed=seed,
-        dtype=dtype,
-        value_shape=[batch],
-    )
-    return low_rank + moments.mean, moments.standard_error()
+def _orthonormal_range(products: tf.Tensor) -> tf.Tensor:
+    """An orthonormal basis (s, B, D) of the span of each example's ``products``
+    (s, B, D), by QR, with zero rows past D."""
+    size = tf.shape(products)[0]
+    basis = tf.transpose(tf.linalg.qr(tf.transpose(products, [1, 2, 0]))[0], [2, 0, 1])
+    return tf.pad(basis, [[0, size - tf.shape(basis)[0]], [0, 0], [0, 0]])
 
 
 def exact_diagonal(matvec: BlockMatvec, *, shape: tuple[int, int], chunk: int, dtype: tf.DType) -> tf.Tensor:

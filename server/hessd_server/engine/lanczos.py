@@ -10,9 +10,9 @@ so its tridiagonal matrix stays a valid projection of H_n.
 
 From the tridiagonal matrices come Ritz pairs (eigenpairs, :func:`ritz_pairs`)
 and Gauss quadrature nodes and weights (spectral densities, :func:`quadrature`).
-Runs eagerly: the loop is a Python loop that calls ``matvec`` (a compiled
-function, :mod:`.curvature_bodies`) once per step, and the rest of a step
-is one graph function.
+Everything here is traced into a graph: :func:`steps_until` runs a block of
+steps as one ``tf.while_loop`` whose trip count is a runtime tensor, so one
+compiled function (:mod:`.curvature_bodies`) serves every number of steps.
 """
 
 from __future__ import annotations
@@ -60,44 +60,13 @@ def _orthogonalised(vectors: tf.Tensor, basis: tf.Tensor) -> tf.Tensor:
     return vectors
 
 
-def _normalised(vectors: tf.Tensor) -> tf.Tensor:
+def normalised(vectors: tf.Tensor) -> tf.Tensor:
+    """``vectors`` (..., D) scaled to unit length (zero vectors stay near zero)."""
     norms = tf.norm(vectors, axis=-1, keepdims=True)
     return vectors / tf.maximum(norms, tf.cast(_MIN_NORM, vectors.dtype))
 
 
-def lanczos(
-    matvec: Matvec,
-    start: tf.Tensor,
-    iterations: int,
-    *,
-    seed: tf.Tensor,
-    stop: StopRule | None = None,
-) -> LanczosRun:
-    """Run ``iterations`` steps (fewer if ``stop`` says so) from ``start`` (N, D), not necessarily unit.
-
-    ``seed`` (2,) draws the restart vectors. Requires iterations <= D. Runs
-    eagerly: a Python loop calls ``matvec`` once per step, and the rest of
-    each step is one graph function (:func:`_advance`), traced once for all
-    sizes, so that a step costs one call of each.
-    """
-    count, dim = start.shape
-    dtype = start.dtype
-    run = LanczosRun(
-        alpha=tf.zeros([count, iterations], dtype),
-        beta=tf.zeros([count, iterations], dtype),
-        basis=tf.zeros([iterations, count, dim], dtype),
-        steps=tf.constant(0),
-    )
-    q = _normalised(start)
-    for j in range(iterations):
-        q, run = _advance(tf.constant(j), q, matvec(q), run, seed)
-        if stop is not None and bool(stop(run)):
-            break
-    return run
-
-
-@tf.function(reduce_retracing=True, autograph=False)
-def _advance(
+def advance(
     j: tf.Tensor, q: tf.Tensor, product: tf.Tensor, run: LanczosRun, seed: tf.Tensor
 ) -> tuple[tf.Tensor, LanczosRun]:
     """Step ``j`` of the runs from vector q (N, D) and its ``product`` H q:
@@ -112,9 +81,9 @@ def _advance(
 
     def restarted() -> tf.Tensor:
         fresh = _orthogonalised(gaussian(fold_seed(seed, j), tf.shape(q), dtype), basis)
-        return tf.where(broke[:, None], _normalised(fresh), _normalised(residual))
+        return tf.where(broke[:, None], normalised(fresh), normalised(residual))
 
-    following = tf.cond(tf.reduce_any(broke), restarted, lambda: _normalised(residual))
+    following = tf.cond(tf.reduce_any(broke), restarted, lambda: normalised(residual))
     column = tf.one_hot(j, tf.shape(run.alpha)[1], dtype=dtype)[None]
     return following, LanczosRun(
         alpha=run.alpha + alpha[:, None] * column,
@@ -122,6 +91,33 @@ def _advance(
         basis=basis,
         steps=j + 1,
     )
+
+
+def steps_until(
+    matvec: Matvec,
+    q: tf.Tensor,
+    run: LanczosRun,
+    end: tf.Tensor,
+    *,
+    seed: tf.Tensor,
+    stop: StopRule,
+) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
+    """Steps ``run.steps`` to ``end`` of the runs, from the next vector q (N, D), inside a graph.
+
+    A ``tf.while_loop`` with a runtime trip count: it stops after step
+    ``end - 1`` or as soon as ``stop`` holds after a step. ``seed`` (2,)
+    draws the restart vectors. Returns the next vector, the runs, and
+    whether ``stop`` held (scalar bool).
+    """
+
+    def more(q: tf.Tensor, run: LanczosRun, stopped: tf.Tensor) -> tf.Tensor:
+        return tf.logical_and(run.steps < end, tf.logical_not(stopped))
+
+    def step(q: tf.Tensor, run: LanczosRun, stopped: tf.Tensor) -> tuple[tf.Tensor, LanczosRun, tf.Tensor]:
+        q, run = advance(run.steps, q, matvec(q), run, seed)
+        return q, run, stop(run)
+
+    return tf.while_loop(more, step, (q, run, tf.constant(False)))
 
 
 def _tridiagonal(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
@@ -141,22 +137,29 @@ def _tridiagonal(run: LanczosRun) -> tuple[tf.Tensor, tf.Tensor]:
     return matrix, tf.broadcast_to(real[None], tf.shape(run.alpha))
 
 
+WHICH_ORDER = ("largest", "smallest", "largest_magnitude")
+"""The values of ``which``, in the order a runtime index into them counts."""
+
+
 def select(
-    values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int | tf.Tensor, which: str
+    values: tf.Tensor, vectors: tf.Tensor, real: tf.Tensor, k: int | tf.Tensor, which: str | tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The k wanted eigenpairs of ascending ``values`` (N, m) and ``vectors`` (N, m, m) (columns).
 
     Only entries where ``real`` (N, m) is true are eligible. Returns values
     (N, k), sorted as ``which`` asks (descending, ascending, by descending
-    |λ|), and their vectors (N, m, k).
+    |λ|), and their vectors (N, m, k). ``which`` is a name of
+    :data:`WHICH_ORDER` or a scalar int32 tensor indexing it.
     """
-    keys = {"largest": values, "smallest": -values, "largest_magnitude": tf.abs(values)}[which]
+    if isinstance(which, str):
+        which = tf.constant(WHICH_ORDER.index(which))
+    keys = tf.gather(tf.stack([values, -values, tf.abs(values)]), which)
     keys = tf.where(real, keys, tf.fill(tf.shape(keys), tf.constant(-np.inf, values.dtype)))
     order = tf.math.top_k(keys, k=k).indices
     return tf.gather(values, order, batch_dims=1), tf.gather(vectors, order, axis=2, batch_dims=1)
 
 
-def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Ritz values (N, k), their eigenvectors of T (N, m, k), and the residual
     estimates |beta_last · y_last| (N, k) that Lanczos gives for free."""
     matrix, real = _tridiagonal(run)
@@ -167,7 +170,7 @@ def _ritz_coordinates(run: LanczosRun, k: int | tf.Tensor, which: str) -> tuple[
     return values, coordinates, estimates
 
 
-def ritz_pairs(run: LanczosRun, k: int, which: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def ritz_pairs(run: LanczosRun, k: int | tf.Tensor, which: str | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The k wanted Ritz pairs of each run.
 
     Returns Ritz values (N, k), Ritz vectors (N, k, D) of unit length, and
@@ -175,24 +178,13 @@ def ritz_pairs(run: LanczosRun, k: int, which: str) -> tuple[tf.Tensor, tf.Tenso
     """
     values, coordinates, estimates = _ritz_coordinates(run, k, which)
     ritz_vectors = tf.einsum("nmk,mnd->nkd", coordinates, run.basis)
-    return values, _normalised(ritz_vectors), estimates
+    return values, normalised(ritz_vectors), estimates
 
 
-def converged(k: int, which: str, tol: float) -> StopRule:
-    """Stop once every run's k wanted Ritz pairs have estimated residual
-    <= tol·|λ| (or below roundoff of the largest |λ|)."""
-
-    def rule(run: LanczosRun) -> tf.Tensor:
-        if k > run.alpha.shape[1]:
-            return tf.constant(False)
-        return _converged(run, tf.constant(k), which, tf.constant(tol, run.alpha.dtype))
-
-    return rule
-
-
-@tf.function(reduce_retracing=True, autograph=False)
-def _converged(run: LanczosRun, k: tf.Tensor, which: str, tol: tf.Tensor) -> tf.Tensor:
-    """:func:`converged`'s test, one graph function for every k and tol (traced once per ``which``)."""
+def converged(run: LanczosRun, k: tf.Tensor, which: str | tf.Tensor, tol: tf.Tensor) -> tf.Tensor:
+    """Whether every run's k wanted Ritz pairs have estimated residual <=
+    tol·|λ| (or below roundoff of the largest |λ|); k is a scalar int32, at
+    most the runs' capacity m; false while steps < k."""
     values, _, estimates = _ritz_coordinates(run, k, which)
     dtype = values.dtype
     scale = tf.reduce_max(tf.abs(run.alpha), axis=1, keepdims=True) + tf.reduce_max(run.beta, axis=1, keepdims=True)

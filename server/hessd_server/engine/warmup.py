@@ -42,24 +42,31 @@ def _hvp(m: Model, x: dict[str, np.ndarray], wrt: str, precision: str) -> Any:
     return hvp_of(m, x, x[wrt], wrt=wrt, output_weights=None, precision=precision)
 
 
+def _curvature_summary(name: str) -> Warmer:
+    """The warmer of the curvature summary ``name``, run with its default options and
+    seed 0. :mod:`.curvature` is imported when it runs: it imports this module
+    (through the model loader), so this one cannot import it at the top."""
+
+    def warm(m: Model, x: dict[str, np.ndarray], wrt: str, precision: str) -> Any:
+        from . import curvature
+
+        return getattr(curvature, name)(m, x, wrt=wrt, precision=precision, seed=0)
+
+    return warm
+
+
 _WARMERS: dict[str, Warmer] = {
     "hessian": _per_example,
     "evaluate": _per_example,
     "gradient": _gradient,
     "hvp": _hvp,
     "full_hessian": _full,
+    **{
+        name: _curvature_summary(name)
+        for name in ("hessian_diagonal", "hessian_trace", "hessian_eigen", "hessian_spectrum")
+    },
 }
-"""How each name of :data:`WARMUP_METHODS` is warmed, with its defaults; the curvature
-summaries' are added by :mod:`.curvature` (see :func:`add_warmers`), which imports this
-module through the model loader, so this one cannot import it."""
-
-
-def add_warmers(warmers: dict[str, Warmer]) -> None:
-    """Make the methods of ``warmers`` (names of :data:`WARMUP_METHODS`) warmable."""
-    unknown = sorted(set(warmers) - set(WARMUP_METHODS))
-    if unknown:
-        raise ValueError(f"{unknown} are not names of WARMUP_METHODS")
-    _WARMERS.update(warmers)
+"""How each name of :data:`WARMUP_METHODS` is warmed."""
 
 
 UNPADDED_METHODS = frozenset({"full_hessian"})
