@@ -33,6 +33,15 @@
   long-lived objects out of the garbage collector's way, and of one with
   ``--no-freeze-heap``, taking turns: latency percentiles to the maximum, and the
   full collections each server timed and how long they paused it.
+* **The serving layer against its floor.** The small call against echo +
+  in-process; at 32 callers the calls/s, the CPU per call of the server and the
+  SDK callers against the floor (echo server + raw callers + the engine's own CPU
+  per example at B=32), the ceiling that floor allows on this machine's cores,
+  hessd's share of it, p50 and p99; each against its target.
+* **Where a small call's time goes in the server.** The stages of a B=1 call
+  through the server's own parts without gRPC (``serving_stages.py``: decode, the
+  data plane with its hand-off to an engine thread and back, encode) beside the
+  engine alone, and a cProfile of the event loop's CPU by function.
 * **What the targets ask of this machine.** From the rows above: the most calls
   per second 32 callers could get on this machine's cores if hessd's own code
   cost nothing (gRPC's CPU per call from the echo rows, the engine's per example
@@ -92,8 +101,10 @@ from wire_report import (
     merged,
     render,
     render_collector,
+    serving_layer_figures,
     what_the_targets_ask,
 )
+from serving_stages import serving_stages
 
 BENCHMARKS = Path(__file__).resolve().parent
 MODEL = "mid"
@@ -443,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("in-process floor and engine calls alone ...", flush=True)
     floor = in_process_floor(seconds)
     alone = engine_alone(seconds)
+    print("the server's stages without gRPC, and the event loop's profile ...", flush=True)
+    stages = serving_stages(seconds)
     command = command_line("bench_wire.py", sys.argv[1:] if argv is None else argv)
     body = [
         "- server: `hessd-server` in its own process on a unix socket, default flags (engine threads 2, "
@@ -452,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"of a fifth of the {seconds:g} s each, the order reversed every other turn",
         "",
         *render(small, small_cpu, loads, whole_batches, floor, alone),
+        *serving_layer_figures(small, loads, alone),
+        *stages,
         *what_the_targets_ask(small, loads, whole_batches, alone),
         *render_collector(collector, seconds),
         "",

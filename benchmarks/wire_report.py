@@ -339,3 +339,47 @@ def _cpu_columns(row: Load) -> str:
 
 def _target(what: str, measured: str, met: bool) -> str:
     return f"- Target: {what}: measured {measured}, {'met' if met else 'NOT met'}."
+
+
+TARGET_FLOOR_SHARE, TARGET_CEILING_SHARE, TARGET_P99_OVER_P50 = 1.6, 0.6, 2.0
+"""The serving layer's targets at 32 callers: CPU per call against the floor, the share
+of the ceiling reached, and the tail."""
+
+
+def serving_layer_figures(small: dict[str, float], loads: Sequence[Load], alone: dict[int, EngineAlone]) -> list[str]:
+    """The serving layer against what this machine allows, from this run's own rows: the
+    small call against echo + in-process, and at 32 callers the calls/s, every process's
+    CPU per call against the floor (echo server + raw callers + the engine's own CPU per
+    example at the largest batch), the ceiling that floor allows, hessd's share of it,
+    p50 and p99."""
+    cores = os.cpu_count() or 1
+    wire_ms, echo_ms, inproc_ms = (small[name] for name in SMALL_CALL_BASE)
+    echo = next(row for row in loads if row.batching == ECHO and row.callers == CALLERS[-1])
+    busy = next(row for row in loads if row.batching == "on" and row.callers == CALLERS[-1])
+    echo_server, raw_callers = echo.cpu_ms_per_call(echo.server_cpu_s), echo.cpu_ms_per_call(echo.client_cpu_s)
+    engine = alone[max(alone)].cpu_ms_per_example
+    floor_ms = echo_server + raw_callers + engine
+    server, sdk = busy.cpu_ms_per_call(busy.server_cpu_s), busy.cpu_ms_per_call(busy.client_cpu_s)
+    ceiling = cores / floor_ms * 1e3
+    small_ratio = wire_ms / (echo_ms + inproc_ms)
+    floor_ratio = (server + sdk) / floor_ms
+    share = busy.throughput / ceiling
+    p50, p99 = busy.percentile_ms(50), busy.percentile_ms(99)
+    return [
+        "",
+        "## The serving layer against its floor",
+        "",
+        f"- **One small call:** {wire_ms:.2f} ms p50 against {echo_ms:.2f} ms (echo) + {inproc_ms:.2f} ms "
+        f"(in-process): **{small_ratio:.2f}×**.",
+        f"- **{CALLERS[-1]} callers:** {busy.throughput:,.0f} calls/s. CPU per call, all processes: hessd "
+        f"{server + sdk:.2f} ms (server {server:.2f} + SDK callers {sdk:.2f}) against a floor of "
+        f"{floor_ms:.2f} ms (echo server {echo_server:.2f} + raw callers {raw_callers:.2f} + the engine's own "
+        f"CPU per example at B={max(alone)}, {engine:.2f}): **{floor_ratio:.2f}× the floor**. The ceiling "
+        f"for a serving layer that cost nothing is {cores} cores / {floor_ms:.2f} ms = {ceiling:,.0f} calls/s; "
+        f"hessd reaches **{share:.0%}** of it. p50 {p50:.2f} ms, p99 {p99:.2f} ms: p99/p50 {p99 / p50:.2f}.",
+        "",
+        _target(f"small call p50 ≤ {TARGET_SMALL_CALL:g}× (echo + in-process)", f"{small_ratio:.2f}×", small_ratio <= TARGET_SMALL_CALL),
+        _target(f"{CALLERS[-1]} callers: CPU per call ≤ {TARGET_FLOOR_SHARE:g}× the floor", f"{floor_ratio:.2f}×", floor_ratio <= TARGET_FLOOR_SHARE),
+        _target(f"{CALLERS[-1]} callers: ≥ {TARGET_CEILING_SHARE:.0%} of the ceiling", f"{share:.0%}", share >= TARGET_CEILING_SHARE),
+        _target(f"{CALLERS[-1]} callers: p99 ≤ {TARGET_P99_OVER_P50:g}× p50", f"{p99 / p50:.2f}×", p99 / p50 <= TARGET_P99_OVER_P50),
+    ]

@@ -1,5 +1,7 @@
 """The package layout holds its rules: the engine never imports the serving
-stack or gRPC, and no module of ``hessd_server`` imports another in a cycle.
+stack or gRPC, the transport-free parts of serving (the data plane,
+scheduling and the repository) never reach gRPC through any chain of imports,
+and no module of ``hessd_server`` imports another in a cycle.
 
 Imports are read from the source with ``ast``, wherever they stand (module
 level or inside a function), so a deferred import cannot hide a cycle.
@@ -14,20 +16,27 @@ from pathlib import Path
 
 import pytest
 
+import hessd
 import hessd_server
 
 PACKAGE_ROOT = Path(hessd_server.__file__).parent
+SDK_ROOT = Path(hessd.__file__).parent
 PACKAGE = "hessd_server"
-FORBIDDEN_IN_ENGINE = ("grpc", "grpc_status", "grpc_health", "grpc_reflection", "google.rpc", "hessd_server.serving")
+GRPC_PACKAGES = ("grpc", "grpc_status", "grpc_health", "grpc_reflection")
+"""gRPC itself; ``google.rpc``'s status messages are plain protobuf."""
+FORBIDDEN_IN_ENGINE = (*GRPC_PACKAGES, "google.rpc", "hessd_server.serving")
+TRANSPORT_FREE = ("data_plane", "scheduling", "repository")
+"""The subpackages of ``hessd_server.serving`` that must work without gRPC."""
+GRPC_FACE = f"{PACKAGE}.serving.grpc"
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+def _module_name(path: Path, root: Path = PACKAGE_ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(path): path for path in sorted(PACKAGE_ROOT.rglob("*.py"))}
+def _modules(root: Path = PACKAGE_ROOT) -> dict[str, Path]:
+    return {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
 
 
 def _is_type_checking_block(node: ast.AST) -> bool:
@@ -139,10 +148,72 @@ def test_the_top_package_is_thin() -> None:
 LAYOUT_PAGE = PACKAGE_ROOT.parents[1] / "docs" / "layout.md"
 
 
-@pytest.mark.parametrize("subpackage", ["engine", "serving"])
+SUBPACKAGES = sorted(
+    str(path.parent.relative_to(PACKAGE_ROOT)) for path in PACKAGE_ROOT.rglob("__init__.py") if path.parent != PACKAGE_ROOT
+)
+
+
+def test_every_serving_part_is_a_subpackage_with_a_row() -> None:
+    assert {"engine", "serving", *(f"serving/{part}" for part in TRANSPORT_FREE)} <= set(SUBPACKAGES)
+
+
+@pytest.mark.parametrize("subpackage", SUBPACKAGES)
 def test_the_layout_page_names_every_module(subpackage: str) -> None:
     rows = [line for line in LAYOUT_PAGE.read_text().splitlines() if line.startswith(f"| `server/hessd_server/{subpackage}/`")]
     assert len(rows) == 1, f"docs/layout.md needs one row for server/hessd_server/{subpackage}/"
     modules = sorted(path.stem for path in (PACKAGE_ROOT / subpackage).glob("*.py") if path.stem != "__init__")
     missing = [name for name in modules if f"`{name}`" not in rows[0]]
     assert missing == [], f"docs/layout.md's row for {subpackage}/ does not name {missing}"
+
+
+def _is_grpc(name: str) -> bool:
+    """Whether ``name`` is gRPC itself, generated gRPC stubs, or the server's gRPC face."""
+    return (
+        any(name == package or name.startswith(package + ".") for package in (*GRPC_PACKAGES, GRPC_FACE))
+        or name.endswith("_pb2_grpc")
+    )
+
+
+def grpc_reached(module: str) -> list[str]:
+    """Every "importer -> gRPC name" on the import chains from ``module`` through the
+    modules of ``hessd_server`` and the SDK (``hessd``). The SDK's package root is not
+    followed: it is the client's public face, which ``hessd.errors`` and the codec
+    never need."""
+    sources = {**_modules(), **_modules(SDK_ROOT)}
+    known = set(sources)
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sources or name == "hessd":
+            continue
+        seen.add(name)
+        for imported in imported_names(name, sources[name], known):
+            if _is_grpc(imported):
+                found.append(f"{name} -> {imported}")
+            else:
+                todo.append(imported)
+    return sorted(found)
+
+
+TRANSPORT_FREE_MODULES = sorted(
+    name for name in _modules() if any(name.startswith(f"{PACKAGE}.serving.{part}") for part in TRANSPORT_FREE)
+)
+
+
+def test_every_transport_free_part_exists() -> None:
+    parts = {name.split(".")[2] for name in TRANSPORT_FREE_MODULES}
+    assert parts == set(TRANSPORT_FREE)
+
+
+@pytest.mark.parametrize("module", TRANSPORT_FREE_MODULES)
+def test_the_transport_free_parts_never_reach_grpc(module: str) -> None:
+    assert grpc_reached(module) == []
+
+
+def test_the_grpc_check_follows_a_chain_of_imports() -> None:
+    assert grpc_reached(f"{PACKAGE}.serving.grpc.servicer") != []
+    assert f"{PACKAGE}.serving.grpc.servicer -> grpc.aio" in grpc_reached(f"{PACKAGE}.serving.grpc.servicer")
+    assert grpc_reached(f"{PACKAGE}.serving.server") != []
+    assert _is_grpc("hessd.v1.hessian_service_pb2_grpc") and not _is_grpc("hessd.v1.hessian_service_pb2")

@@ -16,7 +16,7 @@ import yaml
 
 from hessd_server.serving.main import parse_config
 from hessd_server.serving.server_config import ServerConfig
-from hessd_server.serving.status_interceptor import SERVICE_NAME
+from hessd_server.serving.grpc.status_interceptor import SERVICE_NAME
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 NAMES = ("sidecar.yaml", "standalone.yaml")

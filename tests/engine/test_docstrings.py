@@ -19,7 +19,7 @@ import pytest
         "hessd_server.engine.warmup",
         "hessd_server.engine.function_cache",
         "hessd_server.engine.build_locks",
-        "hessd_server.serving.failure_log",
+        "hessd_server.serving.observability.failure_log",
         "hessd.errors",
         "hessd.blocks",
     ],

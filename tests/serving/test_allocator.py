@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-import hessd_server.serving.allocator as allocator
+import hessd_server.serving.observability.allocator as allocator
 
 pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hessd.errors import UnauthenticatedError
-from hessd_server.serving.auth import AcceptedTokens, BearerTokens, ServiceTokens, bearer_token
+from hessd_server.serving.grpc.auth import AcceptedTokens, BearerTokens, ServiceTokens, bearer_token
 
 
 def test_a_token_file_is_read_line_by_line_with_whitespace_stripped(tmp_path: Path) -> None:

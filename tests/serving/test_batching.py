@@ -30,17 +30,17 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.engine import Model
 from hessd_server.engine.execution import prepare_gradient, prepare_hvp
-from hessd_server.serving.admission import Admission
-from hessd_server.serving.batching import (
+from hessd_server.serving.scheduling.admission import Admission
+from hessd_server.serving.scheduling.batching import (
     DEADLINE_SLACK_S,
     LONE_WINDOW_S,
     Batcher,
     BatchingSettings,
     BatchRecord,
 )
-from hessd_server.serving.engine_executor import EngineExecutor
-from hessd_server.serving.engine_pool import EngineThreadPool
-from hessd_server.serving.metrics import Metrics
+from hessd_server.serving.scheduling.engine_executor import EngineExecutor
+from hessd_server.serving.scheduling.engine_pool import EngineThreadPool
+from hessd_server.serving.observability.metrics import Metrics
 from hessd_server.serving.main import parse_config
 from wire_fixtures import RunningServer, eventually, rng_array, serving
 

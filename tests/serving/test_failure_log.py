@@ -8,8 +8,8 @@ import pytest
 
 import hessd
 from hessd import errors
-from hessd_server.serving import failure_log
-from hessd_server.serving.failure_log import FailureLog
+from hessd_server.serving.observability import failure_log
+from hessd_server.serving.observability.failure_log import FailureLog
 from wire_fixtures import ManualClock, rng_array, serving
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from hessd_server.serving.metrics import Metrics
+from hessd_server.serving.observability.metrics import Metrics
 
 
 def test_each_request_counts_under_its_own_method_and_code() -> None:

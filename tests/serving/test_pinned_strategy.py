@@ -11,7 +11,7 @@ import hessd
 import hessd_server as hs
 from hessd_server.engine import EngineConfig
 from hessd_server.serving.main import parse_config
-from hessd_server.serving.repository_config import parse_model_config
+from hessd_server.serving.repository.repository_config import parse_model_config
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
 
 WAIT_S = 60.0

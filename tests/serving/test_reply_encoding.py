@@ -7,8 +7,9 @@ import pytest
 from hessd.errors import InvalidArgumentError
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Packing, ResultEncoding
-from hessd_server.serving.replies import Encoding, encoding_of
-from hessd_server.serving.servicer import PLAIN_ENCODING, _encoding
+from hessd_server.serving.data_plane.reply_plan import Encoding, encoding_of
+from hessd_server.serving.data_plane.reply_plan import PLAIN_ENCODING
+from hessd_server.serving.data_plane.reply_plan import request_encoding as _encoding
 
 PRECISIONS = (DataType.DATA_TYPE_UNSPECIFIED, DataType.DATA_TYPE_FLOAT32, DataType.DATA_TYPE_FLOAT64)
 

@@ -16,11 +16,11 @@ import pytest
 
 import hessd
 from hessd_server.engine import EngineConfig
-from hessd_server.serving.metrics import Metrics
-from hessd_server.serving.model_loader import ModelLoader
-from hessd_server.serving.model_registry import ModelRegistry
-from hessd_server.serving.model_repository import EXPECTED_LAYOUT, scan, scan_model
-from hessd_server.serving.repository_config import (
+from hessd_server.serving.observability.metrics import Metrics
+from hessd_server.serving.repository.model_loader import ModelLoader
+from hessd_server.serving.repository.model_registry import ModelRegistry
+from hessd_server.serving.repository.model_repository import EXPECTED_LAYOUT, scan, scan_model
+from hessd_server.serving.repository.repository_config import (
     CONFIG_MAX_BYTES,
     ModelConfig,
     VersionPolicy,

@@ -27,8 +27,8 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc, shared_memory_pb2, shared_memory_pb2_grpc
 from hessd.v1.tensor_pb2 import ResultEncoding, SharedMemoryLocation
 from hessd_server.serving.server_config import ServerConfig
-from hessd_server.serving.shared_memory import PROOF_BYTES
-from hessd_server.serving.shared_memory_service import is_local_peer
+from hessd_server.serving.data_plane.shared_memory import PROOF_BYTES
+from hessd_server.serving.grpc.shared_memory_service import is_local_peer
 from wire_fixtures import RunningServer, rng_array, serving
 
 X = rng_array((2, 10))

@@ -31,7 +31,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc, shared_memory_pb2, shared_memory_pb2_grpc
 from hessd.v1.tensor_pb2 import ResultEncoding, SharedMemoryLocation, Tensor
 from hessd_server.serving.server_config import ServerConfig
-from hessd_server.serving.shared_memory import PROOF_BYTES
+from hessd_server.serving.data_plane.shared_memory import PROOF_BYTES
 from test_shared_memory import CANARY, X, Registration
 from wire_fixtures import RunningServer, eventually, rng_array, serving
 

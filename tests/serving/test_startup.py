@@ -15,7 +15,7 @@ import hessd
 import hessd_server as hs
 from hessd_server.engine.config import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
 from hessd_server.serving.main import parse_config
-from hessd_server.serving.repository_config import parse_model_config
+from hessd_server.serving.repository.repository_config import parse_model_config
 from hessd_server.serving.server_config import ServerConfig
 from wire_fixtures import RunningServer, rng_array, serving, write_version
 
@@ -87,7 +87,7 @@ def test_a_repository_models_config_names_its_warmup_and_a_bad_name_is_refused_n
 
 
 def test_the_ready_line_is_short_and_the_details_are_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="hessd_server.serving.model_loader")
+    caplog.set_level(logging.DEBUG, logger="hessd_server.serving.repository.model_loader")
     with serving([("demo", hs.DEMO_MODEL_SOURCE)]):
         pass
     (ready,) = [r for r in caplog.records if "ready in" in r.getMessage()]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -231,19 +232,53 @@ def _record_success(
         model.compile_count += 1
 
 
+PRIVATE_CALL = "_call_flat"
+"""TensorFlow's private ``ConcreteFunction`` method that runs a traced function on
+flat tensors; :func:`_direct_call` falls back to the public call without it."""
+
+
 def _direct_call(function: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
     """``function``'s one traced concrete function, called on its flattened
     arguments: this skips the per-call signature matching and argument
     conversion of ``tf.function`` (the key has fixed the shapes and dtypes
-    already), about half the fixed cost of a small call."""
+    already), about half the fixed cost of a small call.
+
+    That fast path is TensorFlow's private :data:`PRIVATE_CALL`. A TensorFlow
+    without it gets the concrete function's public call, slower by that fixed
+    cost and otherwise the same (``tests/engine/test_private_call_fallback.py``).
+    """
     concrete = function.get_concrete_function()
+    call_flat = getattr(concrete, PRIVATE_CALL, None)
+    if not callable(call_flat):
+        _warn_public_call_once()
+        return _public_call(concrete)
     captured = concrete.captured_inputs
 
     def call(*args: Any) -> tuple[tf.Tensor, ...]:
-        outputs = concrete._call_flat([tf.constant(a) for a in tf.nest.flatten(args)], captured)
+        outputs = call_flat([tf.constant(a) for a in tf.nest.flatten(args)], captured)
         return tuple(tf.nest.flatten(outputs))
 
     return call
+
+
+def _public_call(concrete: Any) -> Callable[..., tuple[tf.Tensor, ...]]:
+    """``concrete`` called through its public, structured signature."""
+
+    def call(*args: Any) -> tuple[tf.Tensor, ...]:
+        outputs = concrete(*tf.nest.map_structure(tf.constant, args))
+        return tuple(tf.nest.flatten(outputs))
+
+    return call
+
+
+@functools.cache
+def _warn_public_call_once() -> None:
+    _log.warning(
+        "this TensorFlow (%s) has no ConcreteFunction.%s: compiled functions are called "
+        "through their public signature, which costs more per call",
+        tf.__version__,
+        PRIVATE_CALL,
+    )
 
 
 def _body(key: FunctionKey, strategy: str | None, jit: bool) -> Callable[..., Any]:

@@ -1,15 +1,16 @@
 """Serving: the gRPC server around the engine. No maths here.
 
-What lives here: server assembly (:mod:`.server`: ``create_server(config) ->
-(server, port)``), the ``HessianService`` servicer, the status interceptor (one
-place for statuses, admission and metrics), the engine executor, admission,
-Prometheus metrics, the server configuration, the model registry (versions and
-their states), the model repository (:mod:`.model_repository` reads the folder,
-:mod:`.repository_config` a model's config.toml, :mod:`.model_loader` loads,
-swaps and unloads versions), the ``ModelAdmin`` servicer, ``hessd-server``'s
-``main``, the child-process helper and the demo job.
+Its parts, in the order a request meets them: :mod:`.grpc` (servicers that
+decode and encode, the status interceptor, auth, reply serialization),
+:mod:`.data_plane` (version lookup, checks, limits, reply plan, one hand-off to
+scheduling), :mod:`.scheduling` (batcher, engine threads, admission) and the
+engine. Beside them: :mod:`.repository` (scanner, config, loader, registry),
+:mod:`.observability` (metrics, failure log, GC, allocator), and at the top
+:mod:`.server` (``create_server(config) -> (server, port)``),
+:mod:`.server_config`, :mod:`.main` (``hessd-server``), :mod:`.server_process`
+(a child-process server) and :mod:`.demo_job` (``make run``).
 
-What it may import: ``hessd_server.engine``, gRPC and the ``hessd`` SDK's
-shared modules (errors, codec, status codes, generated code). The engine never
-imports this package.
+Dependencies point one way: grpc → data_plane → scheduling / repository →
+engine. The engine never imports this package, and the data plane, scheduling
+and repository never import gRPC (``tests/test_layout.py``).
 """

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from hessd._version import __version__
 
 from ..engine.config import STRATEGY_NAMES, WARMUP_METHODS, WARMUP_PRECISIONS
-from .allocator import retain_freed_memory
+from .observability.allocator import retain_freed_memory
 from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
 
 _log = logging.getLogger("hessd_server")

@@ -45,23 +45,25 @@ from hessd.transfer_options import TRANSFER_OPTIONS
 from hessd.v1 import hessian_service_pb2_grpc, model_admin_pb2_grpc, shared_memory_pb2_grpc
 
 from ..engine.runtime import set_thread_pools
-from .admission import Admission
-from .auth import AcceptedTokens, BearerTokens, ServiceTokens
-from .batching import Batcher, BatchingSettings
-from .engine_executor import EngineExecutor
-from .engine_pool import EngineThreadPool
-from .failure_log import FailureLog
-from .garbage_collection import HeapFreeze, PauseTimer
-from .metrics import Metrics
-from .model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
-from .model_loader import ModelLoader
-from .model_registry import ModelRegistry
-from .model_repository import EXPECTED_LAYOUT
+from .data_plane import DataPlane
+from .data_plane.shared_memory import SharedMemoryRegistry
+from .grpc.auth import AcceptedTokens, BearerTokens, ServiceTokens
+from .grpc.model_admin import ADMIN_SERVICE_NAME, ModelAdminServicer
+from .grpc.replies import ReplyEncoder
+from .grpc.servicer import HessianServicer
+from .grpc.shared_memory_service import SharedMemoryServicer
+from .grpc.status_interceptor import SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, StatusInterceptor
+from .observability.failure_log import FailureLog
+from .observability.garbage_collection import HeapFreeze, PauseTimer
+from .observability.metrics import Metrics
+from .repository.model_loader import ModelLoader
+from .repository.model_registry import ModelRegistry
+from .repository.model_repository import EXPECTED_LAYOUT
+from .scheduling.admission import Admission
+from .scheduling.batching import Batcher, BatchingSettings
+from .scheduling.engine_executor import EngineExecutor
+from .scheduling.engine_pool import EngineThreadPool
 from .server_config import ServerConfig
-from .servicer import HessianServicer
-from .shared_memory import SharedMemoryRegistry
-from .shared_memory_service import SharedMemoryServicer
-from .status_interceptor import SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, StatusInterceptor
 
 _log = logging.getLogger(__name__)
 
@@ -172,13 +174,12 @@ class HessdServer:
         )
         hessian_service_pb2_grpc.add_HessianServiceServicer_to_server(
             HessianServicer(
-                self.models,
-                self.batcher,
+                DataPlane(
+                    self.models, self.batcher, self.shared_memory, max_message_bytes=config.max_message_bytes
+                ),
+                ReplyEncoder(chunk_bytes=config.chunk_bytes, regions=self.shared_memory),
                 self.failures,
                 self.admission,
-                max_message_bytes=config.max_message_bytes,
-                chunk_bytes=config.chunk_bytes,
-                regions=self.shared_memory,
             ),
             self.grpc_server,
         )

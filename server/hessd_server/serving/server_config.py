@@ -102,7 +102,7 @@ class ServerConfig:
         inter_op_threads: TensorFlow threads running independent operations
             at once; 0 leaves TensorFlow's choice.
         batching: group concurrent requests of one model and batch key into
-            one engine call (see :mod:`hessd_server.serving.batching`).
+            one engine call (see :mod:`hessd_server.serving.scheduling.batching`).
         max_queue_delay_ms: a request queued this long starts its batch on a
             free engine thread, or a spare one beside the running ones.
         max_batches_in_flight: batches of one model and batch key that run at
@@ -112,12 +112,12 @@ class ServerConfig:
         max_inline_ms: a call that finds the server idle, and whose kind last ran
             alone in less than this, runs on the event loop instead of an engine
             thread; 0 (the default) runs every call on an engine thread. For
-            servers with one caller at a time (see :mod:`hessd_server.serving.batching`).
+            servers with one caller at a time (see :mod:`hessd_server.serving.scheduling.batching`).
         freeze_heap: once the models are loaded, and whenever the served versions
             change, collect and then freeze the objects alive (``gc.freeze``), so that
             the garbage collector's full collections skip TensorFlow's and the models'
             long-lived objects instead of pausing every call while they walk them
-            (see :mod:`hessd_server.serving.garbage_collection`). Process-wide.
+            (see :mod:`hessd_server.serving.observability.garbage_collection`). Process-wide.
         grace_seconds: how long in-flight calls may take to finish on shutdown.
         max_connection_age_seconds: close each client connection (gracefully,
             with ``grace_seconds`` for its calls) after about this long, so that

@@ -8,11 +8,11 @@ own, and an item that cannot be reaches the handler as its
 ``MalformedRequestError`` instead of ending the stream. A hessd exception
 escaping a handler ends the call with the status that :mod:`hessd.status_codes`
 maps it to, details included; any other exception ends it INTERNAL with a
-generic message. :class:`~hessd_server.serving.failure_log.FailureLog` logs
+generic message. :class:`~hessd_server.serving.observability.failure_log.FailureLog` logs
 both. Calls to a service that needs a bearer token are refused
 UNAUTHENTICATED without one, before anything is decoded; calls (but
 SharedMemoryService's, which the servicer refuses itself while draining) pass
-:class:`~hessd_server.serving.admission.Admission`, so a draining server
+:class:`~hessd_server.serving.scheduling.admission.Admission`, so a draining server
 answers new calls UNAVAILABLE. A handler may return (or yield) a reply already
 serialized, as ``bytes``; it goes to gRPC as it is.
 """
@@ -34,10 +34,10 @@ from hessd import status_codes
 from hessd.errors import HessdError, InternalError, MalformedRequestError
 from hessd.v1 import hessian_service_pb2, shared_memory_pb2
 
-from .admission import Admission
+from ..observability.failure_log import FailureLog
+from ..observability.metrics import Metrics
+from ..scheduling.admission import Admission
 from .auth import ServiceTokens
-from .failure_log import FailureLog
-from .metrics import Metrics
 
 SERVICE_NAME: str = hessian_service_pb2.DESCRIPTOR.services_by_name["HessianService"].full_name
 """``"hessd.v1.HessianService"``."""

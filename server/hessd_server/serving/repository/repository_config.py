@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import (
+from ...engine.config import (
     DEFAULT_WARMUP_METHODS,
     DEFAULT_WARMUP_PRECISIONS,
     STRATEGY_NAMES,
     EngineConfig,
     check_warmup_plan,
 )
-from ..engine.model import PRECISIONS
+from ...engine.model import PRECISIONS
+from ..server_config import AUTO_STRATEGY
 from .repository_files import read_small_file
-from .server_config import AUTO_STRATEGY
 
 if sys.version_info >= (3, 11):
     import tomllib

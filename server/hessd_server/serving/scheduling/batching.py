@@ -65,16 +65,14 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-import grpc.aio
-
 from hessd.errors import DeadlineExceededError, UnavailableError
 
-from ..engine import Model
-from ..engine.compiled import NotCompiled, compiled_only
-from ..engine.execution import PreparedCall
-from ..engine.stacking import can_stack, run_stacked, stack_key, stack_limit
-from .engine_executor import EngineExecutor
-from .metrics import Metrics
+from ...engine import Model
+from ...engine.compiled import NotCompiled, compiled_only
+from ...engine.execution import PreparedCall
+from ...engine.stacking import can_stack, run_stacked, stack_key, stack_limit
+from ..observability.metrics import Metrics
+from .engine_executor import Deadline, EngineExecutor
 
 _log = logging.getLogger(__name__)
 
@@ -219,7 +217,7 @@ class Batcher:
 
     async def compute(
         self,
-        context: grpc.aio.ServicerContext | None,
+        context: Deadline | None,
         method: str,
         model: Model,
         prepare: Callable[[], PreparedCall],
@@ -249,7 +247,7 @@ class Batcher:
             return await self._submit(context, method, group, call.batch, (model, call))
         return await self._submit(context, method, None, examples, lambda: run_stacked(model, [prepare()])[0])
 
-    async def call(self, context: grpc.aio.ServicerContext | None, method: str, function: Callable[[], T]) -> T:
+    async def call(self, context: Deadline | None, method: str, function: Callable[[], T]) -> T:
         """``function()`` alone on an engine thread, queued and admitted like any request."""
         return await self._submit(context, method, None, 1, function)
 
@@ -267,7 +265,7 @@ class Batcher:
 
     async def _submit(
         self,
-        context: grpc.aio.ServicerContext | None,
+        context: Deadline | None,
         method: str,
         group: Hashable | None,
         examples: int,
@@ -330,7 +328,7 @@ class Batcher:
 
     async def _run_inline(
         self,
-        context: grpc.aio.ServicerContext | None,
+        context: Deadline | None,
         method: str,
         group: Hashable,
         model: Model,
@@ -385,7 +383,7 @@ class Batcher:
 
     async def _run_alone(
         self,
-        context: grpc.aio.ServicerContext | None,
+        context: Deadline | None,
         work: Callable[[], Any] | tuple[Model, PreparedCall],
         slot: _Slot,
     ) -> Any:

@@ -39,14 +39,14 @@ from pathlib import Path
 
 from hessd.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError, clipped
 
-from ..engine import EngineConfig, Model, load_model
-from ..engine.warmup import warmup
-from ..engine.config import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
-from .metrics import Metrics
+from ...engine import EngineConfig, Model, load_model
+from ...engine.config import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PRECISIONS
+from ...engine.warmup import warmup
+from ..observability.metrics import Metrics
+from ..server_config import ModelSpec
 from .model_registry import FIXED_VERSION, ModelRegistry, ModelState, ServedVersion
 from .model_repository import ModelFolder, VersionFolder, scan, scan_model
 from .repository_config import ModelConfig
-from .server_config import ModelSpec
 
 _log = logging.getLogger(__name__)
 

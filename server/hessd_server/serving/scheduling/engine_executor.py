@@ -8,16 +8,24 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
-
-import grpc.aio
+from typing import Any, Protocol, TypeVar
 
 from hessd.errors import CancelledError, DeadlineExceededError
 
-from ..engine.cancellation import Cancellation, cancellable
-from .metrics import Metrics
+from ...engine.cancellation import Cancellation, cancellable
+from ..observability.metrics import Metrics
 
 T = TypeVar("T")
+
+
+class Deadline(Protocol):
+    """What scheduling needs of a call's transport: the time it has left.
+
+    A gRPC ``ServicerContext`` is one; so is any object with this method.
+    """
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the call's deadline, or ``None`` when it has none."""
 
 
 class EngineExecutor:
@@ -48,12 +56,12 @@ class EngineExecutor:
 
     async def run(
         self,
-        context: grpc.aio.ServicerContext,
+        context: Deadline,
         function: Callable[..., T],
         *args: Any,
         **kwargs: Any,
     ) -> T:
-        """``function(*args, **kwargs)`` on a worker thread, for the RPC of ``context``.
+        """``function(*args, **kwargs)`` on a worker thread, for the call whose deadline ``context`` tells.
 
         Raises:
             DeadlineExceededError: the RPC's deadline passed before a worker was free.
@@ -95,7 +103,7 @@ class EngineExecutor:
 class _EngineCall:
     """One engine call's deadline and state: queued, then started or dropped; given up or not."""
 
-    def __init__(self, clock: Callable[[], float], context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, clock: Callable[[], float], context: Deadline) -> None:
         self._clock = clock
         now = clock()
         remaining = context.time_remaining()

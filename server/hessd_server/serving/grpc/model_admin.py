@@ -4,7 +4,7 @@ Served only when the server has ``--admin-token-file``. Every call must carry
 ``authorization: Bearer <token>`` with a token of that file; without it, or with
 a wrong one, the call fails UNAUTHENTICATED and changes nothing. The token check
 and the errors' statuses are the error layer's, as for every ``hessd.v1``
-service (:mod:`~hessd_server.serving.status_interceptor`).
+service (:mod:`~hessd_server.serving.grpc.status_interceptor`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import grpc.aio
 from hessd.v1 import model_admin_pb2 as admin_pb
 from hessd.v1 import model_admin_pb2_grpc
 
-from .model_loader import ModelLoader
-from .model_registry import ModelRegistry
+from ..repository.model_loader import ModelLoader
+from ..repository.model_registry import ModelRegistry
 from .servicer import model_versions
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from hessd.errors import SharedMemoryError, SharedMemoryPermissionError, Unavail
 from hessd.v1 import shared_memory_pb2 as pb
 from hessd.v1 import shared_memory_pb2_grpc
 
-from .shared_memory import PROOF_OFFSET, SharedMemoryRegistry
+from ..data_plane.shared_memory import PROOF_OFFSET, SharedMemoryRegistry
 
 class SharedMemoryServicer(shared_memory_pb2_grpc.SharedMemoryServiceServicer):
     """Registers regions in ``regions`` for callers allowed by ``access``: ``"off"``,

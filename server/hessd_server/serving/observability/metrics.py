@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
+
+if TYPE_CHECKING:
+    import grpc
 
 MODEL_STATES = ("LOADING", "AVAILABLE", "FAILED", "UNLOADING")
 """The values of ``hessd_model_version_state``'s ``state`` label."""

@@ -30,8 +30,8 @@ from hessd.errors import (
 )
 from hessd.results import ModelStatus, VersionStatus
 
-from ..engine import Model
-from .metrics import Metrics
+from ...engine import Model
+from ..observability.metrics import Metrics
 from .model_repository import EXPECTED_LAYOUT, VERSION_NAME
 
 FIXED_VERSION = 1

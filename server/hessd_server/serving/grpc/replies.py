@@ -1,11 +1,12 @@
 """Result arrays to reply bytes, on an engine thread rather than the event loop.
 
-A request's ``result_encoding`` picks how its results travel: packed (upper
-triangles of the Hessian), rounded to float16 or bfloat16, and inside the
-reply or written into a registered shared-memory region. :class:`ReplyEncoder`
+A request's ``result_encoding``, checked by the data plane
+(:mod:`hessd_server.serving.data_plane.reply_plan`), picks how its results travel:
+packed (upper triangles of the Hessian), rounded to float16 or bfloat16, and
+inside the reply or written into a registered shared-memory region. :class:`ReplyEncoder`
 serializes each reply itself, joining the protobuf-serialized small fields with
 the tensor bytes in one copy; the servicer hands the bytes to gRPC as they are
-(see :mod:`hessd_server.serving.status_interceptor`).
+(see :mod:`hessd_server.serving.grpc.status_interceptor`).
 """
 
 from __future__ import annotations
@@ -17,75 +18,17 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import chunks, packing, tensor_codec
+from hessd.v1.tensor_pb2 import Packing, SharedMemoryLocation, Tensor
 from hessd.wire_format import field_prefix
-from hessd.errors import InvalidArgumentError, InvalidSharedMemoryError, ResultTooLargeError
-from hessd.v1.tensor_pb2 import (
-    DataType,
-    Packing,
-    ResultEncoding,
-    SharedMemoryLocation,
-    Tensor,
-)
 
-from .shared_memory import SharedMemoryRegistry
+from ..data_plane.reply_plan import Encoding, ReplyPlan
+from ..data_plane.shared_memory import SharedMemoryRegistry
 
 ALIGNMENT = 64
 """Byte alignment of each result after the first in a shared-memory region."""
 
-NARROW_TYPES = (DataType.DATA_TYPE_FLOAT16, DataType.DATA_TYPE_BFLOAT16)
-"""The ``DataType`` values a ``result_encoding`` may round results to."""
 _PACKED_RESULT = "hessian"
 _TENSOR_DATA_FIELD = Tensor.DESCRIPTOR.fields_by_name["data"].number
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """A request's validated ``result_encoding``.
-
-    Attributes:
-        packing: ``Packing`` of the Hessian.
-        data_type: the ``DataType`` to round results to, or ``None`` to send them as computed.
-        location: where in shared memory to write the results, or ``None`` for the reply.
-    """
-
-    packing: int
-    data_type: int | None
-    location: SharedMemoryLocation | None
-
-
-def encoding_of(result_encoding: ResultEncoding, precision: int, *, chunked: bool) -> Encoding:
-    """Check a request's ``result_encoding`` before anything is computed.
-
-    Raises:
-        InvalidArgumentError: an unknown packing or dtype, or shared memory on a chunked RPC.
-    """
-    if result_encoding.packing not in (Packing.PACKING_NONE, Packing.PACKING_UPPER):
-        raise InvalidArgumentError(
-            f"result_encoding.packing is {result_encoding.packing}; use PACKING_NONE or "
-            "PACKING_UPPER.",
-            field="result_encoding.packing",
-            reason="RESULT_ENCODING_INVALID",
-        )
-    data_type: int | None = result_encoding.dtype
-    if data_type in (DataType.DATA_TYPE_UNSPECIFIED, precision or DataType.DATA_TYPE_FLOAT32):
-        data_type = None
-    elif data_type not in NARROW_TYPES:
-        raise InvalidArgumentError(
-            f"result_encoding.dtype is {data_type}; use DATA_TYPE_FLOAT16, DATA_TYPE_BFLOAT16 "
-            "or DATA_TYPE_UNSPECIFIED (the precision).",
-            field="result_encoding.dtype",
-            reason="RESULT_ENCODING_INVALID",
-        )
-    location = None
-    if result_encoding.HasField("shared_memory"):
-        if chunked:
-            raise InvalidSharedMemoryError(
-                "the chunked RPCs do not write to shared memory; call the unary RPC, whose "
-                "reply is a few bytes when results go to shared memory.",
-                field="result_encoding.shared_memory",
-            )
-        location = result_encoding.shared_memory
-    return Encoding(result_encoding.packing, data_type, location)
 
 
 @dataclass(frozen=True)
@@ -105,15 +48,11 @@ class ReplyEncoder:
     """Builds the wire bytes of replies that carry result tensors.
 
     Args:
-        max_message_bytes: replies larger than this fail RESOURCE_EXHAUSTED.
         chunk_bytes: data bytes per ResultChunk.
         regions: the registered shared-memory regions.
     """
 
-    def __init__(
-        self, *, max_message_bytes: int, chunk_bytes: int, regions: SharedMemoryRegistry
-    ) -> None:
-        self._max_message_bytes = max_message_bytes
+    def __init__(self, *, chunk_bytes: int, regions: SharedMemoryRegistry) -> None:
         self._chunk_bytes = chunk_bytes
         self._regions = regions
 
@@ -121,17 +60,15 @@ class ReplyEncoder:
         self,
         reply: Message,
         results: Mapping[str, np.ndarray],
-        encoding: Encoding,
-        *,
-        remedy: str,
+        plan: ReplyPlan,
     ) -> bytes:
         """``reply`` (other fields already set) with ``results`` in its Tensor fields of
-        the same names, serialized.
+        the same names, encoded as ``plan`` says, serialized.
 
         Raises:
-            ResultTooLargeError: the reply exceeds the max message size; ``remedy`` says
-                what to call instead.
+            ResultTooLargeError: the reply exceeds the max message size (``plan.check``).
         """
+        encoding = plan.encoding
         payloads = {name: _payload(name, array, encoding) for name, array in results.items()}
         if encoding.location is not None:
             self._write_to_shared_memory(reply, payloads, encoding.location)
@@ -144,15 +81,7 @@ class ReplyEncoder:
                 length = len(header) + sum(map(len, data_prefix)) + len(payload.data)
                 number = reply.DESCRIPTOR.fields_by_name[name].number
                 pieces += [*field_prefix(number, length), header, *data_prefix, payload.data]
-        size = sum(map(len, pieces))
-        if size > self._max_message_bytes:
-            raise ResultTooLargeError(
-                f"the reply would take {size:,} bytes, over the max message size of "
-                f"{self._max_message_bytes:,} bytes; {remedy} (hessd.Client picks the "
-                "chunked RPCs by itself)",
-                reason="REPLY_EXCEEDS_MESSAGE_SIZE",
-                metadata={"reply_bytes": size, "max_message_bytes": self._max_message_bytes},
-            )
+        plan.check(sum(map(len, pieces)))
         return b"".join(pieces)
 
     def chunks(
@@ -204,4 +133,4 @@ def _aligned(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
-__all__ = ["ALIGNMENT", "NARROW_TYPES", "Encoding", "ReplyEncoder", "encoding_of"]
+__all__ = ["ALIGNMENT", "ReplyEncoder"]
