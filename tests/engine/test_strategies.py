@@ -51,6 +51,20 @@ def normalized_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2, activation="tanh")(joined))
 
 
+def max_pooling_model() -> keras.Model:
+    """Conv2D -> MaxPooling2D -> Flatten -> Dense(1): max pooling is outside the closed form."""
+    keras.utils.set_random_seed(34)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(3, 3, activation="tanh"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
 def custom_layer_model() -> keras.Model:
     keras.utils.set_random_seed(33)
     inputs = keras.Input((3,))
@@ -65,9 +79,10 @@ CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]]
     "two_outputs": (refs.two_output_model, (4,)),
     "normalization_rescaling": (normalized_model, (3,)),
     "batchnorm_dropout": (refs.batchnorm_dropout_model, (6,)),
+    "conv2d": (refs.conv_model, (5, 5, 2)),
 }
 AUTODIFF_ONLY_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
-    "conv2d": (refs.conv_model, (5, 5, 2)),
+    "conv2d_max_pooling": (lambda: max_pooling_model(), (6, 6, 2)),
 }
 """The LSTM (pfor fails, so the tiled reference is used; the structural path
 refuses) is test_derivatives' LSTM test."""
@@ -142,7 +157,8 @@ def test_structural_refusal_names_what_it_cannot_do() -> None:
     call = as_model(custom_layer_model()).call_for("float32")
     assert "Doubled" in str(structural.refusal(call, "x"))
     assert structural.refusal(as_model(refs.tanh_mlp(3)).call_for("float32"), "x") is None
-    assert "per-example shape" in str(structural.refusal(as_model(refs.conv_model()).call_for("float32"), "x"))
+    assert structural.refusal(as_model(refs.conv_model()).call_for("float32"), "x") is None
+    assert "max pooling" in str(structural.refusal(as_model(max_pooling_model()).call_for("float32"), "x"))
     softmax = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     assert "activation" in str(structural.refusal(as_model(softmax).call_for("float32"), "x"))
 
