@@ -18,6 +18,8 @@ from hessd.results import StrategyTiming
 
 RNG = np.random.default_rng(29)
 L = keras.layers
+BIAS = {"bias_initializer": "random_normal"}
+"""Convolutions with nonzero biases, so that a bias left out of z shows."""
 
 
 def _sequential(shape: tuple[int, ...], *layers: keras.layers.Layer, seed: int = 51) -> Callable[[], keras.Model]:
@@ -33,9 +35,9 @@ def _two_convolutions() -> keras.Model:
     cropped branch, so the second convolution's Jacobian differs per example."""
     keras.utils.set_random_seed(52)
     image = keras.Input((7, 7, 2))
-    first = L.Conv2D(3, 3, padding="same", activation="tanh")(image)
+    first = L.Conv2D(3, 3, padding="same", activation="tanh", **BIAS)(image)
     normalized = L.BatchNormalization()(first)
-    second = L.Conv2D(3, 3, dilation_rate=2, activation="softplus")(normalized)
+    second = L.Conv2D(3, 3, dilation_rate=2, activation="softplus", **BIAS)(normalized)
     cropped = L.Cropping2D(2)(first)
     joined = L.Add()([second, cropped])
     return keras.Model(image, L.Dense(2, activation="tanh")(L.Flatten()(joined)))
@@ -43,13 +45,13 @@ def _two_convolutions() -> keras.Model:
 
 MODELS: dict[str, tuple[Callable[[], keras.Model], int]] = {
     "conv2d_valid": (
-        _sequential((5, 5, 2), L.Conv2D(3, 3, activation="softplus"), L.Flatten(), L.Dense(1)),
+        _sequential((5, 5, 2), L.Conv2D(3, 3, activation="softplus", **BIAS), L.Flatten(), L.Dense(1)),
         3,
     ),
     "conv2d_same_strided_average_pooled": (
         _sequential(
             (8, 8, 2),
-            L.Conv2D(4, 3, strides=2, padding="same", activation="tanh"),
+            L.Conv2D(4, 3, strides=2, padding="same", activation="tanh", **BIAS),
             L.AveragePooling2D(2),
             L.Flatten(),
             L.Dense(3, activation="tanh"),
@@ -61,7 +63,7 @@ MODELS: dict[str, tuple[Callable[[], keras.Model], int]] = {
         _sequential(
             (6, 6, 1),
             L.ZeroPadding2D(1),
-            L.Conv2D(5, 3, dilation_rate=2, activation="sigmoid"),
+            L.Conv2D(5, 3, dilation_rate=2, activation="sigmoid", **BIAS),
             L.GlobalAveragePooling2D(),
             L.Dense(1, activation="tanh"),
         ),
@@ -70,7 +72,7 @@ MODELS: dict[str, tuple[Callable[[], keras.Model], int]] = {
     "conv1d_strided_reshaped": (
         _sequential(
             (9, 3),
-            L.Conv1D(4, 3, strides=2, padding="same", activation="tanh"),
+            L.Conv1D(4, 3, strides=2, padding="same", activation="tanh", **BIAS),
             L.Reshape((20,)),
             L.Dense(2, activation="softplus"),
         ),
