@@ -103,11 +103,13 @@ class Model:
             return self._calls[precision]
 
     def fingerprint(self) -> str:
-        """A hex digest of the model's inputs, outputs, architecture and weights as
+        """A hex digest of the model's inputs, outputs' shapes, architecture and weights as
         loaded (computed once): what a tuning record of :mod:`.tuning_record` is keyed by."""
         with self._calls_lock:
             if self._fingerprint is None:
-                digest = hashlib.sha256(repr((self.inputs, self.outputs)).encode())
+                # Output names are left out: Keras derives them from layer names it numbers per process.
+                outputs = [(o.shape, o.dtype) for o in self.outputs]
+                digest = hashlib.sha256(repr((self.inputs, outputs)).encode())
                 if self._describe is not None:
                     digest.update(self._describe())
                 self._fingerprint = digest.hexdigest()
