@@ -2,7 +2,9 @@
 once to a shared directory and read by every later process.
 
 A record is one JSON file per (model, machine kind, bucket):
-``DIR/<model name>-<fingerprint>/<machine>-<precision>-b<batch>-<shapes>.json``.
+``DIR/<model fingerprint>/<machine>-<precision>-b<batch>-<shapes>.json``
+(the model's name is in the file, not the path: a Keras model's default name
+depends on how many models a process built before).
 The model's fingerprint covers its architecture and weights, the machine's
 covers the CPU model, the architecture and the TensorFlow version, so a record
 is only read where the same strategy computes the same bits. The first process
@@ -59,8 +61,7 @@ def path_for(directory: str, model: Model, key: FunctionKey) -> Path:
     """Where ``key``'s bucket's record of ``model`` lives under ``directory``."""
     machine = hashlib.sha256(machine_kind().encode()).hexdigest()[:12]
     shapes = hashlib.sha256(repr((key.wrt, key.inputs, key.outputs)).encode()).hexdigest()[:12]
-    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.name)[:64]
-    return Path(directory) / f"{safe_name}-{model.fingerprint()[:16]}" / f"{machine}-{key.precision}-b{key.batch}-{shapes}.json"
+    return Path(directory) / model.fingerprint()[:24] / f"{machine}-{key.precision}-b{key.batch}-{shapes}.json"
 
 
 def read(directory: str, model: Model, key: FunctionKey) -> Recorded | None:
