@@ -3,7 +3,7 @@
 For MLPs D -> 256 -> 256 -> 1 (tanh) at a few (D, B), the same MLP in float64,
 an LSTM and a small CNN, times in one process, on identical weights:
 
-* hessd ``hs.hessian(m, x)`` (per-example blocks, XLA-compiled, strategy autotuned),
+* hessd ``hs.hessian(m, x)`` (per-example blocks, XLA-compiled, default strategy choice),
   and hessd with each strategy forced (``pfor``, ``tiled``,
   ``forward_over_reverse``, ``structural``) where it applies;
 * ``tf.hessians(tf.reduce_sum(model(x)), x)`` inside ``tf.function``;
@@ -16,7 +16,7 @@ the run. Methods are then called round-robin, so they share the machine's
 noise, until each has its minimum number of runs and its time budget is spent.
 The table gives medians and hessd's speedup, baseline median / hessd median.
 
-Usage: ``python benchmarks/bench_hessian.py [--quick] [--markdown PATH] [--cases 16x1,64x32,mlp64:64x32,lstm:16,cnn:32] [--methods hessd,jax,...]``
+Usage: ``python benchmarks/bench_hessian.py [--quick] [--markdown PATH] [--cases 16x1,64x32,mlp64:64x32,lstm:16,cnn:32,cnn16:16] [--methods hessd,jax,...]``
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_methods import BUILDERS, HIDDEN, IMAGE, LSTM_FEATURES, LSTM_STEPS, LSTM_UNITS, Method, NotExpressible, build_workload
+from bench_methods import BUILDERS, HIDDEN, IMAGE, LARGE_IMAGE, LSTM_FEATURES, LSTM_STEPS, LSTM_UNITS, Method, NotExpressible, build_workload
 from markdown_page import command_line, machine_description, render_page, write_page
 
 RTOL = 1e-4
@@ -67,7 +67,7 @@ class Case:
     @property
     def label(self) -> str:
         """How the table names the model."""
-        return {"mlp": "MLP", "mlp64": "MLP float64", "lstm": "LSTM", "cnn": "CNN"}[self.kind]
+        return {"mlp": "MLP", "mlp64": "MLP float64", "lstm": "LSTM", "cnn": "CNN", "cnn16": "CNN 16×16"}[self.kind]
 
 
 CASES = (
@@ -77,6 +77,7 @@ CASES = (
     Case(64, 32, "mlp64"),
     Case(LSTM_STEPS * LSTM_FEATURES, 16, "lstm"),
     Case(IMAGE[0] * IMAGE[1] * IMAGE[2], 32, "cnn"),
+    Case(LARGE_IMAGE[0] * LARGE_IMAGE[1] * LARGE_IMAGE[2], 16, "cnn16"),
 )
 TARGET_CASE, TARGET_BASELINE, TARGET_SPEEDUP = Case(64, 32), "tf.hessians", 20.0
 
@@ -275,7 +276,8 @@ def render_body(rows: Sequence[Row], notes: Sequence[str]) -> list[str]:
     lines = [
         f"- models: MLP D → {widths} → 1, tanh, float32 (and the same in float64); LSTM: "
         f"{LSTM_STEPS} steps × {LSTM_FEATURES} features → LSTM({LSTM_UNITS}) → Dense(1); CNN: "
-        f"{'×'.join(map(str, IMAGE))} images → Conv2D(4, 3×3, tanh) → Flatten → Dense(1); "
+        f"{'×'.join(map(str, IMAGE))} images → Conv2D(4, 3×3, tanh) → Flatten → Dense(1); CNN 16×16: "
+        f"{'×'.join(map(str, LARGE_IMAGE))} images → Conv2D(8, 3×3, tanh) → Flatten → Dense(1); "
         "the same weights for every method",
         "- first call: trace, compile and one run; median: of the runs after it, the methods taking turns "
         "in slices of calls; every call returns NumPy arrays",
@@ -300,7 +302,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=lambda text: tuple(Case.parse(c) for c in text.split(",")),
         default=CASES,
         metavar="DxB,...",
-        help="cases to run (default: 16x1,64x32,256x64,mlp64:64x32,lstm:16,cnn:32)",
+        help="cases to run (default: 16x1,64x32,256x64,mlp64:64x32,lstm:16,cnn:32,cnn16:16)",
     )
     parser.add_argument(
         "--methods",

@@ -27,8 +27,11 @@ LSTM_STEPS, LSTM_FEATURES, LSTM_UNITS = 6, 4, 16
 IMAGE, FILTERS = (8, 8, 1), 4
 """The CNN model: 8x8x1 images (D = 64) -> Conv2D(4, 3x3, tanh) -> Flatten -> Dense(1)."""
 
-KINDS = ("mlp", "mlp64", "lstm", "cnn")
-"""Model kinds: the tanh MLP in float32 and in float64, the LSTM, the CNN."""
+LARGE_IMAGE, LARGE_FILTERS = (16, 16, 1), 8
+"""The larger CNN model, kind "cnn16": 16x16x1 images (D = 256) -> Conv2D(8, 3x3, tanh) -> Flatten -> Dense(1)."""
+
+KINDS = ("mlp", "mlp64", "lstm", "cnn", "cnn16")
+"""Model kinds: the tanh MLP in float32 and in float64, the LSTM, the two CNNs."""
 
 Compute = Callable[[np.ndarray], np.ndarray]
 
@@ -97,16 +100,17 @@ def build_workload(kind: str, dim: int, seed: int = 0) -> Workload:
             [keras.Input((LSTM_STEPS, LSTM_FEATURES)), keras.layers.LSTM(LSTM_UNITS), keras.layers.Dense(1)]
         )
         return Workload(kind, model, (LSTM_STEPS, LSTM_FEATURES), "float32")
-    if kind == "cnn":
+    if kind in ("cnn", "cnn16"):
+        image, filters = (IMAGE, FILTERS) if kind == "cnn" else (LARGE_IMAGE, LARGE_FILTERS)
         model = keras.Sequential(
             [
-                keras.Input(IMAGE),
-                keras.layers.Conv2D(FILTERS, 3, activation="tanh"),
+                keras.Input(image),
+                keras.layers.Conv2D(filters, 3, activation="tanh"),
                 keras.layers.Flatten(),
                 keras.layers.Dense(1),
             ]
         )
-        return Workload(kind, model, IMAGE, "float32")
+        return Workload(kind, model, image, "float32")
     raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -132,7 +136,7 @@ def _weights(workload: Workload) -> list[np.ndarray]:
 
 def hessd_method(workload: Workload, batch: int, strategy: str | None = None) -> Method:
     """``hs.hessian(m, x)``: per-example blocks, compiled with XLA, at the
-    workload's precision; the strategy autotuned (default settings), or forced
+    workload's precision; the strategy by default (the rule, or a tuning record), or forced
     to ``strategy``."""
     loaded = hs.load_model(workload.model, config=hs.EngineConfig(strategy=strategy))
     precision = workload.dtype
@@ -146,7 +150,7 @@ def hessd_method(workload: Workload, batch: int, strategy: str | None = None) ->
         if outcome != "chosen":
             raise NotExpressible(f"strategy {strategy} {outcome or 'not tried'} on this model")
     key = "hessd" if strategy is None else f"hessd:{strategy}"
-    label = "hessd `hs.hessian` (autotuned)" if strategy is None else f"hessd, strategy `{strategy}`"
+    label = "hessd `hs.hessian` (default settings)" if strategy is None else f"hessd, strategy `{strategy}`"
     return Method(key, label, lambda x: hs.hessian(loaded, x, precision=precision), full=False)
 
 
@@ -189,7 +193,7 @@ def jax_method(workload: Workload, batch: int) -> Method:
     if workload.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     params = [jnp.asarray(w) for w in _weights(workload)]
-    function = {"mlp": _jax_mlp, "mlp64": _jax_mlp, "lstm": _jax_lstm, "cnn": _jax_cnn}[workload.kind]
+    function = {"mlp": _jax_mlp, "mlp64": _jax_mlp, "lstm": _jax_lstm, "cnn": _jax_cnn, "cnn16": _jax_cnn}[workload.kind]
     hessians = jax.jit(jax.vmap(jax.hessian(function, argnums=1), in_axes=(None, 0)))
     return Method("jax", "JAX `jit(vmap(hessian))`", lambda x: np.asarray(hessians(params, x)), full=False)
 
@@ -232,7 +236,7 @@ def torch_method(workload: Workload, batch: int) -> Method:
     import torch
 
     weights = [torch.from_numpy(w.copy()) for w in _weights(workload)]
-    function = {"mlp": _torch_mlp, "mlp64": _torch_mlp, "lstm": _torch_lstm, "cnn": _torch_cnn}[workload.kind]
+    function = {"mlp": _torch_mlp, "mlp64": _torch_mlp, "lstm": _torch_lstm, "cnn": _torch_cnn, "cnn16": _torch_cnn}[workload.kind]
     hessians = torch.func.vmap(torch.func.hessian(lambda x: function(weights, x)))
     return Method("torch", "torch.func `vmap(hessian)`", lambda x: hessians(torch.from_numpy(x)).numpy(), full=False)
 

@@ -575,6 +575,7 @@ def metadata_from(reply: pb.GetModelMetadataResponse) -> ModelMetadata:
                 outcome=t.outcome,
                 seconds=t.seconds if t.HasField("seconds") else None,
                 detail=t.detail,
+                source=t.source,
             )
             for t in reply.strategy_timings
         ),

@@ -98,14 +98,21 @@ class StrategyTiming:
         batch: the bucket (padded batch size) tuned.
         precision: ``"float32"`` or ``"float64"``.
         strategy: ``"pfor"``, ``"tiled"``, ``"forward_over_reverse"`` or ``"structural"``.
-        outcome: ``"chosen"`` (the fastest that passed, now in use), ``"passed"``
-            (matched the reference, slower), ``"rejected"`` (its result differed
+        outcome: ``"chosen"`` (in use; ``source`` says how it was chosen),
+            ``"passed"`` (matched the reference, not chosen), ``"rejected"`` (its result differed
             from the reference strategy's by more than rtol 1e-5), ``"failed"``
             (it could not run), ``"refused"`` (it does not apply to this model,
             e.g. a layer the structural path does not know) or ``"skipped"``
             (not tried: too much memory at this size, or another one was forced).
         seconds: seconds of its fastest timed call; ``None`` when not timed.
         detail: why it was rejected, failed, refused or skipped; empty otherwise.
+        source: how the bucket's strategy was chosen, the same for every entry
+            of the bucket: ``"rule"`` (the fixed preference order among the
+            strategies that match the reference; no timing), ``"pinned"``
+            (``EngineConfig.strategy`` / ``--strategy``), ``"tuned"`` (timed
+            in this process and written to the tuning record) or ``"record"``
+            (read from a tuning record that an earlier process wrote; the
+            outcomes and times are that process's).
     """
 
     batch: int
@@ -114,6 +121,7 @@ class StrategyTiming:
     outcome: str
     seconds: float | None = None
     detail: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True)

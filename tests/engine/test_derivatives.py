@@ -162,7 +162,7 @@ def test_lstm_uses_a_strategy_without_pfor_and_matches_finite_differences() -> N
     blocks = hs.hessian(model, x)
     assert model.metadata().strategy in ("tiled", "forward_over_reverse")
     outcomes = {t.strategy: t.outcome for t in model.metadata().strategy_timings}
-    assert outcomes == {"pfor": "failed", "tiled": "chosen", "forward_over_reverse": "failed", "structural": "refused"}
+    assert outcomes == {"pfor": "failed", "tiled": "chosen", "forward_over_reverse": "skipped", "structural": "refused"}
     assert blocks.shape == (2, 4, 3, 4, 3)
     reference = refs.finite_difference_hessians(refs.float64_value(refs.lstm_model()), x)
     np.testing.assert_allclose(blocks, reference, rtol=1e-3, atol=1e-4)

@@ -4,6 +4,7 @@ its correctness gate. Nothing here is timed: the tuner's own records are read.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import engine_references as refs
@@ -50,6 +51,20 @@ def normalized_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(2, activation="tanh")(joined))
 
 
+def max_pooling_model() -> keras.Model:
+    """Conv2D -> MaxPooling2D -> Flatten -> Dense(1): max pooling is outside the closed form."""
+    keras.utils.set_random_seed(34)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(3, 3, activation="tanh"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
 def custom_layer_model() -> keras.Model:
     keras.utils.set_random_seed(33)
     inputs = keras.Input((3,))
@@ -64,12 +79,13 @@ CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]]
     "two_outputs": (refs.two_output_model, (4,)),
     "normalization_rescaling": (normalized_model, (3,)),
     "batchnorm_dropout": (refs.batchnorm_dropout_model, (6,)),
-}
-AUTODIFF_ONLY_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
     "conv2d": (refs.conv_model, (5, 5, 2)),
 }
-"""The LSTM, where every strategy is tried when autotuned (pfor fails, forward
-mode fails, the structural path refuses), is test_derivatives' LSTM test."""
+AUTODIFF_ONLY_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
+    "conv2d_max_pooling": (lambda: max_pooling_model(), (6, 6, 2)),
+}
+"""The LSTM (pfor fails, so the tiled reference is used; the structural path
+refuses) is test_derivatives' LSTM test."""
 CANNOT_RUN = {("normalization_rescaling", "forward_over_reverse"): "pfor"}
 """(model, strategy) pairs TensorFlow cannot run (forward mode lacks a rule for
 an op in Normalization's gradient), with the reference strategy used instead."""
@@ -141,13 +157,15 @@ def test_structural_refusal_names_what_it_cannot_do() -> None:
     call = as_model(custom_layer_model()).call_for("float32")
     assert "Doubled" in str(structural.refusal(call, "x"))
     assert structural.refusal(as_model(refs.tanh_mlp(3)).call_for("float32"), "x") is None
-    assert "per-example shape" in str(structural.refusal(as_model(refs.conv_model()).call_for("float32"), "x"))
+    assert structural.refusal(as_model(refs.conv_model()).call_for("float32"), "x") is None
+    assert "max pooling" in str(structural.refusal(as_model(max_pooling_model()).call_for("float32"), "x"))
     softmax = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     assert "activation" in str(structural.refusal(as_model(softmax).call_for("float32"), "x"))
 
 
-def test_autotune_picks_the_fastest_working_strategy_per_bucket_and_records_timings() -> None:
-    model = hs.load_model(refs.tanh_mlp(5, outputs=2), config=hs.EngineConfig(max_batch_size=4, autotune_tiled=True))
+def test_autotune_picks_the_fastest_working_strategy_per_bucket_and_records_timings(tmp_path: Path) -> None:
+    config = hs.EngineConfig(max_batch_size=4, autotune_tiled=True, tuning_cache=str(tmp_path))
+    model = hs.load_model(refs.tanh_mlp(5, outputs=2), config=config)
     x = RNG.normal(size=(3, 5)).astype(np.float32)
     blocks = hs.hessian(model, x)
     np.testing.assert_allclose(
@@ -156,6 +174,7 @@ def test_autotune_picks_the_fastest_working_strategy_per_bucket_and_records_timi
     timings = [t for t in model.metadata().strategy_timings if t.batch == 4]
     assert sorted(t.strategy for t in timings) == sorted(NAMES)
     assert all(t.outcome in ("chosen", "passed") and t.seconds is not None and t.seconds > 0 for t in timings)
+    assert {t.source for t in timings} == {"tuned"}
     (chosen,) = [t for t in timings if t.outcome == "chosen"]
     assert chosen.seconds == min(t.seconds for t in timings)
     assert model.metadata().strategy == chosen.strategy
@@ -192,9 +211,9 @@ def test_autotune_tries_the_tiled_strategies_only_where_pfor_fails_by_default() 
     assert {s: t.outcome for s, t in _timings(mlp).items() if s in strategies.TILED} == dict.fromkeys(strategies.TILED, "skipped")
 
 
-def test_autotune_drops_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autotune_drops_a_wrong_strategy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(strategies.STRATEGIES, "perturbed", _perturbed)
-    model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(autotune_runs=1))
+    model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(autotune_runs=1, tuning_cache=str(tmp_path)))
     hs.hessian(model, RNG.normal(size=(2, 4)).astype(np.float32))
     assert _timings(model)["perturbed"].outcome == "rejected"
     assert model.metadata().strategy != "perturbed"
@@ -266,24 +285,27 @@ class _Interrupting:
         return values + tf.ensure_shape(zero, values.shape), gradient, blocks
 
 
-def _graph_mode_mlp() -> hs.Model:
-    return hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(jit_compile=False, max_batch_size=4))
+def _graph_mode_mlp(tuning_cache: Path) -> hs.Model:
+    """Tuned by timing (the test strategies are only tried then), with records in ``tuning_cache``."""
+    config = hs.EngineConfig(jit_compile=False, max_batch_size=4, tuning_cache=str(tuning_cache))
+    return hs.load_model(refs.tanh_mlp(4), config=config)
 
 
 def _raise_memory_error() -> None:
     raise MemoryError("a one-off failure")
 
 
-def test_out_of_memory_while_timing_is_raised_and_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_while_timing_is_raised_and_records_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     flaky = _Interrupting(at=2, interrupt=_raise_memory_error)
     monkeypatch.setitem(strategies.STRATEGIES, "flaky", flaky)
-    model = _graph_mode_mlp()
+    model = _graph_mode_mlp(tmp_path)
     x = RNG.normal(size=(2, 4)).astype(np.float32)
     with pytest.raises(errors.OutOfMemoryError, match="ran out of memory"):
         hs.hessian(model, x)
     assert flaky.calls == 2
     metadata = model.metadata()
     assert metadata.strategy_timings == () and metadata.strategy is None and metadata.compile_count == 0
+    assert list(tmp_path.rglob("*.json")) == [], "a transient failure wrote a tuning record"
     blocks = hs.hessian(model, x)
     np.testing.assert_allclose(
         blocks, refs.finite_difference_hessians(refs.float64_value(refs.tanh_mlp(4)), x), rtol=1e-3, atol=1e-4
@@ -293,11 +315,11 @@ def test_out_of_memory_while_timing_is_raised_and_records_nothing(monkeypatch: p
     assert model.metadata().compile_count == 1
 
 
-def test_a_call_cancelled_while_timing_stops_before_its_next_timed_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_call_cancelled_while_timing_stops_before_its_next_timed_call(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cancellation = Cancellation()
     flaky = _Interrupting(at=2, interrupt=lambda: cancellation.set("cancelled"))
     monkeypatch.setitem(strategies.STRATEGIES, "flaky", flaky)
-    model = _graph_mode_mlp()
+    model = _graph_mode_mlp(tmp_path)
     x = RNG.normal(size=(2, 4)).astype(np.float32)
     with cancellable(cancellation), pytest.raises(errors.CancelledError):
         hs.hessian(model, x)
@@ -386,7 +408,7 @@ def test_new_weights_are_used_by_every_strategy_without_a_new_compile(name: str,
     assert not np.allclose(after, before, rtol=1e-3)
 
 
-def test_warmup_tunes_the_largest_bucket_and_small_buckets_take_its_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warmup_chooses_at_the_largest_bucket_and_small_buckets_take_its_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     model = hs.load_model(refs.tanh_mlp(4), config=hs.EngineConfig(max_batch_size=8))
     hs.warmup(model, [1, 2, 8])
     by_batch: dict[int, list[StrategyTiming]] = {}

@@ -61,6 +61,7 @@ def test_servers_with_a_pinned_strategy_use_it_and_agree_bit_for_bit(strategy: s
         assert metadata.strategy == strategy
         assert [t.strategy for t in metadata.strategy_timings if t.outcome == "chosen"] == [strategy]
         assert all(t.seconds is None for t in metadata.strategy_timings)
+        assert {t.source for t in metadata.strategy_timings} == {"pinned"}
     np.testing.assert_array_equal(answers[0], answers[1])
     reference = hs.hessian(hs.load_model(hs.DEMO_MODEL_SOURCE), x)
     np.testing.assert_allclose(answers[0], reference, rtol=1e-5, atol=1e-6)

@@ -423,20 +423,22 @@ class GetModelMetadataResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., strategy: _Optional[str] = ..., batch_independent: _Optional[bool] = ..., buckets: _Optional[_Iterable[int]] = ..., compile_count: _Optional[int] = ..., xla_fallbacks: _Optional[_Iterable[str]] = ..., version_status: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., strategy_timings: _Optional[_Iterable[_Union[StrategyTiming, _Mapping]]] = ...) -> None: ...
 
 class StrategyTiming(_message.Message):
-    __slots__ = ("batch", "precision", "strategy", "outcome", "seconds", "detail")
+    __slots__ = ("batch", "precision", "strategy", "outcome", "seconds", "detail", "source")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     batch: int
     precision: str
     strategy: str
     outcome: str
     seconds: float
     detail: str
-    def __init__(self, batch: _Optional[int] = ..., precision: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., seconds: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, batch: _Optional[int] = ..., precision: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., seconds: _Optional[float] = ..., detail: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype")

@@ -1,21 +1,37 @@
 """Choosing a model's per-example Hessian strategy for one batch bucket.
 
-On a bucket's first batch (at warm-up, or its first request) every strategy
-that applies is compiled and run on that batch (the tiled ones only where pfor
-fails, unless ``EngineConfig.autotune_tiled``). The first autodiff strategy
-that runs is the reference; another joins only if its values, gradient and
-blocks match the reference's within rtol 1e-5 (plus 1e-5 of the largest
-entry, for entries near zero), and a mismatch is logged and the strategy
-dropped for that bucket. The survivors are timed a few calls each, taking
-turns, and the one with the fastest call is kept (the minimum, since a shared
-machine's noise only ever adds time). Every outcome and time is
+The choice is made once per bucket, on its first batch (at warm-up, or its
+first request), in one of four ways, recorded as each timing's ``source``:
+
+* ``pinned``: ``EngineConfig.strategy`` names one;
+* ``record``: ``EngineConfig.tuning_cache`` holds a tuning record for the
+  bucket (:mod:`.tuning_record`), written by an earlier process; its strategy
+  is used without tuning;
+* ``tuned``: ``tuning_cache`` is set and holds no record yet: every strategy
+  that applies is compiled, checked against the reference, and the survivors
+  timed a few calls each, taking turns; the fastest call wins (the minimum,
+  since a shared machine's noise only ever adds time), and the choice is
+  written as the bucket's record. When another process wrote one first, that
+  record is adopted instead, so every process agrees;
+* ``rule`` (the default): the strategy of :data:`strategies.RULE` when it
+  applies and passes the gate, else the reference. No timing: the choice is a
+  function of the model and the bucket, the same in every process.
+
+The gate: the first autodiff strategy that runs is the reference; another is
+used only if its values, gradient and blocks match the reference's within
+rtol 1e-5 (plus 1e-5 of the largest entry, for entries near zero); a mismatch
+is logged and the strategy dropped for that bucket. Every outcome and time is
 recorded on the model (``metadata().strategy_timings``).
 
-A small bucket (:data:`SMALL_BUCKET_ROWS`) is not tuned: it takes the strategy
-of the next larger bucket, checked on its own batch first. That batch, padded
-to the larger bucket, runs through the larger bucket's function (which passed
-the gate there), and the small bucket's result must match those rows within
-the same tolerance; otherwise the mismatch is recorded and the bucket is tuned.
+A small bucket (:data:`SMALL_BUCKET_ROWS`) without a record is not tuned: it
+takes the strategy of the next larger bucket, checked on its own batch first.
+That batch, padded to the larger bucket, runs through the larger bucket's
+function (which passed the gate there), and the small bucket's result must
+match those rows within the same tolerance; otherwise the mismatch is
+recorded and the bucket is tuned. By rule or pinned, a small bucket only
+takes the larger bucket's strategy when it is the one the rule or pin
+prefers, which is what the bucket would choose alone; so what a process did
+before never changes a bucket's strategy.
 
 Only a deterministic failure (see :mod:`.compiled`) rules a strategy out. A
 transient one (out of memory, a cancelled call) is raised from :func:`choose`
@@ -34,7 +50,7 @@ import tensorflow as tf
 
 from hessd.results import StrategyTiming
 
-from . import strategies
+from . import strategies, tuning_record
 from .cancellation import check_cancelled
 from .function_key import FunctionKey
 from .model import Model
@@ -88,7 +104,7 @@ class _Candidate:
 
 
 def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: FirstRun) -> Choice:
-    """Tune ``key``'s bucket (or rebuild its earlier choice) and return the chosen strategy.
+    """Choose ``key``'s bucket's strategy (or rebuild its earlier choice) and return it.
 
     Raises:
         StrategyFailed: no strategy ran (the message has each one's reason).
@@ -101,19 +117,35 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
     if known is not None and strategies.refusal(known, model.call_for(key.precision), key.wrt) is None:
         function, result = first_run(known)
         return Choice(known, function, result)
-    with model.lock:
-        inherited = _inherited(model, key)
-    record = _Record(key)
-    if inherited is not None:
-        choice = _inherit(model, key, args, first_run, *inherited, record)
-        if choice is not None:
-            return choice
+    cache = None if model.config.strategy is not None else model.config.tuning_cache
+    source = "pinned" if model.config.strategy is not None else "tuned" if cache else "rule"
+    record = _Record(key, source)
+    if cache is not None:
+        recorded = tuning_record.read(cache, model, key)
+        if recorded is not None:
+            choice = _from_record(model, key, first_run, recorded, record)
+            if choice is not None:
+                return choice
+    choice = _inherited_choice(model, key, args, first_run, record)
+    if choice is None:
+        choice = _tuned(model, key, args, first_run, record)
+    if cache is not None:
+        written = tuning_record.write(cache, model, key, choice.name, tuple(record.timings))
+        if written.strategy != choice.name and not record.failed(written.strategy):
+            _log.info("model %s: batch %d takes strategy %s from %s, written first", model.name, key.batch, written.strategy, written.path)
+            return _from_record(model, key, first_run, written, _Record(key, "record")) or choice
+    return choice
+
+
+def _tuned(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: FirstRun, record: _Record) -> Choice:
+    """Run the applicable strategies through the gate and keep the preferred
+    (pinned or by rule) one, or the fastest when tuning."""
     candidates = _run_candidates(model, key, first_run, record)
     reference = next((c for name in strategies.REFERENCES for c in candidates if c.name == name), candidates[0])
     passed = [c for c in candidates if c is reference or _agrees(model, key, c, reference, record)]
-    forced = model.config.strategy
-    if forced is not None:
-        chosen = next((c for c in passed if c.name == forced), reference)
+    preferred = _preferred(model)
+    if preferred is not None:
+        chosen = next((c for c in passed if c.name == preferred), reference)
         seconds: dict[str, float | None] = {chosen.name: None}
     else:
         seconds = _time(passed, args, model.config.autotune_runs)
@@ -122,6 +154,43 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
         record.note(candidate.name, "chosen" if candidate is chosen else "passed", seconds.get(candidate.name))
     _keep(model, key, chosen.name, tuple(record.timings))
     return Choice(chosen.name, chosen.function, chosen.result)
+
+
+def _preferred(model: Model) -> str | None:
+    """The strategy a bucket takes when it passes the gate: the pinned one, the
+    rule's without a tuning cache, or None when the bucket is tuned by timing."""
+    if model.config.strategy is not None:
+        return model.config.strategy
+    return None if model.config.tuning_cache else strategies.RULE
+
+
+def _from_record(model: Model, key: FunctionKey, first_run: FirstRun, recorded: tuning_record.Recorded, record: _Record) -> Choice | None:
+    """The bucket's run of the recorded strategy, with the record's timings; None
+    (noted in ``record`` and logged) when it cannot run here."""
+    try:
+        function, result = first_run(recorded.strategy)
+    except StrategyFailed as err:
+        record.note(recorded.strategy, "failed", detail=f"as recorded in {recorded.path}: {err}"[:300])
+        _log.warning("model %s: recorded strategy %s fails at batch %d, tuning it: %s", model.name, recorded.strategy, key.batch, err)
+        return None
+    timings = tuple(replace(t, source="record") for t in recorded.timings)
+    _keep(model, key, recorded.strategy, timings)
+    return Choice(recorded.strategy, function, result)
+
+
+def _inherited_choice(
+    model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: FirstRun, record: _Record
+) -> Choice | None:
+    """The next larger bucket's strategy for a small bucket (see the module's
+    docstring), or None when the bucket must be chosen on its own."""
+    with model.lock:
+        inherited = _inherited(model, key)
+    if inherited is None:
+        return None
+    preferred = _preferred(model)
+    if preferred is not None and inherited[0] != preferred:
+        return None
+    return _inherit(model, key, args, first_run, *inherited, record)
 
 
 def _inherit(
@@ -152,7 +221,8 @@ def _inherit(
         f"as chosen at batch {source}; buckets of at most {SMALL_BUCKET_ROWS} rows (B * D) are not tuned, "
         f"and this one matches batch {source}'s results (rtol {RTOL:g})"
     )
-    _keep(model, key, name, (StrategyTiming(key.batch, key.precision, name, "chosen", None, detail),))
+    record.note(name, "chosen", detail=detail)
+    _keep(model, key, name, tuple(record.timings[-1:]))
     return Choice(name, function, result)
 
 
@@ -195,30 +265,36 @@ def _inherited(model: Model, key: FunctionKey) -> tuple[str, int] | None:
 class _Record:
     """The outcomes of one bucket's tuning, in order."""
 
-    def __init__(self, key: FunctionKey) -> None:
+    def __init__(self, key: FunctionKey, source: str) -> None:
         self.key = key
+        self.source = source
         self.timings: list[StrategyTiming] = []
 
     def note(self, name: str, outcome: str, seconds: float | None = None, detail: str = "") -> None:
-        self.timings.append(StrategyTiming(self.key.batch, self.key.precision, name, outcome, seconds, detail))
+        self.timings.append(StrategyTiming(self.key.batch, self.key.precision, name, outcome, seconds, detail, self.source))
+
+    def failed(self, name: str) -> bool:
+        """Whether ``name`` failed or was rejected or refused on this bucket."""
+        return any(t.strategy == name and t.outcome in ("failed", "rejected", "refused") for t in self.timings)
 
 
 def _names(model: Model) -> list[str]:
-    """The strategies to try: all of them, or the references and the forced one
-    (of the references, only the first that runs is used)."""
-    forced = model.config.strategy
-    if forced is None:
+    """The strategies to try: all of them when tuning, or the references and the
+    preferred one (of the references, only the first that runs is used)."""
+    preferred = _preferred(model)
+    if preferred is None:
         return list(strategies.STRATEGIES)
-    return [*strategies.REFERENCES, *([] if forced in strategies.REFERENCES else [forced])]
+    return [*strategies.REFERENCES, *([] if preferred in strategies.REFERENCES else [preferred])]
 
 
 def _skip_reason(model: Model, key: FunctionKey, name: str, candidates: list[_Candidate]) -> str | None:
     """Why ``name`` is not tried on this bucket, given the candidates that ran before it."""
-    forced = model.config.strategy
+    preferred = _preferred(model)
     ran = {c.name for c in candidates}
-    if forced is not None and name != forced and ran & set(strategies.REFERENCES):
-        return f"strategy {forced!r} is forced and the reference has run"
-    if name in strategies.TILED and name != forced and "pfor" in ran:
+    if preferred is not None and name != preferred and ran & set(strategies.REFERENCES):
+        why = "is forced" if model.config.strategy is not None else "is preferred by rule (no tuning cache)"
+        return f"strategy {preferred!r} {why} and the reference has run"
+    if name in strategies.TILED and name != preferred and "pfor" in ran:
         if not model.config.autotune_tiled:
             return "pfor works, and autotune_tiled is off"
         rows = _rows(key)

@@ -96,12 +96,22 @@ class EngineConfig:
             so this bounds the memory such a model can take.
         strategy: the per-example Hessian strategy to use (a name of
             ``STRATEGY_NAMES``: ``"pfor"``, ``"tiled"``,
-            ``"forward_over_reverse"`` or ``"structural"``), or None (default) to
-            time every strategy that works on each bucket's first batch and keep
-            the fastest. A forced strategy still has to match the reference
-            strategy on that batch; if it does not, or cannot run, the
-            reference is used and the outcome recorded.
-        autotune_runs: timed calls per strategy when a bucket is tuned; the
+            ``"forward_over_reverse"`` or ``"structural"``), or None (default)
+            to choose per bucket: by the tuning record in ``tuning_cache``
+            when there is one, else by the fixed rule of
+            :data:`hessd_server.engine.strategies.RULE`. A forced strategy
+            still has to match the reference strategy on that batch; if it
+            does not, or cannot run, the reference is used and the outcome
+            recorded.
+        tuning_cache: a directory of tuning records shared by every process
+            that serves the model (replicas, restarts, the library): a
+            bucket without a record is tuned (every strategy that works is
+            timed, the fastest kept) and its choice written there once; a
+            bucket with one takes the recorded strategy without tuning. None
+            (default): no tuning; each bucket takes the rule's strategy, the
+            same in every process. Ignored when ``strategy`` is forced.
+        autotune_runs: timed calls per strategy when a bucket is tuned (with a
+            ``tuning_cache``); the
             fastest call decides.
         autotune_tiled: also tune the tiled strategies (``"tiled"``,
             ``"forward_over_reverse"``) where pfor works. Off by default: they
@@ -116,6 +126,7 @@ class EngineConfig:
     curvature_memory_bytes: int = 256 << 20
     max_compiled_functions: int = 256
     strategy: str | None = None
+    tuning_cache: str | None = None
     autotune_runs: int = 3
     autotune_tiled: bool = False
 

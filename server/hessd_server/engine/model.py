@@ -3,6 +3,7 @@ engine has learnt about it (strategy, batch independence, compiles)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Any, Callable, Mapping
 
@@ -49,6 +50,7 @@ class Model:
         warm_up: WarmUp,
         keep_alive: object = None,
         input_ranges: Mapping[str, tuple[int, int]] | None = None,
+        describe: Callable[[], bytes] | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -77,6 +79,8 @@ class Model:
         self._float64_factory = float64_factory
         self._warm_up = warm_up
         self._keep_alive = keep_alive
+        self._describe = describe
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"<hessd_server.Model {self.name!r} from {self.source!r}>"
@@ -97,6 +101,19 @@ class Model:
                     )
                 self._calls[precision] = self._float64_factory()
             return self._calls[precision]
+
+    def fingerprint(self) -> str:
+        """A hex digest of the model's inputs, outputs' shapes, architecture and weights as
+        loaded (computed once): what a tuning record of :mod:`.tuning_record` is keyed by."""
+        with self._calls_lock:
+            if self._fingerprint is None:
+                # Output names are left out: Keras derives them from layer names it numbers per process.
+                outputs = [(o.shape, o.dtype) for o in self.outputs]
+                digest = hashlib.sha256(repr((self.inputs, outputs)).encode())
+                if self._describe is not None:
+                    digest.update(self._describe())
+                self._fingerprint = digest.hexdigest()
+            return self._fingerprint
 
     def warmup(self, batch_sizes: tuple[int, ...] | list[int] | None = None, **plan: Any) -> None:
         """The same as ``hessd_server.warmup(self, batch_sizes, **plan)`` (``methods``, ``precisions``)."""

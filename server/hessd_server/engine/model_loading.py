@@ -173,6 +173,7 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         warm_up=warmup,
         keep_alive=model,
         input_ranges=keras_lookup_ranges(model, dict(zip(names, leaves))),
+        describe=lambda: _keras_architecture(model) + _variable_bytes(model.weights),
     )
 
 
@@ -244,4 +245,37 @@ def _from_saved_model(path: str, *, name: str | None, config: EngineConfig) -> M
         warm_up=warmup,
         keep_alive=loaded,
         input_ranges=probed_lookup_ranges(call, inputs),
+        describe=lambda: _saved_model_graph(path) + _variable_bytes(getattr(loaded, "variables", ())),
     )
+
+
+def _saved_model_graph(path: str) -> bytes:
+    """The SavedModel's serialized graph (``saved_model.pb``), or nothing where it cannot be read."""
+    try:
+        with open(os.path.join(path, "saved_model.pb"), "rb") as graph:
+            return graph.read()
+    except OSError:
+        return b""
+
+
+def _keras_architecture(model: keras.Model) -> bytes:
+    """The model's layers' classes and configurations, in order, without their
+    names (Keras numbers unnamed layers by how many a process made before)."""
+    layers = []
+    for layer in model.layers:
+        try:
+            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        except Exception:  # a custom layer without get_config
+            config = {}
+        layers.append((type(layer).__qualname__, config))
+    return repr(layers).encode()
+
+
+def _variable_bytes(variables: Any) -> bytes:
+    """Every variable's shape, dtype and values, in order."""
+    parts = []
+    for variable in variables:
+        value = np.asarray(variable)
+        parts.append(f"{value.shape} {value.dtype}".encode())
+        parts.append(np.ascontiguousarray(value).tobytes())
+    return b"\0".join(parts)

@@ -3,7 +3,7 @@
 Each strategy maps a :class:`Target` and (x (B, *S), weights (B, K)) to
 values (B,), gradient (B, *S) and blocks (B, *S, *S), traced inside one
 ``tf.function``. They differ in speed, not in what they compute;
-:mod:`.autotune` times the ones that work for a model and keeps the fastest.
+:mod:`.autotune` chooses one per bucket (by rule, by a tuning record, or by timing them).
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ settings against without importing TensorFlow):
 * ``structural``: the closed form of :mod:`.structural`, for models made of
   Dense layers, elementwise activations and affine layers only.
 """
+
+RULE = "structural"
+"""The strategy a bucket takes by rule (without a tuning record or a pinned
+strategy) whenever it applies and matches the reference; otherwise the
+reference itself (the first of :data:`REFERENCES` that runs). A fixed
+preference, not a timing, so every process chooses alike. The structural path
+is the fastest wherever it applies in the benchmarks, and the reference is the
+only other strategy the rule needs to compile."""
 
 REFERENCES = ("pfor", "tiled", "forward_over_reverse")
 """The autodiff strategies, in order of preference as the reference that the

@@ -2,16 +2,20 @@
 elementwise activations, with no second autodiff pass.
 
 For such a model every nonlinearity is y = σ(z) elementwise, and everything
-else (Dense kernels, Add, Concatenate, Normalization, Rescaling,
-BatchNormalization in inference, Dropout) is affine in its input. The Hessian
+else (Dense and convolution kernels, Add, Concatenate, Normalization,
+Rescaling, BatchNormalization in inference, Dropout, Flatten, Reshape,
+average pooling, zero padding, cropping) is affine in its input. The Hessian
 of f = Σ_k w_k y_k(x) is then a sum over the activations' pre-activations z:
 
     H_b = Σ_z J_z[b]ᵀ diag(∂f/∂y[b] ⊙ σ''(z[b])) J_z[b],
 
 where J_z = ∂z/∂x is propagated forward (J ← J W through a Dense kernel,
-J ← diag(σ'(z)) J through an activation) and ∂f/∂y comes from one reverse
-pass. The Jacobians are laid out (B, D, n) so every step is one matrix
-product, and the input's identity Jacobian is never materialized per example.
+J ← diag(σ'(z)) J through an activation, and through any other linear layer
+L, a convolution or a pooling, J ← L(J): the layer applied to each of J's D
+rows as an input of its own) and ∂f/∂y comes from one reverse pass. Values
+keep their shapes (B, *S); the Jacobians are laid out (B, D, n) with n =
+prod(S), so every Dense step is one matrix product, and the input's identity
+Jacobian is never materialized per example.
 
 The sum is where the time goes, so it does as few multiplications as it can
 (see :func:`_assemble`): a term whose Jacobian is the same for every example
@@ -55,6 +59,40 @@ _AFFINE_PER_FEATURE = (
 
 _IDENTITY = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.Identity)
 """Layers that are the identity in inference."""
+
+_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+"""Convolutions z = K * x + c, linear in x for any strides, padding ('valid' or
+'same'), dilation, groups and data format (transposed, depthwise and
+separable convolutions are other classes, refused)."""
+
+_LINEAR = (
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
+)
+"""Layers without weights that are linear in their input: their Jacobian is the layer itself."""
+
+_MAX_POOLING = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+)
+"""Piecewise linear, but their Jacobian selects a different entry per example: refused."""
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -127,15 +165,13 @@ def _unchanged(reads: list[_KernelRead]) -> tf.Tensor | None:
 def refusal(call: Any, wrt: str) -> str | None:
     """Why the closed form does not apply to ``call`` differentiated at input
     ``wrt``, or None when it does. Only Keras models whose every operation is
-    known qualify, and the differentiated input must be a vector per example."""
+    known qualify. A layer that needs a vector (Dense, Concatenate) and meets
+    a value of another shape is refused while tracing."""
     if not isinstance(call, KerasCall):
         return "not a Keras model (a SavedModel's graph is opaque)"
     graph = _graph(call.model)
     if graph is None:
         return f"model {call.model.name!r} is not a Sequential or functional graph"
-    for name, tensor in zip(call.names, keras.tree.flatten(call.structure)):
-        if name == wrt and len(tensor.shape) != 2:
-            return f"input {name!r} has per-example shape {tuple(tensor.shape[1:])}; the closed form needs vectors"
     for operation in graph.operations:
         reason = _layer_refusal(operation)
         if reason:
@@ -146,8 +182,8 @@ def refusal(call: Any, wrt: str) -> str | None:
 def per_example_hessian(
     call: KerasCall, wrt: str, fixed: dict[str, tf.Tensor], x: tf.Tensor, weights: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Values (B,), gradient (B, D) and Hessian blocks (B, D, D) of
-    f_b = Σ_k w[b, k] y[b, k] for x (B, D), in closed form.
+    """Values (B,), gradient (B, *S) and Hessian blocks (B, *S, *S) of
+    f_b = Σ_k w[b, k] y[b, k] for x (B, *S), in closed form (D = prod(S)).
 
     The products of a constant Jacobian's row pairs (see :func:`_assemble`)
     are made from the kernels' values when this is traced; each call checks
@@ -162,7 +198,7 @@ def per_example_hessian(
     graph = _graph(call.model)
     terms: list[_Term] = []
     reads: list[_KernelRead] = []
-    dim = x.shape[-1]
+    dim = int(np.prod(x.shape[1:], dtype=np.int64))
     rows = _row_ranges(dim)
     identity = np.eye(dim, dtype=x.dtype.as_numpy_dtype)
     jets = {
@@ -182,7 +218,8 @@ def per_example_hessian(
         total = tf.reduce_sum(values)
     adjoints = tape.gradient(total, [x, *(t.output for t in terms)], unconnected_gradients=_ZERO)
     gradient, adjoints = adjoints[0], adjoints[1:]
-    return values, gradient, _assemble(terms, adjoints, rows, x, _unchanged(reads))
+    blocks = _assemble(terms, adjoints, rows, x, _unchanged(reads))
+    return values, gradient, tf.reshape(blocks, [tf.shape(x)[0], *x.shape[1:], *x.shape[1:]])
 
 
 def _row_ranges(dim: int) -> list[tuple[int, int]]:
@@ -199,7 +236,7 @@ def _assemble(
     x: tf.Tensor,
     unchanged: tf.Tensor | None,
 ) -> tf.Tensor:
-    """H_b = Σ_terms J diag(∂f/∂y ⊙ σ''(z)) Jᵀ, (B, D, D).
+    """H_b = Σ_terms J diag(∂f/∂y ⊙ σ''(z)) Jᵀ, (B, D, D) for x (B, *S), D = prod(S).
 
     A term with a constant Jacobian J (D, n) small enough is one matrix
     product, (B, n) · (n, D(D+1)/2), with the products of J's row pairs
@@ -209,11 +246,11 @@ def _assemble(
     Gram products, per pair of row blocks i <= j, the blocks below the
     diagonal being the transposes of those above.
     """
-    batch, dim = tf.shape(x)[0], x.shape[-1]
+    batch, dim = tf.shape(x)[0], rows[-1][1]
     triangle = None
     grams: dict[tuple[int, int], tf.Tensor] = {}
     for term, adjoint in zip(terms, adjoints):
-        weight = adjoint * term.second
+        weight = _flat(adjoint) * term.second
         pairs = _row_pairs(term.constant, x.dtype)
         if pairs is not None:
             if unchanged is None:
@@ -341,7 +378,20 @@ def _layer_refusal(op: Any) -> str | None:
         if _activation_name(op.activation) not in ELEMENTWISE_ACTIVATIONS:
             return f"layer {described} has an activation with no known elementwise form"
         return None
-    if isinstance(op, (keras.layers.Add, *_AFFINE_PER_FEATURE)):
+    if isinstance(op, _CONVOLUTIONS):
+        if getattr(op, "lora_enabled", False) or getattr(op, "quantization_mode", None):
+            return f"layer {described} is LoRA-adapted or quantized"
+        if op.padding == "causal":
+            return f"layer {described} has causal padding; the closed form covers 'valid' and 'same'"
+        if _activation_name(op.activation) not in ELEMENTWISE_ACTIVATIONS:
+            return f"layer {described} has an activation with no known elementwise form"
+        return None
+    if isinstance(op, _MAX_POOLING):
+        return (
+            f"layer {described} is max pooling, whose Jacobian selects a different entry for each example; "
+            "the closed form covers average pooling"
+        )
+    if isinstance(op, (keras.layers.Add, *_AFFINE_PER_FEATURE, *_LINEAR)):
         return None
     if isinstance(op, keras.layers.Concatenate):
         return None if op.axis in (-1, 1) else f"layer {described} concatenates along axis {op.axis}"
@@ -353,11 +403,19 @@ def _apply(
 ) -> _Jet:
     """One graph node on jets."""
     jets = [a for a in keras.tree.flatten(args) if isinstance(a, _Jet)]
-    for jet in jets:
-        if jet.value.shape.rank != 2:
-            raise StructuralRefusal(f"layer {op.name!r} sees a value of per-example shape {jet.value.shape[1:]}")
+    if isinstance(op, (keras.layers.Dense, keras.layers.Concatenate)):
+        for jet in jets:
+            if jet.value.shape.rank != 2:
+                raise StructuralRefusal(
+                    f"layer {op.name!r} sees a value of per-example shape {tuple(jet.value.shape[1:])}; "
+                    "the closed form needs vectors there (Flatten first)"
+                )
     if isinstance(op, _IDENTITY):
         return jets[0]
+    if isinstance(op, _CONVOLUTIONS):
+        return _convolve(op, jets[0], terms, reads)
+    if isinstance(op, _LINEAR):
+        return _linear(jets[0], op(jets[0].value), lambda t: op(t), reads)
     if isinstance(op, keras.layers.Dense):
         kernel = tf.cast(op.kernel, jets[0].value.dtype)
         z = tf.matmul(jets[0].value, kernel)
@@ -422,18 +480,64 @@ def _activate(activation: Callable[..., Any] | None, pre: _Jet, terms: list[_Ter
     y = tf.identity(y)
     if pre.jacobian is None:
         return _Jet(y, None)
-    terms.append(_Term(pre.jacobian, pre.constant, second, y))
-    return _Jet(y, tuple(block * slope[:, None, :] for block in pre.jacobian))
+    terms.append(_Term(pre.jacobian, pre.constant, _flat(second), y))
+    return _Jet(y, tuple(block * _flat(slope)[:, None, :] for block in pre.jacobian))
+
+
+def _flat(value: tf.Tensor) -> tf.Tensor:
+    """(B, *S) -> (B, prod(S))."""
+    return tf.reshape(value, [tf.shape(value)[0], -1])
+
+
+def _convolve(layer: keras.layers.Layer, jet: _Jet, terms: list[_Term], reads: list[_KernelRead]) -> _Jet:
+    """A convolution layer, z = K * x + c then its activation; J_z = K * J, the
+    bias left out, each of J's rows convolved as an image of its own."""
+    kernel = tf.cast(layer.kernel, jet.value.dtype)
+    z = layer.convolution_op(jet.value, kernel)
+    if layer.use_bias:
+        shape = [1] * (layer.rank + 1) + [layer.filters] if layer.data_format == "channels_last" else [1, layer.filters] + [1] * layer.rank
+        z += tf.reshape(tf.cast(layer.bias, z.dtype), shape)
+    pre = _linear(jet, z, lambda t: layer.convolution_op(t, tf.cast(layer.kernel, t.dtype)), reads, layer.kernel)
+    return _activate(layer.activation, pre, terms)
+
+
+def _linear(
+    jet: _Jet, value: tf.Tensor, linear: Callable[[tf.Tensor], tf.Tensor], reads: list[_KernelRead], kernel: Any = None
+) -> _Jet:
+    """The jet of ``value`` = L(x) (+ a constant), for L the linear map ``linear``
+    on (N, *S_in) -> (N, *S_out): J ← L(J), each of J's rows (s, n_in) or
+    (B, s, n_in) taken as an input of its own. A constant J goes through L
+    when tracing, in float64 where L has a ``kernel`` (noted in ``reads``)."""
+    if jet.jacobian is None:
+        return _Jet(value, None)
+    shape_in, shape_out = jet.value.shape[1:], value.shape[1:]
+    blocks = []
+    for block in jet.jacobian:
+        images = linear(tf.reshape(block, [-1, *shape_in]))
+        lead = [block.shape[0]] if block.shape.rank == 2 else [tf.shape(block)[0], block.shape[1]]
+        blocks.append(tf.reshape(images, [*lead, int(np.prod(shape_out, dtype=np.int64))]))
+    constant = None
+    if jet.constant is not None:
+        with tf.init_scope():  # eager: the layer as it is now, outside the traced function
+            images = jet.constant.reshape(-1, *shape_in)
+            if kernel is None:
+                mapped = linear(tf.constant(images)).numpy()
+            else:
+                now = kernel.numpy()
+                reads.append(_KernelRead(kernel, tf.constant(now)))
+                mapped = linear(tf.constant(images.astype(np.float64))).numpy()
+        constant = mapped.reshape(len(images), -1).astype(jet.constant.dtype)
+    return _Jet(value, tuple(blocks), constant)
 
 
 def _affine(layer: keras.layers.Layer, jet: _Jet) -> _Jet:
-    """y = a ⊙ x + c per feature, with a = layer(1) - layer(0) read off the layer itself."""
+    """y = a ⊙ x + c per entry of x (B, *S), with a = layer(1) - layer(0) read off the layer itself."""
     value = tf.cast(layer(jet.value, training=False), jet.value.dtype)
     if jet.jacobian is None:
         return _Jet(value, None)
-    width = jet.value.shape[-1]
-    probe = tf.constant([[1.0] * width, [0.0] * width], dtype=jet.value.dtype)
-    at = tf.cast(layer(probe, training=False), jet.value.dtype)
+    shape = jet.value.shape[1:]
+    probe = tf.stack([tf.ones(shape, jet.value.dtype), tf.zeros(shape, jet.value.dtype)])
+    at = tf.reshape(tf.cast(layer(probe, training=False), jet.value.dtype), [2, -1])
     return _Jet(value, tuple(block * (at[0] - at[1]) for block in jet.jacobian))
 
 

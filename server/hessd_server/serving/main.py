@@ -66,6 +66,7 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             curvature_memory_bytes=args.curvature_memory_bytes,
             jit_compile=args.jit_compile,
             strategy=None if args.strategy == AUTO_STRATEGY else args.strategy,
+            tuning_cache=args.tuning_cache,
             safe_mode=args.safe_mode,
             max_message_bytes=args.max_message_bytes,
             chunk_bytes=args.chunk_bytes,
@@ -303,8 +304,15 @@ def _parser() -> argparse.ArgumentParser:
         "--strategy",
         default=AUTO_STRATEGY,
         choices=(AUTO_STRATEGY, *STRATEGY_NAMES),
-        help="per-example Hessian strategy: 'auto' (default) times those that work on each warmed "
-        "bucket and keeps the fastest; naming one pins it, so that replicas compute bit-identical results",
+        help="per-example Hessian strategy: 'auto' (default) takes each bucket's tuning record "
+        "(--tuning-cache), else a fixed rule, so every replica computes the same bits; naming one pins it",
+    )
+    parser.add_argument(
+        "--tuning-cache",
+        metavar="DIR",
+        default=defaults.tuning_cache,
+        help="directory of tuning records shared by replicas and restarts: a bucket without a "
+        "record is tuned by timing and its choice written there; later processes read it",
     )
     parser.add_argument(
         "--unsafe-deserialization",

@@ -18,7 +18,7 @@ DEMO_MODEL_NAME = "demo"
 """The name the embedded demo model is served under when no model is configured."""
 
 AUTO_STRATEGY = "auto"
-"""The ``--strategy`` (and ``config.toml`` ``strategy``) value that autotunes."""
+"""The ``--strategy`` (and ``config.toml`` ``strategy``) value that takes the tuning record or the rule."""
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 """Where the server listens when no address is configured: loopback only."""
@@ -84,9 +84,13 @@ class ServerConfig:
         jit_compile: compile with XLA (engine setting).
         strategy: the per-example Hessian strategy every model uses, a name of
             ``hessd_server.engine.config.STRATEGY_NAMES``, or ``None`` to
-            autotune per warmed bucket (engine setting). Autotuning keeps each
-            process's fastest, so replicas may differ in the last bits
-            (within 1e-5 relative); pinning one makes them bit-identical.
+            choose per bucket (engine setting): by the tuning record in
+            ``tuning_cache``, else by a fixed rule. Either way every replica
+            and restart takes the same strategy and computes the same bits.
+        tuning_cache: a directory of tuning records shared by replicas and
+            restarts (engine setting): a bucket without a record is tuned by
+            timing and its choice written there once; later processes read it
+            and tune nothing. ``None``: no timing, the rule's strategy.
         safe_mode: Keras safe mode when loading ``.keras`` files.
         max_message_bytes: largest gRPC message sent or received; larger
             results must use the chunked RPCs.
@@ -154,6 +158,7 @@ class ServerConfig:
     curvature_memory_bytes: int = 256 << 20
     jit_compile: bool = True
     strategy: str | None = None
+    tuning_cache: str | None = None
     safe_mode: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
@@ -262,4 +267,5 @@ class ServerConfig:
             jit_compile=self.jit_compile,
             max_compiled_functions=self.max_compiled_functions,
             strategy=self.strategy,
+            tuning_cache=self.tuning_cache,
         )

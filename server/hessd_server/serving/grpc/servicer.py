@@ -164,6 +164,7 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
                     outcome=t.outcome,
                     seconds=t.seconds,
                     detail=t.detail,
+                    source=t.source,
                 )
                 for t in metadata.strategy_timings
             ],

@@ -6,7 +6,7 @@ Every key is optional; a missing file means all defaults::
     max_batch_size = 64              # largest batch bucket, a power of two
     max_result_bytes = 268435456     # refuse results larger than this
     jit_compile = true               # compile with XLA
-    strategy = "structural"          # pin the per-example Hessian strategy ("auto": tune)
+    strategy = "structural"          # pin the per-example Hessian strategy ("auto": record or rule)
     warmup_batch_sizes = [1, 8]      # instead of the server's --warmup-batch-sizes
     warmup_methods = ["hessian", "hessian_trace"]  # instead of --warmup-methods
     warmup_precisions = ["float64"]  # instead of --warmup-precisions
@@ -99,7 +99,7 @@ class ModelConfig:
         max_batch_size: the largest batch bucket.
         max_result_bytes: results above this are refused.
         jit_compile: compile with XLA.
-        strategy: the per-example Hessian strategy, or ``"auto"`` to tune it.
+        strategy: the per-example Hessian strategy, or ``"auto"`` for the tuning record or the rule.
         warmup_batch_sizes: batch sizes warmed before a version serves.
         warmup_methods: methods warmed before a version serves (names of
             ``hessd_server.engine.config.WARMUP_METHODS``).

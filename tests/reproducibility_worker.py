@@ -1,0 +1,115 @@
+"""A fresh process for test_reproducible_results: computes the per-example
+Hessians of :data:`CASES` in-process (the library) or from a server, in a given
+order, and saves them with each bucket's chosen strategy and its source.
+
+    python reproducibility_worker.py OUT.npz [--server TARGET] [--reverse]
+        [--warmup 1,8,32] [--tuning-cache DIR] [--busy]
+
+The model factories are also what the test's servers load
+(``reproducibility_worker:mlp10`` and so on).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse
+import json
+import threading
+from typing import Callable
+
+import engine_references as refs
+import keras
+import numpy as np
+
+import hessd
+import hessd_server as hs
+
+
+def mlp10() -> keras.Model:
+    """10 -> 16 (tanh) -> 2 (tanh)."""
+    return refs.tanh_mlp(10, outputs=2)
+
+
+def wide() -> keras.Model:
+    """256 -> 64 (tanh) -> 64 (tanh) -> 1: the benchmark's MLP shape, smaller."""
+    keras.utils.set_random_seed(41)
+    return keras.Sequential(
+        [
+            keras.Input((256,)),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def conv() -> keras.Model:
+    """Conv2D on (5, 5, 2) images -> softplus -> Dense(1)."""
+    return refs.conv_model()
+
+
+MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
+    "mlp10": (mlp10, (10,)),
+    "wide": (wide, (256,)),
+    "conv": (conv, (5, 5, 2)),
+}
+CASES: tuple[tuple[str, int], ...] = (("mlp10", 1), ("mlp10", 3), ("mlp10", 32), ("wide", 1), ("wide", 8), ("conv", 3), ("conv", 16))
+"""(model, batch size) pairs: buckets small enough to take a larger bucket's
+strategy and large enough to be chosen on their own."""
+
+
+def case_input(name: str, batch: int) -> np.ndarray:
+    """The fixed float32 input (batch, *S) of a case."""
+    shape = MODELS[name][1]
+    return np.random.default_rng(batch * 1000 + len(name)).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def _chosen(metadata: hessd.ModelMetadata) -> list[list[object]]:
+    return [[t.batch, t.strategy, t.source] for t in metadata.strategy_timings if t.outcome == "chosen"]
+
+
+def _busy(stop: threading.Event) -> None:
+    """Load the CPU (numpy releases the GIL) until ``stop`` is set."""
+    a = np.random.default_rng(0).standard_normal((300, 300))
+    while not stop.is_set():
+        a = np.tanh(a @ a)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--server")
+    parser.add_argument("--reverse", action="store_true")
+    parser.add_argument("--warmup", type=lambda text: [int(b) for b in text.split(",")])
+    parser.add_argument("--tuning-cache")
+    parser.add_argument("--busy", action="store_true", help="load the CPU from two threads throughout")
+    args = parser.parse_args()
+    stop = threading.Event()
+    loaders = [threading.Thread(target=_busy, args=(stop,), daemon=True) for _ in range(2 if args.busy else 0)]
+    for loader in loaders:
+        loader.start()
+    cases = CASES[::-1] if args.reverse else CASES
+    results: dict[str, np.ndarray] = {}
+    if args.server:
+        with hessd.Client(args.server, timeout=300) as client:
+            for name, batch in cases:
+                results[f"{name}-{batch}"] = client.hessian(name, case_input(name, batch))
+            chosen = {name: _chosen(client.metadata(name)) for name in MODELS}
+    else:
+        config = hs.EngineConfig(tuning_cache=args.tuning_cache)
+        models = {name: hs.load_model(build(), name=name, config=config) for name, (build, _) in MODELS.items()}
+        if args.warmup:
+            for model in models.values():
+                hs.warmup(model, args.warmup)
+        for name, batch in cases:
+            results[f"{name}-{batch}"] = hs.hessian(models[name], case_input(name, batch))
+        chosen = {name: _chosen(model.metadata()) for name, model in models.items()}
+    stop.set()
+    np.savez(args.out, chosen=np.array(json.dumps(chosen)), **results)
+
+
+if __name__ == "__main__":
+    main()
