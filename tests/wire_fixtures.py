@@ -335,9 +335,15 @@ SHARED_MAX_RESULT_BYTES = 200_000
 @contextlib.contextmanager
 def shared_models_server() -> Iterator[RunningServer]:
     """The server that tests which only call it share: :data:`SHARED_MODELS`, batch
-    buckets up to 8, results up to :data:`SHARED_MAX_RESULT_BYTES`, warm for batches of 2."""
+    buckets up to 8, results up to :data:`SHARED_MAX_RESULT_BYTES`, warm for batches of 2.
+    It does not freeze the heap: the freeze is process-wide, and a server that lives for
+    the whole session would hold it under the tests of freezing
+    (``tests/serving/test_garbage_collection.py``)."""
     with serving(
-        SHARED_MODELS, max_batch_size=8, max_result_bytes=SHARED_MAX_RESULT_BYTES
+        SHARED_MODELS,
+        max_batch_size=8,
+        max_result_bytes=SHARED_MAX_RESULT_BYTES,
+        freeze_heap=False,
     ) as running:
         yield running
 

@@ -97,7 +97,7 @@ def test_warmup_is_the_function_even_after_its_submodule_is_imported() -> None:
     program = (
         "import hessd_server.engine.warmup as module\n"
         "import hessd_server as hs\n"
-        "from hessd_server.serving import model_loader\n"
+        "from hessd_server.serving.repository import model_loader\n"
         "assert hs.warmup is module.warmup, hs.warmup\n"
         "assert model_loader.warmup is module.warmup, model_loader.warmup\n"
         "print('ok')\n"
