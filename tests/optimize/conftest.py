@@ -16,7 +16,8 @@ from wire_fixtures import RunningServer, serving
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[RunningServer]:
-    with serving(list(MODELS.items())) as running:
+    # Unfrozen: the freeze is process-wide, and the tests of freezing need the process to themselves.
+    with serving(list(MODELS.items()), freeze_heap=False) as running:
         yield running
 
 

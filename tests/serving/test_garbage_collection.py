@@ -26,6 +26,13 @@ FROZE = "froze"
 """What the server's log line says each time it freezes."""
 
 
+@pytest.fixture(autouse=True)
+def nothing_frozen_before() -> None:
+    """Every test here starts from an unfrozen process; a server started elsewhere with
+    ``freeze_heap`` still running (a session-scoped fixture) would hold the freeze."""
+    assert gc.get_freeze_count() == 0, "a server outside this test holds the freeze: share servers unfrozen"
+
+
 def walked_ids() -> set[int]:
     """Ids of every object the collector still walks (those outside the permanent generation)."""
     return {id(thing) for thing in gc.get_objects()}
