@@ -15,7 +15,7 @@ from setuptools.config.pyprojecttoml import read_configuration
 import hessd
 import hessd_server as hs
 from hessd import cli
-from wire_fixtures import RunningServer, console_script
+from support.wire_fixtures import RunningServer, console_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_HEADING = re.compile(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$", re.MULTILINE)

@@ -32,7 +32,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from hessd_server.serving.main import parse_config
-from wire_fixtures import RunningServer
+from support.wire_fixtures import RunningServer
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 
 import hessd_server as hs

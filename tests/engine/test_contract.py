@@ -3,7 +3,7 @@ XLA fallbacks, batch independence, loading, and every bad input."""
 
 from __future__ import annotations
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 import pytest
@@ -169,7 +169,7 @@ def test_load_model_from_keras_file_saved_model_and_factory(tmp_path) -> None:
     [
         ("no/such/model.keras", "neither an existing"),
         ("hessd_server.engine.demo_model:no_such_factory", "failed"),
-        ("engine_references:seed_linear_model_missing", "failed"),
+        ("support.engine_references:seed_linear_model_missing", "failed"),
     ],
 )
 def test_load_model_errors_say_what_to_fix(source: str, match: str) -> None:

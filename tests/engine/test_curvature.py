@@ -4,7 +4,7 @@ f(x) = Σ sin(x_i) (H = diag(−sin x)); seeds, sorting, and every bad argument.
 
 from __future__ import annotations
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 import pytest
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ forms, float64 finite differences and tf.hessians."""
 
 from __future__ import annotations
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 import pytest

@@ -6,7 +6,7 @@ its own independent probes, so a hundred seeded trials take one compiled call.
 
 from __future__ import annotations
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 import pytest
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 import pytest
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.eager.polymorphic_function.polymorphic_function import Function
 
 import hessd_server as hs
-from engine_references import quadratic_model
+from support.engine_references import quadratic_model
 from hessd_server.engine import compiled
 
 D, K, B = 5, 3, 4

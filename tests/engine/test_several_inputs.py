@@ -15,7 +15,7 @@ import tensorflow as tf
 import hessd
 import hessd_server as hs
 from hessd import errors
-from wire_fixtures import multi_input_model, pricing_model, rng_array
+from support.wire_fixtures import multi_input_model, pricing_model, rng_array
 
 TOLERANCES = {"float32": {"rtol": 2e-4, "atol": 2e-5}, "float64": {"rtol": 1e-9, "atol": 1e-12}}
 

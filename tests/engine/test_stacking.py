@@ -4,7 +4,7 @@ what the request gives alone, with different output weights and v per request.""
 
 from __future__ import annotations
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 import pytest
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ what is not named is not, and a name that is not known is refused before any wor
 
 from __future__ import annotations
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 import pytest
 

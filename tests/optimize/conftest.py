@@ -1,5 +1,5 @@
 """Fixtures of the optimizer tests: one server for the folder, serving the models of
-``optimize_models``, and the same models in-process."""
+``support.optimize_models``, and the same models in-process."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 import hessd
 import hessd_server as hs
-from optimize_fixtures import MODELS, Where
-from wire_fixtures import RunningServer, serving
+from support.optimize_fixtures import MODELS, Where
+from support.wire_fixtures import RunningServer, serving
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from scipy import optimize
 
 import hessd
-from optimize_fixtures import Where
+from support.optimize_fixtures import Where
 from hessd.optimize import Constraint, Objective, casadi_function, minimize_batch
 
 

@@ -7,8 +7,8 @@ import casadi
 import numpy as np
 import pytest
 
-import optimize_models as om
-from optimize_fixtures import Where
+from support import optimize_models as om
+from support.optimize_fixtures import Where
 from hessd.optimize import casadi_function
 
 

@@ -10,8 +10,8 @@ import pytest
 from scipy import optimize
 
 import hessd
-import optimize_models as om
-from optimize_fixtures import Where
+from support import optimize_models as om
+from support.optimize_fixtures import Where
 from hessd.errors import InvalidArgumentError
 from hessd.optimize import Objective, minimize_batch
 

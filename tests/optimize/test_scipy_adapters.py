@@ -10,13 +10,13 @@ import pytest
 from scipy import optimize
 
 import hessd
-import optimize_models as om
-from optimize_fixtures import Where
+from support import optimize_models as om
+from support.optimize_fixtures import Where
 from hessd.optimize import Constraint, Objective
 
 
 def bowl_reference(x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Value, gradient and Hessian of ``optimize_models.Bowl`` in float64, by hand."""
+    """Value, gradient and Hessian of ``support.optimize_models.Bowl`` in float64, by hand."""
     d = x - om.BOWL_CENTRE
     value = np.sum(np.log(np.cosh(d))) + 0.5 * d @ om.BOWL_MATRIX @ d
     return value, np.tanh(d) + om.BOWL_MATRIX @ d, np.diag(1.0 / np.cosh(d) ** 2) + om.BOWL_MATRIX

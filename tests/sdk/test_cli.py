@@ -11,7 +11,7 @@ import pytest
 
 import hessd_server as hs
 from hessd import cli
-from wire_fixtures import SHARED_MODELS, RunningServer, console_script, rng_array
+from support.wire_fixtures import SHARED_MODELS, RunningServer, console_script, rng_array
 
 
 @pytest.fixture(scope="module")

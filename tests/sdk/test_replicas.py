@@ -23,7 +23,7 @@ import hessd
 from hessd_server.engine.demo_model import DEMO_MODEL_SOURCE, build_demo_model
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from hessd_server.serving.server_process import ServerProcess
-from wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
+from support.wire_fixtures import LOAD_GATE, RunningServer, rng_array, serving
 
 pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
 
@@ -195,7 +195,7 @@ def test_a_replica_still_warming_up_gets_no_call_until_it_is_serving(
     LOAD_GATE.clear()
     warming = RunningServer(
         ServerConfig(
-            models=(ModelSpec("demo", "wire_fixtures:gated_demo_model"),),
+            models=(ModelSpec("demo", "support.wire_fixtures:gated_demo_model"),),
             listen="127.0.0.1:0",
             warmup_batch_sizes=(2,),
         )

@@ -42,7 +42,7 @@ from hessd_server.serving.scheduling.engine_executor import EngineExecutor
 from hessd_server.serving.scheduling.engine_pool import EngineThreadPool
 from hessd_server.serving.observability.metrics import Metrics
 from hessd_server.serving.main import parse_config
-from wire_fixtures import RunningServer, eventually, rng_array, serving
+from support.wire_fixtures import RunningServer, eventually, rng_array, serving
 
 QUEUE_LIMIT = 31
 TIMEOUT_S = 120.0

@@ -20,7 +20,7 @@ from hessd import _protocol, errors, status_codes, tensor_codec
 from hessd.chunks import Reassembler
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from wire_fixtures import WIDE_INPUT_SIZE, RunningServer, rng_array, serving
+from support.wire_fixtures import WIDE_INPUT_SIZE, RunningServer, rng_array, serving
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
@@ -31,7 +31,7 @@ HESSIAN_BYTES = 2 * WIDE_INPUT_SIZE * WIDE_INPUT_SIZE * 4
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
     with serving(
-        [("wide", "wire_fixtures:wide_model")],
+        [("wide", "support.wire_fixtures:wide_model")],
         max_message_bytes=MAX_MESSAGE_BYTES,
         chunk_bytes=CHUNK_BYTES,
         max_batch_size=2,

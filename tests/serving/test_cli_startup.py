@@ -16,10 +16,10 @@ import re
 import subprocess
 import sys
 
-import engine_references as refs
+from support import engine_references as refs
 import numpy as np
 import pytest
-from wire_fixtures import console_script
+from support.wire_fixtures import console_script
 
 import hessd_server as hs
 from hessd._version import __version__

@@ -21,7 +21,7 @@ from hessd import curvature_options, errors, tensor_codec
 from hessd.results import Diagonal, Eigen, Spectrum, Trace
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from wire_fixtures import RunningServer, rng_array, serving
+from support.wire_fixtures import RunningServer, rng_array, serving
 
 
 @pytest.fixture(scope="module")

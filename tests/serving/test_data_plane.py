@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import hessd_server as hs
-from engine_references import quadratic_model
+from support.engine_references import quadratic_model
 from hessd import tensor_codec
 from hessd.errors import InvalidArgumentError, ModelNotFoundError, ResultTooLargeError
 from hessd.v1 import hessian_service_pb2 as pb

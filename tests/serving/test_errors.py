@@ -24,7 +24,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import DataType, Tensor
 from hessd_server.serving.grpc.status_interceptor import INTERNAL_MESSAGE
-from wire_fixtures import ONE_OFF_FAILURE, RunningServer, rng_array
+from support.wire_fixtures import ONE_OFF_FAILURE, RunningServer, rng_array
 
 
 

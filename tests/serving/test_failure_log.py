@@ -10,7 +10,7 @@ import hessd
 from hessd import errors
 from hessd_server.serving.observability import failure_log
 from hessd_server.serving.observability.failure_log import FailureLog
-from wire_fixtures import ManualClock, rng_array, serving
+from support.wire_fixtures import ManualClock, rng_array, serving
 
 
 class Clock:
@@ -112,7 +112,7 @@ def test_fingerprints_are_bounded(logged: pytest.LogCaptureFixture) -> None:
 
 def test_a_server_logs_one_traceback_per_repeated_fault_and_then_its_count(logged: pytest.LogCaptureFixture) -> None:
     logged.set_level(logging.ERROR, logger="hessd_server.requests")
-    broken = ("broken", "wire_fixtures:broken_model")
+    broken = ("broken", "support.wire_fixtures:broken_model")
     with serving([broken]) as server, hessd.Client(server.target, timeout=60) as client:
         clock = ManualClock()
         server.server.failures.clock = clock

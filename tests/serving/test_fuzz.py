@@ -30,7 +30,7 @@ import hessd_server as hs
 from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Tensor
-from wire_fixtures import RunningServer, rng_array
+from support.wire_fixtures import RunningServer, rng_array
 
 MESSAGES = int(os.environ.get("HESSD_FUZZ_MESSAGES", "2000"))
 """Raw and mutated messages sent; a fifth as many calls are built by hypothesis."""

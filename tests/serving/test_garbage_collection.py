@@ -19,7 +19,7 @@ import hessd
 import hessd_server as hs
 from hessd_server.serving.main import parse_config
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import RunningServer, serving, write_version
+from support.wire_fixtures import RunningServer, serving, write_version
 
 X = np.ones((2, 3), np.float32)
 FROZE = "froze"

@@ -19,7 +19,7 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd.v1.tensor_pb2 import DataType, Packing, ResultChunk, ResultEncoding
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import HUGE_INPUT_SIZE, WIDE_INPUT_SIZE, RunningServer, rng_array
+from support.wire_fixtures import HUGE_INPUT_SIZE, WIDE_INPUT_SIZE, RunningServer, rng_array
 
 X = rng_array((2, WIDE_INPUT_SIZE))
 CHUNK_BYTES = 1 << 20
@@ -30,8 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     unix_socket = tmp_path_factory.mktemp("sock") / "hessd.sock"
     config = ServerConfig(
         models=(
-            ModelSpec("wide", "wire_fixtures:wide_model"),
-            ModelSpec("huge", "wire_fixtures:huge_model"),
+            ModelSpec("wide", "support.wire_fixtures:wide_model"),
+            ModelSpec("huge", "support.wire_fixtures:huge_model"),
         ),
         listen=("127.0.0.1:0", f"unix://{unix_socket}"),
         warmup_batch_sizes=(1, 2),

@@ -32,7 +32,7 @@ from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.serving.main import parse_config
 from hessd_server.serving.server import DRAIN_QUIET_S
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import LOAD_GATE, TRACE_GATE, RunningServer, rng_array, serving
+from support.wire_fixtures import LOAD_GATE, TRACE_GATE, RunningServer, rng_array, serving
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "guides" / "other-languages.md"
 WAIT_S = 60.0
@@ -40,7 +40,7 @@ WAIT_S = 60.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
-    models = [("demo", hs.DEMO_MODEL_SOURCE), ("gated", "wire_fixtures:gated_trace_model")]
+    models = [("demo", hs.DEMO_MODEL_SOURCE), ("gated", "support.wire_fixtures:gated_trace_model")]
     with serving(models, engine_threads=1, max_queue_delay_ms=600_000, metrics_port=0) as running:
         yield running
 
@@ -57,7 +57,7 @@ def test_health_goes_not_serving_then_serving_then_not_serving() -> None:
     running = RunningServer(
         ServerConfig(
             models=(
-                ModelSpec("demo", "wire_fixtures:gated_demo_model"),
+                ModelSpec("demo", "support.wire_fixtures:gated_demo_model"),
                 ModelSpec("later", "hessd_server.engine.demo_model:build_demo_model"),
             ),
             listen="127.0.0.1:0",

@@ -17,7 +17,7 @@ import hessd
 import hessd_server as hs
 from hessd_server.serving.main import parse_config, serve
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import RunningServer, console_script, rng_array, serving
+from support.wire_fixtures import RunningServer, console_script, rng_array, serving
 
 WAIT_S = 60.0
 

@@ -18,7 +18,7 @@ import hessd_server as hs
 from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1.tensor_pb2 import DataType, Tensor
-from wire_fixtures import SHARED_MODELS, RunningServer, rng_array
+from support.wire_fixtures import SHARED_MODELS, RunningServer, rng_array
 
 X = rng_array((2, 10))
 SERVICE = "/hessd.v1.HessianService/"

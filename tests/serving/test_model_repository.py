@@ -30,7 +30,7 @@ from hessd import cli
 from hessd.v1 import model_admin_pb2, model_admin_pb2_grpc
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
 from hessd_server.serving.server_process import ServerProcess
-from wire_fixtures import RunningServer, linear_model, serving, write_version
+from support.wire_fixtures import RunningServer, linear_model, serving, write_version
 
 pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
 

@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2
 
 import hessd
 from hessd import status_codes
-from wire_fixtures import RunningServer, rng_array
+from support.wire_fixtures import RunningServer, rng_array
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"

@@ -21,12 +21,12 @@ import pytest
 import hessd
 import hessd_server as hs
 from hessd import errors
-from wire_fixtures import SHARED_MODELS, RunningServer, rng_array
+from support.wire_fixtures import SHARED_MODELS, RunningServer, rng_array
 
 MODELS = [
     ("demo", hs.DEMO_MODEL_SOURCE),
-    ("multi", "wire_fixtures:multi_input_model"),
-    ("conv", "wire_fixtures:conv_model"),
+    ("multi", "support.wire_fixtures:multi_input_model"),
+    ("conv", "support.wire_fixtures:conv_model"),
 ]
 
 

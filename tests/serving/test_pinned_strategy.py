@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wire_fixtures import RunningServer, rng_array
+from support.wire_fixtures import RunningServer, rng_array
 
 import hessd
 import hessd_server as hs

@@ -1,7 +1,7 @@
 """hessd-server as a process: SIGTERM drains in-flight calls and exits 0 within its grace;
 open streams take no new items once draining; a bad model exits 1.
 
-A compile is held across processes by :func:`wire_fixtures.held_model`, through files in
+A compile is held across processes by :func:`support.wire_fixtures.held_model`, through files in
 a temporary directory, so that a call is certainly in flight when SIGTERM arrives.
 """
 
@@ -23,7 +23,7 @@ import pytest
 
 import hessd
 from hessd_server.serving.server_process import ServerProcess
-from wire_fixtures import HOLD_DIRECTORY_VARIABLE, console_script, rng_array
+from support.wire_fixtures import HOLD_DIRECTORY_VARIABLE, console_script, rng_array
 
 pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
 
@@ -70,7 +70,7 @@ def test_sigterm_drains_the_call_in_flight_refuses_new_stream_items_and_exits_ze
         while (item := feed.get()) is not None:
             yield item
 
-    flags = ("--model", "demo=hessd_server.engine.demo_model:build_demo_model", "--model", "held=wire_fixtures:held_model")
+    flags = ("--model", "demo=hessd_server.engine.demo_model:build_demo_model", "--model", "held=support.wire_fixtures:held_model")
     command = (console_script("hessd-server"),)
     with ServerProcess(*flags, "--warmup-batch-sizes", "2", "--grace-seconds", "60", command=command) as server:
         with hessd.Client(server.target, timeout=WAIT_S) as client:
@@ -101,7 +101,7 @@ def test_sigterm_drains_the_call_in_flight_refuses_new_stream_items_and_exits_ze
 
 
 def test_work_still_running_when_the_grace_period_ends_does_not_delay_exit(hold: Path) -> None:
-    flags = ("--model", "held=wire_fixtures:held_model", "--engine-threads", "1", "--grace-seconds", "1")
+    flags = ("--model", "held=support.wire_fixtures:held_model", "--engine-threads", "1", "--grace-seconds", "1")
     with ServerProcess(*flags) as server:
         held, held_result = _held_call(server.target)
         _wait_for(hold / "held")

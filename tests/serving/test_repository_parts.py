@@ -27,7 +27,7 @@ from hessd_server.serving.repository.repository_config import (
     parse_model_config,
     read_model_config,
 )
-from wire_fixtures import write_version
+from support.wire_fixtures import write_version
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 Hessians in every process: the library and servers, with different warm-ups,
 call orders and CPU load, and after a restart that reads the tuning record.
 
-Each process is fresh (``reproducibility_worker.py`` or a ``hessd-server``
-child), so nothing one of them chose can leak into another except through the
-tuning record on disk.
+Each process that computes is fresh (``support/reproducibility_worker.py`` or a
+``hessd-server`` child), so nothing one of them chose can leak into another except
+through the tuning record on disk. The processes of a comparison that do not depend
+on each other run at the same time (the test reads the servers' results itself).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import hessd_server as hs
-import reproducibility_worker as worker
+from support import reproducibility_worker as worker
 from hessd_server.serving.server_process import ServerProcess
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -28,13 +31,13 @@ WORKER_TIMEOUT_S = 900
 
 @pytest.fixture(autouse=True)
 def _worker_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Child processes import ``reproducibility_worker`` (the servers' model factories)."""
+    """Child processes import ``support.reproducibility_worker`` (the servers' model factories)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), *sys.path]))
 
 
 def _run_worker(out: Path, *flags: str) -> dict[str, np.ndarray]:
     result = subprocess.run(
-        [sys.executable, str(TESTS / "reproducibility_worker.py"), str(out), *flags],
+        [sys.executable, "-m", "support.reproducibility_worker", str(out), *flags],
         capture_output=True,
         text=True,
         timeout=WORKER_TIMEOUT_S,
@@ -45,13 +48,20 @@ def _run_worker(out: Path, *flags: str) -> dict[str, np.ndarray]:
 
 
 def _server_flags(*flags: str) -> tuple[str, ...]:
-    models = [arg for name in worker.MODELS for arg in ("--model", f"{name}=reproducibility_worker:{name}")]
+    models = [arg for name in worker.MODELS for arg in ("--model", f"{name}=support.reproducibility_worker:{name}")]
     return (*models, *flags)
 
 
-def _from_server(out: Path, server_flags: tuple[str, ...], *worker_flags: str) -> dict[str, np.ndarray]:
+def _from_server(server_flags: tuple[str, ...], *, reverse: bool = False) -> dict[str, np.ndarray]:
     with ServerProcess(*_server_flags(*server_flags), startup_timeout=WORKER_TIMEOUT_S) as server:
-        return _run_worker(out, "--server", server.target, *worker_flags)
+        return worker.from_server(server.target, reverse=reverse)
+
+
+def _all_at_once(runs: dict[str, Callable[[], dict[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+    """Each of ``runs`` (which starts its own process) called at the same time; their results by name."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(run) for name, run in runs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _sources(run: dict[str, np.ndarray], buckets: set[tuple[str, int]] | None = None) -> set[str]:
@@ -78,16 +88,18 @@ def _assert_bitwise_equal(runs: dict[str, dict[str, np.ndarray]]) -> None:
 
 
 def test_without_a_record_every_process_takes_the_rule_and_computes_the_same_bits(tmp_path: Path) -> None:
-    runs = {
-        "library": _run_worker(tmp_path / "library.npz"),
-        "library, reversed, warmed up, under load": _run_worker(
-            tmp_path / "reversed.npz", "--reverse", "--warmup", "1,2,4,8,16,32", "--busy"
-        ),
-        "server warmed at 2": _from_server(tmp_path / "server2.npz", ("--warmup-batch-sizes", "2")),
-        "server warmed at 1,8,32, reversed": _from_server(
-            tmp_path / "server32.npz", ("--warmup-batch-sizes", "1,8,32"), "--reverse"
-        ),
-    }
+    runs = _all_at_once(
+        {
+            "library": lambda: _run_worker(tmp_path / "library.npz"),
+            "library, reversed, warmed up, under load": lambda: _run_worker(
+                tmp_path / "reversed.npz", "--reverse", "--warmup", "1,2,4,8,16,32", "--busy"
+            ),
+            "server warmed at 2": lambda: _from_server(("--warmup-batch-sizes", "2")),
+            "server warmed at 1,8,32, reversed": lambda: _from_server(
+                ("--warmup-batch-sizes", "1,8,32"), reverse=True
+            ),
+        }
+    )
     _assert_bitwise_equal(runs)
     assert all(_sources(run) == {"rule"} for run in runs.values())
 
@@ -98,10 +110,16 @@ def test_a_tuning_record_gives_every_later_process_the_tuned_bits(tmp_path: Path
     assert _sources(tuned) <= {"tuned"} and list(cache.rglob("*.json"))
     runs = {
         "library that tuned under load": tuned,
-        "server reading the record, reversed": _from_server(
-            tmp_path / "server.npz", ("--tuning-cache", str(cache), "--warmup-batch-sizes", "1,8"), "--reverse"
+        **_all_at_once(
+            {
+                "server reading the record, reversed": lambda: _from_server(
+                    ("--tuning-cache", str(cache), "--warmup-batch-sizes", "1,8"), reverse=True
+                ),
+                "library restarted, reversed": lambda: _run_worker(
+                    tmp_path / "restart.npz", "--tuning-cache", str(cache), "--reverse"
+                ),
+            }
         ),
-        "library restarted, reversed": _run_worker(tmp_path / "restart.npz", "--tuning-cache", str(cache), "--reverse"),
     }
     _assert_bitwise_equal(runs)
     for name, run in list(runs.items())[1:]:

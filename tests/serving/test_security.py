@@ -20,8 +20,8 @@ from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc, shared_memory_pb2, shared_memory_pb2_grpc
 from hessd_server.serving.main import serve
 from hessd_server.serving.server_config import ServerConfig
-from tls_certificates import CertificateAuthority, Pem
-from wire_fixtures import RunningServer, rng_array, serving
+from support.tls_certificates import CertificateAuthority, Pem
+from support.wire_fixtures import RunningServer, rng_array, serving
 
 TOKEN = "caller-token-0123456789"
 X = rng_array((2, 10))

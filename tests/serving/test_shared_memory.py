@@ -29,7 +29,7 @@ from hessd.v1.tensor_pb2 import ResultEncoding, SharedMemoryLocation
 from hessd_server.serving.server_config import ServerConfig
 from hessd_server.serving.data_plane.shared_memory import PROOF_BYTES
 from hessd_server.serving.grpc.shared_memory_service import is_local_peer
-from wire_fixtures import RunningServer, rng_array, serving
+from support.wire_fixtures import RunningServer, rng_array, serving
 
 X = rng_array((2, 10))
 HESSIAN_BYTES = 2 * 10 * 10 * 4

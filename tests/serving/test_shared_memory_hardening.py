@@ -33,7 +33,7 @@ from hessd.v1.tensor_pb2 import ResultEncoding, SharedMemoryLocation, Tensor
 from hessd_server.serving.server_config import ServerConfig
 from hessd_server.serving.data_plane.shared_memory import PROOF_BYTES
 from test_shared_memory import CANARY, X, Registration
-from wire_fixtures import RunningServer, eventually, rng_array, serving
+from support.wire_fixtures import RunningServer, eventually, rng_array, serving
 
 WAIT_S = 60.0
 NOBODY = 65534

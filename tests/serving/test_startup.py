@@ -17,7 +17,7 @@ from hessd_server.engine.config import DEFAULT_WARMUP_METHODS, DEFAULT_WARMUP_PR
 from hessd_server.serving.main import parse_config
 from hessd_server.serving.repository.repository_config import parse_model_config
 from hessd_server.serving.server_config import ServerConfig
-from wire_fixtures import RunningServer, rng_array, serving, write_version
+from support.wire_fixtures import RunningServer, rng_array, serving, write_version
 
 WAIT_S = 60.0
 READY_LINE_LIMIT = 160

@@ -17,7 +17,7 @@ from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
-from wire_fixtures import RunningServer, rng_array
+from support.wire_fixtures import RunningServer, rng_array
 
 
 @pytest.fixture(scope="module")

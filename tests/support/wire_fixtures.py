@@ -3,7 +3,7 @@
 Servers run for real: :class:`RunningServer` runs a ``HessdServer`` on its own
 event loop thread, bound to 127.0.0.1:0 (``hessd_server.serving.server_process`` runs
 the console script as a child process). The model factories below are loaded
-by the server as ``"wire_fixtures:<factory>"``.
+by the server as ``"support.wire_fixtures:<factory>"``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 import tensorflow as tf
@@ -319,12 +319,12 @@ def serving(models: Sequence[tuple[str, str]] = (), **settings: Any) -> Iterator
 
 SHARED_MODELS: tuple[tuple[str, str], ...] = (
     ("demo", DEMO_MODEL_SOURCE),
-    ("multi", "wire_fixtures:multi_input_model"),
-    ("conv", "wire_fixtures:conv_model"),
-    ("mixing", "wire_fixtures:batch_mean_model"),
-    ("broken", "wire_fixtures:broken_model"),
-    ("untraceable", "wire_fixtures:untraceable_model"),
-    ("fails_once", "wire_fixtures:fails_once_model"),
+    ("multi", "support.wire_fixtures:multi_input_model"),
+    ("conv", "support.wire_fixtures:conv_model"),
+    ("mixing", "support.wire_fixtures:batch_mean_model"),
+    ("broken", "support.wire_fixtures:broken_model"),
+    ("untraceable", "support.wire_fixtures:untraceable_model"),
+    ("fails_once", "support.wire_fixtures:fails_once_model"),
 )
 """The models of the session's shared server (``models_server`` in ``tests/conftest.py``)."""
 

@@ -1,12 +1,13 @@
 """A fresh process for test_reproducible_results: computes the per-example
-Hessians of :data:`CASES` in-process (the library) or from a server, in a given
-order, and saves them with each bucket's chosen strategy and its source.
+Hessians of :data:`CASES` in-process (the library), in a given order, and saves
+them with each bucket's chosen strategy and its source.
 
-    python reproducibility_worker.py OUT.npz [--server TARGET] [--reverse]
+    python -m support.reproducibility_worker OUT.npz [--reverse]
         [--warmup 1,8,32] [--tuning-cache DIR] [--busy]
 
 The model factories are also what the test's servers load
-(``reproducibility_worker:mlp10`` and so on).
+(``support.reproducibility_worker:mlp10`` and so on), and :func:`from_server`
+reads the same cases from such a server.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import threading
 from typing import Callable
 
-import engine_references as refs
+from support import engine_references as refs
 import keras
 import numpy as np
 
@@ -71,6 +72,18 @@ def _chosen(metadata: hessd.ModelMetadata) -> list[list[object]]:
     return [[t.batch, t.strategy, t.source] for t in metadata.strategy_timings if t.outcome == "chosen"]
 
 
+def from_server(target: str, *, reverse: bool = False) -> dict[str, np.ndarray]:
+    """The cases' per-example Hessians from the server at ``target``, in the order of
+    :data:`CASES` (or reversed), and under ``"chosen"`` what each bucket chose, as
+    :func:`main` saves them."""
+    results: dict[str, np.ndarray] = {}
+    with hessd.Client(target, timeout=300) as client:
+        for name, batch in CASES[::-1] if reverse else CASES:
+            results[f"{name}-{batch}"] = client.hessian(name, case_input(name, batch))
+        chosen = {name: _chosen(client.metadata(name)) for name in MODELS}
+    return {"chosen": np.array(json.dumps(chosen)), **results}
+
+
 def _busy(stop: threading.Event) -> None:
     """Load the CPU (numpy releases the GIL) until ``stop`` is set."""
     a = np.random.default_rng(0).standard_normal((300, 300))
@@ -81,7 +94,6 @@ def _busy(stop: threading.Event) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--server")
     parser.add_argument("--reverse", action="store_true")
     parser.add_argument("--warmup", type=lambda text: [int(b) for b in text.split(",")])
     parser.add_argument("--tuning-cache")
@@ -92,21 +104,13 @@ def main() -> None:
     for loader in loaders:
         loader.start()
     cases = CASES[::-1] if args.reverse else CASES
-    results: dict[str, np.ndarray] = {}
-    if args.server:
-        with hessd.Client(args.server, timeout=300) as client:
-            for name, batch in cases:
-                results[f"{name}-{batch}"] = client.hessian(name, case_input(name, batch))
-            chosen = {name: _chosen(client.metadata(name)) for name in MODELS}
-    else:
-        config = hs.EngineConfig(tuning_cache=args.tuning_cache)
-        models = {name: hs.load_model(build(), name=name, config=config) for name, (build, _) in MODELS.items()}
-        if args.warmup:
-            for model in models.values():
-                hs.warmup(model, args.warmup)
-        for name, batch in cases:
-            results[f"{name}-{batch}"] = hs.hessian(models[name], case_input(name, batch))
-        chosen = {name: _chosen(model.metadata()) for name, model in models.items()}
+    config = hs.EngineConfig(tuning_cache=args.tuning_cache)
+    models = {name: hs.load_model(build(), name=name, config=config) for name, (build, _) in MODELS.items()}
+    if args.warmup:
+        for model in models.values():
+            hs.warmup(model, args.warmup)
+    results = {f"{name}-{batch}": hs.hessian(models[name], case_input(name, batch)) for name, batch in cases}
+    chosen = {name: _chosen(model.metadata()) for name, model in models.items()}
     stop.set()
     np.savez(args.out, chosen=np.array(json.dumps(chosen)), **results)
 

@@ -9,10 +9,10 @@ from typing import Any
 import hessd
 
 MODELS = {
-    "bowl": "optimize_models:bowl_model",
-    "ball": "optimize_models:constrained_model",
-    "log": "optimize_models:log_model",
-    "multi": "wire_fixtures:multi_input_model",
+    "bowl": "support.optimize_models:bowl_model",
+    "ball": "support.optimize_models:constrained_model",
+    "log": "support.optimize_models:log_model",
+    "multi": "support.wire_fixtures:multi_input_model",
 }
 
 
