@@ -31,8 +31,13 @@ run: setup
 	$(PY) -m hessd_server.serving.demo_job
 
 # --durations lists the 15 slowest tests; those marked slow run too (deselect with -m "not slow").
+# pytest-xdist runs one worker per CPU (TEST_WORKERS=0 runs in this process alone); --dist loadfile
+# keeps each module on one worker, so a module's own server starts once, and each worker starts the
+# session's shared servers (tests/conftest.py) once, when a test first asks for them.
+TEST_WORKERS ?= auto
+
 test: setup node-deps
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # Generated code goes to $(PROTO_OUT)/hessd/v1; tests regenerate into a temporary PROTO_OUT to catch
 # stale code. proto/ is self-contained: it carries the google/rpc protos the contract imports, whose

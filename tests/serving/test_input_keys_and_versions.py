@@ -17,17 +17,14 @@ import hessd_server as hs
 from hessd import errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from support.wire_fixtures import RunningServer, named_input_model, rng_array, serving
+from support.wire_fixtures import RunningServer, named_input_model, rng_array
 
 X = rng_array((2, 2), seed=3)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving(
-        [("demo", hs.DEMO_MODEL_SOURCE), ("spot", "support.wire_fixtures:named_input_model")]
-    ) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

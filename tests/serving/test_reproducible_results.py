@@ -87,6 +87,7 @@ def _assert_bitwise_equal(runs: dict[str, dict[str, np.ndarray]]) -> None:
             np.testing.assert_array_equal(run[case], first[case], err_msg=f"{case}: {name} differs from {first_name}")
 
 
+@pytest.mark.slow  # fresh processes that import TensorFlow are the point here
 def test_without_a_record_every_process_takes_the_rule_and_computes_the_same_bits(tmp_path: Path) -> None:
     runs = _all_at_once(
         {
@@ -104,6 +105,7 @@ def test_without_a_record_every_process_takes_the_rule_and_computes_the_same_bit
     assert all(_sources(run) == {"rule"} for run in runs.values())
 
 
+@pytest.mark.slow  # fresh processes that import TensorFlow are the point here
 def test_a_tuning_record_gives_every_later_process_the_tuned_bits(tmp_path: Path) -> None:
     cache = tmp_path / "tuning"
     tuned = _run_worker(tmp_path / "tuned.npz", "--tuning-cache", str(cache), "--busy")

@@ -17,7 +17,7 @@ import hessd_server as hs
 from hessd import cli, errors, status_codes, tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from support.wire_fixtures import RunningServer, rng_array, serving
+from support.wire_fixtures import RunningServer, rng_array
 
 WRT = ["vol", "spot", "rate"]
 
@@ -31,11 +31,8 @@ def pricing_inputs(batch: int = 3) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    with serving(
-        [("pricing", "support.wire_fixtures:pricing_model"), ("multi", "support.wire_fixtures:multi_input_model")]
-    ) as running:
-        yield running
+def server(models_server: RunningServer) -> RunningServer:
+    return models_server
 
 
 @pytest.fixture(scope="module")

@@ -325,6 +325,8 @@ SHARED_MODELS: tuple[tuple[str, str], ...] = (
     ("broken", "support.wire_fixtures:broken_model"),
     ("untraceable", "support.wire_fixtures:untraceable_model"),
     ("fails_once", "support.wire_fixtures:fails_once_model"),
+    ("spot", "support.wire_fixtures:named_input_model"),
+    ("pricing", "support.wire_fixtures:pricing_model"),
 )
 """The models of the session's shared server (``models_server`` in ``tests/conftest.py``)."""
 
