@@ -33,7 +33,10 @@ from hessd_server.serving.server_config import ModelSpec, ServerConfig
 
 T = TypeVar("T")
 
-SERVER_START_TIMEOUT_S = 120.0
+SERVER_START_TIMEOUT_S = 600.0
+"""How long a server may take to start (and :func:`eventually` to wait) before the test calls
+it a hang: several xdist workers starting their servers at once on a loaded 2-core machine
+take minutes, not seconds."""
 WIDE_INPUT_SIZE = 1200
 HUGE_INPUT_SIZE = 4096
 
