@@ -217,3 +217,19 @@ def test_the_grpc_check_follows_a_chain_of_imports() -> None:
     assert f"{PACKAGE}.serving.grpc.servicer -> grpc.aio" in grpc_reached(f"{PACKAGE}.serving.grpc.servicer")
     assert grpc_reached(f"{PACKAGE}.serving.server") != []
     assert _is_grpc("hessd.v1.hessian_service_pb2_grpc") and not _is_grpc("hessd.v1.hessian_service_pb2")
+
+
+TESTS_ROOT = Path(__file__).resolve().parent
+TEST_HELPERS = TESTS_ROOT / "support"
+
+
+def test_test_helpers_live_in_the_support_package() -> None:
+    """Outside ``tests/support/`` the test folders hold only test modules and conftests,
+    so a helper has one import path (``support.<module>``) in tests and in child processes."""
+    loose = sorted(
+        str(path.relative_to(TESTS_ROOT))
+        for path in TESTS_ROOT.rglob("*.py")
+        if TEST_HELPERS not in path.parents and not path.name.startswith("test_") and path.name != "conftest.py"
+    )
+    assert loose == [], f"move these helpers into tests/support/: {loose}"
+    assert (TEST_HELPERS / "__init__.py").exists()
