@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from support import engine_references as refs
 import numpy as np
 
 import hessd_server as hs
+from support import engine_references as refs
 
 RNG = np.random.default_rng(3)
 

@@ -3,7 +3,6 @@ XLA fallbacks, batch independence, loading, and every bad input."""
 
 from __future__ import annotations
 
-from support import engine_references as refs
 import keras
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import tensorflow as tf
 import hessd_server as hs
 from hessd_server.engine.model_loading import as_model
 from hessd import errors
+from support import engine_references as refs
 
 RNG = np.random.default_rng(11)
 

@@ -4,12 +4,12 @@ f(x) = Σ sin(x_i) (H = diag(−sin x)); seeds, sorting, and every bad argument.
 
 from __future__ import annotations
 
-from support import engine_references as refs
 import numpy as np
 import pytest
 
 import hessd_server as hs
 from hessd import errors
+from support import engine_references as refs
 
 SPECTRUM = np.array([9.0, 6.0, 4.0, 2.5, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05])
 """Eigenvalues of the quadratic model's Hessian, chosen distinct and well separated at the top."""

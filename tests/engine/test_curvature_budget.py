@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from support import engine_references as refs
 import keras
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import hessd_server as hs
 from hessd import curvature_options as opts
 from hessd import errors
 from hessd_server.engine.cancellation import Cancellation, cancellable
+from support import engine_references as refs
 
 SPECTRUM = np.array([9.0, 6.0, 4.0, 2.5, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05])
 X12 = np.random.default_rng(1).standard_normal((3, 12)).astype(np.float32)

@@ -3,7 +3,6 @@ forms, float64 finite differences and tf.hessians."""
 
 from __future__ import annotations
 
-from support import engine_references as refs
 import keras
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 import hessd_server as hs
 from hessd_server.engine.model_loading import as_model
+from support import engine_references as refs
 
 RNG = np.random.default_rng(7)
 

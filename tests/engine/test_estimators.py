@@ -6,11 +6,11 @@ its own independent probes, so a hundred seeded trials take one compiled call.
 
 from __future__ import annotations
 
-from support import engine_references as refs
 import numpy as np
 import pytest
 
 import hessd_server as hs
+from support import engine_references as refs
 
 DIM = 16
 TRIALS = 100

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 
-from support import engine_references as refs
 import numpy as np
 import pytest
 
 import hessd_server as hs
 from hessd import errors
+from support import engine_references as refs
 
 RNG = np.random.default_rng(5)
 

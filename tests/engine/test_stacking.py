@@ -4,7 +4,6 @@ what the request gives alone, with different output weights and v per request.""
 
 from __future__ import annotations
 
-from support import engine_references as refs
 import numpy as np
 import pytest
 
@@ -19,6 +18,7 @@ from hessd_server.engine.execution import (
 )
 from hessd_server.engine.stacking import can_stack, run_stacked, stack_key
 from hessd_server.engine.validation import PreparedInputs
+from support import engine_references as refs
 
 RNG = np.random.default_rng(14)
 SIZES = (3, 1, 2, 1, 1)

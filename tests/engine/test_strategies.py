@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from support import engine_references as refs
 import keras
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from hessd_server.engine import autotune, strategies, structural
 from hessd_server.engine.cancellation import Cancellation, cancellable
 from hessd_server.engine.model_loading import as_model
 from hessd.results import StrategyTiming
+from support import engine_references as refs
 
 RNG = np.random.default_rng(21)
 NAMES = tuple(strategies.STRATEGIES)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from support import engine_references as refs
 import keras
 import numpy as np
 import pytest
 
 import hessd_server as hs
 from hessd.results import StrategyTiming
+from support import engine_references as refs
 
 RNG = np.random.default_rng(29)
 L = keras.layers

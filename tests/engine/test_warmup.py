@@ -3,7 +3,6 @@ what is not named is not, and a name that is not known is refused before any wor
 
 from __future__ import annotations
 
-from support import engine_references as refs
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from hessd_server.engine.config import (
     WARMUP_METHODS,
     check_warmup_plan,
 )
+from support import engine_references as refs
 
 RNG = np.random.default_rng(23)
 WARMED_BATCH = 3

@@ -7,9 +7,9 @@ import casadi
 import numpy as np
 import pytest
 
-from support import optimize_models as om
 from support.optimize_fixtures import Where
 from hessd.optimize import casadi_function
+from support import optimize_models as om
 
 
 def test_casadi_s_jacobian_and_hessian_are_the_model_s(where: Where) -> None:

@@ -10,10 +10,10 @@ import pytest
 from scipy import optimize
 
 import hessd
-from support import optimize_models as om
 from support.optimize_fixtures import Where
 from hessd.errors import InvalidArgumentError
 from hessd.optimize import Objective, minimize_batch
+from support import optimize_models as om
 
 PROBLEMS = 6
 

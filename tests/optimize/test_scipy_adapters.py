@@ -10,9 +10,9 @@ import pytest
 from scipy import optimize
 
 import hessd
-from support import optimize_models as om
 from support.optimize_fixtures import Where
 from hessd.optimize import Constraint, Objective
+from support import optimize_models as om
 
 
 def bowl_reference(x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -16,13 +16,13 @@ import re
 import subprocess
 import sys
 
-from support import engine_references as refs
 import numpy as np
 import pytest
 from support.wire_fixtures import console_script
 
 import hessd_server as hs
 from hessd._version import __version__
+from support import engine_references as refs
 
 HEAVY_MODULES = ("tensorflow", "keras", "hessd_server.serving.server", "hessd_server.engine.api")
 """Modules (and their submodules) that answering flags must not import."""

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import hessd_server as hs
-from support import reproducibility_worker as worker
 from hessd_server.serving.server_process import ServerProcess
+from support import reproducibility_worker as worker
 
 TESTS = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 900

@@ -21,12 +21,12 @@ import json
 import threading
 from typing import Callable
 
-from support import engine_references as refs
 import keras
 import numpy as np
 
 import hessd
 import hessd_server as hs
+from support import engine_references as refs
 
 
 def mlp10() -> keras.Model:

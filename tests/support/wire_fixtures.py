@@ -21,7 +21,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from support import engine_references as refs
 import keras
 import numpy as np
 import tensorflow as tf
@@ -30,6 +29,7 @@ from hessd_server import DEMO_MODEL_SOURCE
 from hessd_server.engine.model import Model
 from hessd_server.serving.server import HessdServer, create_server
 from hessd_server.serving.server_config import ModelSpec, ServerConfig
+from support import engine_references as refs
 
 T = TypeVar("T")
 
