@@ -1,6 +1,6 @@
 """Models with known optima for the optimizer tests, built from custom layers.
 
-Servers load them as ``"support.optimize_models:<factory>"`` (this folder is on ``sys.path``),
+Servers load them as ``"support.optimize_models:<factory>"`` (``tests/`` is on ``sys.path``),
 the in-process tests through ``hessd_server.load_model`` with the same string.
 """
 
