@@ -56,9 +56,13 @@ class HessdError(Exception):
             on; defaults to the class's :attr:`default_reason`.
         metadata: facts about the cause as strings, e.g. ``{"expected_bytes":
             "120", "actual_bytes": "119"}``; keys are documented per reason.
+        request_id: the id the server gave the failed call (its ``x-request-id``,
+            in the server's log lines about it), on errors the SDK raises from a
+            reply; ``None`` in-process and for errors of the SDK's own checks.
     """
 
     default_reason = "HESSD_ERROR"
+    request_id: str | None = None
 
     def __init__(
         self,
