@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import logging
 import time
 import weakref
@@ -399,7 +401,8 @@ class Batcher:
             function = self._timed(lambda: run_stacked(model, [call])[0], took)
         else:
             function = self._timed(work)
-        function = tracing.engine_call(function, [tracing.current_trace()])
+        # The request's context goes with its work, so that log lines there name the call.
+        function = functools.partial(contextvars.copy_context().run, tracing.engine_call(function, [tracing.current_trace()]))
         try:
             if context is None:
                 result = await self._executor.run_started(function)
