@@ -32,7 +32,8 @@ import hessd
 import hessd_server as hs
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd_server.serving.observability.log_format import JsonFormatter, RequestFields
+from hessd_server.serving.observability import request_context
+from hessd_server.serving.observability.log_format import JsonFormatter, RequestFields, TextFormatter
 from hessd_server.serving.observability.request_context import MAX_REQUEST_ID_CHARACTERS
 from wire_fixtures import RunningServer, eventually, rng_array, serving
 
@@ -194,9 +195,20 @@ def test_a_compile_is_a_child_of_its_engine_call(spans: InMemorySpanExporter, st
     assert compile_span.name == "hessd.compile"
     assert compile_span.attributes["hessd.compile.kind"] == "gradient"
     assert compile_span.attributes["hessd.compile.precision"] == "float64"
+    assert "hessd.strategy" not in compile_span.attributes
     _call_with_id(stub.Gradient, request, "compile-2")
     (engine,) = [child for child in _children(spans, _server_span(spans, "compile-2")) if child.name == "hessd.engine"]
     assert _children(spans, engine) == []
+
+
+def test_a_hessian_compile_names_its_strategy(spans: InMemorySpanExporter, stub: Any, server: RunningServer) -> None:
+    float64 = hessd.tensor_codec.encode_precision("float64")
+    _call_with_id(stub.Hessian, _hessian_request(rng_array((3, 10), seed=7), precision=float64), "strategy-1")
+    (engine,) = [child for child in _children(spans, _server_span(spans, "strategy-1")) if child.name == "hessd.engine"]
+    (compile_span,) = _children(spans, engine)
+    bucket = compile_span.attributes["hessd.compile.batch"]
+    assert compile_span.attributes["hessd.compile.kind"] == "hessian"
+    assert compile_span.attributes["hessd.strategy"] == server.model("demo").strategy_choices["float64", bucket]
 
 
 def test_an_error_records_its_status_reason_and_request_id(spans: InMemorySpanExporter, server: RunningServer) -> None:
@@ -359,3 +371,18 @@ def test_an_sdk_call_without_a_current_span_sends_no_trace_context(
         client.gradient("demo", rng_array((2, 3)))
     assert raised.value.request_id is not None
     assert _server_span(spans, raised.value.request_id).parent is None
+
+
+def test_text_lines_name_the_call_they_are_about() -> None:
+    def line(message: str) -> str:
+        record = logging.LogRecord("hessd_server", logging.INFO, __file__, 1, message, None, None)
+        RequestFields().filter(record)
+        return TextFormatter().format(record)
+
+    token = request_context.CURRENT.set(request_context.RequestContext("call-7", "Hessian", "demo"))
+    try:
+        inside = line("inside")
+    finally:
+        request_context.CURRENT.reset(token)
+    assert inside.endswith("hessd_server: inside [request_id=call-7]")
+    assert line("outside").endswith("hessd_server: outside")

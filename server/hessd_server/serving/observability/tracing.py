@@ -51,6 +51,9 @@ PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 MAX_ATTRIBUTE_INT = (1 << 63) - 1
 """Shapes whose element count passes this (a hostile request's) are not recorded."""
 
+PER_EXAMPLE_KIND = "hessian"
+"""The function kind whose buckets choose a per-example strategy."""
+
 MAX_KEY_CHARACTERS = 200
 """A batch key is recorded up to this many characters."""
 
@@ -148,7 +151,8 @@ class Tracing:
     @contextlib.contextmanager
     def _compile_span(self, model: Model, key: FunctionKey) -> Iterator[None]:
         """A ``hessd.compile`` span around building ``model``'s function for ``key``,
-        under the engine span current on this thread."""
+        under the engine span current on this thread; it names the per-example strategy
+        the bucket took, when the build chose one."""
         with self.tracer.start_as_current_span(
             "hessd.compile",
             attributes={
@@ -157,8 +161,11 @@ class Tracing:
                 "hessd.compile.batch": key.batch,
                 "hessd.compile.precision": key.precision,
             },
-        ):
+        ) as span:
             yield
+            strategy = model.strategy_choices.get((key.precision, key.batch))
+            if key.kind == PER_EXAMPLE_KIND and strategy is not None:
+                span.set_attribute("hessd.strategy", strategy)
 
 
 class RequestTrace:
