@@ -386,3 +386,24 @@ def test_text_lines_name_the_call_they_are_about() -> None:
         request_context.CURRENT.reset(token)
     assert inside.endswith("hessd_server: inside [request_id=call-7]")
     assert line("outside").endswith("hessd_server: outside")
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (("traceparent", "00-zz-not-a-trace-01"),),
+        (("traceparent", "00-" + "f" * 32 + "-" + "0" * 16 + "-01"),),
+        (("x-request-id", "a" * 10_000),),
+    ],
+)
+def test_hostile_trace_metadata_is_ignored(
+    spans: InMemorySpanExporter, stub: Any, server: RunningServer, metadata: tuple[Any, ...]
+) -> None:
+    x = rng_array((1, 10))
+    reply, rpc = stub.Gradient.with_call(_gradient_request(x), metadata=metadata, timeout=TIMEOUT_S)
+    request_id = dict(rpc.trailing_metadata())["x-request-id"]
+    span = _server_span(spans, request_id)
+    assert span.parent is None
+    assert "rpc.grpc.previous_attempts" not in span.attributes
+    gradient = hessd.tensor_codec.decode(reply.gradient, field="gradient")
+    np.testing.assert_allclose(gradient, hs.gradient(server.model("demo"), x), rtol=1e-5, atol=1e-6)

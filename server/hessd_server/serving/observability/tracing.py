@@ -48,6 +48,9 @@ TRACER_NAME = "hessd_server"
 PREVIOUS_ATTEMPTS_KEY = "grpc-previous-rpc-attempts"
 """Metadata gRPC sends with a retried attempt: how many attempts went before it."""
 
+MAX_ATTEMPTS_DIGITS = 4
+"""A ``grpc-previous-rpc-attempts`` longer than this (no retry policy allows it) is ignored."""
+
 MAX_ATTRIBUTE_INT = (1 << 63) - 1
 """Shapes whose element count passes this (a hostile request's) are not recorded."""
 
@@ -110,7 +113,7 @@ class Tracing:
                 "hessd.request_id": request_id,
             },
         )
-        if attempts.isdigit():
+        if attempts.isdigit() and len(attempts) <= MAX_ATTEMPTS_DIGITS:
             span.set_attribute("rpc.grpc.previous_attempts", int(attempts))
         return RequestTrace(self, span)
 
