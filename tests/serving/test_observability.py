@@ -393,7 +393,7 @@ def test_text_lines_name_the_call_they_are_about() -> None:
     [
         (("traceparent", "00-zz-not-a-trace-01"),),
         (("traceparent", "00-" + "f" * 32 + "-" + "0" * 16 + "-01"),),
-        (("x-request-id", "a" * 10_000),),
+        (("x-request-id", "a" * 5_000),),
     ],
 )
 def test_hostile_trace_metadata_is_ignored(
