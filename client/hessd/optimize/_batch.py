@@ -6,8 +6,8 @@ step solves (H_b + mu_b I) s = -g_b, where mu_b is the problem's shift, raised w
 needed (by Cholesky factorisations, not eigenvalues) until the shifted Hessian is
 positive definite. The shift grows when a step does not pay (ratio of actual to
 predicted decrease under 1/4) and shrinks when it does (over 3/4), so steps near a
-minimum are pure Newton steps. Every iteration sends the trial points of all unfinished problems in one
-``Evaluate``: their values, gradients and per-example Hessian blocks.
+minimum are pure Newton steps. Every iteration sends the trial points of all unfinished
+problems in one ``Evaluate``: their values, gradients and per-example Hessian blocks.
 
 Bounds are kept by projection: variables at a bound that the gradient pushes outward are
 held, the Newton step is taken in the others, and the trial point is clipped to the box.
