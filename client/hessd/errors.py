@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+REQUEST_ID_KEY = "x-request-id"
+"""The metadata key of a call's request id: sent by a caller that has one, and in
+every reply's trailing metadata (where a raised error's ``request_id`` comes from)."""
+
 CLIP_CHARACTERS = 64
 """Caller-supplied strings are quoted in messages up to this many characters."""
 

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 
 from hessd.errors import (
     ERROR_TYPES,
+    REQUEST_ID_KEY,
     BatchDependenceError,
     CancelledError,
     DeadlineExceededError,
@@ -115,11 +116,6 @@ def to_status(error: HessdError) -> status_pb2.Status:
         message=message,
         details=[_packed(detail) for detail in details],
     )
-
-
-REQUEST_ID_KEY = "x-request-id"
-"""The metadata key of a call's request id: sent by a caller that has one, and in
-every reply's trailing metadata."""
 
 
 def from_status(status: status_pb2.Status) -> HessdError:

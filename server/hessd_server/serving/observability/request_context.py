@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hessd.status_codes import REQUEST_ID_KEY
+from hessd.errors import REQUEST_ID_KEY
 
 if TYPE_CHECKING:
     from .tracing import RequestTrace
