@@ -16,7 +16,7 @@ import numpy as np
 
 from hessd.errors import InvalidArgumentError, InvalidSharedMemoryError, ResultTooLargeError
 from hessd.v1.hessian_service_pb2 import EvaluateRequest, HessianRequest
-from hessd.v1.tensor_pb2 import DataType, Packing, ResultEncoding, SharedMemoryLocation
+from hessd.v1.tensor_pb2 import PACKING_UPPER, DataType, Packing, ResultEncoding, SharedMemoryLocation
 
 NARROW_TYPES = (DataType.DATA_TYPE_FLOAT16, DataType.DATA_TYPE_BFLOAT16)
 """The ``DataType`` values a ``result_encoding`` may round results to."""
@@ -208,7 +208,7 @@ class ReplyPlan:
         elements = batch * size
         if result != "gradient":
             count, n = (1, elements) if full else (batch, size)
-            packed = self.encoding.packing == Packing.PACKING_UPPER
+            packed = self.encoding.packing == PACKING_UPPER
             elements = count * (n * (n + 1) // 2 if packed else n * n)
         if result == "evaluation":
             elements += batch + batch * size

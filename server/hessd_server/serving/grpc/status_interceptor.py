@@ -176,8 +176,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                with _admitted(admission):
+                if admission is None:
                     return await behavior(decoded(parse, request), context)
+                admission.admit()
+                try:
+                    return await behavior(decoded(parse, request), context)
+                finally:
+                    admission.leave()
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
