@@ -124,6 +124,9 @@ WHOLE_BATCH_SERVERS = ("on", SINGLE_THREADED)
 TURNS = 5
 """Turns the servers compared at one load take, each of a fifth of the row's seconds."""
 TITLE = "Throughput on the wire"
+STARTUP_TIMEOUT_S = 900.0
+"""Seconds each server may take to load and warm: its servers start together, and on a
+shared 2-core machine warming every bucket of five of them takes minutes."""
 
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
@@ -177,6 +180,7 @@ def hessd_server(*flags: str) -> ServerProcess:
         "--metrics-port", "0", "--metrics-host", "127.0.0.1",
         "--log-level", "INFO",
         *flags,
+        startup_timeout=STARTUP_TIMEOUT_S,
     )
 
 

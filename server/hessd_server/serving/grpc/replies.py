@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import chunks, packing, tensor_codec
-from hessd.v1.tensor_pb2 import Packing, SharedMemoryLocation, Tensor
+from hessd.v1.tensor_pb2 import PACKING_NONE, PACKING_UPPER, SharedMemoryLocation, Tensor
 from hessd.wire_format import field_prefix
 
 from ..data_plane.reply_plan import Encoding, ReplyPlan
@@ -124,9 +124,9 @@ def _payload(name: str, array: np.ndarray, encoding: Encoding) -> _Payload:
     shape = tuple(array.shape)
     if encoding.data_type is not None:
         array = array.astype(tensor_codec.numpy_dtype(encoding.data_type, field=name))
-    layout = Packing.PACKING_NONE
-    if name == _PACKED_RESULT and encoding.packing == Packing.PACKING_UPPER:
-        array, layout = packing.pack_upper(array, field=name), Packing.PACKING_UPPER
+    layout = PACKING_NONE
+    if name == _PACKED_RESULT and encoding.packing == PACKING_UPPER:
+        array, layout = packing.pack_upper(array, field=name), PACKING_UPPER
     data_type, data = tensor_codec.wire_bytes(array, field=name)
     return _Payload(data_type, shape, layout, data)
 

@@ -194,7 +194,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             failure: BaseException | None = None
             reply_bytes = 0
             try:
-                with _admitted(admission):
+                if admission is not None:
+                    admission.admit()
+                try:
                     message = decoded(parse, request)
                     call.model = getattr(message, "model_name", "")
                     if call.trace is not None:
@@ -203,6 +205,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     if call.trace is not None:
                         reply_bytes = _size(reply)
                     return reply
+                finally:
+                    if admission is not None:
+                        admission.leave()
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise

@@ -212,6 +212,8 @@ class Batcher:
         self._spare_running = 0
         self._in_flight: collections.Counter[Hashable] = collections.Counter()
         self._delay_timer: asyncio.TimerHandle | None = None
+        self._delay_due = 0.0
+        """The batcher-clock moment ``_delay_timer`` is set for."""
         self.records: collections.deque[BatchRecord] = collections.deque(maxlen=RECORDS_KEPT)
 
     @property
@@ -299,7 +301,8 @@ class Batcher:
         request = _Request(method, group, examples, work, deadline, queued_at=now, trace=tracing.queued())
         self._queue.append(request)
         self._metrics.set_queued(len(self._queue))
-        self._arm_delay_timer()
+        if self._delay_timer is None:
+            self._arm_delay_timer()
         try:
             outcome = await asyncio.shield(request.outcome)
         except asyncio.CancelledError:
@@ -532,16 +535,24 @@ class Batcher:
                 request.outcome.set_result(outcome)
 
     def _arm_delay_timer(self) -> None:
-        """Wake up when the oldest queued request has waited ``max_queue_delay``."""
+        """Wake up when the oldest queued request has waited ``max_queue_delay``; a timer
+        already set for that moment is kept (a request joining a queue that has one
+        changes nothing), so that queueing costs no timer."""
+        threads = self.settings.engine_threads
+        if not self._queue or (self._spare_running >= threads and self._running >= threads):
+            self._cancel_delay_timer()
+            return
+        due = self._queue[0].queued_at + self.settings.max_queue_delay_s
+        if self._delay_timer is not None and self._delay_due == due:
+            return
+        self._cancel_delay_timer()
+        self._delay_due = due
+        self._delay_timer = asyncio.get_running_loop().call_later(max(due - self.clock(), 0.0), self._on_delay)
+
+    def _cancel_delay_timer(self) -> None:
         if self._delay_timer is not None:
             self._delay_timer.cancel()
             self._delay_timer = None
-        threads = self.settings.engine_threads
-        if not self._queue or (self._spare_running >= threads and self._running >= threads):
-            return
-        wait = self._queue[0].queued_at + self.settings.max_queue_delay_s - self.clock()
-        loop = asyncio.get_running_loop()
-        self._delay_timer = loop.call_later(max(wait, 0.0), self._on_delay)
 
     def _on_delay(self) -> None:
         self._delay_timer = None
