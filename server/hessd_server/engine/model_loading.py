@@ -20,6 +20,7 @@ from .config import EngineConfig
 from .keras_call import KerasCall
 from .lookup_ranges import keras_lookup_ranges, probed_lookup_ranges
 from .model import Model, TensorInfo
+from .recurrent import unroll_short_recurrences
 from .runtime import configure_tensorflow
 from .warmup import warmup
 
@@ -46,6 +47,11 @@ def load_model(
         config: batch buckets, result byte limit and XLA settings.
         safe_mode: Keras ``safe_mode`` for ``.keras`` files (refuses to
             deserialize arbitrary Python lambdas).
+
+    A Keras model's recurrent layers over sequences of a known length of at
+    most :data:`~hessd_server.engine.recurrent.MAX_UNROLLED_STEPS` steps are set
+    to ``unroll=True`` (the same function, traced without a loop, which the
+    faster ``pfor`` strategy can differentiate), on the model passed in too.
 
     A ``.keras`` file's or SavedModel folder's tuning records, in a folder
     ``tuning`` beside the file or inside the SavedModel folder (as
@@ -165,6 +171,7 @@ def _from_keras(
             f"Keras model {model.name!r} has no defined inputs; build it with keras.Input(...) "
             f"so its input shape is known ({err})"
         ) from err
+    unroll_short_recurrences(model)
     leaves = keras.tree.flatten(structure)
     names = tuple(_input_name(t.name, i, len(leaves)) for i, t in enumerate(leaves))
     inputs = tuple(
