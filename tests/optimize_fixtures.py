@@ -12,6 +12,7 @@ MODELS = {
     "bowl": "optimize_models:bowl_model",
     "ball": "optimize_models:constrained_model",
     "log": "optimize_models:log_model",
+    "rosenbrock": "optimize_models:rosenbrock_model",
     "multi": "wire_fixtures:multi_input_model",
 }
 
