@@ -32,7 +32,15 @@ from hessd._version import __version__
 
 from ..engine.config import STRATEGY_NAMES, WARMUP_METHODS, WARMUP_PRECISIONS
 from .observability.allocator import retain_freed_memory
-from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
+from .observability.log_format import configure_logging
+from .server_config import (
+    AUTO_STRATEGY,
+    DEFAULT_LISTEN,
+    LOG_FORMATS,
+    SHARED_MEMORY_ACCESS,
+    ModelSpec,
+    ServerConfig,
+)
 
 _log = logging.getLogger("hessd_server")
 
@@ -42,9 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     config = _config_from(parser, args)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level, config.log_format)
     if args.write_tuning_records:
         from .repository.tuning_writer import write_tuning_records
 
@@ -99,6 +105,8 @@ def _config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> S
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             log_level=args.log_level,
+            log_format=args.log_format,
+            trace=args.trace,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
@@ -119,6 +127,14 @@ async def serve(config: ServerConfig) -> int:
     """
     from .server import create_server
 
+    if config.trace:
+        from .observability.tracing import configure_from_environment
+
+        try:
+            configure_from_environment()
+        except ImportError as error:
+            _log.error("--trace needs OpenTelemetry's SDK: pip install 'hessd[otel]' (%s)", error)
+            return 1
     if not config.safe_mode:
         _log.warning(
             "--unsafe-deserialization: .keras files may run arbitrary Python code when loaded; "
@@ -343,6 +359,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    parser.add_argument(
+        "--log-format",
+        default=defaults.log_format,
+        choices=LOG_FORMATS,
+        help="text: lines for people; json: one JSON object per line (time, level, logger, "
+        "message, request_id, trace_id, model, version, method, code, reason) (%(default)s)",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="give every call OpenTelemetry spans, exported as the standard OTEL_* variables say "
+        "(OTEL_TRACES_EXPORTER, default otlp; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, "
+        "OTEL_TRACES_SAMPLER); needs pip install 'hessd[otel]'",
     )
     return parser
 

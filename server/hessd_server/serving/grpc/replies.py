@@ -23,6 +23,7 @@ from hessd.wire_format import field_prefix
 
 from ..data_plane.reply_plan import Encoding, ReplyPlan
 from ..data_plane.shared_memory import SharedMemoryRegistry
+from ..observability import tracing
 
 ALIGNMENT = 64
 """Byte alignment of each result after the first in a shared-memory region."""
@@ -71,7 +72,8 @@ class ReplyEncoder:
         encoding = plan.encoding
         payloads = {name: _payload(name, array, encoding) for name, array in results.items()}
         if encoding.location is not None:
-            self._write_to_shared_memory(reply, payloads, encoding.location)
+            with tracing.stage("hessd.shared_memory_write"):
+                self._write_to_shared_memory(reply, payloads, encoding.location)
             pieces = [reply.SerializeToString()]
         else:
             pieces = [reply.SerializeToString()]

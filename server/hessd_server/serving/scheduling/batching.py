@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import logging
 import time
 import weakref
@@ -71,6 +73,7 @@ from ...engine import Model
 from ...engine.compiled import NotCompiled, compiled_only
 from ...engine.execution import PreparedCall
 from ...engine.stacking import can_stack, run_stacked, stack_key, stack_limit
+from ..observability import tracing
 from ..observability.metrics import Metrics
 from .engine_executor import Deadline, EngineExecutor
 
@@ -153,6 +156,7 @@ class _Request:
     work: Callable[[], Any] | tuple[Model, PreparedCall]
     deadline: float | None
     queued_at: float
+    trace: tracing.RequestTrace | None = None
     outcome: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -278,6 +282,7 @@ class Batcher:
         if self._running < self.settings.engine_threads and self._may_start(group):
             slot = self._take_slot(spare=False, group=group)
             self._record("idle", (method,), examples)
+            tracing.batch_started([tracing.current_trace()], "idle", examples, group)
             self._metrics.observe_queue_time(0.0)
             return await self._run_alone(context, work, slot)
         if len(self._queue) >= self.settings.max_queued_requests:
@@ -291,7 +296,7 @@ class Batcher:
         remaining = None if context is None else context.time_remaining()
         now = self.clock()
         deadline = None if remaining is None else now + remaining
-        request = _Request(method, group, examples, work, deadline, queued_at=now)
+        request = _Request(method, group, examples, work, deadline, queued_at=now, trace=tracing.queued())
         self._queue.append(request)
         self._metrics.set_queued(len(self._queue))
         self._arm_delay_timer()
@@ -345,10 +350,12 @@ class Batcher:
         remaining = None if context is None else context.time_remaining()
         if remaining is not None and remaining <= 0:
             return False, None
+        trace = tracing.current_trace()
+        tracing.batch_started([trace], "inline", call.batch, group)
         started = time.perf_counter()
         try:
             with compiled_only():
-                result = run_stacked(model, [call])[0]
+                result = tracing.engine_call(lambda: run_stacked(model, [call])[0], [trace])()
         except NotCompiled:
             return False, None
         except Exception:
@@ -394,6 +401,8 @@ class Batcher:
             function = self._timed(lambda: run_stacked(model, [call])[0], took)
         else:
             function = self._timed(work)
+        # The request's context goes with its work, so that log lines there name the call.
+        function = functools.partial(contextvars.copy_context().run, tracing.engine_call(function, [tracing.current_trace()]))
         try:
             if context is None:
                 result = await self._executor.run_started(function)
@@ -463,6 +472,7 @@ class Batcher:
         if reason == "engine_free" and head.group is not None and examples >= self._limit(*head.work):
             reason = "full"
         self._record(reason, tuple(r.method for r in batch), examples)
+        tracing.batch_started([r.trace for r in batch], reason, examples, head.group)
         now = self.clock()
         for request in batch:
             self._metrics.observe_queue_time(now - request.queued_at)
@@ -507,7 +517,8 @@ class Batcher:
         model = batch[0].work[0]
         calls = [request.work[1] for request in batch]
         try:
-            outcomes = await self._executor.run_started(self._timed(lambda: _run_or_retry(model, calls)))
+            run = tracing.engine_call(lambda: _run_or_retry(model, calls), [r.trace for r in batch])
+            outcomes = await self._executor.run_started(self._timed(run))
         except Exception as error:  # the pool refused the work (shutting down)
             outcomes = [error] * len(batch)
         finally:
