@@ -4,9 +4,13 @@ order, and saves them with each bucket's chosen strategy and its source.
 
     python reproducibility_worker.py OUT.npz [--server TARGET] [--reverse]
         [--warmup 1,8,32] [--tuning-cache DIR] [--busy]
+        [--repository DIR [--record]]
 
 The model factories are also what the test's servers load
-(``reproducibility_worker:mlp10`` and so on).
+(``reproducibility_worker:mlp10`` and so on). With ``--repository`` the library
+loads each model from ``DIR/<name>/1/model.keras`` instead (:func:`save_repository`
+writes it), and with ``--record`` tunes each one into the tuning records beside
+its version, as ``hessd-server --write-tuning-records`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import argparse
 import json
 import threading
+from pathlib import Path
 from typing import Callable
 
 import engine_references as refs
@@ -61,6 +66,22 @@ CASES: tuple[tuple[str, int], ...] = (("mlp10", 1), ("mlp10", 3), ("mlp10", 32),
 strategy and large enough to be chosen on their own."""
 
 
+def save_repository(repository: Path) -> None:
+    """Save every model of :data:`MODELS` as version 1 of a model repository."""
+    for name, (build, _) in MODELS.items():
+        (repository / name / "1").mkdir(parents=True)
+        build().save(repository / name / "1" / "model.keras")
+
+
+def _library_model(name: str, repository: str | None, record: bool, tuning_cache: str | None) -> hs.Model:
+    """Model ``name`` for the library: built by its factory, or loaded from ``repository``."""
+    if repository is None:
+        return hs.load_model(MODELS[name][0](), name=name, config=hs.EngineConfig(tuning_cache=tuning_cache))
+    version = Path(repository) / name / "1"
+    cache = str(version / "tuning") if record else tuning_cache
+    return hs.load_model(version / "model.keras", name=name, config=hs.EngineConfig(tuning_cache=cache))
+
+
 def case_input(name: str, batch: int) -> np.ndarray:
     """The fixed float32 input (batch, *S) of a case."""
     shape = MODELS[name][1]
@@ -85,6 +106,8 @@ def main() -> None:
     parser.add_argument("--reverse", action="store_true")
     parser.add_argument("--warmup", type=lambda text: [int(b) for b in text.split(",")])
     parser.add_argument("--tuning-cache")
+    parser.add_argument("--repository")
+    parser.add_argument("--record", action="store_true")
     parser.add_argument("--busy", action="store_true", help="load the CPU from two threads throughout")
     args = parser.parse_args()
     stop = threading.Event()
@@ -99,8 +122,7 @@ def main() -> None:
                 results[f"{name}-{batch}"] = client.hessian(name, case_input(name, batch))
             chosen = {name: _chosen(client.metadata(name)) for name in MODELS}
     else:
-        config = hs.EngineConfig(tuning_cache=args.tuning_cache)
-        models = {name: hs.load_model(build(), name=name, config=config) for name, (build, _) in MODELS.items()}
+        models = {name: _library_model(name, args.repository, args.record, args.tuning_cache) for name in MODELS}
         if args.warmup:
             for model in models.values():
                 hs.warmup(model, args.warmup)
