@@ -49,9 +49,10 @@
   scaling and small-call targets are both to hold, and the throughput the tail
   target needs.
 
-The rows and the report's rendering live in ``wire_report.py``.
+The rows and the report's rendering live in ``wire_report.py``. With ``--tracing``
+the benchmark measures only what tracing costs (``wire_tracing.py``).
 
-Usage: ``python benchmarks/bench_wire.py [--quick] [--seconds S] [--markdown PATH]``
+Usage: ``python benchmarks/bench_wire.py [--quick] [--seconds S] [--markdown PATH] [--tracing]``
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ from wire_report import (
     what_the_targets_ask,
 )
 from serving_stages import serving_stages
+from wire_tracing import TRACING_CALLERS, render_tracing, tracing_servers
 
 BENCHMARKS = Path(__file__).resolve().parent
 MODEL = "mid"
@@ -122,6 +124,9 @@ WHOLE_BATCH_SERVERS = ("on", SINGLE_THREADED)
 TURNS = 5
 """Turns the servers compared at one load take, each of a fifth of the row's seconds."""
 TITLE = "Throughput on the wire"
+STARTUP_TIMEOUT_S = 900.0
+"""Seconds each server may take to load and warm: its servers start together, and on a
+shared 2-core machine warming every bucket of five of them takes minutes."""
 
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
@@ -175,6 +180,7 @@ def hessd_server(*flags: str) -> ServerProcess:
         "--metrics-port", "0", "--metrics-host", "127.0.0.1",
         "--log-level", "INFO",
         *flags,
+        startup_timeout=STARTUP_TIMEOUT_S,
     )
 
 
@@ -415,10 +421,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default %(default)s)")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="also write the report as a page to PATH")
+    parser.add_argument("--tracing", action="store_true", help="measure only what tracing costs, off and on")
     args = parser.parse_args(argv)
     seconds = 0.3 if args.quick else args.seconds
     header = machine_description()
     print("\n".join(header), flush=True)
+    if args.tracing:
+        return tracing_cost(header, seconds, args.markdown, argv)
     request, reply_bytes = small_request_and_reply_bytes()
     with contextlib.ExitStack() as stack:
         print("starting the servers ...", flush=True)
@@ -476,6 +485,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(page)
     if args.markdown:
         write_page(args.markdown, page)
+    return 0
+
+
+def tracing_cost(header: list[str], seconds: float, markdown: Path | None, argv: Sequence[str] | None) -> int:
+    """The servers of ``wire_tracing.TRACING_SERVERS`` taking turns at each load."""
+    with contextlib.ExitStack() as stack:
+        print("starting the servers ...", flush=True)
+        servers = tracing_servers(stack, hessd_server)
+        loads: list[Load] = []
+        for callers in TRACING_CALLERS:
+            print(f"{callers} callers, the servers taking turns ...", flush=True)
+            loads += in_turns({label: functools.partial(load, server, label, callers) for label, server in servers.items()}, seconds)
+    command = command_line("bench_wire.py", sys.argv[1:] if argv is None else argv)
+    page = render_page("What tracing costs on the wire", header, command, render_tracing(loads))
+    print(page)
+    if markdown:
+        write_page(markdown, page)
     return 0
 
 

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+REQUEST_ID_KEY = "x-request-id"
+"""The metadata key of a call's request id: sent by a caller that has one, and in
+every reply's trailing metadata (where a raised error's ``request_id`` comes from)."""
+
 CLIP_CHARACTERS = 64
 """Caller-supplied strings are quoted in messages up to this many characters."""
 
@@ -56,9 +60,13 @@ class HessdError(Exception):
             on; defaults to the class's :attr:`default_reason`.
         metadata: facts about the cause as strings, e.g. ``{"expected_bytes":
             "120", "actual_bytes": "119"}``; keys are documented per reason.
+        request_id: the id the server gave the failed call (its ``x-request-id``,
+            in the server's log lines about it), on errors the SDK raises from a
+            reply; ``None`` in-process and for errors of the SDK's own checks.
     """
 
     default_reason = "HESSD_ERROR"
+    request_id: str | None = None
 
     def __init__(
         self,

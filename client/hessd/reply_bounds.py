@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from hessd import curvature_options, tensor_codec
 from hessd.errors import InvalidReplyError, TensorEncodingError, clipped
 from hessd.v1 import hessian_service_pb2 as pb
-from hessd.v1.tensor_pb2 import DataType, Packing
+from hessd.v1.tensor_pb2 import DATA_TYPE_FLOAT32, PACKING_NONE, DataType, Packing
 
 Reply = TypeVar("Reply", bound=Message)
 
@@ -176,7 +176,7 @@ def _exact(*sizes: int) -> Dimensions:
 
 
 def _precision_type(request: Any) -> int:
-    return request.precision or DataType.DATA_TYPE_FLOAT32
+    return request.precision or DATA_TYPE_FLOAT32
 
 
 def _expected(
@@ -194,7 +194,7 @@ def _expected(
         name: ExpectedResult(
             tuple(rule(b, s) for b, s in candidates),
             data_type,
-            (packings or {}).get(name, Packing.PACKING_NONE),
+            (packings or {}).get(name, PACKING_NONE),
         )
         for name, rule in rules.items()
     }

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 
 from hessd.errors import (
     ERROR_TYPES,
+    REQUEST_ID_KEY,
     BatchDependenceError,
     CancelledError,
     DeadlineExceededError,
@@ -149,14 +150,26 @@ def from_status(status: status_pb2.Status) -> HessdError:
 
 
 def from_rpc_error(error: grpc.RpcError) -> HessdError:
-    """The exception a failed call (sync or asyncio) stands for; see :func:`from_status`."""
+    """The exception a failed call (sync or asyncio) stands for, with the call's
+    ``x-request-id`` as its ``request_id``; see :func:`from_status`."""
     try:
         status = rpc_status.from_call(error)
     except ValueError:
         status = None
     if status is None:
-        return _from_code(error.code(), error.details() or "", None)
-    return from_status(status)
+        translated = _from_code(error.code(), error.details() or "", None)
+    else:
+        translated = from_status(status)
+    translated.request_id = request_id_of(error)
+    return translated
+
+
+def request_id_of(call: grpc.RpcError) -> str | None:
+    """The ``x-request-id`` in a finished call's trailing metadata, or ``None``."""
+    for key, value in call.trailing_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return None
 
 
 def _from_code(code: grpc.StatusCode, message: str, field: str | None) -> HessdError:
@@ -182,8 +195,10 @@ __all__ = [
     "EXCEPTION_KEY",
     "MAX_FIELD_CHARACTERS",
     "MAX_MESSAGE_CHARACTERS",
+    "REQUEST_ID_KEY",
     "from_rpc_error",
     "from_status",
+    "request_id_of",
     "status_code",
     "to_status",
 ]

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from hessd import packing as packing_layout
 from hessd.errors import DtypeError, PrecisionError, TensorEncodingError, clipped
-from hessd.v1.tensor_pb2 import DataType, Packing, Tensor
+from hessd.v1.tensor_pb2 import DATA_TYPE_UNSPECIFIED, PACKING_NONE, PACKING_UPPER, DataType, Packing, Tensor
 
 try:
     import ml_dtypes
@@ -55,6 +55,13 @@ _DATA_TYPES_BY_NAME: dict[str, int] = {
     "int64": DataType.DATA_TYPE_INT64,
 }
 _NAMES_BY_DATA_TYPE: dict[int, str] = {code: name for name, code in _DATA_TYPES_BY_NAME.items()}
+_DATA_TYPES_BY_NATIVE_DTYPE: dict[np.dtype, int] = {
+    np.dtype(name): code for name, code in _DATA_TYPES_BY_NAME.items() if name != "bfloat16"
+}
+"""The ``DataType`` of each native-order numpy dtype: a lookup by the dtype itself, which
+numpy answers without building the dtype's name (``dtype.name`` is computed in Python)."""
+if ml_dtypes is not None:
+    _DATA_TYPES_BY_NATIVE_DTYPE[np.dtype(ml_dtypes.bfloat16)] = DataType.DATA_TYPE_BFLOAT16
 
 SUPPORTED_DTYPES: tuple[str, ...] = tuple(_DATA_TYPES_BY_NAME)
 """The dtype names a wire tensor can carry."""
@@ -83,7 +90,7 @@ def encode(array: npt.ArrayLike, *, field: str) -> Tensor:
         DtypeError: the array's dtype is none of those.
     """
     array = np.asarray(array)
-    data_type = _DATA_TYPES_BY_NAME.get(array.dtype.name)
+    data_type = data_type_of(array.dtype)
     if data_type is None:
         raise DtypeError(
             f"{field} has dtype {array.dtype}, but hessd tensors are one of "
@@ -105,11 +112,18 @@ def wire_bytes(array: np.ndarray, *, field: str) -> tuple[int, memoryview]:
     Raises:
         DtypeError: as for :func:`encode`.
     """
-    data_type = _DATA_TYPES_BY_NAME.get(array.dtype.name)
+    data_type = data_type_of(array.dtype)
     if data_type is None:
         raise DtypeError(f"{field} has dtype {array.dtype}, which no hessd tensor carries.", field=field)
     wire = np.ascontiguousarray(array, dtype=_wire_dtype(data_type, field=field))
     return data_type, memoryview(wire.reshape(-1).view(np.uint8))
+
+
+def data_type_of(dtype: np.dtype) -> int | None:
+    """The ``DataType`` of arrays of ``dtype`` (of either byte order); ``None`` for a
+    dtype no hessd tensor carries."""
+    found = _DATA_TYPES_BY_NATIVE_DTYPE.get(dtype)
+    return _DATA_TYPES_BY_NAME.get(dtype.name) if found is None else found
 
 
 def decode(tensor: Tensor, *, field: str, max_bytes: int | None = None) -> np.ndarray:
@@ -166,7 +180,7 @@ def from_bytes(
         )
     wire_dtype = _wire_dtype(data_type, field=field)
     array = np.frombuffer(data, dtype=wire_dtype).astype(wire_dtype.newbyteorder("="), copy=False)
-    if packing == Packing.PACKING_UPPER:
+    if packing == PACKING_UPPER:
         array = packing_layout.unpack_upper(array, shape, field=field)
     array = array.reshape(tuple(shape))
     array.flags.writeable = False
@@ -220,9 +234,9 @@ def nbytes(
                 reason="TENSOR_SHAPE_EXCEEDS_LIMIT",
                 metadata={"max_bytes": limit},
             )
-    if packing == Packing.PACKING_NONE:
+    if packing == PACKING_NONE:
         return math.prod(shape) * itemsize
-    if packing == Packing.PACKING_UPPER:
+    if packing == PACKING_UPPER:
         return packing_layout.packed_elements(shape, field=field) * itemsize
     raise TensorEncodingError(
         f"{field} has packing enum value {packing}; expected PACKING_NONE or PACKING_UPPER.",
@@ -264,7 +278,7 @@ def encode_precision(precision: str | None) -> int:
         PrecisionError: ``precision`` is no dtype name a tensor can carry.
     """
     if precision is None:
-        return DataType.DATA_TYPE_UNSPECIFIED
+        return DATA_TYPE_UNSPECIFIED
     data_type = _DATA_TYPES_BY_NAME.get(str(precision))
     if data_type is None:
         raise PrecisionError(
@@ -279,7 +293,7 @@ def decode_precision(data_type: int) -> str | None:
     Raises:
         PrecisionError: the value names no dtype.
     """
-    if data_type == DataType.DATA_TYPE_UNSPECIFIED:
+    if data_type == DATA_TYPE_UNSPECIFIED:
         return None
     name = _NAMES_BY_DATA_TYPE.get(data_type)
     if name is None:
@@ -309,6 +323,7 @@ __all__ = [
     "MAX_RANK",
     "MAX_TENSOR_BYTES",
     "SUPPORTED_DTYPES",
+    "data_type_of",
     "decode",
     "decode_precision",
     "dtype_name",

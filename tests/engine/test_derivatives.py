@@ -156,10 +156,25 @@ def test_conv2d_on_images_matches_tf_hessians() -> None:
     np.testing.assert_allclose(blocks, refs.diagonal_blocks(refs.tf_hessians(model, x), 2), rtol=1e-4, atol=1e-6)
 
 
-def test_lstm_uses_a_strategy_without_pfor_and_matches_finite_differences() -> None:
-    model = hs.load_model(refs.lstm_model())
+def test_a_short_lstm_is_unrolled_so_pfor_applies_and_matches_finite_differences() -> None:
+    keras_model = refs.lstm_model()
+    model = hs.load_model(keras_model)
     x = RNG.normal(size=(2, 4, 3)).astype(np.float32)
     blocks = hs.hessian(model, x)
+    assert keras_model.layers[0].unroll is True
+    outcomes = {t.strategy: t.outcome for t in model.metadata().strategy_timings}
+    assert outcomes == {"pfor": "chosen", "tiled": "skipped", "forward_over_reverse": "skipped", "structural": "refused"}
+    assert blocks.shape == (2, 4, 3, 4, 3)
+    reference = refs.finite_difference_hessians(refs.float64_value(refs.lstm_model()), x)
+    np.testing.assert_allclose(blocks, reference, rtol=1e-3, atol=1e-4)
+
+
+def test_lstm_over_sequences_of_unknown_length_uses_a_strategy_without_pfor_and_matches_finite_differences() -> None:
+    keras_model = refs.lstm_model(steps=None)
+    model = hs.load_model(keras_model)
+    x = RNG.normal(size=(2, 4, 3)).astype(np.float32)
+    blocks = hs.hessian(model, x)
+    assert keras_model.layers[0].unroll is False
     assert model.metadata().strategy in ("tiled", "forward_over_reverse")
     outcomes = {t.strategy: t.outcome for t in model.metadata().strategy_timings}
     assert outcomes == {"pfor": "failed", "tiled": "chosen", "forward_over_reverse": "skipped", "structural": "refused"}

@@ -84,8 +84,8 @@ CLOSED_FORM_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]]
 AUTODIFF_ONLY_MODELS: dict[str, tuple[Callable[[], keras.Model], tuple[int, ...]]] = {
     "conv2d_max_pooling": (lambda: max_pooling_model(), (6, 6, 2)),
 }
-"""The LSTM (pfor fails, so the tiled reference is used; the structural path
-refuses) is test_derivatives' LSTM test."""
+"""The LSTM over sequences of unknown length (pfor fails, so the tiled reference
+is used; the structural path refuses) is test_derivatives' LSTM test."""
 CANNOT_RUN = {("normalization_rescaling", "forward_over_reverse"): "pfor"}
 """(model, strategy) pairs TensorFlow cannot run (forward mode lacks a rule for
 an op in Normalization's gradient), with the reference strategy used instead."""
@@ -205,7 +205,8 @@ def test_a_forced_wrong_strategy_is_rejected_by_the_correctness_gate(monkeypatch
 
 
 def test_autotune_tries_the_tiled_strategies_only_where_pfor_fails_by_default() -> None:
-    """Where pfor fails (an LSTM) they are tried: see test_derivatives' LSTM test."""
+    """Where pfor fails (an LSTM over sequences of unknown length) they are tried:
+    see test_derivatives' LSTM tests."""
     mlp = hs.load_model(refs.tanh_mlp(4))
     hs.hessian(mlp, RNG.normal(size=(1, 4)).astype(np.float32))
     assert {s: t.outcome for s, t in _timings(mlp).items() if s in strategies.TILED} == dict.fromkeys(strategies.TILED, "skipped")

@@ -93,3 +93,55 @@ def test_max_iterations_leaves_unfinished_problems_not_converged(where: Where) -
     assert not result.success
     assert result.calls["Evaluate"] == 2
     assert np.all(result.iterations <= 1)
+
+
+ROSENBROCK_STARTS = np.array(
+    [[1.2, 1.2, 1.2, 1.2], [0.5, 0.5, 0.5, 0.5], [-0.5, 1.0, 0.3, -0.2], [0.0, 0.0, 0.0, 0.0], [2.0, -1.0, 0.5, 1.0]]
+)
+"""Starts where the Rosenbrock Hessian is positive definite (the first and fourth) and where it is indefinite."""
+
+
+def _rosenbrock_hessian(x: np.ndarray) -> np.ndarray:
+    """The analytic Hessian of :class:`support.optimize_models.Rosenbrock` at x (D,), (D, D)."""
+    hessian = np.zeros((x.size, x.size))
+    for i in range(x.size - 1):
+        hessian[i, i] += 1200.0 * x[i] ** 2 - 400.0 * x[i + 1] + 2.0
+        hessian[i + 1, i + 1] += 200.0
+        hessian[i, i + 1] = hessian[i + 1, i] = -400.0 * x[i]
+    return hessian
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 4])
+def test_each_problem_takes_the_steps_it_takes_alone(where: Where, iterations: int) -> None:
+    # A problem's shift, and so its iterates, depend on its own Hessian only, whatever
+    # the curvature of the others in the batch.
+    together = minimize_batch(*where.source("rosenbrock"), x0=ROSENBROCK_STARTS, max_iterations=iterations)
+    for b, start in enumerate(ROSENBROCK_STARTS):
+        alone = minimize_batch(*where.source("rosenbrock"), x0=start[None], max_iterations=iterations)
+        np.testing.assert_allclose(together.x[b], alone.x[0], rtol=1e-10, atol=1e-12)
+        assert together.iterations[b] == alone.iterations[0]
+
+
+def test_problems_that_start_at_negative_curvature_reach_local_minima(where: Where) -> None:
+    result = minimize_batch(*where.source("rosenbrock"), x0=ROSENBROCK_STARTS, gtol=1e-9)
+    assert result.success
+    for x in result.x:
+        assert np.linalg.eigvalsh(_rosenbrock_hessian(x))[0] > 0
+    assert np.any(np.all(np.abs(result.x - 1.0) < 1e-8, axis=1))
+
+
+def test_running_the_same_problems_again_compiles_nothing(where: Where) -> None:
+    # Every iteration's batch (all problems, then fewer as they converge) runs in a bucket
+    # compiled by the first run; a run that compiled again would pay it in every call.
+    source, name = where.source("rosenbrock")
+    first = minimize_batch(source, name, x0=ROSENBROCK_STARTS, gtol=1e-9)
+    compiled = _metadata(where).compile_count
+    again = minimize_batch(source, name, x0=ROSENBROCK_STARTS, gtol=1e-9)
+    assert _metadata(where).compile_count == compiled
+    assert again.calls["Evaluate"] == first.calls["Evaluate"] > 2
+
+
+def _metadata(where: Where) -> hessd.ModelMetadata:
+    if where.client is not None:
+        return where.client.metadata("rosenbrock")
+    return where.models["rosenbrock"].metadata()

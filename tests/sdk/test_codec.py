@@ -48,6 +48,23 @@ def test_bytes_are_little_endian_row_major_whatever_the_input_layout() -> None:
     assert tensor.data == np.array([1, 2, 3, 4], dtype="<f4").tobytes()
 
 
+@pytest.mark.parametrize("dtype", WIRE_DTYPES)
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_each_wire_dtype_in_either_byte_order_has_its_data_type(dtype: object, byte_order: str) -> None:
+    native = np.dtype(dtype)
+    array = np.arange(5).astype(native.newbyteorder(byte_order))
+    expected = DataType.Value(f"DATA_TYPE_{native.name.upper()}")
+    assert tensor_codec.data_type_of(array.dtype) == expected
+    data_type, data = tensor_codec.wire_bytes(array, field="x")
+    assert data_type == expected
+    assert bytes(data) == np.arange(5).astype(native.newbyteorder("<")).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "complex64", "int16", "<U3", ">c8"])
+def test_a_dtype_no_tensor_carries_has_no_data_type(dtype: str) -> None:
+    assert tensor_codec.data_type_of(np.dtype(dtype)) is None
+
+
 F32 = DataType.DATA_TYPE_FLOAT32
 MALFORMED_TENSORS = {
     "short": (Tensor(dtype=F32, shape=[2, 3], data=b"\0" * 23), "data", "TENSOR_BYTE_COUNT_MISMATCH"),

@@ -65,9 +65,10 @@ def conv_model() -> keras.Model:
     )
 
 
-def lstm_model() -> keras.Model:
+def lstm_model(steps: int | None = 4) -> keras.Model:
+    """Sequences of ``steps`` steps (None: any length) of 3 features -> LSTM(5) -> Dense(1)."""
     keras.utils.set_random_seed(2)
-    return keras.Sequential([keras.Input((4, 3)), keras.layers.LSTM(5), keras.layers.Dense(1)])
+    return keras.Sequential([keras.Input((steps, 3)), keras.layers.LSTM(5), keras.layers.Dense(1)])
 
 
 def batchnorm_dropout_model() -> keras.Model:

@@ -12,6 +12,7 @@ MODELS = {
     "bowl": "support.optimize_models:bowl_model",
     "ball": "support.optimize_models:constrained_model",
     "log": "support.optimize_models:log_model",
+    "rosenbrock": "support.optimize_models:rosenbrock_model",
     "multi": "support.wire_fixtures:multi_input_model",
 }
 

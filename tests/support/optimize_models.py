@@ -67,6 +67,20 @@ class LogBarrier(keras.layers.Layer):
         return keras.KerasTensor((x.shape[0], 1), x.dtype)
 
 
+class Rosenbrock(keras.layers.Layer):
+    """f(x) = sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2 per example, (B, D) -> (B, 1):
+    minimised at (1, ..., 1); its Hessian is indefinite at many points (at (0.5, ..., 0.5)
+    for one) and positive definite at others (at (1.2, ..., 1.2))."""
+
+    def call(self, x: Any) -> Any:
+        head, tail = x[:, :-1], x[:, 1:]
+        terms = 100.0 * keras.ops.square(tail - keras.ops.square(head)) + keras.ops.square(1.0 - head)
+        return keras.ops.sum(terms, axis=-1, keepdims=True)
+
+    def compute_output_spec(self, x: Any) -> Any:
+        return keras.KerasTensor((x.shape[0], 1), x.dtype)
+
+
 def bowl_model() -> keras.Model:
     """:class:`Bowl` on inputs of shape (4,)."""
     inputs = keras.Input((4,), name="x")
@@ -83,3 +97,9 @@ def log_model() -> keras.Model:
     """:class:`LogBarrier` on inputs of shape (2,)."""
     inputs = keras.Input((2,), name="x")
     return keras.Model(inputs, LogBarrier()(inputs), name="log_barrier")
+
+
+def rosenbrock_model() -> keras.Model:
+    """:class:`Rosenbrock` on inputs of shape (4,)."""
+    inputs = keras.Input((4,), name="x")
+    return keras.Model(inputs, Rosenbrock()(inputs), name="rosenbrock")

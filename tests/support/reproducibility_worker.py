@@ -1,13 +1,17 @@
 """A fresh process for test_reproducible_results: computes the per-example
-Hessians of :data:`CASES` in-process (the library), in a given order, and saves
-them with each bucket's chosen strategy and its source.
+Hessians of :data:`CASES` in-process (the library) or from a server, in a given
+order, and saves them with each bucket's chosen strategy and its source.
 
-    python -m support.reproducibility_worker OUT.npz [--reverse]
+    python -m support.reproducibility_worker OUT.npz [--server TARGET] [--reverse]
         [--warmup 1,8,32] [--tuning-cache DIR] [--busy]
+        [--repository DIR [--record]]
 
 The model factories are also what the test's servers load
-(``support.reproducibility_worker:mlp10`` and so on), and :func:`from_server`
-reads the same cases from such a server.
+(``support.reproducibility_worker:mlp10`` and so on), and :func:`from_server` reads
+the same cases from such a server (``--server``). With ``--repository`` the library
+loads each model from ``DIR/<name>/1/model.keras`` instead (:func:`save_repository`
+writes it), and with ``--record`` tunes each one into the tuning records beside
+its version, as ``hessd-server --write-tuning-records`` does.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import argparse
 import json
 import threading
+from pathlib import Path
 from typing import Callable
 
 import keras
@@ -62,6 +67,22 @@ CASES: tuple[tuple[str, int], ...] = (("mlp10", 1), ("mlp10", 3), ("mlp10", 32),
 strategy and large enough to be chosen on their own."""
 
 
+def save_repository(repository: Path) -> None:
+    """Save every model of :data:`MODELS` as version 1 of a model repository."""
+    for name, (build, _) in MODELS.items():
+        (repository / name / "1").mkdir(parents=True)
+        build().save(repository / name / "1" / "model.keras")
+
+
+def _library_model(name: str, repository: str | None, record: bool, tuning_cache: str | None) -> hs.Model:
+    """Model ``name`` for the library: built by its factory, or loaded from ``repository``."""
+    if repository is None:
+        return hs.load_model(MODELS[name][0](), name=name, config=hs.EngineConfig(tuning_cache=tuning_cache))
+    version = Path(repository) / name / "1"
+    cache = str(version / "tuning") if record else tuning_cache
+    return hs.load_model(version / "model.keras", name=name, config=hs.EngineConfig(tuning_cache=cache))
+
+
 def case_input(name: str, batch: int) -> np.ndarray:
     """The fixed float32 input (batch, *S) of a case."""
     shape = MODELS[name][1]
@@ -94,9 +115,12 @@ def _busy(stop: threading.Event) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
+    parser.add_argument("--server")
     parser.add_argument("--reverse", action="store_true")
     parser.add_argument("--warmup", type=lambda text: [int(b) for b in text.split(",")])
     parser.add_argument("--tuning-cache")
+    parser.add_argument("--repository")
+    parser.add_argument("--record", action="store_true")
     parser.add_argument("--busy", action="store_true", help="load the CPU from two threads throughout")
     args = parser.parse_args()
     stop = threading.Event()
@@ -104,15 +128,18 @@ def main() -> None:
     for loader in loaders:
         loader.start()
     cases = CASES[::-1] if args.reverse else CASES
-    config = hs.EngineConfig(tuning_cache=args.tuning_cache)
-    models = {name: hs.load_model(build(), name=name, config=config) for name, (build, _) in MODELS.items()}
-    if args.warmup:
-        for model in models.values():
-            hs.warmup(model, args.warmup)
-    results = {f"{name}-{batch}": hs.hessian(models[name], case_input(name, batch)) for name, batch in cases}
-    chosen = {name: _chosen(model.metadata()) for name, model in models.items()}
+    if args.server:
+        saved = from_server(args.server, reverse=args.reverse)
+    else:
+        models = {name: _library_model(name, args.repository, args.record, args.tuning_cache) for name in MODELS}
+        if args.warmup:
+            for model in models.values():
+                hs.warmup(model, args.warmup)
+        results = {f"{name}-{batch}": hs.hessian(models[name], case_input(name, batch)) for name, batch in cases}
+        chosen = {name: _chosen(model.metadata()) for name, model in models.items()}
+        saved = {"chosen": np.array(json.dumps(chosen)), **results}
     stop.set()
-    np.savez(args.out, chosen=np.array(json.dumps(chosen)), **results)
+    np.savez(args.out, **saved)
 
 
 if __name__ == "__main__":

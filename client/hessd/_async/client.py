@@ -11,7 +11,7 @@ import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hessd import _async_flavour as flavour
-from hessd import _protocol, curvature_options, reply_bounds
+from hessd import _protocol, _tracing, curvature_options, reply_bounds
 from hessd._async.connection import AsyncConnection
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, Inputs, ModelVersion, Wrt
@@ -501,20 +501,21 @@ class AsyncClient(AsyncConnection):
                 result_dtype=result_dtype,
             )
 
-        entries = flavour.stream_entries(
-            self._stub.StreamHessian,
-            xs,
-            request_of,
-            timeout=self._timeout,
-            metadata=self._metadata,
-        )
-        async for entry in entries:
-            if not isinstance(entry, HessdError):
-                reply, bound = entry
-                entry = _protocol.stream_item_from(reply, bound, precision, with_version)
-            if isinstance(entry, HessdError) and not return_errors:
-                raise entry
-            yield entry
+        with _tracing.traced_call(self._stub.StreamHessian, self._metadata) as metadata:
+            entries = flavour.stream_entries(
+                self._stub.StreamHessian,
+                xs,
+                request_of,
+                timeout=self._timeout,
+                metadata=metadata,
+            )
+            async for entry in entries:
+                if not isinstance(entry, HessdError):
+                    reply, bound = entry
+                    entry = _protocol.stream_item_from(reply, bound, precision, with_version)
+                if isinstance(entry, HessdError) and not return_errors:
+                    raise entry
+                yield entry
 
     async def models(self) -> list[str]:
         """Names of the served models, sorted."""
@@ -568,10 +569,9 @@ class AsyncClient(AsyncConnection):
         """The reassembled result arrays ``names`` in ``precision``, and the model
         version that computed them."""
         reassembler = Reassembler(reply_bounds.bound_of(request))
-        with _protocol.translated_errors():
-            async for chunk in self._chunked_calls[method](
-                request, timeout=self._timeout, metadata=self._metadata
-            ):
+        traced = _tracing.traced_call(_protocol.method_path(method), self._metadata)
+        with traced as metadata, _protocol.translated_errors():
+            async for chunk in self._chunked_calls[method](request, timeout=self._timeout, metadata=metadata):
                 reassembler.add_serialized(chunk)
         arrays = _protocol.widened_all(reassembler.arrays(names), precision)
         return arrays, reassembler.model_version

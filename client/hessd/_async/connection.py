@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hessd import _async_flavour as flavour
-from hessd import _channels, _protocol
+from hessd import _channels, _protocol, _tracing
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, PemSource
 
@@ -92,8 +92,8 @@ class AsyncConnection:
 
     async def _unary(self, method: flavour.UnaryCall, request: Any) -> Any:
         """``method``'s reply to ``request``; a failed call raises its ``hessd`` exception."""
-        with _protocol.translated_errors():
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+        with _tracing.traced_call(method, self._metadata) as metadata, _protocol.translated_errors():
+            return await method(request, timeout=self._timeout, metadata=metadata)
 
 
 __all__ = ["AsyncConnection"]

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hessd import _sync_flavour as flavour
-from hessd import _channels, _protocol
+from hessd import _channels, _protocol, _tracing
 from hessd._channels import Target
 from hessd._protocol import ChannelOptions, PemSource
 
@@ -93,8 +93,8 @@ class Connection:
 
     def _unary(self, method: flavour.UnaryCall, request: Any) -> Any:
         """``method``'s reply to ``request``; a failed call raises its ``hessd`` exception."""
-        with _protocol.translated_errors():
-            return method(request, timeout=self._timeout, metadata=self._metadata)
+        with _tracing.traced_call(method, self._metadata) as metadata, _protocol.translated_errors():
+            return method(request, timeout=self._timeout, metadata=metadata)
 
 
 __all__ = ["Connection"]

@@ -1,12 +1,13 @@
 """``minimize_batch``: B independent problems over one model, solved in lockstep.
 
 Each problem minimises f_b(x_b) = sum_k w_k y_k(x_b) over one example's input by
-Newton's method with an eigenvalue shift that acts as a trust region: the step solves
-(H_b + mu_b I) s = -g_b, mu_b at least enough to make the shifted Hessian positive
-definite, and grows when a step does not pay (ratio of actual to predicted decrease
-under 1/4) and shrinks when it does (over 3/4), so steps near a minimum are pure
-Newton steps. Every iteration sends the trial points of all unfinished problems in one
-``Evaluate``: their values, gradients and per-example Hessian blocks.
+Newton's method with a shift of the Hessian's diagonal that acts as a trust region: the
+step solves (H_b + mu_b I) s = -g_b, where mu_b is the problem's shift, raised where
+needed (by Cholesky factorisations, not eigenvalues) until the shifted Hessian is
+positive definite. The shift grows when a step does not pay (ratio of actual to
+predicted decrease under 1/4) and shrinks when it does (over 3/4), so steps near a
+minimum are pure Newton steps. Every iteration sends the trial points of all unfinished
+problems in one ``Evaluate``: their values, gradients and per-example Hessian blocks.
 
 Bounds are kept by projection: variables at a bound that the gradient pushes outward are
 held, the Newton step is taken in the others, and the trial point is clipped to the box.
@@ -26,6 +27,7 @@ import numpy.typing as npt
 
 from hessd.errors import InvalidArgumentError, ShapeError
 from hessd.optimize._points import ModelInput, refuse_non_finite_input, refuse_non_finite_result
+from hessd.optimize._shifts import positive_definite_shifts
 from hessd.optimize._source import ModelSource, model_source
 
 ACCEPT_RATIO = 1e-4
@@ -253,18 +255,17 @@ def _shifted_newton_steps(
     A variable is held when it lies within epsilon of a bound the gradient pushes
     it past, epsilon being the projected gradient's size (capped), as in Bertsekas's
     projected Newton method. mu is ``shift``, raised where needed so that H + mu I
-    is positive definite on the free variables.
+    is positive definite on the free variables (:func:`positive_definite_shifts`).
     """
     epsilon = np.minimum(_projected_gradient_norm(x, gradient, lower, upper), ACTIVE_SET_WIDTH)[:, None]
     held = ((x <= lower + epsilon) & (gradient > 0)) | ((x >= upper - epsilon) & (gradient < 0))
     free = ~held
-    mask = free[:, :, None] & free[:, None, :]
-    reduced = np.where(mask, hessian, 0.0) + np.eye(x.shape[1]) * held[:, None, :]
-    eigenvalues, vectors = np.linalg.eigh(reduced)
-    scale = np.max(np.abs(eigenvalues), axis=1)
-    needed = -eigenvalues[:, 0] + 1e-10 * (1.0 + scale)
-    mu = np.maximum(shift, needed)
-    projected = np.einsum("bji,bj->bi", vectors, np.where(free, gradient, 0.0))
-    newton = -np.einsum("bij,bj->bi", vectors, projected / (eigenvalues + mu[:, None]))
+    identity = np.eye(x.shape[1])
+    reduced = hessian
+    if held.any():
+        reduced = np.where(free[:, :, None] & free[:, None, :], hessian, 0.0) + identity * held[:, None, :]
+    mu = positive_definite_shifts(reduced, shift)
+    rhs = -np.where(free, gradient, 0.0)
+    newton = np.linalg.solve(reduced + mu[:, None, None] * identity, rhs[:, :, None])[:, :, 0]
     onto_bound = np.where(gradient > 0, lower, upper) - x
     return np.where(held, onto_bound, newton)

@@ -4,9 +4,13 @@ The choice is made once per bucket, on its first batch (at warm-up, or its
 first request), in one of four ways, recorded as each timing's ``source``:
 
 * ``pinned``: ``EngineConfig.strategy`` names one;
-* ``record``: ``EngineConfig.tuning_cache`` holds a tuning record for the
-  bucket (:mod:`.tuning_record`), written by an earlier process; its strategy
-  is used without tuning;
+* ``record``: the records shipped beside the model's files
+  (``Model.tuning_records``, ``<version>/tuning/`` in a model repository), or
+  else ``EngineConfig.tuning_cache``, hold a tuning record for the bucket
+  (:mod:`.tuning_record`), written by an earlier process; its strategy is used
+  without tuning. A record that is malformed or names another model, machine
+  or strategy is refused with a log line, and the bucket chooses as if there
+  were none;
 * ``tuned``: ``tuning_cache`` is set and holds no record yet: every strategy
   that applies is compiled, checked against the reference, and the survivors
   timed a few calls each, taking turns; the fastest call wins (the minimum,
@@ -117,11 +121,12 @@ def choose(model: Model, key: FunctionKey, args: tuple[Any, ...], first_run: Fir
     if known is not None and strategies.refusal(known, model.call_for(key.precision), key.wrt) is None:
         function, result = first_run(known)
         return Choice(known, function, result)
-    cache = None if model.config.strategy is not None else model.config.tuning_cache
-    source = "pinned" if model.config.strategy is not None else "tuned" if cache else "rule"
-    record = _Record(key, source)
-    if cache is not None:
-        recorded = tuning_record.read(cache, model, key)
+    pinned = model.config.strategy is not None
+    cache = None if pinned else model.config.tuning_cache
+    record = _Record(key, "pinned" if pinned else "tuned" if cache else "rule")
+    shipped = None if pinned else model.tuning_records
+    for directory in (shipped, cache):
+        recorded = None if directory is None else tuning_record.read(directory, model, key, shipped=directory is shipped)
         if recorded is not None:
             choice = _from_record(model, key, first_run, recorded, record)
             if choice is not None:
@@ -171,7 +176,10 @@ def _from_record(model: Model, key: FunctionKey, first_run: FirstRun, recorded: 
         function, result = first_run(recorded.strategy)
     except StrategyFailed as err:
         record.note(recorded.strategy, "failed", detail=f"as recorded in {recorded.path}: {err}"[:300])
-        _log.warning("model %s: recorded strategy %s fails at batch %d, tuning it: %s", model.name, recorded.strategy, key.batch, err)
+        _log.warning(
+            "model %s: strategy %s of %s fails at batch %d, choosing without the record: %s",
+            model.name, recorded.strategy, recorded.path, key.batch, err,
+        )
         return None
     timings = tuple(replace(t, source="record") for t in recorded.timings)
     _keep(model, key, recorded.strategy, timings)

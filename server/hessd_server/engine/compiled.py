@@ -59,6 +59,13 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (tf.errors.ResourceExhaustedErr
 
 _BUILDS_REFUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("hessd_builds_refused", default=False)
 
+BuildWatcher = Callable[[Model, FunctionKey], contextlib.AbstractContextManager[object]]
+"""(model, key) -> a context manager around building and first running that function."""
+
+_BUILD_WATCHER: contextvars.ContextVar[BuildWatcher | None] = contextvars.ContextVar(
+    "hessd_build_watcher", default=None
+)
+
 
 class NotCompiled(Exception):
     """The function a call needs is not compiled, inside :func:`compiled_only`."""
@@ -74,6 +81,17 @@ def compiled_only() -> Iterator[None]:
         yield
     finally:
         _BUILDS_REFUSED.reset(token)
+
+
+@contextlib.contextmanager
+def builds_watched(watcher: BuildWatcher) -> Iterator[None]:
+    """Inside this block, each function :func:`run` builds is built inside
+    ``watcher(model, key)`` (the server's tracing times compiles with it)."""
+    token = _BUILD_WATCHER.set(watcher)
+    try:
+        yield
+    finally:
+        _BUILD_WATCHER.reset(token)
 
 
 def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tensor, ...]:
@@ -101,7 +119,9 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
             check_cancelled()
             function = model.functions.get(key)
             if function is None:
-                return _build_and_run(model, key, args)
+                watcher = _BUILD_WATCHER.get()
+                with contextlib.nullcontext() if watcher is None else watcher(model, key):
+                    return _build_and_run(model, key, args)
     check_cancelled()
     return _called(model, key, function, args)
 

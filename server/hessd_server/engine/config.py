@@ -97,8 +97,9 @@ class EngineConfig:
         strategy: the per-example Hessian strategy to use (a name of
             ``STRATEGY_NAMES``: ``"pfor"``, ``"tiled"``,
             ``"forward_over_reverse"`` or ``"structural"``), or None (default)
-            to choose per bucket: by the tuning record in ``tuning_cache``
-            when there is one, else by the fixed rule of
+            to choose per bucket: by the tuning record shipped beside the
+            model's file (``tuning/``, see ``load_model``), else the one in
+            ``tuning_cache``, else by the fixed rule of
             :data:`hessd_server.engine.strategies.RULE`. A forced strategy
             still has to match the reference strategy on that batch; if it
             does not, or cannot run, the reference is used and the outcome
@@ -107,7 +108,8 @@ class EngineConfig:
             that serves the model (replicas, restarts, the library): a
             bucket without a record is tuned (every strategy that works is
             timed, the fastest kept) and its choice written there once; a
-            bucket with one takes the recorded strategy without tuning. None
+            bucket with one (here or beside the model's file) takes the
+            recorded strategy without tuning. None
             (default): no tuning; each bucket takes the rule's strategy, the
             same in every process. Ignored when ``strategy`` is forced.
         autotune_runs: timed calls per strategy when a bucket is tuned (with a

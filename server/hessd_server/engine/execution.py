@@ -12,6 +12,7 @@ models too and documents the contract.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -219,6 +220,13 @@ def check_hessian_size(model: Model, inputs: PreparedInputs, full: bool, what: s
     check_result_size(model, count + extra, inputs.precision, f"{'full ' if full else 'per-example '}{what}", advice)
 
 
+@functools.cache
+def dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, remembered: numpy computes it in Python on every read, and the
+    keys of every engine call carry it."""
+    return dtype.name
+
+
 def function_key(
     model: Model,
     kind: str,
@@ -233,7 +241,7 @@ def function_key(
         precision=inputs.precision,
         batch=batch,
         wrt=inputs.wrt,
-        inputs=tuple((n, a.shape[1:], a.dtype.name) for n, a in inputs.arrays.items()),
+        inputs=tuple((n, a.shape[1:], dtype_name(a.dtype)) for n, a in inputs.arrays.items()),
         outputs=outputs,
         options=options,
     )

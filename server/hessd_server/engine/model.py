@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import tensorflow as tf
@@ -51,6 +52,7 @@ class Model:
         keep_alive: object = None,
         input_ranges: Mapping[str, tuple[int, int]] | None = None,
         describe: Callable[[], bytes] | None = None,
+        tuning_records: Path | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -62,6 +64,9 @@ class Model:
         self.lock = threading.Lock()
         self.probe_lock = threading.Lock()
         """Held while the batch-independence probe runs, so it runs once."""
+        self.tuning_records = tuning_records
+        """The folder of tuning records shipped beside the model's files (read, never
+        written while serving), or None; see :mod:`.tuning_record`."""
         self.strategy: str | None = None
         self.batch_independent: bool | None = None
         self.compile_count = 0

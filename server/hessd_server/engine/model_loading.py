@@ -6,6 +6,7 @@ import importlib
 import os
 import re
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 import keras
@@ -14,10 +15,12 @@ import tensorflow as tf
 
 from hessd.errors import ModelLoadError, PrecisionError
 
+from . import tuning_record
 from .config import EngineConfig
 from .keras_call import KerasCall
 from .lookup_ranges import keras_lookup_ranges, probed_lookup_ranges
 from .model import Model, TensorInfo
+from .recurrent import unroll_short_recurrences
 from .runtime import configure_tensorflow
 from .warmup import warmup
 
@@ -45,6 +48,17 @@ def load_model(
         safe_mode: Keras ``safe_mode`` for ``.keras`` files (refuses to
             deserialize arbitrary Python lambdas).
 
+    A Keras model's recurrent layers over sequences of a known length of at
+    most :data:`~hessd_server.engine.recurrent.MAX_UNROLLED_STEPS` steps are set
+    to ``unroll=True`` (the same function, traced without a loop, which the
+    faster ``pfor`` strategy can differentiate), on the model passed in too.
+
+    A ``.keras`` file's or SavedModel folder's tuning records, in a folder
+    ``tuning`` beside the file or inside the SavedModel folder (as
+    ``hessd-server --write-tuning-records`` writes them into a model
+    repository), choose each bucket's strategy unless ``config`` pins one; they
+    take precedence over ``config.tuning_cache``.
+
     Returns:
         A :class:`Model`, thread-safe, to pass to ``hessian``, ``gradient``,
         ``hvp`` and ``evaluate``.
@@ -70,7 +84,9 @@ def load_model(
             loaded = keras.saving.load_model(text, compile=False, safe_mode=safe_mode)
         except Exception as err:
             raise ModelLoadError(f"could not load Keras file {text!r}: {err}") from err
-        return _from_keras(loaded, name=name or _stem(text), source_text=text, config=config)
+        return _from_keras(
+            loaded, name=name or _stem(text), source_text=text, config=config, tuning_records=tuning_record.beside(text)
+        )
     if _FACTORY.match(text):
         return _from_keras(_call_factory(text), name=name, source_text=text, config=config)
     raise ModelLoadError(
@@ -144,7 +160,9 @@ def _per_example_shape(shape: Any) -> tuple[int | None, ...]:
     return tuple(None if d is None else int(d) for d in tuple(shape)[1:])
 
 
-def _from_keras(model: keras.Model, *, name: str | None, source_text: str, config: EngineConfig) -> Model:
+def _from_keras(
+    model: keras.Model, *, name: str | None, source_text: str, config: EngineConfig, tuning_records: Path | None = None
+) -> Model:
     try:
         structure = _input_structure(model)
         outputs = list(model.outputs)
@@ -153,6 +171,7 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
             f"Keras model {model.name!r} has no defined inputs; build it with keras.Input(...) "
             f"so its input shape is known ({err})"
         ) from err
+    unroll_short_recurrences(model)
     leaves = keras.tree.flatten(structure)
     names = tuple(_input_name(t.name, i, len(leaves)) for i, t in enumerate(leaves))
     inputs = tuple(
@@ -174,6 +193,7 @@ def _from_keras(model: keras.Model, *, name: str | None, source_text: str, confi
         keep_alive=model,
         input_ranges=keras_lookup_ranges(model, dict(zip(names, leaves))),
         describe=lambda: _keras_architecture(model) + _variable_bytes(model.weights),
+        tuning_records=tuning_records,
     )
 
 
@@ -246,6 +266,7 @@ def _from_saved_model(path: str, *, name: str | None, config: EngineConfig) -> M
         keep_alive=loaded,
         input_ranges=probed_lookup_ranges(call, inputs),
         describe=lambda: _saved_model_graph(path) + _variable_bytes(getattr(loaded, "variables", ())),
+        tuning_records=tuning_record.beside(path),
     )
 
 

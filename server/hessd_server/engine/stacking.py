@@ -16,7 +16,7 @@ import numpy as np
 
 from hessd.results import Evaluation
 
-from .execution import PreparedCall, example_result_bytes, function_key, run_prepared
+from .execution import PreparedCall, dtype_name, example_result_bytes, function_key, run_prepared
 from .model import Model
 from .validation import PreparedInputs
 
@@ -34,7 +34,7 @@ def stack_key(call: PreparedCall) -> Hashable:
     """What requests must share to run together: kind, ``wrt``, precision, the
     per-example shape and dtype of every input, and K."""
     inputs = call.inputs
-    shapes = tuple((name, array.shape[1:], array.dtype.name) for name, array in inputs.arrays.items())
+    shapes = tuple((name, array.shape[1:], dtype_name(array.dtype)) for name, array in inputs.arrays.items())
     return (call.kind, inputs.wrt, inputs.precision, shapes, call.weights.shape[1])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, Mapping, Sequence, TypeAlias
 
 import numpy as np
@@ -131,9 +131,17 @@ def _named_arrays(model: Model, x: Any) -> dict[str, tuple[str, Any]]:
     return {name: (input_path(name), x[name]) for name in names}
 
 
+@cache
+def _declared_dtype(name: str) -> np.dtype | None:
+    """The numpy dtype an input declares by name; ``None`` for bfloat16 (a float that
+    numpy knows only through ml_dtypes). Remembered: every request's inputs are checked
+    against it."""
+    return None if name == "bfloat16" else np.dtype(name)
+
+
 def _checked_array(value: Any, info: TensorInfo, *, path: str, differentiated: bool, precision: str) -> np.ndarray:
     array = np.asarray(value)
-    declared = np.dtype(info.dtype) if info.dtype != "bfloat16" else None
+    declared = _declared_dtype(info.dtype)
     wants_float = differentiated or declared is None or declared.kind == "f"
     if wants_float and not _is_float(array.dtype):
         role = "the differentiated input" if differentiated else "a floating-point input"

@@ -8,13 +8,15 @@ Examples::
     hessd-server --listen unix:///run/hessd.sock
     hessd-server --listen unix:///run/hessd/hessd.sock --listen 0.0.0.0:50051
     hessd-server --model-repository /models --admin-token-file /run/secrets/hessd-admin
+    hessd-server --model-repository /models --write-tuning-records   # tune, record, exit
     hessd-server --listen 0.0.0.0:50051 --tls-cert server.pem --tls-key server.key \\
         --tls-client-ca clients-ca.pem --auth-token-file tokens.txt
 
 On SIGTERM or SIGINT the server reports NOT_SERVING, refuses new calls,
 lets in-flight calls finish (up to ``--grace-seconds``) and exits 0. It
 exits 1 when a ``--model`` model cannot be loaded. SIGHUP reloads the model
-repository.
+repository. ``--write-tuning-records`` serves nothing: it writes each served
+repository version's tuning records beside it and exits (1 if one failed).
 """
 
 from __future__ import annotations
@@ -30,17 +32,29 @@ from hessd._version import __version__
 
 from ..engine.config import STRATEGY_NAMES, WARMUP_METHODS, WARMUP_PRECISIONS
 from .observability.allocator import retain_freed_memory
-from .server_config import AUTO_STRATEGY, DEFAULT_LISTEN, SHARED_MEMORY_ACCESS, ModelSpec, ServerConfig
+from .observability.log_format import configure_logging
+from .server_config import (
+    AUTO_STRATEGY,
+    DEFAULT_LISTEN,
+    LOG_FORMATS,
+    SHARED_MEMORY_ACCESS,
+    ModelSpec,
+    ServerConfig,
+)
 
 _log = logging.getLogger("hessd_server")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags (``sys.argv`` when ``argv`` is None), serve, and return the exit status."""
-    config = parse_config(argv)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    parser = _parser()
+    args = parser.parse_args(argv)
+    config = _config_from(parser, args)
+    configure_logging(config.log_level, config.log_format)
+    if args.write_tuning_records:
+        from .repository.tuning_writer import write_tuning_records
+
+        return write_tuning_records(config)
     if not retain_freed_memory():
         _log.info("the C allocator is left as it is; large results may fault their pages in anew")
     return asyncio.run(serve(config))
@@ -49,7 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
     """The ``ServerConfig`` that ``hessd-server`` flags ``argv`` ask for; exits 2 on bad flags."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    return _config_from(parser, parser.parse_args(argv))
+
+
+def _config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerConfig:
+    """The ``ServerConfig`` of parsed flags ``args``; exits 2 (through ``parser``) on bad ones."""
     try:
         return ServerConfig(
             models=tuple(args.model),
@@ -87,6 +105,8 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             log_level=args.log_level,
+            log_format=args.log_format,
+            trace=args.trace,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
@@ -107,6 +127,14 @@ async def serve(config: ServerConfig) -> int:
     """
     from .server import create_server
 
+    if config.trace:
+        from .observability.tracing import configure_from_environment
+
+        try:
+            configure_from_environment()
+        except ImportError as error:
+            _log.error("--trace needs OpenTelemetry's SDK: pip install 'hessd[otel]' (%s)", error)
+            return 1
     if not config.safe_mode:
         _log.warning(
             "--unsafe-deserialization: .keras files may run arbitrary Python code when loaded; "
@@ -305,14 +333,23 @@ def _parser() -> argparse.ArgumentParser:
         default=AUTO_STRATEGY,
         choices=(AUTO_STRATEGY, *STRATEGY_NAMES),
         help="per-example Hessian strategy: 'auto' (default) takes each bucket's tuning record "
-        "(--tuning-cache), else a fixed rule, so every replica computes the same bits; naming one pins it",
+        "(beside the model version, else --tuning-cache), else a fixed rule, so every replica "
+        "computes the same bits; naming one pins it",
     )
     parser.add_argument(
         "--tuning-cache",
         metavar="DIR",
         default=defaults.tuning_cache,
         help="directory of tuning records shared by replicas and restarts: a bucket without a "
-        "record is tuned by timing and its choice written there; later processes read it",
+        "record (here or beside its model version) is tuned by timing and its choice written "
+        "here; later processes read it",
+    )
+    parser.add_argument(
+        "--write-tuning-records",
+        action="store_true",
+        help="do not serve: tune every served version of --model-repository at the warm-up "
+        "buckets and write its tuning records beside it (NAME/VERSION/tuning/), which every "
+        "later server and library process reads; records already there are kept",
     )
     parser.add_argument(
         "--unsafe-deserialization",
@@ -322,6 +359,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level", default=defaults.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    parser.add_argument(
+        "--log-format",
+        default=defaults.log_format,
+        choices=LOG_FORMATS,
+        help="text: lines for people; json: one JSON object per line (time, level, logger, "
+        "message, request_id, trace_id, model, version, method, code, reason) (%(default)s)",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="give every call OpenTelemetry spans, exported as the standard OTEL_* variables say "
+        "(OTEL_TRACES_EXPORTER, default otlp; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, "
+        "OTEL_TRACES_SAMPLER); needs pip install 'hessd[otel]'",
     )
     return parser
 

@@ -56,6 +56,7 @@ from .grpc.status_interceptor import SERVICE_NAME, SHARED_MEMORY_SERVICE_NAME, S
 from .observability.failure_log import FailureLog
 from .observability.garbage_collection import HeapFreeze, PauseTimer
 from .observability.metrics import Metrics
+from .observability.tracing import Tracing
 from .repository.model_loader import ModelLoader
 from .repository.model_registry import ModelRegistry
 from .repository.model_repository import EXPECTED_LAYOUT
@@ -160,9 +161,13 @@ class HessdServer:
         self._health = health.aio.HealthServicer()
         self.failures = FailureLog(logging.getLogger("hessd_server.requests"))
         """Where failed calls are logged (bad requests and faults, rate-limited)."""
+        self.tracing = Tracing() if config.trace else None
+        """Gives each call its spans, with ``trace``; ``None`` without."""
         self.grpc_server = grpc.aio.server(
             interceptors=[
-                StatusInterceptor(self.metrics, self.admission, self.failures, _service_tokens(config))
+                StatusInterceptor(
+                    self.metrics, self.admission, self.failures, _service_tokens(config), self.tracing
+                )
             ],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),

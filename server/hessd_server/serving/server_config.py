@@ -32,6 +32,9 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 SHARED_MEMORY_ACCESS = ("off", "local", "any")
 """Values of ``ServerConfig.shared_memory``."""
 
+LOG_FORMATS = ("text", "json")
+"""Values of ``ServerConfig.log_format``."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -132,6 +135,13 @@ class ServerConfig:
         metrics_host: address the metrics endpoint binds; loopback by default,
             so metrics are not readable from other hosts unless asked.
         log_level: the process's logging level name, e.g. ``"INFO"``.
+        log_format: ``"text"`` (lines for people) or ``"json"`` (one JSON object per
+            line, for log pipelines; see
+            :mod:`hessd_server.serving.observability.log_format`).
+        trace: give every call OpenTelemetry spans (see
+            :mod:`hessd_server.serving.observability.tracing`), sent where the standard
+            ``OTEL_*`` variables say (``hessd-server``) or to the process's tracer
+            provider (in-process); off, calls create no span at all.
         tls_cert: PEM certificate chain file of the server; with ``tls_key``
             the server speaks TLS only. ``None``: plaintext.
         tls_key: PEM private key file of ``tls_cert``.
@@ -179,6 +189,8 @@ class ServerConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    log_format: str = "text"
+    trace: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -204,6 +216,8 @@ class ServerConfig:
             )
         if self.strategy is not None and self.strategy not in STRATEGY_NAMES:
             raise ValueError(f"strategy must be one of {list(STRATEGY_NAMES)} or None, got {self.strategy!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {self.log_format!r}")
         if self.shared_memory not in SHARED_MEMORY_ACCESS:
             raise ValueError(
                 f"shared_memory must be one of {SHARED_MEMORY_ACCESS}, got {self.shared_memory!r}"

@@ -36,6 +36,7 @@ from ... import engine
 from ...engine import Model
 from ...engine.execution import PreparedCall, prepare_gradient, prepare_hvp, prepare_second_order
 from ...engine.validation import LONE_INPUT_KEY, input_path
+from ..observability.request_context import note_model
 from ..repository.model_registry import ModelRegistry
 from ..scheduling.batching import Batcher, Deadline
 from .reply_plan import PLAIN_ENCODING, RPCS, ReplyPlan, request_encoding
@@ -154,6 +155,7 @@ class DataPlane:
         chosen = {name: getattr(request, name) for name in CURVATURE_OPTIONS if name in fields and request.HasField(name)}
         plan = ReplyPlan(RPCS[rpc], PLAIN_ENCODING, self._max_message_bytes)
         with self._models.acquired(request.model_name, request.model_version) as served:
+            note_model(request.model_name, served.label)
             model = served.model
             assert model is not None
             decoded = await self._decoded(request, model)
@@ -186,6 +188,7 @@ class DataPlane:
         """The engine's result for ``request``, through the batcher, on the requested version."""
         plan = self._plan(rpc, request)
         with self._models.acquired(request.model_name, request.model_version) as served:
+            note_model(request.model_name, served.label)
             model = served.model
             assert model is not None
             decoded = await self._decoded(request, model)

@@ -16,7 +16,16 @@ import numpy as np
 
 from hessd.errors import InvalidArgumentError, InvalidSharedMemoryError, ResultTooLargeError
 from hessd.v1.hessian_service_pb2 import EvaluateRequest, HessianRequest
-from hessd.v1.tensor_pb2 import DataType, Packing, ResultEncoding, SharedMemoryLocation
+from hessd.v1.tensor_pb2 import (
+    DATA_TYPE_FLOAT32,
+    DATA_TYPE_UNSPECIFIED,
+    PACKING_NONE,
+    PACKING_UPPER,
+    DataType,
+    Packing,
+    ResultEncoding,
+    SharedMemoryLocation,
+)
 
 NARROW_TYPES = (DataType.DATA_TYPE_FLOAT16, DataType.DATA_TYPE_BFLOAT16)
 """The ``DataType`` values a ``result_encoding`` may round results to."""
@@ -109,7 +118,7 @@ def encoding_of(result_encoding: ResultEncoding, precision: int, *, chunked: boo
         InvalidArgumentError: an unknown packing or dtype.
         InvalidSharedMemoryError: shared memory on a chunked RPC.
     """
-    if result_encoding.packing not in (Packing.PACKING_NONE, Packing.PACKING_UPPER):
+    if result_encoding.packing not in (PACKING_NONE, PACKING_UPPER):
         raise InvalidArgumentError(
             f"result_encoding.packing is {result_encoding.packing}; use PACKING_NONE or "
             "PACKING_UPPER.",
@@ -117,7 +126,7 @@ def encoding_of(result_encoding: ResultEncoding, precision: int, *, chunked: boo
             reason="RESULT_ENCODING_INVALID",
         )
     data_type: int | None = result_encoding.dtype
-    if data_type in (DataType.DATA_TYPE_UNSPECIFIED, precision or DataType.DATA_TYPE_FLOAT32):
+    if data_type in (DATA_TYPE_UNSPECIFIED, precision or DATA_TYPE_FLOAT32):
         data_type = None
     elif data_type not in NARROW_TYPES:
         raise InvalidArgumentError(
@@ -208,7 +217,7 @@ class ReplyPlan:
         elements = batch * size
         if result != "gradient":
             count, n = (1, elements) if full else (batch, size)
-            packed = self.encoding.packing == Packing.PACKING_UPPER
+            packed = self.encoding.packing == PACKING_UPPER
             elements = count * (n * (n + 1) // 2 if packed else n * n)
         if result == "evaluation":
             elements += batch + batch * size

@@ -18,11 +18,12 @@ import numpy as np
 from google.protobuf.message import Message
 
 from hessd import chunks, packing, tensor_codec
-from hessd.v1.tensor_pb2 import Packing, SharedMemoryLocation, Tensor
+from hessd.v1.tensor_pb2 import PACKING_NONE, PACKING_UPPER, SharedMemoryLocation, Tensor
 from hessd.wire_format import field_prefix
 
 from ..data_plane.reply_plan import Encoding, ReplyPlan
 from ..data_plane.shared_memory import SharedMemoryRegistry
+from ..observability import tracing
 
 ALIGNMENT = 64
 """Byte alignment of each result after the first in a shared-memory region."""
@@ -71,7 +72,8 @@ class ReplyEncoder:
         encoding = plan.encoding
         payloads = {name: _payload(name, array, encoding) for name, array in results.items()}
         if encoding.location is not None:
-            self._write_to_shared_memory(reply, payloads, encoding.location)
+            with tracing.stage("hessd.shared_memory_write"):
+                self._write_to_shared_memory(reply, payloads, encoding.location)
             pieces = [reply.SerializeToString()]
         else:
             pieces = [reply.SerializeToString()]
@@ -122,9 +124,9 @@ def _payload(name: str, array: np.ndarray, encoding: Encoding) -> _Payload:
     shape = tuple(array.shape)
     if encoding.data_type is not None:
         array = array.astype(tensor_codec.numpy_dtype(encoding.data_type, field=name))
-    layout = Packing.PACKING_NONE
-    if name == _PACKED_RESULT and encoding.packing == Packing.PACKING_UPPER:
-        array, layout = packing.pack_upper(array, field=name), Packing.PACKING_UPPER
+    layout = PACKING_NONE
+    if name == _PACKED_RESULT and encoding.packing == PACKING_UPPER:
+        array, layout = packing.pack_upper(array, field=name), PACKING_UPPER
     data_type, data = tensor_codec.wire_bytes(array, field=name)
     return _Payload(data_type, shape, layout, data)
 

@@ -28,6 +28,7 @@ from hessd.v1 import hessian_service_pb2_grpc
 
 from ..data_plane import Answer, DataPlane, ReplyPlan
 from ..data_plane.plane import CurvatureRequest, CurvatureResult
+from ..observability import tracing
 from ..observability.failure_log import FailureLog
 from ..scheduling.admission import Admission
 from .replies import ReplyEncoder
@@ -180,13 +181,15 @@ class HessianServicer(hessian_service_pb2_grpc.HessianServiceServicer):
     async def _reply(self, reply: Message, results: Mapping[str, np.ndarray], plan: ReplyPlan) -> bytes:
         """``reply`` with ``results`` serialized (or written to shared memory), on a worker
         thread when they are large."""
-        if sum(array.nbytes for array in results.values()) > LOOP_ENCODE_BYTES:
-            return await asyncio.to_thread(self._replies.reply, reply, results, plan)
-        return self._replies.reply(reply, results, plan)
+        with tracing.stage("hessd.encode"):
+            if sum(array.nbytes for array in results.values()) > LOOP_ENCODE_BYTES:
+                return await asyncio.to_thread(self._replies.reply, reply, results, plan)
+            return self._replies.reply(reply, results, plan)
 
     async def _chunks(self, results: Mapping[str, np.ndarray], answer: Answer[Any]) -> list[bytes]:
         """``results`` as serialized ResultChunks, cut on a worker thread."""
-        return await asyncio.to_thread(self._replies.chunks, results, answer.reply.encoding, answer.model_version)
+        with tracing.stage("hessd.encode"):
+            return await asyncio.to_thread(self._replies.chunks, results, answer.reply.encoding, answer.model_version)
 
 
 def _checked(reply: Message, plan: ReplyPlan) -> Any:
@@ -197,9 +200,10 @@ def _checked(reply: Message, plan: ReplyPlan) -> Any:
 
 async def _encoded(array: np.ndarray, field: str) -> Any:
     """``array`` as a wire tensor, encoded on a worker thread when it is large."""
-    if array.nbytes > LOOP_ENCODE_BYTES:
-        return await asyncio.to_thread(tensor_codec.encode, array, field=field)
-    return tensor_codec.encode(array, field=field)
+    with tracing.stage("hessd.encode"):
+        if array.nbytes > LOOP_ENCODE_BYTES:
+            return await asyncio.to_thread(tensor_codec.encode, array, field=field)
+        return tensor_codec.encode(array, field=field)
 
 
 def model_versions(status: ModelStatus) -> pb.ModelVersions:

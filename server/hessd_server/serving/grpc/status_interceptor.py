@@ -15,11 +15,18 @@ SharedMemoryService's, which the servicer refuses itself while draining) pass
 :class:`~hessd_server.serving.scheduling.admission.Admission`, so a draining server
 answers new calls UNAVAILABLE. A handler may return (or yield) a reply already
 serialized, as ``bytes``; it goes to gRPC as it is.
+
+Every ``hessd.v1`` call gets a request id (the caller's ``x-request-id`` when it
+sent a usable one, else a new one), sent back in the trailing metadata of its
+reply, OK or not, and named by every log line written while it runs (see
+:mod:`~hessd_server.serving.observability.request_context`). With tracing on, the call
+also gets its server span (:mod:`~hessd_server.serving.observability.tracing`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,10 +39,14 @@ from grpc_status import rpc_status
 
 from hessd import status_codes
 from hessd.errors import HessdError, InternalError, MalformedRequestError
+from hessd.status_codes import REQUEST_ID_KEY
 from hessd.v1 import hessian_service_pb2, shared_memory_pb2
 
 from ..observability.failure_log import FailureLog
+from ..observability import request_context
 from ..observability.metrics import Metrics
+from ..observability.request_context import RequestContext
+from ..observability.tracing import Tracing
 from ..scheduling.admission import Admission
 from .auth import ServiceTokens
 
@@ -105,6 +116,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         admission: admits calls, or refuses them UNAVAILABLE while draining.
         failures: where failed calls are logged.
         tokens: which services need which bearer tokens; ``None``: none do.
+        tracing: gives each call its server span; ``None``: tracing is off.
     """
 
     def __init__(
@@ -113,8 +125,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         admission: Admission,
         failures: FailureLog,
         tokens: ServiceTokens | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self._admission = admission
         self._failures = failures
         self._tokens = tokens
@@ -134,7 +148,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             try:
                 self._tokens.check(service, handler_call_details.invocation_metadata)
             except HessdError as refusal:
-                return _same_kind(handler, self._refusing(method, refusal))
+                return _same_kind(handler, self._refusing(service, method, refusal))
         known = self._wrapped.get(path)
         if known is not None and known[0] is handler:
             return known[1]
@@ -154,19 +168,20 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         # calls that may use them are done (see HessdServer.stop).
         admission = None if service == SHARED_MEMORY_SERVICE_NAME else self._admission
         if handler.unary_unary is not None:
-            return _same_kind(handler, self._unary(method, handler.unary_unary, parse, admission))
+            return _same_kind(handler, self._unary(service, method, handler.unary_unary, parse, admission))
         if handler.unary_stream is not None:
             return _same_kind(
-                handler, self._streaming(method, handler.unary_stream, admission, parse)
+                handler, self._streaming(service, method, handler.unary_stream, admission, parse)
             )
         if handler.stream_stream is not None:
             return _same_kind(
-                handler, self._streaming(method, handler.stream_stream, admission, None, parse)
+                handler, self._streaming(service, method, handler.stream_stream, admission, None, parse)
             )
         return handler
 
     def _unary(
         self,
+        service: str,
         method: str,
         behavior: UnaryBehavior,
         parse: Deserializer,
@@ -174,10 +189,25 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> UnaryBehavior:
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            call = self._begin(service, method, context)
             code = grpc.StatusCode.OK
+            failure: BaseException | None = None
+            reply_bytes = 0
             try:
-                with _admitted(admission):
-                    return await behavior(decoded(parse, request), context)
+                if admission is not None:
+                    admission.admit()
+                try:
+                    message = decoded(parse, request)
+                    call.model = getattr(message, "model_name", "")
+                    if call.trace is not None:
+                        call.trace.describe(message)
+                    reply = await behavior(message, context)
+                    if call.trace is not None:
+                        reply_bytes = _size(reply)
+                    return reply
+                finally:
+                    if admission is not None:
+                        admission.leave()
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -185,16 +215,18 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as error:
-                status = self._failed(method, error)
+                failure = error
+                status = self._failed(call, error)
                 code = status.code
                 await context.abort_with_status(status)
             finally:
-                self._metrics.observe_request(method, code, time.perf_counter() - started)
+                self._end(call, code, failure, reply_bytes, time.perf_counter() - started)
 
         return handle
 
     def _streaming(
         self,
+        service: str,
         method: str,
         behavior: StreamingBehavior,
         admission: Admission | None,
@@ -203,14 +235,22 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     ) -> StreamingBehavior:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            call = self._begin(service, method, context)
             code = grpc.StatusCode.OK
+            failure: BaseException | None = None
+            reply_bytes = 0
             try:
                 with _admitted(admission):
                     if parse_items is not None:
                         request = decoded_items(parse_items, request)
                     elif parse is not None:
                         request = decoded(parse, request)
+                        call.model = getattr(request, "model_name", "")
+                        if call.trace is not None:
+                            call.trace.describe(request)
                     async for reply in behavior(request, context):
+                        if call.trace is not None:
+                            reply_bytes += _size(reply)
                         yield reply
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED
@@ -219,26 +259,67 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as error:
-                status = self._failed(method, error)
+                failure = error
+                status = self._failed(call, error)
                 code = status.code
                 await context.abort_with_status(status)
             finally:
-                self._metrics.observe_request(method, code, time.perf_counter() - started)
+                self._end(call, code, failure, reply_bytes, time.perf_counter() - started)
 
         return handle
 
-    def _refusing(self, method: str, refusal: HessdError) -> Callable[..., Any]:
+    def _refusing(self, service: str, method: str, refusal: HessdError) -> Callable[..., Any]:
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-            status = self._failed(method, refusal)
-            self._metrics.observe_request(method, status.code, 0.0)
+            call = self._begin(service, method, context)
+            status = self._failed(call, refusal)
+            self._end(call, status.code, refusal, 0, 0.0)
             await context.abort_with_status(status)
 
         return refuse
 
-    def _failed(self, method: str, error: Exception) -> grpc.Status:
-        """Log ``error`` and return the status its call ends with."""
-        self._failures.record(method, error)
-        return rpc_status.to_status(status_of(error))
+    def _begin(self, service: str, method: str, context: grpc.aio.ServicerContext) -> RequestContext:
+        """The call's :class:`RequestContext`, made current for its task, its request id
+        set in the reply's trailing metadata (and its server span started, when tracing)."""
+        metadata = context.invocation_metadata()
+        request_id = request_context.request_id_from(metadata)
+        call = RequestContext(request_id, method)
+        if self._tracing is not None:
+            call.trace = self._tracing.request(service, method, request_id, metadata)
+        request_context.CURRENT.set(call)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        return call
+
+    def _end(
+        self,
+        call: RequestContext,
+        code: grpc.StatusCode,
+        failure: BaseException | None,
+        reply_bytes: int,
+        seconds: float,
+    ) -> None:
+        """Count and time the finished call, and end its span."""
+        exemplar = None
+        if call.trace is not None:
+            reason = failure.reason if isinstance(failure, HessdError) else ""
+            call.trace.finish(code, failure, reason, reply_bytes)
+            exemplar = call.trace.exemplar()
+        self._metrics.observe_request(call.method, code, seconds, exemplar)
+
+    def _failed(self, call: RequestContext, error: Exception) -> grpc.Status:
+        """Log ``error`` and return the status its call ends with, the call's request id
+        in its trailing metadata."""
+        self._failures.record(call.method, error)
+        status = rpc_status.to_status(status_of(error))
+        return _Status(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_KEY, call.request_id)))
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    """A ``grpc.Status`` to end a call with: its code, message and trailing metadata."""
+
+
+def _size(reply: Any) -> int:
+    """The bytes of a reply, serialized or not."""
+    return len(reply) if isinstance(reply, bytes) else reply.ByteSize()
 
 
 def _admitted(admission: Admission | None) -> contextlib.AbstractContextManager[None]:

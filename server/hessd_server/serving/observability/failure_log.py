@@ -86,6 +86,7 @@ class FailureLog:
             error.reason,
             error.message.splitlines()[0][:200] if error.message else "",
             suffix,
+            extra={"code": code, "reason": error.reason},
         )
 
     def admit(self) -> bool:
@@ -121,7 +122,13 @@ class FailureLog:
             if len(self._faults) > MAX_FAULT_FINGERPRINTS:
                 self._faults.popitem(last=False)
         suffix = f" ({held_back} more like it not logged)" if held_back else ""
-        self._logger.error("%s failed unexpectedly%s", method, suffix, exc_info=error)
+        self._logger.error(
+            "%s failed unexpectedly%s",
+            method,
+            suffix,
+            exc_info=error,
+            extra={"code": "INTERNAL", "reason": InternalError.default_reason},
+        )
 
 
 def fingerprint_of(method: str, error: BaseException) -> Fingerprint:

@@ -148,8 +148,12 @@ class Metrics:
         self.registry.register(self._evictions)
         self._http: WSGIServer | None = None
 
-    def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        """Count one finished RPC of ``method`` (e.g. ``"Hessian"``) and its duration."""
+    def observe_request(
+        self, method: str, code: grpc.StatusCode, seconds: float, exemplar: dict[str, str] | None = None
+    ) -> None:
+        """Count one finished RPC of ``method`` (e.g. ``"Hessian"``) and its duration,
+        with ``exemplar`` (e.g. ``{"trace_id": ...}``) on its latency bucket; exemplars
+        are served in the OpenMetrics exposition only."""
         children = self._request_children.get((method, code))
         if children is None:
             children = (
@@ -159,7 +163,7 @@ class Metrics:
             self._request_children[(method, code)] = children
         requests, latency = children
         requests.inc()
-        latency.observe(seconds)
+        latency.observe(seconds, exemplar)
 
     def call_queued(self) -> None:
         """One more engine call waits for a thread."""

@@ -360,12 +360,10 @@ class ModelLoader:
         if any(None in info.shape for info in model.inputs):
             _log.warning("model %s has inputs of unknown size; not warmed", name)
         else:
-            warmup(
-                model,
-                self._warmup_batch_sizes if config.warmup_batch_sizes is None else config.warmup_batch_sizes,
-                methods=config.warmup_methods or self._warmup_methods,
-                precisions=self._precisions_to_warm(config),
+            sizes, methods, precisions = config.warmup_plan(
+                self._warmup_batch_sizes, self._warmup_methods, self._warmup_precisions
             )
+            warmup(model, sizes, methods=methods, precisions=precisions)
         warmed = time.perf_counter()
         self._metrics.observe_load(name, str(version), loaded - started, warmed - loaded)
         metadata = model.metadata()
@@ -375,14 +373,6 @@ class ModelLoader:
         )
         _log.debug("model %s: version %d: %s", name, version, metadata)
         return model
-
-    def _precisions_to_warm(self, config: ModelConfig) -> tuple[str, ...]:
-        """The model's warm-up precisions, or the server's; of those, the ones its
-        requests may ask for (the first it allows when none is left)."""
-        wanted = config.warmup_precisions or self._warmup_precisions
-        if config.precisions is None:
-            return wanted
-        return tuple(p for p in wanted if p in config.precisions) or config.precisions[:1]
 
     def _unload(self, name: str, number: int) -> None:
         self._registry.drain(name, number)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,21 @@ class ModelConfig:
     warmup_methods: tuple[str, ...] | None = None
     warmup_precisions: tuple[str, ...] | None = None
     precisions: tuple[str, ...] | None = None
+
+    def warmup_plan(
+        self,
+        batch_sizes: Sequence[int] | None,
+        methods: Sequence[str],
+        precisions: Sequence[str],
+    ) -> tuple[Sequence[int] | None, tuple[str, ...], tuple[str, ...]]:
+        """(batch sizes, methods, precisions) to warm a version at: this model's, or the
+        server's given here; of the precisions, the ones its requests may ask for
+        (the first it allows when none is left)."""
+        sizes = batch_sizes if self.warmup_batch_sizes is None else self.warmup_batch_sizes
+        wanted = tuple(self.warmup_precisions or precisions)
+        if self.precisions is not None:
+            wanted = tuple(p for p in wanted if p in self.precisions) or self.precisions[:1]
+        return sizes, tuple(self.warmup_methods or methods), wanted
 
     def engine_config(self, server: EngineConfig) -> EngineConfig:
         """The server's engine settings with this model's overrides."""

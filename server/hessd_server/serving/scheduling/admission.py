@@ -41,17 +41,30 @@ class Admission:
         Raises:
             UnavailableError: the server is draining and admits no new calls.
         """
+        self.admit()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    def admit(self) -> None:
+        """Count one more admitted call; :meth:`leave` must follow once it is done. The
+        interceptor's per-call form of :meth:`admitted`.
+
+        Raises:
+            UnavailableError: the server is draining and admits no new calls.
+        """
         self.refuse_if_draining()
         self._in_flight += 1
         if self._in_flight > 1:
             self._last_concurrent = time.monotonic()
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def leave(self) -> None:
+        """One admitted call is done."""
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     @property
     def in_flight(self) -> int:

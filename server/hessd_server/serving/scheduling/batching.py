@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import functools
 import logging
 import time
 import weakref
@@ -71,6 +73,7 @@ from ...engine import Model
 from ...engine.compiled import NotCompiled, compiled_only
 from ...engine.execution import PreparedCall
 from ...engine.stacking import can_stack, run_stacked, stack_key, stack_limit
+from ..observability import tracing
 from ..observability.metrics import Metrics
 from .engine_executor import Deadline, EngineExecutor
 
@@ -153,6 +156,7 @@ class _Request:
     work: Callable[[], Any] | tuple[Model, PreparedCall]
     deadline: float | None
     queued_at: float
+    trace: tracing.RequestTrace | None = None
     outcome: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -208,6 +212,8 @@ class Batcher:
         self._spare_running = 0
         self._in_flight: collections.Counter[Hashable] = collections.Counter()
         self._delay_timer: asyncio.TimerHandle | None = None
+        self._delay_due = 0.0
+        """The batcher-clock moment ``_delay_timer`` is set for."""
         self.records: collections.deque[BatchRecord] = collections.deque(maxlen=RECORDS_KEPT)
 
     @property
@@ -278,6 +284,7 @@ class Batcher:
         if self._running < self.settings.engine_threads and self._may_start(group):
             slot = self._take_slot(spare=False, group=group)
             self._record("idle", (method,), examples)
+            tracing.batch_started([tracing.current_trace()], "idle", examples, group)
             self._metrics.observe_queue_time(0.0)
             return await self._run_alone(context, work, slot)
         if len(self._queue) >= self.settings.max_queued_requests:
@@ -291,10 +298,11 @@ class Batcher:
         remaining = None if context is None else context.time_remaining()
         now = self.clock()
         deadline = None if remaining is None else now + remaining
-        request = _Request(method, group, examples, work, deadline, queued_at=now)
+        request = _Request(method, group, examples, work, deadline, queued_at=now, trace=tracing.queued())
         self._queue.append(request)
         self._metrics.set_queued(len(self._queue))
-        self._arm_delay_timer()
+        if self._delay_timer is None:
+            self._arm_delay_timer()
         try:
             outcome = await asyncio.shield(request.outcome)
         except asyncio.CancelledError:
@@ -345,10 +353,12 @@ class Batcher:
         remaining = None if context is None else context.time_remaining()
         if remaining is not None and remaining <= 0:
             return False, None
+        trace = tracing.current_trace()
+        tracing.batch_started([trace], "inline", call.batch, group)
         started = time.perf_counter()
         try:
             with compiled_only():
-                result = run_stacked(model, [call])[0]
+                result = tracing.engine_call(lambda: run_stacked(model, [call])[0], [trace])()
         except NotCompiled:
             return False, None
         except Exception:
@@ -394,6 +404,8 @@ class Batcher:
             function = self._timed(lambda: run_stacked(model, [call])[0], took)
         else:
             function = self._timed(work)
+        # The request's context goes with its work, so that log lines there name the call.
+        function = functools.partial(contextvars.copy_context().run, tracing.engine_call(function, [tracing.current_trace()]))
         try:
             if context is None:
                 result = await self._executor.run_started(function)
@@ -463,6 +475,7 @@ class Batcher:
         if reason == "engine_free" and head.group is not None and examples >= self._limit(*head.work):
             reason = "full"
         self._record(reason, tuple(r.method for r in batch), examples)
+        tracing.batch_started([r.trace for r in batch], reason, examples, head.group)
         now = self.clock()
         for request in batch:
             self._metrics.observe_queue_time(now - request.queued_at)
@@ -507,7 +520,8 @@ class Batcher:
         model = batch[0].work[0]
         calls = [request.work[1] for request in batch]
         try:
-            outcomes = await self._executor.run_started(self._timed(lambda: _run_or_retry(model, calls)))
+            run = tracing.engine_call(lambda: _run_or_retry(model, calls), [r.trace for r in batch])
+            outcomes = await self._executor.run_started(self._timed(run))
         except Exception as error:  # the pool refused the work (shutting down)
             outcomes = [error] * len(batch)
         finally:
@@ -521,16 +535,24 @@ class Batcher:
                 request.outcome.set_result(outcome)
 
     def _arm_delay_timer(self) -> None:
-        """Wake up when the oldest queued request has waited ``max_queue_delay``."""
+        """Wake up when the oldest queued request has waited ``max_queue_delay``; a timer
+        already set for that moment is kept (a request joining a queue that has one
+        changes nothing), so that queueing costs no timer."""
+        threads = self.settings.engine_threads
+        if not self._queue or (self._spare_running >= threads and self._running >= threads):
+            self._cancel_delay_timer()
+            return
+        due = self._queue[0].queued_at + self.settings.max_queue_delay_s
+        if self._delay_timer is not None and self._delay_due == due:
+            return
+        self._cancel_delay_timer()
+        self._delay_due = due
+        self._delay_timer = asyncio.get_running_loop().call_later(max(due - self.clock(), 0.0), self._on_delay)
+
+    def _cancel_delay_timer(self) -> None:
         if self._delay_timer is not None:
             self._delay_timer.cancel()
             self._delay_timer = None
-        threads = self.settings.engine_threads
-        if not self._queue or (self._spare_running >= threads and self._running >= threads):
-            return
-        wait = self._queue[0].queued_at + self.settings.max_queue_delay_s - self.clock()
-        loop = asyncio.get_running_loop()
-        self._delay_timer = loop.call_later(max(wait, 0.0), self._on_delay)
 
     def _on_delay(self) -> None:
         self._delay_timer = None
