@@ -14,7 +14,7 @@ from typing import TypeAlias
 import grpc
 import grpc.aio
 
-from hessd import _protocol, _sync_flavour, reply_bounds
+from hessd import _protocol, _sync_flavour, reply_bounds, status_codes
 from hessd._protocol import CallMetadata, ChannelOptions, Inputs
 from hessd._result_memory import ResultMemory, Slot
 from hessd._sync_flavour import StreamEntry
@@ -121,7 +121,10 @@ async def stream_entries(
             with _protocol.translated_errors():
                 reply = await call.read()
             bound = entry if isinstance(entry, reply_bounds.ReplyBound) else None
-            yield (None if reply is grpc.aio.EOF else reply), bound
+            if reply is grpc.aio.EOF:
+                yield None, bound, None
+            else:
+                yield reply, bound, status_codes.request_id_in(await call.initial_metadata())
         with _protocol.translated_errors():
             await sender
     finally:

@@ -530,13 +530,15 @@ def stream_item_from(
     bound: reply_bounds.ReplyBound | None,
     precision: str | None,
     with_version: bool = False,
+    request_id: str | None = None,
 ) -> np.ndarray | Versioned | HessdError:
     """The Hessian array of one StreamHessian reply, in ``precision`` (``Versioned``
     with ``with_version``), or the exception the reply carries.
 
     ``reply`` ``None`` stands for a stream that ended before this reply, a server
     fault. ``bound`` is what the reply may hold (from its request), ``None`` when
-    no request was waiting for a reply.
+    no request was waiting for a reply. ``request_id`` is the stream's (from its
+    initial metadata), given to the exception an item's reply carries.
 
     Raises:
         InvalidReplyError: a Hessian that the request cannot get back, or a Hessian
@@ -545,7 +547,9 @@ def stream_item_from(
     if reply is None:
         return InternalError("the server ended StreamHessian before answering every request.")
     if reply.WhichOneof("result") == "error":
-        return status_codes.from_status(reply.error)
+        error = status_codes.from_status(reply.error)
+        error.request_id = request_id
+        return error
     if bound is None:
         raise InvalidReplyError("the server sent a StreamHessian result when no request was waiting.")
     bound.check_tensors(reply)

@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from hessd import _protocol, reply_bounds
+from hessd import _protocol, reply_bounds, status_codes
 from hessd._protocol import CallMetadata, ChannelOptions, Inputs
 from hessd._result_memory import ResultMemory
 from hessd.errors import HessdError
@@ -24,9 +24,10 @@ UnaryCall: TypeAlias = grpc.UnaryUnaryMultiCallable
 InputStream: TypeAlias = Iterable[Inputs]
 """What ``stream`` takes: any iterable of ``x``, consumed lazily (a generator too)."""
 
-StreamEntry: TypeAlias = "HessdError | tuple[pb.HessianResponse | None, reply_bounds.ReplyBound | None]"
+StreamEntry: TypeAlias = "HessdError | tuple[pb.StreamHessianResponse | None, reply_bounds.ReplyBound | None, str | None]"
 """One item of a stream: the item's own error, or its reply (``None`` once the call
-ended) with the bound its results must keep to (``None`` when no request was sent for it)."""
+ended) with the bound its results must keep to (``None`` when no request was sent for it)
+and the stream's request id (from the server's initial metadata; ``None`` without one)."""
 
 _END = object()
 _ENDED = object()
@@ -86,7 +87,8 @@ def stream_entries(
                 continue
             with _protocol.translated_errors():
                 reply = next(replies, None)
-            yield reply, (entry if isinstance(entry, reply_bounds.ReplyBound) else None)
+            request_id = None if reply is None else status_codes.request_id_in(replies.initial_metadata())
+            yield reply, (entry if isinstance(entry, reply_bounds.ReplyBound) else None), request_id
     finally:
         replies.cancel()
 

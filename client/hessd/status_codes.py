@@ -17,6 +17,8 @@ whatever a caller sent.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -166,7 +168,12 @@ def from_rpc_error(error: grpc.RpcError) -> HessdError:
 
 def request_id_of(call: grpc.RpcError) -> str | None:
     """The ``x-request-id`` in a finished call's trailing metadata, or ``None``."""
-    for key, value in call.trailing_metadata() or ():
+    return request_id_in(call.trailing_metadata())
+
+
+def request_id_in(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The ``x-request-id`` among a call's ``metadata`` (initial or trailing), or ``None``."""
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY:
             return value if isinstance(value, str) else value.decode("ascii", "replace")
     return None
@@ -198,6 +205,7 @@ __all__ = [
     "REQUEST_ID_KEY",
     "from_rpc_error",
     "from_status",
+    "request_id_in",
     "request_id_of",
     "status_code",
     "to_status",

@@ -8,6 +8,7 @@ own calls: those whose server span carries the request id it sent.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -407,3 +408,30 @@ def test_hostile_trace_metadata_is_ignored(
     assert "rpc.grpc.previous_attempts" not in span.attributes
     gradient = hessd.tensor_codec.decode(reply.gradient, field="gradient")
     np.testing.assert_allclose(gradient, hs.gradient(server.model("demo"), x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_stream_items_error_carries_the_streams_request_id(spans: InMemorySpanExporter, server: RunningServer) -> None:
+    items = [np.ones((1, 10), np.float32), np.ones((1, 3), np.float32), np.ones((2, 10), np.float32)]
+    with hessd.Client(server.target, timeout=TIMEOUT_S) as client:
+        results = list(client.stream("demo", items, return_errors=True))
+    assert [type(r) for r in results] == [np.ndarray, hessd.ShapeError, np.ndarray]
+    request_id = results[1].request_id
+    assert request_id is not None and len(request_id) == 32 and int(request_id, 16) >= 0
+    assert _server_span(spans, request_id).name == "hessd.v1.HessianService/StreamHessian"
+
+    async def streamed() -> list[Any]:
+        async with hessd.AsyncClient(server.target, timeout=TIMEOUT_S) as client:
+            return [r async for r in client.stream("demo", items, return_errors=True)]
+
+    (error,) = [r for r in asyncio.run(streamed()) if isinstance(r, hessd.HessdError)]
+    assert error.request_id is not None and error.request_id != request_id
+    assert _server_span(spans, error.request_id).name == "hessd.v1.HessianService/StreamHessian"
+
+
+def test_a_stream_sends_the_callers_request_id_first(stub: Any) -> None:
+    call = stub.StreamHessian(
+        iter([_hessian_request(np.ones((1, 3), np.float32))]), metadata=(("x-request-id", "stream-7"),), timeout=TIMEOUT_S
+    )
+    assert dict(call.initial_metadata())["x-request-id"] == "stream-7"
+    (reply,) = list(call)
+    assert reply.WhichOneof("result") == "error"

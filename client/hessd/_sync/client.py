@@ -511,8 +511,8 @@ class Client(Connection):
             )
             for entry in entries:
                 if not isinstance(entry, HessdError):
-                    reply, bound = entry
-                    entry = _protocol.stream_item_from(reply, bound, precision, with_version)
+                    reply, bound, request_id = entry
+                    entry = _protocol.stream_item_from(reply, bound, precision, with_version, request_id)
                 if isinstance(entry, HessdError) and not return_errors:
                     raise entry
                 yield entry

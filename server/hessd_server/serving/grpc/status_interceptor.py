@@ -243,6 +243,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 with _admitted(admission):
                     if parse_items is not None:
                         request = decoded_items(parse_items, request)
+                        # a stream's items fail in its replies, not its status: the caller
+                        # reads the request id of their errors from the initial metadata
+                        await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
                     elif parse is not None:
                         request = decoded(parse, request)
                         call.model = getattr(request, "model_name", "")
