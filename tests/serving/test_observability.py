@@ -128,6 +128,7 @@ def test_unary_call_has_a_server_span_with_engine_and_encode_children(
     (engine,) = [child for child in children if child.name == "hessd.engine"]
     assert engine.attributes["hessd.batch.examples"] == 3
     assert engine.attributes["hessd.batch.requests"] == 1
+    assert engine.attributes["hessd.batch.bucket"] == 4, "3 examples run in the warmed bucket of 4"
 
 
 def test_chunked_call_has_its_stages(spans: InMemorySpanExporter, stub: Any, server: RunningServer) -> None:
@@ -178,6 +179,7 @@ def test_a_batch_of_several_callers_links_to_each_request(
     assert engine.parent is None
     assert engine.attributes["hessd.batch.requests"] == 3
     assert engine.attributes["hessd.batch.examples"] == 3
+    assert engine.attributes["hessd.batch.bucket"] == 4
     for span in requests.values():
         children = _children(spans, span)
         (queue,) = [child for child in children if child.name == "hessd.queue"]

@@ -66,6 +66,11 @@ _BUILD_WATCHER: contextvars.ContextVar[BuildWatcher | None] = contextvars.Contex
     "hessd_build_watcher", default=None
 )
 
+RunWatcher = Callable[[FunctionKey], None]
+"""key -> None, told of each function :func:`run` calls, before it runs."""
+
+_RUN_WATCHER: contextvars.ContextVar[RunWatcher | None] = contextvars.ContextVar("hessd_run_watcher", default=None)
+
 
 class NotCompiled(Exception):
     """The function a call needs is not compiled, inside :func:`compiled_only`."""
@@ -94,6 +99,17 @@ def builds_watched(watcher: BuildWatcher) -> Iterator[None]:
         _BUILD_WATCHER.reset(token)
 
 
+@contextlib.contextmanager
+def runs_watched(watcher: RunWatcher) -> Iterator[None]:
+    """Inside this block, :func:`run` calls ``watcher(key)`` with the key of each
+    function it runs (the server's tracing names the bucket a batch ran at with it)."""
+    token = _RUN_WATCHER.set(watcher)
+    try:
+        yield
+    finally:
+        _RUN_WATCHER.reset(token)
+
+
 def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tensor, ...]:
     """Call the compiled function for ``key`` on ``args``, building it first if needed.
 
@@ -111,6 +127,9 @@ def run(model: Model, key: FunctionKey, args: tuple[Any, ...]) -> tuple[tf.Tenso
         CancelledError, DeadlineExceededError: the caller gave up before the
             computation started (see :mod:`.cancellation`).
     """
+    run_watcher = _RUN_WATCHER.get()
+    if run_watcher is not None:
+        run_watcher(key)
     function = model.functions.get(key)
     if function is None:
         if _BUILDS_REFUSED.get():

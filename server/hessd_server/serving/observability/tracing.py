@@ -6,7 +6,7 @@ metadata carries a W3C ``traceparent``. Its children show where the time went:
 
 * ``hessd.queue``: waiting in the batcher's queue for an engine thread;
 * ``hessd.engine``: the engine call, with the batch's ``hessd.batch.*`` attributes
-  (reason, requests, examples, key) and, under it, ``hessd.compile`` when the
+  (reason, requests, examples, key, bucket) and, under it, ``hessd.compile`` when the
   call built a function; an engine call that serves several requests belongs
   to none of them: it starts a trace of its own, linked to every request's
   span, and each request gets a ``hessd.batch`` span linked to it instead;
@@ -135,10 +135,13 @@ class Tracing:
                 for trace in traces
             ]
 
+        def ran_at(key: FunctionKey) -> None:
+            engine.set_attribute("hessd.batch.bucket", key.batch)
+
         def traced() -> T:
             token = self.context.attach(self.api.set_span_in_context(engine))
             try:
-                with compiled.builds_watched(self._compile_span):
+                with compiled.builds_watched(self._compile_span), compiled.runs_watched(ran_at):
                     return function()
             except BaseException as error:
                 _failed(self.api, engine, error)
