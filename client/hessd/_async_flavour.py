@@ -127,6 +127,8 @@ async def stream_entries(
                 yield reply, bound, status_codes.request_id_in(await call.initial_metadata())
         with _protocol.translated_errors():
             await sender
+            reply = await call.read()
+        _protocol.check_stream_ended(None if reply is grpc.aio.EOF else reply)
     finally:
         sender.cancel()
         call.cancel()

@@ -557,6 +557,20 @@ def stream_item_from(
     return versioned(packing_layout.widened(hessian, precision), reply.model_version, with_version)
 
 
+def check_stream_ended(reply: pb.StreamHessianResponse | None) -> None:
+    """Check what a StreamHessian call read after the reply to its last request:
+    ``None`` for a call that ended OK (a call that failed raised its error on the read).
+
+    The read matters: the request iterator may finish because the call ended (gRPC
+    drops it), and only the read tells that ending from the stream's own end.
+
+    Raises:
+        InvalidReplyError: the server sent a reply that no request was waiting for.
+    """
+    if reply is not None:
+        raise InvalidReplyError("the server sent a StreamHessian reply when no request was waiting.")
+
+
 def stream_request(
     request_of: Callable[[Inputs], pb.HessianRequest], x: Inputs
 ) -> tuple[reply_bounds.ReplyBound | HessdError, pb.HessianRequest | None]:

@@ -89,6 +89,8 @@ def stream_entries(
                 reply = next(replies, None)
             request_id = None if reply is None else status_codes.request_id_in(replies.initial_metadata())
             yield reply, (entry if isinstance(entry, reply_bounds.ReplyBound) else None), request_id
+        with _protocol.translated_errors():
+            _protocol.check_stream_ended(next(replies, None))
     finally:
         replies.cancel()
 
