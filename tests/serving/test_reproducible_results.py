@@ -11,9 +11,6 @@ on each other run at the same time (the test reads the servers' results itself).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,27 +21,9 @@ import pytest
 import hessd_server as hs
 from hessd_server.serving.server_process import ServerProcess
 from support import reproducibility_worker as worker
+from support.reproducibility_worker import WORKER_TIMEOUT_S, run_worker, worker_on_path  # noqa: F401 (a fixture)
 
-TESTS = Path(__file__).resolve().parents[1]
-WORKER_TIMEOUT_S = 900
-
-
-@pytest.fixture(autouse=True)
-def _worker_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Child processes import ``support.reproducibility_worker`` (the servers' model factories)."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), *sys.path]))
-
-
-def _run_worker(out: Path, *flags: str) -> dict[str, np.ndarray]:
-    result = subprocess.run(
-        [sys.executable, "-m", "support.reproducibility_worker", str(out), *flags],
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    with np.load(out) as saved:
-        return {key: saved[key] for key in saved.files}
+pytestmark = pytest.mark.usefixtures("worker_on_path")
 
 
 def _server_flags(*flags: str) -> tuple[str, ...]:
@@ -91,8 +70,8 @@ def _assert_bitwise_equal(runs: dict[str, dict[str, np.ndarray]]) -> None:
 def test_without_a_record_every_process_takes_the_rule_and_computes_the_same_bits(tmp_path: Path) -> None:
     runs = _all_at_once(
         {
-            "library": lambda: _run_worker(tmp_path / "library.npz"),
-            "library, reversed, warmed up, under load": lambda: _run_worker(
+            "library": lambda: run_worker(tmp_path / "library.npz"),
+            "library, reversed, warmed up, under load": lambda: run_worker(
                 tmp_path / "reversed.npz", "--reverse", "--warmup", "1,2,4,8,16,32", "--busy"
             ),
             "server warmed at 2": lambda: _from_server(("--warmup-batch-sizes", "2")),
@@ -108,7 +87,7 @@ def test_without_a_record_every_process_takes_the_rule_and_computes_the_same_bit
 @pytest.mark.slow  # fresh processes that import TensorFlow are the point here
 def test_a_tuning_record_gives_every_later_process_the_tuned_bits(tmp_path: Path) -> None:
     cache = tmp_path / "tuning"
-    tuned = _run_worker(tmp_path / "tuned.npz", "--tuning-cache", str(cache), "--busy")
+    tuned = run_worker(tmp_path / "tuned.npz", "--tuning-cache", str(cache), "--busy")
     assert _sources(tuned) <= {"tuned"} and list(cache.rglob("*.json"))
     runs = {
         "library that tuned under load": tuned,
@@ -117,7 +96,7 @@ def test_a_tuning_record_gives_every_later_process_the_tuned_bits(tmp_path: Path
                 "server reading the record, reversed": lambda: _from_server(
                     ("--tuning-cache", str(cache), "--warmup-batch-sizes", "1,8"), reverse=True
                 ),
-                "library restarted, reversed": lambda: _run_worker(
+                "library restarted, reversed": lambda: run_worker(
                     tmp_path / "restart.npz", "--tuning-cache", str(cache), "--reverse"
                 ),
             }

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +23,11 @@ from support import reproducibility_worker as worker
 from hessd_server.engine import tuning_record
 from hessd_server.serving.server_config import ServerConfig
 from hessd_server.serving.server_process import ServerProcess
+from support.reproducibility_worker import WORKER_TIMEOUT_S, run_worker, worker_on_path  # noqa: F401 (a fixture)
 from support.wire_fixtures import RunningServer, console_script
 
-TESTS = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 900
+pytestmark = pytest.mark.usefixtures("worker_on_path")
 BATCH = 8
-
-
-@pytest.fixture(autouse=True)
-def _worker_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Child processes import ``support.reproducibility_worker`` and ``support.engine_references``."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), *sys.path]))
-
-
-def _run_worker(out: Path, *flags: str) -> dict[str, np.ndarray]:
-    result = subprocess.run(
-        [sys.executable, "-m", "support.reproducibility_worker", str(out), *flags],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    with np.load(out) as saved:
-        return {key: saved[key] for key in saved.files}
 
 
 def _chosen(run: dict[str, np.ndarray]) -> dict[str, list[list[object]]]:
@@ -95,7 +75,7 @@ def test_a_fresh_server_reads_the_records_beside_the_version_and_computes_the_re
 ) -> None:
     repository = tmp_path / "repository"
     worker.save_repository(repository)
-    recorded = _run_worker(
+    recorded = run_worker(
         tmp_path / "recorded.npz", "--repository", str(repository), "--record", "--warmup", "1,4,8,16,32", "--busy"
     )
     assert {s for chosen in _chosen(recorded).values() for _, _, s in chosen} == {"tuned"}
@@ -104,7 +84,7 @@ def test_a_fresh_server_reads_the_records_beside_the_version_and_computes_the_re
     cache.mkdir()
     with ServerProcess(
         "--model-repository", str(repository), "--tuning-cache", str(cache), "--warmup-batch-sizes", "1,8,32",
-        startup_timeout=TIMEOUT_S,
+        startup_timeout=WORKER_TIMEOUT_S,
     ) as server:
         served = worker.from_server(server.target, reverse=True)
     for case in (f"{model}-{batch}" for model, batch in worker.CASES):
@@ -124,7 +104,7 @@ def test_write_tuning_records_tunes_each_served_version_and_the_library_reads_th
         ],
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=WORKER_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "model mlp10: version 1, batch 8 (float32): strategy" in result.stderr
@@ -145,7 +125,7 @@ def test_write_tuning_records_fails_on_a_version_that_cannot_load(tmp_path: Path
         [console_script("hessd-server"), "--model-repository", str(tmp_path / "repository"), "--write-tuning-records"],
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=WORKER_TIMEOUT_S,
     )
     assert result.returncode == 1
     assert "model broken: version 1 could not be tuned" in result.stderr

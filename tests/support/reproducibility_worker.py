@@ -22,16 +22,44 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
+import pytest
 
 import hessd
 import hessd_server as hs
 from support import engine_references as refs
+
+TESTS = Path(__file__).resolve().parents[1]
+"""The tests' folder, which a child process needs on its ``PYTHONPATH`` to import this module."""
+WORKER_TIMEOUT_S = 900
+"""How long one worker process may take before the test calls it a hang."""
+
+
+@pytest.fixture
+def worker_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes (workers, servers) import this module and ``support.engine_references``."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), *sys.path]))
+
+
+def run_worker(out: Path, *flags: str) -> dict[str, np.ndarray]:
+    """Run this module in a fresh process with ``flags`` (see the module's usage) and
+    return the arrays it saved to ``out``; needs :func:`worker_on_path`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "support.reproducibility_worker", str(out), *flags],
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    with np.load(out) as saved:
+        return {key: saved[key] for key in saved.files}
 
 
 def mlp10() -> keras.Model:
