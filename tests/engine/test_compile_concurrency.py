@@ -5,7 +5,6 @@ a gate that holds traces, never by timing."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
