@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("worker_on_path")
 
 def _server_flags(*flags: str) -> tuple[str, ...]:
     models = [arg for name in worker.MODELS for arg in ("--model", f"{name}=support.reproducibility_worker:{name}")]
-    return (*models, *flags)
+    return (*models, "--warmup-methods", ",".join(worker.WARMED_METHODS), *flags)
 
 
 def _from_server(server_flags: tuple[str, ...], *, reverse: bool = False) -> dict[str, np.ndarray]:

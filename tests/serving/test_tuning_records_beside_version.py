@@ -84,7 +84,7 @@ def test_a_fresh_server_reads_the_records_beside_the_version_and_computes_the_re
     cache.mkdir()
     with ServerProcess(
         "--model-repository", str(repository), "--tuning-cache", str(cache), "--warmup-batch-sizes", "1,8,32",
-        startup_timeout=WORKER_TIMEOUT_S,
+        "--warmup-methods", ",".join(worker.WARMED_METHODS), startup_timeout=WORKER_TIMEOUT_S,
     ) as server:
         served = worker.from_server(server.target, reverse=True)
     for case in (f"{model}-{batch}" for model, batch in worker.CASES):

@@ -11,7 +11,8 @@ The model factories are also what the test's servers load
 the same cases from such a server (``--server``). With ``--repository`` the library
 loads each model from ``DIR/<name>/1/model.keras`` instead (:func:`save_repository`
 writes it), and with ``--record`` tunes each one into the tuning records beside
-its version, as ``hessd-server --write-tuning-records`` does.
+its version, as ``hessd-server --write-tuning-records`` does. ``--warmup``
+compiles the per-example Hessian (:data:`WARMED_METHODS`) at those batch sizes' buckets first.
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ CASES: tuple[tuple[str, int], ...] = (("mlp10", 1), ("mlp10", 3), ("mlp10", 32),
 strategy and large enough to be chosen on their own."""
 
 
+WARMED_METHODS = ("hessian",)
+"""What ``--warmup`` (and the tests' servers, ``--warmup-methods``) compile: the per-example
+Hessian is the only method whose strategy is chosen, so the only one whose warm-up can
+change a bucket's history."""
+
+
 def save_repository(repository: Path) -> None:
     """Save every model of :data:`MODELS` as version 1 of a model repository."""
     for name, (build, _) in MODELS.items():
@@ -162,7 +169,7 @@ def main() -> None:
         models = {name: _library_model(name, args.repository, args.record, args.tuning_cache) for name in MODELS}
         if args.warmup:
             for model in models.values():
-                hs.warmup(model, args.warmup)
+                hs.warmup(model, args.warmup, methods=WARMED_METHODS)
         results = {f"{name}-{batch}": hs.hessian(models[name], case_input(name, batch)) for name, batch in cases}
         chosen = {name: _chosen(model.metadata()) for name, model in models.items()}
         saved = {"chosen": np.array(json.dumps(chosen)), **results}
