@@ -38,9 +38,11 @@ FLAGS = (
     "--metrics-port", "0",
     "--metrics-host", "127.0.0.1",
     "--warmup-batch-sizes", "2",
+    "--warmup-methods", "hessian",
     "--engine-threads", "1",
     "--grace-seconds", "30",
 )  # fmt: skip
+"""The replicas' flags; they are only asked for Hessians, so only the Hessian is warmed."""
 X = rng_array((2, 10), seed=12)
 
 
