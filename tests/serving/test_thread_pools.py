@@ -3,7 +3,9 @@ in a fresh server process; a process whose TensorFlow has started refuses other 
 
 from __future__ import annotations
 
+import contextlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,6 +20,9 @@ from hessd_server.serving.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow  # child processes that import TensorFlow are the point here
 
+WARMUP = ("--warmup-methods", "hessian", "--warmup-batch-sizes")
+"""The servers here are only asked for Hessians (the batch size follows)."""
+
 
 def _logged_threads(server: ServerProcess) -> tuple[int, int]:
     found = re.search(r"TensorFlow threads: intra-op (\d+), inter-op (\d+)", server.output())
@@ -28,12 +33,14 @@ def _logged_threads(server: ServerProcess) -> tuple[int, int]:
 def test_the_flags_size_tensorflows_pools_and_the_server_computes_as_before() -> None:
     x = np.random.default_rng(5).standard_normal((3, 10)).astype(np.float32)
     expected = hs.hessian(hs.load_model(hs.DEMO_MODEL_SOURCE), x)
-    with ServerProcess("--intra-op-threads", "1", "--inter-op-threads", "2", "--warmup-batch-sizes", "4") as server:
-        assert _logged_threads(server) == (1, 2)
-        with hessd.Client(server.target, timeout=60) as client:
+    sized = ServerProcess("--intra-op-threads", "1", "--inter-op-threads", "2", *WARMUP, "4")
+    default = ServerProcess(*WARMUP, "1")
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(2) as starting:
+        list(starting.map(stack.enter_context, (sized, default)))
+        assert _logged_threads(sized) == (1, 2)
+        with hessd.Client(sized.target, timeout=60) as client:
             np.testing.assert_allclose(client.hessian("demo", x), expected, rtol=1e-5, atol=1e-6)
-    with ServerProcess("--warmup-batch-sizes", "1") as server:
-        assert _logged_threads(server) == (0, 0), "TensorFlow's own choice is the default"
+        assert _logged_threads(default) == (0, 0), "TensorFlow's own choice is the default"
 
 
 def test_a_started_tensorflow_refuses_other_sizes_and_the_server_says_which_flag() -> None:
