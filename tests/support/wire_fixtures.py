@@ -340,7 +340,9 @@ SHARED_MAX_RESULT_BYTES = 200_000
 @contextlib.contextmanager
 def shared_models_server() -> Iterator[RunningServer]:
     """The server that tests which only call it share: :data:`SHARED_MODELS`, batch
-    buckets up to 8, results up to :data:`SHARED_MAX_RESULT_BYTES`, warm for batches of 2.
+    buckets up to 8, results up to :data:`SHARED_MAX_RESULT_BYTES`, its per-example Hessians
+    warm for batches of 2 (which also probes batch independence and chooses each bucket's
+    strategy); the other methods compile on their first call, only where a test asks for them.
     It does not freeze the heap: the freeze is process-wide, and a server that lives for
     the whole session would hold it under the tests of freezing
     (``tests/serving/test_garbage_collection.py``)."""
@@ -348,6 +350,7 @@ def shared_models_server() -> Iterator[RunningServer]:
         SHARED_MODELS,
         max_batch_size=8,
         max_result_bytes=SHARED_MAX_RESULT_BYTES,
+        warmup_methods=("hessian",),
         freeze_heap=False,
     ) as running:
         yield running
