@@ -48,6 +48,7 @@ def test_servers_with_a_pinned_strategy_use_it_and_agree_bit_for_bit(strategy: s
                 models=(ModelSpec("demo", hs.DEMO_MODEL_SOURCE),),
                 listen="127.0.0.1:0",
                 warmup_batch_sizes=(2,),
+                warmup_methods=("hessian",),  # the only method asked for, and the one a strategy is pinned for
                 strategy=strategy,
             )
         )
