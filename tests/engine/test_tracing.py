@@ -30,9 +30,10 @@ _SCRIPT = textwrap.dedent(
     chosen = {}
     for strategy in ("pfor", "tiled", "forward_over_reverse", "structural"):
         m = hs.load_model(model, config=hs.EngineConfig(strategy=strategy))
-        hs.warmup(m, [4])
+        hs.warmup(m, [4], methods=["hessian"])
         chosen[strategy] = m.metadata().strategy
     m = hs.load_model(model)
+    hs.gradient(m, x); hs.hvp(m, x, x)
     hs.hessian(m, x, full=True)
     for method in ("exact", "hutchinson", "hutch++"):
         hs.hessian_trace(m, x, method=method, probes=6, seed=0)
