@@ -330,3 +330,17 @@ def test_the_page_s_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pyt
                 _run_shell(code, target, tmp_path)
                 continue
             exec(compile(code, where, "exec"), namespace)  # noqa: S102 - the docs' own examples
+
+
+def test_the_readme_names_every_page_whose_python_blocks_are_skipped() -> None:
+    readme = (REPO / "README.md").read_text()
+    paragraph = next(part for part in readme.split("\n\n") if "runs every Python block" in part)
+    named = set(re.findall(r"\]\((docs/[^)#]+)\)", paragraph))
+    skipped = {
+        _page_id(page)
+        for page in PAGES
+        for block in code_blocks(page.read_text())
+        if block.language == "python" and block.directive == "skip"
+    }
+    assert skipped, "no skipped Python block: say so in the README"
+    assert named == skipped, "the README's list of pages with skipped Python blocks is out of date"
