@@ -28,7 +28,6 @@ import hessd_server as hs
 from hessd import tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd_server.engine import Model
 from hessd_server.engine.execution import prepare_gradient, prepare_hvp
 from hessd_server.serving.scheduling.admission import Admission
 from hessd_server.serving.scheduling.batching import (
