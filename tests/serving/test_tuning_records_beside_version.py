@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,21 @@ def _chosen(run: dict[str, np.ndarray]) -> dict[str, list[list[object]]]:
     return json.loads(str(run["chosen"]))
 
 
+@functools.cache
+def _saved(name: str) -> bytes:
+    """Worker model ``name`` as ``.keras`` bytes, built once: every version of it below is a
+    copy, so it has the same fingerprint in every test (a rebuilt model's layer names differ)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch, "model.keras")
+        worker.MODELS[name][0]().save(path)
+        return path.read_bytes()
+
+
 def _version(tmp_path: Path, name: str = "mlp10") -> Path:
     """``tmp_path/repository/<name>/1`` holding ``model.keras`` of worker model ``name``."""
     version = tmp_path / "repository" / name / "1"
     version.mkdir(parents=True)
-    worker.MODELS[name][0]().save(version / "model.keras")
+    (version / "model.keras").write_bytes(_saved(name))
     return version
 
 
