@@ -56,6 +56,14 @@ MAX_ITERATIONS = 1 << 14
 MAX_K = 1 << 14
 """The most eigenpairs ``k`` a request may ask (16,384); k must also be <= D."""
 
+MAX_CURVATURE_PRODUCTS = 1 << 24
+"""The most Hessian-vector products a matrix-free curvature request may take over all
+its B examples (16,777,216), by default: probes · B for Hutchinson and Hutch++,
+D · B for an exact diagonal or trace by unit vectors, (iterations + k) · B for
+Lanczos and probes · iterations · B for the spectrum (iterations clipped to D).
+The engine checks it (``EngineConfig.max_curvature_products``, the server's
+``--max-curvature-products``), since a server may set its own; the SDK does not."""
+
 
 def default_eigen_iterations(k: int, dim: int) -> int:
     """The Krylov dimension ``hessian_eigen`` uses when ``iterations`` is None: max(64, 4k), clipped to D."""

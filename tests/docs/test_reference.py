@@ -3,30 +3,40 @@
 Staleness is checked as for ``make proto`` (``tests/serving/test_proto.py``): the generator
 writes into a temporary folder and every page must equal the committed one. Completeness is
 checked against sources the generator does not read the same way: the parsers' option
-strings, the generated gRPC modules' descriptors, ``reason="..."`` in the source text, and
-``__all__``.
+strings, the generated gRPC modules' descriptors (one module per ``proto/hessd/v1/*.proto``),
+``reason="..."`` in the source text, and the ``__all__`` of every public package. The
+hand-written table of ``docs/guides/errors.md`` (reason, exception, cause) is checked
+against the code's own pairs, so it cannot drift from the generated one.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import hessd
+import hessd.optimize
 import hessd_server
 from hessd import cli
 from hessd.errors import ERROR_TYPES
-from hessd.v1 import hessian_service_pb2, model_admin_pb2, shared_memory_pb2, tensor_pb2
 from hessd_server.serving import main as server_main
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "docs" / "reference"
 GENERATOR = REPO / "scripts" / "generate_reference.py"
+PROTO_FILES = sorted((REPO / "proto" / "hessd" / "v1").glob("*.proto"))
+SOURCE_ROOTS = (REPO / "client" / "hessd", REPO / "server" / "hessd_server")
+GUIDE_ERRORS = REPO / "docs" / "guides" / "errors.md"
+GUIDE_ERROR_ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| `hessd\.(\w+)` \|", re.M)
 
 
 def _page(name: str) -> str:
@@ -39,6 +49,32 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@functools.cache
+def _generator() -> ModuleType:
+    """``scripts/generate_reference.py`` as a module, for its package lists and its scan of
+    the reasons the code raises."""
+    spec = importlib.util.spec_from_file_location("generate_reference", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _public_packages_declaring_all() -> list[str]:
+    """Every package under ``hessd`` and ``hessd_server`` whose ``__init__.py`` sets
+    ``__all__``, but private (``_``-prefixed) and generated (``v1``) ones."""
+    packages = []
+    for root in SOURCE_ROOTS:
+        for init in root.rglob("__init__.py"):
+            parts = (root.name, *init.parent.relative_to(root).parts)
+            if "v1" in parts or any(part.startswith("_") for part in parts):
+                continue
+            if re.search(r"^__all__\b", init.read_text(), re.M):
+                packages.append(".".join(parts))
+    return sorted(packages)
 
 
 def test_the_committed_reference_pages_are_what_the_generator_writes(tmp_path: Path) -> None:
@@ -79,22 +115,41 @@ def test_every_cli_command_and_option_is_in_the_reference() -> None:
     assert missing == []
 
 
-def test_every_error_reason_and_exception_is_in_the_reference() -> None:
-    page = _page("errors.md")
+def _reasons_in_the_code() -> set[str]:
+    """Every class's default reason and every ``reason="..."`` literal in the source."""
     reasons = {error_type.default_reason for error_type in ERROR_TYPES.values()}
-    for root in (REPO / "client" / "hessd", REPO / "server" / "hessd_server"):
+    for root in SOURCE_ROOTS:
         for source in root.rglob("*.py"):
             if "v1" not in source.relative_to(root).parts:
                 reasons |= set(re.findall(r'reason="([A-Z0-9_]+)"', source.read_text()))
+    return reasons
+
+
+def test_every_error_reason_and_exception_is_in_the_reference() -> None:
+    page = _page("errors.md")
+    reasons = _reasons_in_the_code()
     assert len(reasons) > 40
     assert sorted(r for r in reasons if f"| `{r}` |" not in page) == []
     assert sorted(name for name in ERROR_TYPES if f"`hessd.{name}`" not in page) == []
 
 
+def test_the_errors_guide_gives_each_reason_the_code_s_exception() -> None:
+    rows = GUIDE_ERROR_ROW.findall(GUIDE_ERRORS.read_text())
+    assert len(rows) > 40
+    pairs = {(error_type.default_reason, name) for name, error_type in ERROR_TYPES.items()}
+    pairs |= {(raised.reason, raised.exception) for raised in _generator().raised_reasons()}
+    wrong = [f"{reason}: hessd.{exception}" for reason, exception in rows if (reason, exception) not in pairs]
+    assert wrong == [], "the guide names another exception than the code raises"
+    missing = sorted(_reasons_in_the_code() - {reason for reason, _ in rows})
+    assert missing == [], "reasons the code raises that the errors guide does not list"
+
+
 def test_every_rpc_message_and_field_is_in_the_reference() -> None:
     page = _page("proto.md")
     missing = []
-    for module in (hessian_service_pb2, model_admin_pb2, shared_memory_pb2, tensor_pb2):
+    assert len(PROTO_FILES) >= 4
+    for proto in PROTO_FILES:
+        module = importlib.import_module(f"hessd.v1.{proto.stem}_pb2")
         for service in module.DESCRIPTOR.services_by_name.values():
             if f"service `{service.full_name}`" not in page:
                 missing.append(service.full_name)
@@ -112,11 +167,36 @@ def test_every_rpc_message_and_field_is_in_the_reference() -> None:
 
 
 @pytest.mark.parametrize(
-    ("package", "page"), [(hessd, "python-hessd.md"), (hessd_server, "python-hessd-server.md")]
+    ("package", "page", "at_least"),
+    [
+        (hessd, "python-hessd.md", 15),
+        (hessd.optimize, "python-hessd-optimize.md", 5),
+        (hessd_server, "python-hessd-server.md", 15),
+    ],
+    ids=lambda value: getattr(value, "__name__", None),
 )
-def test_every_public_name_has_an_api_entry(package: object, page: str) -> None:
+def test_every_public_name_has_an_api_entry(package: object, page: str, at_least: int) -> None:
     text = _page(page)
     names = package.__all__
-    assert len(names) > 15
+    assert len(names) >= at_least
     missing = [name for name in names if f"::: {package.__name__}.{name}\n" not in text]
     assert missing == []
+
+
+def test_every_public_package_s_names_are_in_the_reference() -> None:
+    generator = _generator()
+    packages = _public_packages_declaring_all()
+    assert {"hessd", "hessd.optimize", "hessd_server"} <= set(packages)
+    entries = {
+        entry for page in REFERENCE.glob("python-*.md") for entry in re.findall(r"^::: (\S+)$", page.read_text(), re.M)
+    }
+    missing = []
+    for package in packages:
+        if package in generator.INTERNAL_PACKAGES:
+            assert generator.INTERNAL_PACKAGES[package], f"{package}: say why it is no API"
+            continue
+        home = generator.REEXPORTED_BY.get(package, package)
+        names = importlib.import_module(package).__all__
+        assert names, f"{package}.__all__ is empty"
+        missing += [f"{package}.{name}" for name in names if f"{home}.{name}" not in entries]
+    assert missing == [], "add the package to API_PAGES in scripts/generate_reference.py and run `make docs-reference`"

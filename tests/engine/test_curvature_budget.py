@@ -1,7 +1,8 @@
 """Every curvature request is held to a budget before anything compiles: the
-option limits of ``hessd.curvature_options``, k <= D and the model's
-``curvature_memory_bytes`` for what an estimator keeps (Hutch++'s sketch,
-Lanczos and SLQ bases). Option values are runtime values that compile nothing
+option limits of ``hessd.curvature_options``, k <= D, the model's
+``max_curvature_products`` for the Hessian-vector products a matrix-free method
+takes over all examples, and its ``curvature_memory_bytes`` for what an
+estimator keeps (Hutch++'s sketch, Lanczos and SLQ bases). Option values are runtime values that compile nothing
 new, and a long estimator stops at its next chunk once its call is given up."""
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ TIGHT = 4 * 12 * 12 * 4 - 1
 """A memory budget one byte under X12's dense blocks."""
 
 
-def quadratic(budget: int = hs.EngineConfig().curvature_memory_bytes) -> hs.Model:
+def quadratic(
+    budget: int = hs.EngineConfig().curvature_memory_bytes,
+    products: int = hs.EngineConfig().max_curvature_products,
+) -> hs.Model:
     model, _ = refs.quadratic_with_spectrum(SPECTRUM)
-    return hs.load_model(model, config=hs.EngineConfig(curvature_memory_bytes=budget))
+    config = hs.EngineConfig(curvature_memory_bytes=budget, max_curvature_products=products)
+    return hs.load_model(model, config=config)
 
 
 OVER_LIMITS = [
@@ -90,6 +95,46 @@ def test_an_estimator_over_the_memory_budget_is_refused_before_compiling(call: A
     assert error.metadata["memory_bytes"] == str(vectors * VECTOR_BYTES)
     assert m.metadata().compile_count == 0
     call(quadratic(budget + 1))
+
+
+ROOMY = hs.EngineConfig().curvature_memory_bytes
+
+PRODUCT_CASES = [
+    # (call, memory budget, field, the Hessian-vector products it takes at X12's B = 3)
+    (lambda m: hs.hessian_trace(m, X12, method="hutchinson", probes=8, seed=0), ROOMY, "probes", 8 * 3),
+    (lambda m: hs.hessian_trace(m, X12, method="hutch++", probes=9, seed=0), ROOMY, "probes", 9 * 3),
+    (lambda m: hs.hessian_trace(m, X12, probes=10, seed=0), TIGHT, "probes", 10 * 3),  # auto: Hutch++
+    (lambda m: hs.hessian_trace(m, X12, method="exact"), TIGHT, "method", 12 * 3),  # by the D unit vectors
+    (lambda m: hs.hessian_diagonal(m, X12, method="hutchinson", probes=8, seed=0), ROOMY, "probes", 8 * 3),
+    (lambda m: hs.hessian_diagonal(m, X12, method="exact"), TIGHT, "method", 12 * 3),
+    (lambda m: hs.hessian_eigen(m, X12, k=2, method="lanczos", iterations=6, seed=0), ROOMY, "iterations", 8 * 3),
+    (lambda m: hs.hessian_eigen(m, X12, k=2, method="lanczos", iterations=90, seed=0), ROOMY, "iterations", 14 * 3),
+    (lambda m: hs.hessian_spectrum(m, X12, probes=2, iterations=5, seed=0), ROOMY, "probes", 2 * 5 * 3),
+    (lambda m: hs.hessian_spectrum(m, X12, probes=2, iterations=50, seed=0), ROOMY, "probes", 2 * 12 * 3),
+]
+"""Lanczos and the spectrum count their iterations clipped to D = 12."""
+
+
+@pytest.mark.parametrize(("call", "budget", "field", "products"), PRODUCT_CASES)
+def test_an_estimator_over_the_product_budget_is_refused_before_compiling(
+    call: Any, budget: int, field: str, products: int
+) -> None:
+    m = quadratic(budget, products=products - 1)
+    with pytest.raises(errors.InvalidArgumentError) as raised:
+        call(m)
+    error = raised.value
+    assert (error.reason, error.field) == ("CURVATURE_OPTION_INVALID", field)
+    assert f"{products:,} Hessian-vector products at B=3" in error.message
+    assert f"limit of {products - 1:,}" in error.message and "max_curvature_products" in error.message
+    assert error.metadata == {"products": str(products), "max_curvature_products": str(products - 1)}
+    assert m.metadata().compile_count == 0
+    call(quadratic(budget, products=products))
+
+
+def test_the_default_product_budget_is_the_documented_constant() -> None:
+    assert hs.EngineConfig().max_curvature_products == opts.MAX_CURVATURE_PRODUCTS
+    with pytest.raises(ValueError, match="max_curvature_products"):
+        hs.EngineConfig(max_curvature_products=0)
 
 
 def test_auto_trace_falls_back_to_hutchinson_when_the_sketch_does_not_fit() -> None:

@@ -28,17 +28,15 @@ import hessd_server as hs
 from hessd import tensor_codec
 from hessd.v1 import hessian_service_pb2 as pb
 from hessd.v1 import hessian_service_pb2_grpc
-from hessd_server.engine import Model
 from hessd_server.engine.execution import prepare_gradient, prepare_hvp
 from hessd_server.serving.scheduling.admission import Admission
 from hessd_server.serving.scheduling.batching import (
-    DEADLINE_SLACK_S,
     LONE_WINDOW_S,
     Batcher,
     BatchingSettings,
     BatchRecord,
 )
-from hessd_server.serving.scheduling.engine_executor import EngineExecutor
+from hessd_server.serving.scheduling.engine_executor import DEADLINE_SLACK_S, EngineExecutor
 from hessd_server.serving.scheduling.engine_pool import EngineThreadPool
 from hessd_server.serving.observability.metrics import Metrics
 from hessd_server.serving.main import parse_config

@@ -345,6 +345,69 @@ def test_work_abandoned_while_running_is_counted_and_stopped_before_it_compiles(
     assert model.metadata().compile_count == compiled + 1 and TRACE_GATE.traces == 2
 
 
+def _abandoned(server: RunningServer) -> dict[str, float]:
+    return {
+        reason: _metric(server, "hessd_abandoned_engine_calls_total", reason=reason)
+        for reason in ("deadline", "cancelled")
+    }
+
+
+def _engine_calls_ended(server: RunningServer) -> float:
+    return _metric(server, "hessd_engine_call_duration_seconds_count")
+
+
+HURRIED_S = 2.0
+"""A caller's deadline: long enough for its call to reach the engine thread, short enough to wait for."""
+
+
+def test_a_running_call_whose_callers_deadline_passes_is_abandoned_for_its_deadline(
+    server: RunningServer,
+) -> None:
+    """The real path: the caller's own deadline ends the call while it runs on an engine
+    thread (held in its trace), a moment before the server's copy of that deadline passes."""
+    model = server.model("gated")
+    compiled = model.metadata().compile_count
+    abandoned = _abandoned(server)
+    ended = _engine_calls_ended(server)
+    TRACE_GATE.reset()
+    TRACE_GATE.armed = True
+    try:
+        with (
+            hessd.Client(server.target, timeout=HURRIED_S) as hurried,
+            pytest.raises(hessd.DeadlineExceededError),
+        ):
+            hurried.hessian("gated", rng_array((6, 3)), full=True)
+        assert TRACE_GATE.entered.is_set(), "the call never reached the engine thread"
+        _eventually(lambda: sum(_abandoned(server).values()) == sum(abandoned.values()) + 1)
+    finally:
+        TRACE_GATE.opened.set()
+    assert _abandoned(server) == {"deadline": abandoned["deadline"] + 1, "cancelled": abandoned["cancelled"]}
+    _eventually(lambda: _engine_calls_ended(server) == ended + 1)
+    assert model.metadata().compile_count == compiled, "the abandoned call went on to compile"
+
+
+def test_a_running_call_whose_caller_cancels_before_its_deadline_is_abandoned_as_cancelled(
+    server: RunningServer,
+) -> None:
+    abandoned = _abandoned(server)
+    ended = _engine_calls_ended(server)
+    request = pb.HessianRequest(
+        model_name="gated", x={"x": tensor_codec.encode(rng_array((7, 3)), field="x")}, full=True
+    )
+    TRACE_GATE.reset()
+    TRACE_GATE.armed = True
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            call = hessian_service_pb2_grpc.HessianServiceStub(channel).Hessian.future(request, timeout=WAIT_S)
+            assert TRACE_GATE.entered.wait(WAIT_S)
+            call.cancel()
+            _eventually(lambda: sum(_abandoned(server).values()) == sum(abandoned.values()) + 1)
+    finally:
+        TRACE_GATE.opened.set()
+    assert _abandoned(server) == {"deadline": abandoned["deadline"], "cancelled": abandoned["cancelled"] + 1}
+    _eventually(lambda: _engine_calls_ended(server) == ended + 1)
+
+
 def test_metadata_and_health_answer_while_a_model_compiles(server: RunningServer) -> None:
     TRACE_GATE.reset()
     TRACE_GATE.armed = True

@@ -350,6 +350,28 @@ def test_shared_memory_inputs_are_bounded_together_from_their_headers(
         registration.close()
 
 
+def test_an_hvps_v_is_bounded_together_with_x_from_their_headers(server: RunningServer) -> None:
+    """Each of x and v would fit the limit and the region on its own; together they do not fit the limit."""
+    region = _region(size=MAX_MESSAGE_BYTES)
+    registration = Registration(server.target, region, size=MAX_MESSAGE_BYTES)
+    try:
+        part = np.zeros((1, MAX_MESSAGE_BYTES // 4 * 3 // 4), np.float32)  # 3/4 of the limit
+        request = pb.HessianVectorProductRequest(
+            model_name="demo",
+            x={"x": _in_shared_memory(part, registration.location(offset=64))},
+            v=_in_shared_memory(part, registration.location(offset=64)),
+        )
+        with pytest.raises(hessd.TensorEncodingError) as refused:
+            _call(server.target, "HessianVectorProduct", request)
+        assert refused.value.reason == "TENSOR_SHAPE_EXCEEDS_LIMIT"
+        assert "together" in refused.value.message and ", v)" in refused.value.message  # x and v named
+        assert refused.value.metadata["max_bytes"] == str(MAX_MESSAGE_BYTES)
+    finally:
+        registration.close()
+        region.close()
+        region.unlink()
+
+
 async def _loop_thread() -> int:
     return threading.get_ident()
 

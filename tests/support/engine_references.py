@@ -11,7 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -249,6 +249,57 @@ def gated_model(gate: TraceGate, dim: int = 3) -> keras.Model:
     keras.utils.set_random_seed(9)
     inputs = keras.Input((dim,))
     hidden = GatedTanh(gate)(keras.layers.Dense(4)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1)(hidden))
+
+
+class RunGate:
+    """Counts the runs of graphs a :class:`GatedRuns` layer was traced into, and
+    holds each run (a compiled call, in graph mode) at the gate while armed, until opened."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.opened = threading.Event()
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+        self.runs = 0
+        """Runs (and eager calls) that passed the gate so far."""
+
+    def reset(self) -> None:
+        """Disarm and close again, for the next test."""
+        self.armed = False
+        self.opened.clear()
+        self.entered.clear()
+
+    def pass_through(self) -> np.int32:
+        with self._lock:
+            self.runs += 1
+        if self.armed:
+            self.entered.set()
+            self.opened.wait(WAIT_S)
+        return np.int32(0)
+
+
+class GatedRuns(keras.layers.Layer):
+    """The identity, whose every run (not its trace) passes through ``gate``: a
+    ``py_function``, so a model holding it runs in graph mode, never in XLA."""
+
+    def __init__(self, gate: RunGate, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        passed = tf.ensure_shape(tf.py_function(self.gate.pass_through, [], tf.int32), [])
+        return x + tf.cast(passed, x.dtype)
+
+    def compute_output_spec(self, x: Any) -> Any:
+        return keras.KerasTensor(x.shape, x.dtype)
+
+
+def gated_runs_model(gate: RunGate, dim: int = 12) -> keras.Model:
+    """Gated identity -> Dense(8, tanh) -> Dense(1) on ``dim`` inputs; its runs pass through ``gate``."""
+    keras.utils.set_random_seed(10)
+    inputs = keras.Input((dim,))
+    hidden = keras.layers.Dense(8, activation="tanh")(GatedRuns(gate)(inputs))
     return keras.Model(inputs, keras.layers.Dense(1)(hidden))
 
 

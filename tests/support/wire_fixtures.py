@@ -46,6 +46,9 @@ LOAD_GATE = threading.Event()
 TRACE_GATE = refs.TraceGate()
 """Holds the traces of ``gated_trace_model`` once armed (in-process servers only)."""
 
+RUN_GATE = refs.RunGate()
+"""Counts the runs of ``gated_runs_model`` and holds each while armed (in-process servers only)."""
+
 ONE_OFF_FAILURE = refs.OneOffFailure()
 """Makes the next run of ``fails_once_model`` fail with an out-of-memory error, once armed."""
 
@@ -53,6 +56,11 @@ ONE_OFF_FAILURE = refs.OneOffFailure()
 def gated_trace_model() -> keras.Model:
     """Dense(4) -> tanh -> Dense(1) on 3 inputs, whose traces wait at :data:`TRACE_GATE` once armed."""
     return refs.gated_model(TRACE_GATE)
+
+
+def gated_runs_model() -> keras.Model:
+    """A small MLP on 12 inputs whose every run passes through :data:`RUN_GATE` (graph mode only)."""
+    return refs.gated_runs_model(RUN_GATE)
 
 
 def fails_once_model() -> keras.Model:

@@ -1,4 +1,4 @@
-"""Engine settings: batch buckets, the result byte limit, the curvature memory budget, XLA,
+"""Engine settings: batch buckets, the result byte limit, the curvature memory and work budgets, XLA,
 the compiled-function cache, the per-example Hessian strategy and the warm-up plan, with the
 names those settings take. No TensorFlow here, so that ``hessd-server`` can parse and check
 its flags without loading it; the warm-up itself is :func:`hessd_server.engine.warmup.warmup`."""
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from hessd.curvature_options import MAX_CURVATURE_PRODUCTS
 
 STRATEGY_NAMES: tuple[str, ...] = ("pfor", "tiled", "forward_over_reverse", "structural")
 """The per-example Hessian strategies, in the order they are tried; their bodies are
@@ -88,6 +90,11 @@ class EngineConfig:
             (B, D) than fit in it (Hutch++'s sketch, 3 * (probes // 3);
             Lanczos's iterations + k; the spectrum's probes * iterations) is
             refused with reason ``CURVATURE_OPTION_INVALID`` before compiling.
+        max_curvature_products: the most Hessian-vector products one matrix-free
+            curvature request may take over all its examples (probes · B,
+            (iterations + k) · B, probes · iterations · B, D · B by unit vectors);
+            more is refused with reason ``CURVATURE_OPTION_INVALID`` before
+            compiling. Default ``hessd.curvature_options.MAX_CURVATURE_PRODUCTS``.
         jit_compile: compile with XLA (``tf.function(jit_compile=True)``); a
             function XLA cannot compile falls back to graph mode and is recorded.
         max_compiled_functions: compiled functions kept per model; beyond it the
@@ -126,6 +133,7 @@ class EngineConfig:
     max_result_bytes: int = 1 << 30
     jit_compile: bool = True
     curvature_memory_bytes: int = 256 << 20
+    max_curvature_products: int = MAX_CURVATURE_PRODUCTS
     max_compiled_functions: int = 256
     strategy: str | None = None
     tuning_cache: str | None = None
@@ -139,6 +147,8 @@ class EngineConfig:
             raise ValueError(f"max_result_bytes must be positive, got {self.max_result_bytes}")
         if self.curvature_memory_bytes < 1:
             raise ValueError(f"curvature_memory_bytes must be positive, got {self.curvature_memory_bytes}")
+        if self.max_curvature_products < 1:
+            raise ValueError(f"max_curvature_products must be positive, got {self.max_curvature_products}")
         if self.max_compiled_functions < 1:
             raise ValueError(f"max_compiled_functions must be >= 1, got {self.max_compiled_functions}")
         if self.autotune_runs < 1:

@@ -22,8 +22,10 @@ bit for bit, ``None`` draws fresh randomness.
 
 Every request is held to a budget before anything is compiled: the option
 limits of :mod:`hessd.curvature_options` (``MAX_PROBES``, ``MAX_ITERATIONS``,
-``MAX_K``), k <= D, and ``curvature_memory_bytes`` for what an estimator keeps
-(Hutch++'s sketch, Lanczos bases); see :func:`check_memory`.
+``MAX_K``), k <= D, ``max_curvature_products`` for the Hessian-vector
+products a matrix-free method takes over all examples (:func:`check_products`),
+and ``curvature_memory_bytes`` for what an estimator keeps (Hutch++'s sketch,
+Lanczos bases; :func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def hessian_diagonal(
             the blocks exceed the memory budget), "hutchinson" (mean of z ⊙ H z
             over Rademacher probes z), or "auto" (exact if the blocks fit, else
             Hutchinson).
-        probes: Hessian-vector products per example for Hutchinson, at most ``MAX_PROBES``.
+        probes: Hessian-vector products per example for Hutchinson, at most
+            ``MAX_PROBES``, and probes · B at most ``max_curvature_products``
+            (as is D · B for ``D`` products with unit vectors).
         seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
 
     ``stderr`` is zeros for exact results, and the sample standard deviation
@@ -92,10 +96,12 @@ def hessian_diagonal(
     if method == "auto":
         method = "exact" if _blocks_fit(m, inputs) else "hutchinson"
     if method == "hutchinson":
+        _check_probe_products(m, inputs, probes)
         kind, options = "diagonal/hutchinson", {"probes": probes, "chunk": _probe_chunk(m, inputs, probes)}
     elif _blocks_fit(m, inputs):
         kind, options = "diagonal/blocks", {}
     else:
+        _check_unit_products(m, inputs)
         kind, options = "diagonal/units", {"chunk": _chunk(m, inputs, inputs.event_size)}
     return Diagonal(*_run(m, kind, inputs, weights, options, seed))
 
@@ -121,8 +127,10 @@ def hessian_trace(
             rest; ``probes`` >= 3, split in thirds), or "auto" (exact if the
             blocks fit, else Hutch++ if its sketch fits, else Hutchinson).
         probes: Hessian-vector products per example for Hutchinson and
-            Hutch++, at most ``MAX_PROBES``; Hutch++ keeps 3 * (probes // 3)
-            vectors (B, D), which must fit ``curvature_memory_bytes``.
+            Hutch++, at most ``MAX_PROBES``, and probes · B at most
+            ``max_curvature_products`` (as is D · B for ``D`` products with
+            unit vectors); Hutch++ keeps 3 * (probes // 3) vectors (B, D),
+            which must fit ``curvature_memory_bytes``.
         seed: an integer in [0, 2**64) for reproducible probes; ``None`` for fresh ones.
 
     ``stderr`` is zeros for exact results; for Hutchinson the sample standard
@@ -141,6 +149,8 @@ def hessian_trace(
     check_result_size(m, 2 * inputs.batch, inputs.precision, "Hessian trace", _SMALLER_BATCH)
     if method == "auto":
         method = "exact" if _blocks_fit(m, inputs) else "hutch++" if _sketch_fits(m, inputs, probes) else "hutchinson"
+    if method in ("hutchinson", "hutch++"):
+        _check_probe_products(m, inputs, probes)
     if method == "hutch++":
         check_memory(
             m,
@@ -158,6 +168,7 @@ def hessian_trace(
     elif _blocks_fit(m, inputs):
         kind, options = "trace/blocks", {}
     else:
+        _check_unit_products(m, inputs)
         kind, options = "trace/units", {"chunk": _chunk(m, inputs, inputs.event_size)}
     return Trace(*_run(m, kind, inputs, weights, options, seed))
 
@@ -193,8 +204,9 @@ def hessian_eigen(
             memory budget, else Lanczos).
         iterations: Lanczos's Krylov dimension, in [k, ``MAX_ITERATIONS``],
             clipped to D; ``None`` means max(64, 4k), clipped to D. Lanczos
-            keeps iterations + k vectors (B, D), which must fit
-            ``curvature_memory_bytes``.
+            takes (iterations + k) · B products, at most
+            ``max_curvature_products``, and keeps iterations + k vectors
+            (B, D), which must fit ``curvature_memory_bytes``.
         tol: Lanczos stops early once every wanted pair of every example has
             ‖Hv − λv‖ <= tol·|λ|. A run that does not converge still returns;
             its residuals tell.
@@ -226,6 +238,15 @@ def hessian_eigen(
         kind, options = "eigen/exact", {"k": k, "which": which}
     else:
         krylov = opts.default_eigen_iterations(k, dim) if iterations is None else min(iterations, dim)
+        check_products(
+            m,
+            inputs,
+            per_example=krylov + k,
+            field="iterations",
+            asked=f"iterations={krylov:,} (clipped to D) and k={k:,} (one product per Lanczos step and per "
+            "residual, for each example)",
+            advice="ask fewer iterations or eigenpairs k, or send a smaller batch",
+        )
         check_memory(
             m,
             inputs,
@@ -259,8 +280,9 @@ def hessian_spectrum(
     their eigenvectors over ``probes`` (weights, >= 0, summing to 1 per
     example). The density is sum weights · δ(λ − nodes); smooth it to draw it.
     ``probes`` is at most ``MAX_PROBES`` and ``iterations`` at most
-    ``MAX_ITERATIONS``; the runs keep probes · iterations vectors (B, D),
-    which must fit ``curvature_memory_bytes``.
+    ``MAX_ITERATIONS``; the runs take probes · iterations · B products, at
+    most ``max_curvature_products``, and keep probes · iterations vectors
+    (B, D), which must fit ``curvature_memory_bytes``.
 
     >>> import numpy as np, hessd_server as hs
     >>> m = hs.load_model(hs.DEMO_MODEL_SOURCE)
@@ -275,6 +297,14 @@ def hessian_spectrum(
     check_result_size(
         m, 2 * inputs.batch * probes * krylov, inputs.precision, "spectrum",
         "ask fewer probes or iterations, or send a smaller batch",
+    )
+    check_products(
+        m,
+        inputs,
+        per_example=probes * krylov,
+        field="probes",
+        asked=f"probes={probes:,} runs of iterations={krylov:,} Lanczos steps (clipped to D) for each example",
+        advice="ask fewer probes or iterations, or send a smaller batch",
     )
     check_memory(
         m,
@@ -347,6 +377,57 @@ def check_memory(
         field=field,
         reason="CURVATURE_OPTION_INVALID",
         metadata={"value": value, "memory_bytes": needed, "curvature_memory_bytes": limit},
+    )
+
+
+def check_products(
+    m: Model, inputs: PreparedInputs, *, per_example: int, field: str, asked: str, advice: str
+) -> None:
+    """Refuse a matrix-free estimate of ``per_example`` Hessian-vector products per
+    example that takes more than ``max_curvature_products`` over the request's B examples.
+
+    ``asked`` says which options ask for them, ``advice`` what to lower, ``field``
+    names the option that decides it.
+
+    Raises:
+        InvalidArgumentError: reason ``CURVATURE_OPTION_INVALID`` on ``field``, with
+            metadata products and max_curvature_products.
+    """
+    products = per_example * inputs.batch
+    limit = m.config.max_curvature_products
+    if products <= limit:
+        return
+    raise InvalidArgumentError(
+        f"{asked}: {products:,} Hessian-vector products at B={inputs.batch}, over the limit of "
+        f"{limit:,} per curvature request (max_curvature_products); {advice}",
+        field=field,
+        reason="CURVATURE_OPTION_INVALID",
+        metadata={"products": products, "max_curvature_products": limit},
+    )
+
+
+def _check_probe_products(m: Model, inputs: PreparedInputs, probes: int) -> None:
+    """:func:`check_products` of Hutchinson or Hutch++ with ``probes`` products per example."""
+    check_products(
+        m,
+        inputs,
+        per_example=probes,
+        field="probes",
+        asked=f"probes={probes:,} (one product per probe and example)",
+        advice="ask fewer probes, or send a smaller batch",
+    )
+
+
+def _check_unit_products(m: Model, inputs: PreparedInputs) -> None:
+    """:func:`check_products` of an exact diagonal or trace by products with the D unit vectors."""
+    check_products(
+        m,
+        inputs,
+        per_example=inputs.event_size,
+        field="method",
+        asked=f"method='exact' by unit vectors, as its blocks exceed the memory budget (one product per "
+        f"input, D={inputs.event_size:,}, and example)",
+        advice="use method='hutchinson' (or 'auto'), or send a smaller batch",
     )
 
 

@@ -84,6 +84,9 @@ class ServerConfig:
         curvature_memory_bytes: the curvature summaries' memory budget: "auto"
             is exact when the dense blocks fit it, and estimators that would
             keep more are refused (engine setting).
+        max_curvature_products: the most Hessian-vector products one matrix-free
+            curvature request may take over all its examples; more are refused
+            before compiling (engine setting).
         jit_compile: compile with XLA (engine setting).
         strategy: the per-example Hessian strategy every model uses, a name of
             ``hessd_server.engine.config.STRATEGY_NAMES``, or ``None`` to
@@ -166,6 +169,7 @@ class ServerConfig:
     max_batch_size: int = 1024
     max_result_bytes: int = 1 << 30
     curvature_memory_bytes: int = 256 << 20
+    max_curvature_products: int = EngineConfig.max_curvature_products
     jit_compile: bool = True
     strategy: str | None = None
     tuning_cache: str | None = None
@@ -278,6 +282,7 @@ class ServerConfig:
             max_batch_size=self.max_batch_size,
             max_result_bytes=self.max_result_bytes,
             curvature_memory_bytes=self.curvature_memory_bytes,
+            max_curvature_products=self.max_curvature_products,
             jit_compile=self.jit_compile,
             max_compiled_functions=self.max_compiled_functions,
             strategy=self.strategy,

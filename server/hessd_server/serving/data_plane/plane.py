@@ -8,8 +8,8 @@ method reads top to bottom:
    engine is done with it, so that a reload never unloads it mid-call;
 2. plan the reply: check ``result_encoding`` (:func:`~.reply_plan.encoding_of`);
 3. decode ``x``, ``output_weights`` (and ``v``), from the message or from
-   registered shared memory, every size bounded by the message limit, and read
-   ``wrt`` or ``wrt_inputs``;
+   registered shared memory, in one read whose tensors in shared memory are
+   bounded together by the message limit, and read ``wrt`` or ``wrt_inputs``;
 4. check the precision against the version and, for one-message replies, the
    reply's size from the input shapes (:meth:`~.reply_plan.ReplyPlan.check_estimate`);
 5. hand the work to the batcher once and await its result.
@@ -63,8 +63,9 @@ CURVATURE_FUNCTIONS: dict[str, Callable[..., CurvatureResult]] = {
 }
 """The engine's curvature summary behind each curvature RPC."""
 
-Preparation = Callable[[Model, dict[str, np.ndarray], dict[str, Any]], PreparedCall]
-"""(model, x by input name, options) -> the request checked and ready to run."""
+_WEIGHTS_KEY = ("output_weights",)
+_TANGENT_KEY = ("v",)
+"""Keys of ``output_weights`` and ``v`` among a request's tensors, apart from ``x``'s input names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +86,16 @@ class Answer(Generic[R]):
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    """A request's decoded inputs: ``x`` by input name and the engine's options
-    (``output_weights``, ``wrt``, ``precision``)."""
+    """A request's decoded inputs: ``x`` by input name, the engine's options
+    (``output_weights``, ``wrt``, ``precision``) and, for an HVP, ``v`` (B, *S)."""
 
     x: dict[str, np.ndarray]
     options: dict[str, Any]
+    v: np.ndarray | None = None
+
+
+Preparation = Callable[[Model, _Decoded], PreparedCall]
+"""(model, the request's decoded tensors and options) -> the request checked and ready to run."""
 
 
 class DataPlane:
@@ -119,16 +125,16 @@ class DataPlane:
         evaluation = isinstance(request, pb.EvaluateRequest)
         full = request.full
 
-        def prepare(model: Model, x: dict[str, np.ndarray], options: dict[str, Any]) -> PreparedCall:
-            return prepare_second_order(model, x, full=full, evaluation=evaluation, **options)
+        def prepare(model: Model, decoded: _Decoded) -> PreparedCall:
+            return prepare_second_order(model, decoded.x, full=full, evaluation=evaluation, **decoded.options)
 
         return await self._derivative(rpc, request, deadline, prepare, full=full)
 
     async def gradient(self, request: pb.GradientRequest, deadline: Deadline | None) -> Answer[np.ndarray]:
         """``Gradient``: the per-example gradient (B, *S)."""
 
-        def prepare(model: Model, x: dict[str, np.ndarray], options: dict[str, Any]) -> PreparedCall:
-            return prepare_gradient(model, x, **options)
+        def prepare(model: Model, decoded: _Decoded) -> PreparedCall:
+            return prepare_gradient(model, decoded.x, **decoded.options)
 
         return await self._derivative("Gradient", request, deadline, prepare)
 
@@ -136,11 +142,9 @@ class DataPlane:
         self, request: pb.HessianVectorProductRequest, deadline: Deadline | None
     ) -> Answer[np.ndarray]:
         """``HessianVectorProduct``: H·v per example (B, *S)."""
-        tensors = {"v": ("v", request.v)}
-        v = (await read_tensors(self._regions, tensors, max_bytes=self._max_message_bytes))["v"]
 
-        def prepare(model: Model, x: dict[str, np.ndarray], options: dict[str, Any]) -> PreparedCall:
-            return prepare_hvp(model, x, v, **options)
+        def prepare(model: Model, decoded: _Decoded) -> PreparedCall:
+            return prepare_hvp(model, decoded.x, decoded.v, **decoded.options)
 
         return await self._derivative("HessianVectorProduct", request, deadline, prepare)
 
@@ -198,7 +202,7 @@ class DataPlane:
             examples = max((array.shape[0] if array.ndim else 1 for array in x.values()), default=1)
             input_bytes = sum(array.nbytes for array in x.values())
             result = await self._batcher.compute(
-                deadline, rpc, model, lambda: prepare(model, x, options), examples, input_bytes
+                deadline, rpc, model, lambda: prepare(model, decoded), examples, input_bytes
             )
         return Answer(result, served.label, plan)
 
@@ -211,22 +215,26 @@ class DataPlane:
         return ReplyPlan(kind, encoding, self._max_message_bytes)
 
     async def _decoded(self, request: DerivativeRequest, model: Model) -> _Decoded:
-        """``x`` by input name of ``model``, and ``output_weights``, ``wrt`` and
-        ``precision``; tensors in shared memory are read off the event loop."""
+        """``x`` by input name of ``model``, ``output_weights``, ``wrt``, ``precision``
+        and an HVP's ``v``; the tensors in shared memory are bounded together and
+        read off the event loop, in one read."""
         entries = len(request.x)
-        tensors: dict[str | None, tuple[str, Tensor]] = {
+        tensors: dict[str | tuple[str], tuple[str, Tensor]] = {
             _input_key(model, name, entries): (input_path(name), tensor) for name, tensor in request.x.items()
         }
         if request.HasField("output_weights"):
-            tensors[None] = ("output_weights", request.output_weights)
+            tensors[_WEIGHTS_KEY] = ("output_weights", request.output_weights)
+        if isinstance(request, pb.HessianVectorProductRequest):
+            tensors[_TANGENT_KEY] = ("v", request.v)
         arrays = await read_tensors(self._regions, tensors, max_bytes=self._max_message_bytes)
-        weights = arrays.pop(None, None)
+        weights = arrays.pop(_WEIGHTS_KEY, None)
+        v = arrays.pop(_TANGENT_KEY, None)
         options = {
             "output_weights": weights,
             "wrt": _wrt(request),
             "precision": tensor_codec.decode_precision(request.precision),
         }
-        return _Decoded(arrays, options)  # type: ignore[arg-type]
+        return _Decoded(arrays, options, v)  # type: ignore[arg-type]
 
 
 LEGACY_LONE_INPUT_KEY = "x"

@@ -42,9 +42,11 @@ Admission. At most ``max_queued_requests`` requests wait; past that a new
 request fails at once with ``UnavailableError`` (UNAVAILABLE). A queued
 request whose RPC is cancelled or whose deadline passes leaves the queue
 before its batch runs, and is counted in ``hessd_dropped_engine_calls_total``
-(``reason="deadline"`` when it ended at most :data:`DEADLINE_SLACK_S` before
-its deadline, else ``"cancelled"``). Deadlines and queue times are measured on
-the batcher's clock.
+(``reason="deadline"`` when it ended at most
+:data:`~.engine_executor.DEADLINE_SLACK_S` before its deadline, else
+``"cancelled"``; :func:`~.engine_executor.end_reason`, the rule running calls
+are counted by too). Deadlines and queue times are measured on the batcher's
+clock.
 
 Every batch that starts is recorded (:attr:`Batcher.records`, and the
 ``hessd_batches_total{reason}`` counter) with why it started: ``inline`` (a
@@ -75,7 +77,7 @@ from ...engine.execution import PreparedCall
 from ...engine.stacking import can_stack, run_stacked, stack_key, stack_limit
 from ..observability import tracing
 from ..observability.metrics import Metrics
-from .engine_executor import Deadline, EngineExecutor
+from .engine_executor import Deadline, EngineExecutor, end_reason
 
 _log = logging.getLogger(__name__)
 
@@ -94,12 +96,6 @@ LONE_WINDOW_S = 0.1
 LONE_TIMINGS_KEPT = 1024
 """Kinds of call per model whose last lone time is kept; past this they are forgotten
 (and measured again, on an engine thread)."""
-
-DEADLINE_SLACK_S = 0.25
-"""A queued call that ends within this many seconds of its deadline is counted as
-dropped for its deadline, not as cancelled: the caller's own deadline ends the call
-a moment before the server's copy of it passes (that copy starts when the request
-arrives), so which one fires first tells nothing."""
 
 LOOP_CHECK_BYTES = 1 << 20
 """Requests with more input bytes than this are checked on an engine thread,
@@ -383,8 +379,7 @@ class Batcher:
         if request in self._queue:
             self._queue.remove(request)
             self._metrics.set_queued(len(self._queue))
-            expired = request.deadline is not None and self.clock() >= request.deadline - DEADLINE_SLACK_S
-            self._metrics.count_dropped("deadline" if expired else "cancelled")
+            self._metrics.count_dropped(end_reason(request.deadline, self.clock()))
             request.outcome.cancel()
         elif request.outcome.done() and not request.outcome.cancelled() and request.outcome.exception() is None:
             outcome = request.outcome.result()

@@ -17,6 +17,20 @@ from ..observability.metrics import Metrics
 
 T = TypeVar("T")
 
+DEADLINE_SLACK_S = 0.25
+"""A call whose RPC ends within this many seconds of its deadline ended for its
+deadline, not because it was cancelled: the caller's own deadline ends the call a
+moment before the server's copy of it passes (that copy starts when the request
+arrives), so which one fires first tells nothing."""
+
+
+def end_reason(deadline: float | None, now: float) -> str:
+    """Why a call whose RPC ended at ``now`` ended: ``"deadline"`` when ``now`` is at
+    most :data:`DEADLINE_SLACK_S` before its ``deadline`` (or past it), else
+    ``"cancelled"``. Both are read on the same monotonic clock; ``deadline`` is None
+    for a call without one."""
+    return "deadline" if deadline is not None and now >= deadline - DEADLINE_SLACK_S else "cancelled"
+
 
 class Deadline(Protocol):
     """What scheduling needs of a call's transport: the time it has left.
@@ -37,8 +51,11 @@ class EngineExecutor:
     (``hessd_dropped_engine_calls_total{reason}``). An RPC that ends while its
     engine call runs leaves that call *abandoned*: it is counted
     (``hessd_abandoned_engine_calls_total{reason}``) and the engine stops it at
-    its next step (see :mod:`hessd_server.engine.cancellation`); a
+    its next step (see :mod:`hessd_server.engine.cancellation`), raising
+    ``DeadlineExceededError`` or ``CancelledError`` by that reason; a
     computation already running finishes first and its result is discarded.
+    An RPC that ends within :data:`DEADLINE_SLACK_S` of its deadline ended for
+    its deadline (:func:`end_reason`).
 
     Args:
         pool: the worker threads; its size bounds the engine calls running at once.
@@ -85,7 +102,7 @@ class EngineExecutor:
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            reason = "deadline" if call.expired() else "cancelled"
+            reason = call.end_reason()
             started = call.give_up(reason)
             if future.cancel():
                 self._metrics.call_dequeued()
@@ -115,6 +132,10 @@ class _EngineCall:
     def expired(self) -> bool:
         """Whether the RPC's deadline has passed."""
         return self._deadline is not None and self._clock() >= self._deadline
+
+    def end_reason(self) -> str:
+        """Why the RPC, ending now, ended: ``"deadline"`` or ``"cancelled"`` (:func:`end_reason`)."""
+        return end_reason(self._deadline, self._clock())
 
     def start(self) -> str | None:
         """Mark the call started, unless it is given up or expired; then return why not."""
