@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,20 +41,24 @@ DIM = 64
 """Input size of the ``mid`` MLP (``bench_methods.MID_DIM``, which imports TensorFlow)."""
 HESSIAN_PATH = "/hessd.v1.HessianService/Hessian"
 COLUMNS = ("caller process", "calling thread", "server process", "server event loop")
+"""What each caller reports, in CPU ms per call, in this order."""
 WARM_CALLS = 100
 """Calls each caller makes before it starts counting."""
 PROFILE_ROWS = 30
+"""Functions each of the two profile tables lists."""
 
 
 def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User and system CPU seconds of process ``pid`` (or its thread ``thread``), from
+    ``/proc``; read here rather than through ``bench_wire``, which imports TensorFlow
+    into the caller processes."""
     path = Path(f"/proc/{pid}") if thread is None else Path(f"/proc/{pid}/task/{thread}")
     fields = (path / "stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _readings(server_pid: int) -> tuple[float, ...]:
-    import time
-
+    """CPU seconds so far, in the order of :data:`COLUMNS`."""
     usage = os.times()
     return (
         usage.user + usage.system,
@@ -64,6 +69,7 @@ def _readings(server_pid: int) -> tuple[float, ...]:
 
 
 def _request_bytes(x: Any) -> bytes:
+    """The serialized Hessian request of ``x`` (B, 64) float32 for the ``mid`` MLP."""
     from hessd import tensor_codec
     from hessd.v1 import hessian_service_pb2 as pb
 
@@ -157,9 +163,9 @@ def _async_calls(
 
 
 def _profiled(call: Any, calls: int) -> None:
+    """Print a cProfile of ``calls`` calls of ``call()``, on this thread's CPU clock."""
     import cProfile
     import pstats
-    import time
 
     profiler = cProfile.Profile(time.thread_time)
     profiler.enable()
@@ -174,11 +180,13 @@ def _profiled(call: Any, calls: int) -> None:
 
 
 def _environment(tree: Path) -> dict[str, str]:
+    """This process's environment with ``tree``'s code first on ``PYTHONPATH``."""
     paths = [str(tree / "client"), str(tree / "server"), str(BENCHMARKS)]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _caller(tree: Path, target: str, mode: str, callers: int, calls: int, pid: int, profile: bool) -> str:
+    """What a fresh caller process of ``tree``'s code prints (see :func:`caller_main`)."""
     code = (
         "import bench_call_cpu; "
         f"bench_call_cpu.caller_main({target!r}, {mode!r}, {callers}, {calls}, {pid}, {profile})"
