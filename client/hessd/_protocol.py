@@ -461,13 +461,13 @@ def _result_sizes(request: pb.HessianRequest | pb.EvaluateRequest) -> list[int]:
 
     Exact for a single-input model or named ``wrt`` inputs; else judged from the largest input.
     """
-    shapes = [tuple(tensor.shape) for tensor in request.x.values()]
+    shapes = {name: tuple(tensor.shape) for name, tensor in request.x.items()}
     named = list(request.wrt_inputs) or [request.wrt]
-    batch = max((shape[0] for shape in shapes if shape), default=0)
-    if all(name in request.x for name in named):
-        size = sum(math.prod(request.x[name].shape[1:]) for name in named)
+    batch = max((shape[0] for shape in shapes.values() if shape), default=0)
+    if all(name in shapes for name in named):
+        size = sum(math.prod(shapes[name][1:]) for name in named)
     else:
-        size = max((math.prod(shape[1:]) for shape in shapes), default=0)
+        size = max((math.prod(shape[1:]) for shape in shapes.values()), default=0)
     count, n = (1, batch * size) if request.full else (batch, size)
     packed = request.result_encoding.packing == PACKING_UPPER
     elements = [count * (n * (n + 1) // 2 if packed else n * n)]

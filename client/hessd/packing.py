@@ -32,6 +32,13 @@ PACKINGS: tuple[str, ...] = ("none", "upper")
 RESULT_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
 """The ``result_dtype`` arguments the SDK accepts, besides ``None`` (the precision)."""
 
+_PRECISION_DTYPES: dict[str | None, np.dtype] = {
+    None: np.dtype(np.float32),
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+"""The dtype of each common ``precision``, looked up rather than parsed on every reply."""
+
 
 def matrices(shape: Sequence[int], *, field: str = "hessian") -> tuple[int, int]:
     """(count, n): how many symmetric n x n matrices a tensor of ``shape`` holds.
@@ -124,7 +131,7 @@ def _row_starts(n: int) -> list[int]:
 
 def widened(array: np.ndarray, precision: str | None) -> np.ndarray:
     """``array`` in the dtype of ``precision`` (float32 when ``None``); exact for narrower floats."""
-    target = np.dtype(precision or "float32")
+    target = _PRECISION_DTYPES.get(precision) or np.dtype(precision)
     if array.dtype == target:
         return array
     wide = array.astype(target)

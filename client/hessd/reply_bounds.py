@@ -148,13 +148,58 @@ def bound_of(request: Message) -> ReplyBound | None:
 def checked(request: Message, reply: Reply) -> Reply:
     """``reply`` itself, once its result headers are what ``request`` can get back.
 
+    A reply whose every result has exactly the header :func:`_exact_headers` expects
+    passes at once; any other is judged by :func:`bound_of`, which accepts or
+    refuses it as it would have without that shortcut.
+
     Raises:
         InvalidReplyError: as for :meth:`ReplyBound.check`.
     """
+    headers = _exact_headers(request)
+    if headers is not None and all(_header(getattr(reply, name)) == header for name, header in headers.items()):
+        return reply
     bound = bound_of(request)
     if bound is not None:
         bound.check_tensors(reply)
     return reply
+
+
+def _header(tensor: Any) -> tuple[int, int, tuple[int, ...]]:
+    """A result tensor's (``DataType``, ``Packing``, shape)."""
+    return tensor.dtype, tensor.packing, tuple(tensor.shape)
+
+
+def _exact_headers(request: Any) -> dict[str, tuple[int, int, tuple[int, ...]]] | None:
+    """Each result of a one-message reply to a Hessian, Evaluate, Gradient or
+    HessianVectorProduct ``request`` whose results follow one input (one ``wrt``, or
+    the only input) of rank >= 1: its only admitted (``DataType``, ``Packing``, shape),
+    by reply field; ``None`` for any other request. What :func:`bound_of` admits of
+    such a request, and nothing else."""
+    kind = _SHORTCUT_KINDS.get(type(request))
+    if kind is None or len(request.wrt_inputs) > 1:
+        return None
+    x = request.x
+    wrt = request.wrt_inputs[0] if request.wrt_inputs else request.wrt
+    if wrt in x:
+        tensor = x[wrt]
+    elif len(x) == 1:
+        tensor = next(iter(x.values()))
+    else:
+        return None
+    shape = tuple(tensor.shape)
+    if not shape:
+        return None
+    batch, example = shape[0], shape[1:]
+    data_type = request.precision or DATA_TYPE_FLOAT32
+    if kind == "per_input":
+        return {_PER_INPUT_RESULTS[type(request)]: (data_type, PACKING_NONE, shape)}
+    encoding = request.result_encoding
+    hessian = (batch, *example, batch, *example) if request.full else (batch, *example, *example)
+    narrowed = encoding.dtype if encoding.dtype in _NARROW_TYPES else data_type
+    headers = {"hessian": (narrowed, encoding.packing, hessian)}
+    if kind == "evaluation":
+        headers = {"value": (narrowed, PACKING_NONE, (batch,)), "gradient": (narrowed, PACKING_NONE, shape), **headers}
+    return headers
 
 
 def _candidates(request: Any) -> list[tuple[int, tuple[int, ...]]]:
@@ -249,6 +294,19 @@ def _spectrum(request: pb.HessianSpectrumRequest) -> dict[str, ExpectedResult]:
 
     return _expected(request, dict.fromkeys(("nodes", "weights"), steps))
 
+
+_SHORTCUT_KINDS: dict[type[Message], str] = {
+    pb.HessianRequest: "hessian",
+    pb.EvaluateRequest: "evaluation",
+    pb.GradientRequest: "per_input",
+    pb.HessianVectorProductRequest: "per_input",
+}
+"""The requests :func:`_exact_headers` knows, by what their replies hold."""
+
+_PER_INPUT_RESULTS: dict[type[Message], str] = {
+    pb.GradientRequest: "gradient",
+    pb.HessianVectorProductRequest: "hvp",
+}
 
 _RULES: dict[type[Message], tuple[str, Results]] = {
     pb.HessianRequest: ("Hessian", _second_order),

@@ -45,6 +45,8 @@ _WIRE_DTYPES: dict[int, np.dtype] = {
 }
 if ml_dtypes is not None:
     _WIRE_DTYPES[DataType.DATA_TYPE_BFLOAT16] = np.dtype(ml_dtypes.bfloat16)
+_NATIVE_DTYPES: dict[int, np.dtype] = {code: dtype.newbyteorder("=") for code, dtype in _WIRE_DTYPES.items()}
+"""Each wire dtype in this machine's byte order: what decoded arrays hold."""
 
 _DATA_TYPES_BY_NAME: dict[str, int] = {
     "float32": DataType.DATA_TYPE_FLOAT32,
@@ -168,6 +170,7 @@ def from_bytes(
     Raises:
         TensorEncodingError: as for :func:`decode`.
     """
+    shape = tuple(shape)
     expected = nbytes(data_type, shape, field=field, packing=packing, max_bytes=max_bytes)
     if len(data) != expected:
         raise TensorEncodingError(
@@ -178,11 +181,13 @@ def from_bytes(
             reason="TENSOR_BYTE_COUNT_MISMATCH",
             metadata={"expected_bytes": expected, "actual_bytes": len(data)},
         )
-    wire_dtype = _wire_dtype(data_type, field=field)
-    array = np.frombuffer(data, dtype=wire_dtype).astype(wire_dtype.newbyteorder("="), copy=False)
+    array = np.frombuffer(data, dtype=_wire_dtype(data_type, field=field))
+    native = _NATIVE_DTYPES[data_type]
+    if array.dtype != native:
+        array = array.astype(native, copy=False)
     if packing == PACKING_UPPER:
         array = packing_layout.unpack_upper(array, shape, field=field)
-    array = array.reshape(tuple(shape))
+    array = array.reshape(shape)
     array.flags.writeable = False
     return array
 
@@ -215,27 +220,26 @@ def nbytes(
             reason="TENSOR_RANK_EXCEEDS_LIMIT",
             metadata={"rank": len(shape), "max_rank": MAX_RANK},
         )
-    if any(size < 0 for size in shape):
+    if shape and min(shape) < 0:
         raise TensorEncodingError(
             f"{field} has shape {tuple(shape)}; dimensions must be >= 0.",
             field=f"{field}.shape",
             reason="TENSOR_SHAPE_NEGATIVE",
         )
     limit = MAX_TENSOR_BYTES if max_bytes is None else max_bytes
-    span = itemsize
-    for size in shape:
-        span *= max(size, 1)
-        if span > limit:
-            raise TensorEncodingError(
-                f"{field} has shape {tuple(shape)}, whose non-zero dimensions span over "
-                f"{limit:,} bytes of {dtype_name(data_type, field=field)}, the most a tensor "
-                "may take here; send smaller tensors.",
-                field=f"{field}.shape",
-                reason="TENSOR_SHAPE_EXCEEDS_LIMIT",
-                metadata={"max_bytes": limit},
-            )
+    elements = math.prod(shape)
+    span = itemsize * (elements if elements else math.prod(filter(None, shape)))
+    if span > limit:
+        raise TensorEncodingError(
+            f"{field} has shape {tuple(shape)}, whose non-zero dimensions span over "
+            f"{limit:,} bytes of {dtype_name(data_type, field=field)}, the most a tensor "
+            "may take here; send smaller tensors.",
+            field=f"{field}.shape",
+            reason="TENSOR_SHAPE_EXCEEDS_LIMIT",
+            metadata={"max_bytes": limit},
+        )
     if packing == PACKING_NONE:
-        return math.prod(shape) * itemsize
+        return elements * itemsize
     if packing == PACKING_UPPER:
         return packing_layout.packed_elements(shape, field=field) * itemsize
     raise TensorEncodingError(

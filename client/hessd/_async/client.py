@@ -174,7 +174,9 @@ class AsyncClient(AsyncConnection):
             result_dtype=result_dtype,
         )
         fields = _protocol.HESSIAN_FIELDS
-        shared = await self._in_shared_memory(self._stub.Hessian, request, fields)
+        shared = None
+        if self._result_memory is not None:
+            shared = await self._in_shared_memory(self._stub.Hessian, request, fields)
         if shared is not None:
             arrays, version = shared
         elif _protocol.needs_chunks(request, self._max_receive):
@@ -275,7 +277,9 @@ class AsyncClient(AsyncConnection):
             result_dtype=result_dtype,
         )
         fields = _protocol.EVALUATION_FIELDS
-        shared = await self._in_shared_memory(self._stub.Evaluate, request, fields)
+        shared = None
+        if self._result_memory is not None:
+            shared = await self._in_shared_memory(self._stub.Evaluate, request, fields)
         if shared is not None:
             arrays, version = shared
         elif _protocol.needs_chunks(request, self._max_receive):

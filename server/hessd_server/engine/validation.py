@@ -10,9 +10,10 @@ input name when ``x`` was one array), ``wrt``, ``output_weights``, ``v`` or
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
-from typing import Any, Mapping, Sequence, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 

@@ -84,10 +84,10 @@ def warmup(
     with their default options, and ``full_hessian`` at exactly ``batch_sizes``
     (a full Hessian is never padded). ``precisions`` are ``"float32"`` (default) and ``"float64"``.
 
-    The per-example Hessian also runs the batch-independence probe and tunes the
-    strategy, largest bucket first (every strategy that applies is compiled,
-    checked against the reference and timed; small buckets take the choice of
-    a larger one, see :data:`hessd_server.engine.autotune.SMALL_BUCKET_ROWS`).
+    The per-example Hessian also runs the batch-independence probe and chooses the
+    strategy, largest bucket first (by rule, record or tuning, see
+    :mod:`hessd_server.engine.autotune`; small buckets take the choice of a larger
+    one, see :data:`hessd_server.engine.autotune.SMALL_BUCKET_ROWS`).
     Needs every per-example input shape to be known.
 
     Raises:
