@@ -33,7 +33,7 @@ from pathlib import Path
 
 from hessd_server.serving.server_process import ServerProcess
 
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 
 DEFAULT, RECORD = "by rule (default)", "tuning record read (`--tuning-cache`)"
 SHIPPED = "tuning record beside the version (`--write-tuning-records`)"
@@ -160,9 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
     ]
     page = render_page(TITLE, header, command, lines)
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 

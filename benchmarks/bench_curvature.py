@@ -38,7 +38,7 @@ import numpy as np
 import hessd_server as hs
 from bench_hessian import FULL, QUICK, Budget
 from bench_methods import HIDDEN, build_mlp
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 
 TOP_K = 5
 PROBES = 64
@@ -366,9 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{key} ...", flush=True)
         rows += run_case(CASES[key], QUICK if args.quick else FULL)
     page = render_page(TITLE, header, command, render_body(rows))
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 

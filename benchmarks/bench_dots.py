@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from hessd_server.engine.structural import BLOCKED_FROM_DIM, BLOCKS
 
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 
 HIDDEN = 256
 """n, the width of the benchmark MLP's hidden layers."""
@@ -248,9 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
     ]
     page = render_page(TITLE, header, command_line("bench_dots.py", sys.argv[1:] if argv is None else argv), body)
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 

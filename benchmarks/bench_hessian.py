@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_methods import BUILDERS, HIDDEN, IMAGE, LARGE_IMAGE, LSTM_FEATURES, LSTM_STEPS, LSTM_UNITS, Method, NotExpressible, build_workload
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 
 RTOL = 1e-4
 """Agreement required with hessd: |H - H_hessd| <= RTOL * (|H_hessd| + max |H_hessd|), float32."""
@@ -340,9 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += case_rows
         notes += case_notes
     page = render_page(TITLE, header, command, render_body(rows, list(dict.fromkeys(notes))))
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 

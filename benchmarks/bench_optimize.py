@@ -55,7 +55,7 @@ import hessd
 import hessd_server as hs
 from hessd.optimize import Constraint, Objective, minimize_batch
 from hessd_server.serving.server_process import ServerProcess
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 
 TITLE = "Optimizers over a served surrogate"
 HIDDEN = 64
@@ -353,9 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"FAILED: {err}", file=sys.stderr)
                 return 1
     page = render_page(TITLE, header, command, render_body(rows, batch_size, repeats))
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 

@@ -52,7 +52,7 @@ import numpy as np
 import hessd
 from hessd.transfer_options import TRANSFER_OPTIONS
 
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 
 TITLE = "Large results: TCP, unix socket and shared memory"
 SWEEP_TITLE = "Bare gRPC stream of 16.8 MB over loopback TCP, by HTTP/2 settings and chunk size"
@@ -382,9 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = "\n".join([render_table(rows), "", *target_lines(rows)])
         title = TITLE
     page = render_page(title, header, command_line("bench_transfer.py", sys.argv[1:] if argv is None else argv), [table])
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 

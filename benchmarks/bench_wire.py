@@ -87,7 +87,7 @@ from hessd_server.serving.server_process import ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench_methods import MID_DIM, Workload, build_mid, build_mlp, jax_method
-from markdown_page import command_line, machine_description, render_page, write_page
+from markdown_page import command_line, machine_description, publish, render_page
 from wire_report import (
     CALLERS,
     ECHO,
@@ -482,9 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- 1-minute load average at end {os.getloadavg()[0]:.2f}",
     ]
     page = render_page(TITLE, header, command, body)
-    print(page)
-    if args.markdown:
-        write_page(args.markdown, page)
+    publish(page, args.markdown)
     return 0
 
 
@@ -499,9 +497,7 @@ def tracing_cost(header: list[str], seconds: float, markdown: Path | None, argv:
             loads += in_turns({label: functools.partial(load, server, label, callers) for label, server in servers.items()}, seconds)
     command = command_line("bench_wire.py", sys.argv[1:] if argv is None else argv)
     page = render_page("What tracing costs on the wire", header, command, render_tracing(loads))
-    print(page)
-    if markdown:
-        write_page(markdown, page)
+    publish(page, markdown)
     return 0
 
 

@@ -58,6 +58,13 @@ def write_page(path: Path, generated: str) -> None:
     path.write_text(f"{generated.rstrip()}\n\n{HAND_WRITTEN_MARKER}\n{tail}", encoding="utf-8")
 
 
+def publish(page: str, path: Path | None) -> None:
+    """Print ``page``, and write it to ``path`` (keeping its hand-written part) when one is given."""
+    print(page)
+    if path is not None:
+        write_page(path, page)
+
+
 def cpu_model() -> str:
     """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
     try:

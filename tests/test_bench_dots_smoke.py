@@ -5,25 +5,16 @@ Nothing here asserts a time."""
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
+from support.benchmark_modules import import_benchmark
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """The benchmark module, imported as ``python benchmarks/bench_dots.py`` would see it."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_dots
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_dots
+    return import_benchmark("bench_dots")
 
 
 @pytest.fixture

@@ -3,26 +3,17 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
+from support.benchmark_modules import import_benchmark
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """The benchmark module, imported as ``python benchmarks/bench_optimize.py`` would see it."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_optimize
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_optimize
+    return import_benchmark("bench_optimize")
 
 
 def _solve(bench: ModuleType, fun: float, success: bool = True) -> object:

@@ -10,19 +10,12 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
+from support.benchmark_modules import import_benchmark
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     """The benchmark module, imported as ``python benchmarks/bench_hessian.py`` would see it."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_hessian
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_hessian
+    return import_benchmark("bench_hessian")
 
 
 @pytest.fixture(scope="module")
